@@ -1,0 +1,33 @@
+"""The `logferry` console script: one typer app, one sub-app per concern."""
+
+from __future__ import annotations
+
+import typer
+
+from logferry.commands.local import app as local_app
+from logferry.commands.role import app as role_app
+from logferry.commands.serve import serve_command
+
+app = typer.Typer(
+    name="logferry",
+    help=(
+        "Stream log lines into customers' own AWS accounts (S3, Kinesis) through a "
+        "cross-account IAM role with an external ID.\n\n"
+        "Customer side: `logferry role policies|create|check`.  "
+        "Vendor side: `logferry serve`.  Try it with no AWS account: `logferry serve --local`."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(role_app, name="role")
+app.add_typer(local_app, name="local")
+app.command("serve")(serve_command)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""Small, scoped patches that make moto 5.2.5 behave like AWS where logferry depends on it.
+
+Applied only inside the emulator process (`logferry.local.server`), never in logferry itself.
+Each patch names the DESIGN.md §5 gap it closes; tests/test_emulator.py proves each one by the
+AWS behaviour it restores. Written by hand because no library evaluates IAM trust policies
+offline the way STS does, and moto's own evaluator is the thing being corrected.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import moto
+
+PINNED_MOTO = "5.2.5"
+
+_applied = False
+
+
+def apply_all() -> None:
+    """Apply every patch once; refuses other moto versions (the patches target 5.2.5 code)."""
+    global _applied
+    if _applied:
+        return
+    if moto.__version__ != PINNED_MOTO:
+        raise RuntimeError(
+            f"logferry's emulator patches target moto {PINNED_MOTO}, found {moto.__version__}; "
+            f"install it with: pip install 'moto[server]=={PINNED_MOTO}'"
+        )
+    _patch_assume_role_trust()
+    _patch_kinesis_authorization()
+    _patch_kinesis_routing()
+    _patch_kinesis_shard_performance()
+    _applied = True
+
+
+# --------------------------------------------------------------------------------------------
+# Gaps 1–3: cross-account AssumeRole must evaluate the role's trust policy like STS does.
+# --------------------------------------------------------------------------------------------
+
+_ACCOUNT_RE = re.compile(r"^\d{12}$")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _arn_account(arn: str) -> str | None:
+    parts = arn.split(":")
+    return parts[4] if len(parts) > 5 and parts[0] == "arn" else None
+
+
+def principal_matches(expected: Any, caller_arn: str, caller_account: str) -> bool:
+    """Does a policy `Principal` element cover the caller, as IAM evaluates it?
+
+    `"*"` matches anyone; an account ID or `arn:…:iam::ACCOUNT:root` matches every principal of
+    that account; otherwise the ARN must match exactly, and a role ARN also matches the role's
+    sessions (`arn:…:sts::ACCOUNT:assumed-role/ROLE/SESSION`).
+    """
+    if expected == "*":
+        return True
+    if not isinstance(expected, dict):
+        return False
+    aws = _as_list(expected.get("AWS"))
+    caller_role_arn = None
+    m = re.match(r"^arn:([\w-]+):sts::(\d{12}):assumed-role/([^/]+)/", caller_arn)
+    if m:
+        caller_role_arn = f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}"
+    for candidate in aws:
+        if not isinstance(candidate, str):
+            continue
+        if candidate == "*":
+            return True
+        if _ACCOUNT_RE.match(candidate):
+            if candidate == caller_account:
+                return True
+            continue
+        if re.match(r"^arn:[\w-]+:iam::\d{12}:root$", candidate):
+            if _arn_account(candidate) == caller_account:
+                return True
+            continue
+        if candidate == caller_arn:
+            return True
+        if caller_role_arn and re.sub(r"role/.*/", "role/", candidate) == caller_role_arn:
+            return True
+        if caller_role_arn and candidate == caller_role_arn:
+            return True
+    return False
+
+
+def _string_like(pattern: str, value: str) -> bool:
+    return fnmatch.fnmatchcase(value, pattern.replace("[", "[[]"))
+
+
+_STRING_OPS: dict[str, Callable[[str, str], bool]] = {
+    "StringEquals": lambda expected, actual: expected == actual,
+    "StringEqualsIgnoreCase": lambda expected, actual: expected.lower() == actual.lower(),
+    "StringLike": _string_like,
+    "ArnEquals": lambda expected, actual: expected == actual,
+    "ArnLike": _string_like,
+}
+_NEGATED = {
+    "StringNotEquals": "StringEquals",
+    "StringNotEqualsIgnoreCase": "StringEqualsIgnoreCase",
+    "StringNotLike": "StringLike",
+    "ArnNotEquals": "ArnEquals",
+    "ArnNotLike": "ArnLike",
+}
+
+
+def conditions_match(conditions: dict[str, Any] | None, context: dict[str, str | None]) -> bool:
+    """Evaluate a `Condition` block against request context keys (names case-insensitive).
+
+    Follows IAM: a positive operator on an absent key fails; a negated one on an absent key
+    passes; `...IfExists` passes on an absent key; `Null` tests presence. Operators we do not
+    know fail closed (moto ignores them, which would let an unknown condition pass).
+    """
+    if not conditions:
+        return True
+    ctx = {k.lower(): v for k, v in context.items() if v is not None}
+    for raw_op, keys in conditions.items():
+        op = raw_op
+        if_exists = op.endswith("IfExists")
+        if if_exists:
+            op = op[: -len("IfExists")]
+        if not isinstance(keys, dict):
+            return False
+        for key, expected_values in keys.items():
+            expected = [str(v) for v in _as_list(expected_values)]
+            actual = ctx.get(key.lower())
+            if op == "Null":
+                wants_absent = expected[0].lower() == "true"
+                if wants_absent != (actual is None):
+                    return False
+                continue
+            if op == "Bool":
+                if actual is None:
+                    if not if_exists:
+                        return False
+                    continue
+                if str(actual).lower() not in [e.lower() for e in expected]:
+                    return False
+                continue
+            if op in _STRING_OPS:
+                if actual is None:
+                    if not if_exists:
+                        return False
+                    continue
+                if not any(_STRING_OPS[op](e, actual) for e in expected):
+                    return False
+                continue
+            if op in _NEGATED:
+                if actual is None:
+                    continue
+                if any(_STRING_OPS[_NEGATED[op]](e, actual) for e in expected):
+                    return False
+                continue
+            return False  # unknown operator: fail closed
+    return True
+
+
+def _action_matches(patterns: Iterable[str], action: str) -> bool:
+    return any(fnmatch.fnmatchcase(action.lower(), p.lower()) for p in patterns)
+
+
+def trust_policy_allows(
+    document: str | dict[str, Any],
+    *,
+    action: str,
+    caller_arn: str,
+    caller_account: str,
+    context: dict[str, str | None],
+) -> bool:
+    """Explicit Deny wins; otherwise some Allow statement must match action, principal, condition."""
+    policy = json.loads(document) if isinstance(document, str) else document
+    allowed = False
+    for statement in _as_list(policy.get("Statement")):
+        if "NotPrincipal" in statement or "NotAction" in statement:
+            continue  # not used in trust policies we write; never grant through them
+        if not _action_matches(_as_list(statement.get("Action")), action):
+            continue
+        if not principal_matches(statement.get("Principal"), caller_arn, caller_account):
+            continue
+        if not conditions_match(statement.get("Condition"), context):
+            continue
+        if statement.get("Effect") == "Deny":
+            return False
+        if statement.get("Effect") == "Allow":
+            allowed = True
+    return allowed
+
+
+def _patch_assume_role_trust() -> None:
+    from moto.iam import access_control
+    from moto.iam.access_control import IAMPolicy, IAMRequestBase, PermissionResult
+    from moto.iam.exceptions import NotFoundException
+    from moto.iam.models import iam_backends
+    from moto.utilities.utils import get_partition
+
+    original = IAMRequestBase.check_action_permitted
+
+    def check_action_permitted(self: IAMRequestBase, resource: str) -> None:
+        if self._action != "sts:AssumeRole" or ":role/" not in (resource or ""):
+            original(self, resource)
+            return
+        # Identity side: the caller's own policies must allow sts:AssumeRole on the role.
+        identity_allowed = False
+        for policy in self._access_key.collect_policies():
+            result = IAMPolicy(policy).is_action_permitted(self._action, resource)
+            if result == PermissionResult.DENIED:
+                self._raise_access_denied()
+            if result == PermissionResult.PERMITTED:
+                identity_allowed = True
+        # Resource side (gap 1): the role lives in the account named by its ARN, not the caller's.
+        role_account = _arn_account(resource)
+        try:
+            backend = iam_backends[role_account][get_partition(self._region)]
+            role = backend.get_role_by_arn(resource)
+        except (KeyError, NotFoundException):
+            self._raise_access_denied()  # STS answers AccessDenied for a missing role
+        context = {
+            "sts:ExternalId": _first(self._data.get("ExternalId")),
+            "sts:RoleSessionName": _first(self._data.get("RoleSessionName")),
+            "sts:SourceIdentity": _first(self._data.get("SourceIdentity")),
+            "aws:PrincipalAccount": self.account_id,
+            "aws:PrincipalArn": self._access_key.arn,
+        }
+        trusted = trust_policy_allows(
+            role.assume_role_policy_document,
+            action=self._action,
+            caller_arn=self._access_key.arn,
+            caller_account=self.account_id,
+            context=context,
+        )
+        if not (identity_allowed and trusted):
+            self._raise_access_denied()
+
+    IAMRequestBase.check_action_permitted = check_action_permitted  # type: ignore[method-assign]
+    access_control.trust_policy_allows = trust_policy_allows  # for introspection in tests
+
+
+def _first(value: Any) -> str | None:
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Gap 4: Kinesis authorizes against the stream ARN and answers JSON AccessDeniedException.
+# --------------------------------------------------------------------------------------------
+
+
+def _patch_kinesis_authorization() -> None:
+    from moto.core.exceptions import AccessDeniedError, JsonRESTError
+    from moto.kinesis.responses import KinesisResponse
+
+    def _determine_resource(self: KinesisResponse) -> str:
+        arn = self._get_param("StreamARN")
+        if arn:
+            return str(arn)
+        name = self._get_param("StreamName")
+        if name:
+            return f"arn:{self.partition}:kinesis:{self.region}:{self.current_account}:stream/{name}"
+        consumer = self._get_param("ConsumerARN") or self._get_param("ResourceARN")
+        if consumer:
+            return str(consumer)
+        return "*"
+
+    original = KinesisResponse._authenticate_and_authorize_normal_action
+
+    def authorize(self: KinesisResponse, resource: str = "*") -> None:
+        try:
+            original(self, resource)
+        except AccessDeniedError as exc:
+            raise JsonRESTError(
+                "AccessDeniedException",
+                f"{exc.message} on resource: {resource} because no identity-based policy "
+                f"allows the {self._get_action()} action",
+            ) from None
+
+    KinesisResponse._determine_resource = _determine_resource  # type: ignore[attr-defined]
+    KinesisResponse._authenticate_and_authorize_normal_action = authorize  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------------
+# Gap 5: route records to the open shard whose range contains the key (end key inclusive).
+# --------------------------------------------------------------------------------------------
+
+
+def _patch_kinesis_routing() -> None:
+    from moto.kinesis.exceptions import InvalidArgumentError
+    from moto.kinesis.models import Stream
+    from moto.utilities.utils import md5_hash
+
+    def get_shard_for_key(self: Stream, partition_key: str, explicit_hash_key: str) -> Any:
+        if not isinstance(partition_key, str) or not 1 <= len(partition_key) <= 256:
+            raise InvalidArgumentError("partition_key")
+        if explicit_hash_key:
+            int_key = int(explicit_hash_key)
+            if not 0 <= int_key < 2**128:
+                raise InvalidArgumentError("explicit_hash_key")
+        else:
+            int_key = int(md5_hash(partition_key.encode("utf-8")).hexdigest(), 16)
+        for shard in self.shards.values():
+            if shard.is_open and shard.starting_hash <= int_key <= shard.ending_hash:
+                return shard
+        return None
+
+    Stream.get_shard_for_key = get_shard_for_key  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------------
+# Gap 7: O(1) sequence lookup, bounded get_records scans, and one lock around shard state.
+# --------------------------------------------------------------------------------------------
+
+KINESIS_LOCK = threading.RLock()
+
+
+def _patch_kinesis_shard_performance() -> None:
+    from moto.kinesis.models import KinesisBackend, Shard
+
+    def get_max_sequence_number(self: Shard) -> int:
+        return next(reversed(self.records)) if self.records else 0
+
+    def get_min_sequence_number(self: Shard) -> int:
+        return next(iter(self.records)) if self.records else 0
+
+    def get_records(self: Shard, last_sequence_id: str, limit: int | None) -> Any:
+        # Sequence numbers within a moto shard are consecutive integers, so index directly.
+        last = int(last_sequence_id)
+        if not self.records:
+            return [], last, 0
+        first, newest = get_min_sequence_number(self), get_max_sequence_number(self)
+        start = max(last + 1, first)
+        stop = newest if not limit else min(newest, start + int(limit) - 1)
+        results = [self.records[n] for n in range(start, stop + 1) if n in self.records]
+        if results:
+            last = results[-1].sequence_number
+            behind = self.records[newest].created_at - results[-1].created_at
+        else:
+            behind = 0.0
+        return results, last, int(behind * 1000)
+
+    Shard.get_max_sequence_number = get_max_sequence_number  # type: ignore[method-assign]
+    Shard.get_min_sequence_number = get_min_sequence_number  # type: ignore[method-assign]
+    Shard.get_records = get_records  # type: ignore[method-assign]
+
+    for name in (
+        "put_record",
+        "put_records",
+        "get_records",
+        "list_shards",
+        "split_shard",
+        "merge_shards",
+        "update_shard_count",
+        "describe_stream",
+        "describe_stream_summary",
+        "create_stream",
+        "delete_stream",
+    ):
+        method = getattr(KinesisBackend, name, None)
+        if method is not None:
+            setattr(KinesisBackend, name, _locked(method))
+
+
+def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with KINESIS_LOCK:
+            return method(*args, **kwargs)
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    wrapper.__wrapped__ = method  # type: ignore[attr-defined]
+    return wrapper
