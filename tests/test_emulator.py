@@ -89,7 +89,11 @@ def test_assumed_role_acts_in_role_account_with_role_policy(emulator: Emulator, 
             {
                 "Version": "2012-10-17",
                 "Statement": [
-                    {"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{bucket}/*"}
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:PutObject",
+                        "Resource": f"arn:aws:s3:::{bucket}/*",
+                    }
                 ],
             }
         ),
@@ -144,7 +148,7 @@ def _stream_role_clients(emulator: Emulator, unique, actions: list[str], shards:
 
 
 def test_kinesis_stream_scoped_policy(emulator: Emulator, unique) -> None:
-    client, stream, stream_arn = _stream_role_clients(
+    client, _stream, stream_arn = _stream_role_clients(
         emulator, unique, ["kinesis:PutRecords", "kinesis:ListShards"]
     )
     shards = client.list_shards(StreamARN=stream_arn)["Shards"]
@@ -187,7 +191,9 @@ def test_kinesis_routing_end_key_inclusive_and_open_shards_only(emulator: Emulat
 
     kinesis.update_shard_count(StreamName=stream, TargetShardCount=8, ScalingType="UNIFORM_SCALING")
     after = kinesis.list_shards(StreamName=stream)["Shards"]
-    open_ids = {s["ShardId"] for s in after if "EndingSequenceNumber" not in s["SequenceNumberRange"]}
+    open_ids = {
+        s["ShardId"] for s in after if "EndingSequenceNumber" not in s["SequenceNumberRange"]
+    }
     assert len(open_ids) == 8
     keys = [str(i * (2**128 // 64)) for i in range(64)] + [top]
     placed = kinesis.put_records(
@@ -226,7 +232,9 @@ def test_condition_semantics() -> None:
     assert not conditions_match({"StringEquals": {"sts:ExternalId": "a"}}, {})
     assert conditions_match({"StringNotEquals": {"sts:ExternalId": "a"}}, {})
     assert conditions_match({"StringEqualsIfExists": {"sts:ExternalId": "a"}}, {})
-    assert conditions_match({"StringLike": {"sts:ExternalId": "cust-*"}}, {"sts:ExternalId": "cust-9"})
+    assert conditions_match(
+        {"StringLike": {"sts:ExternalId": "cust-*"}}, {"sts:ExternalId": "cust-9"}
+    )
     assert conditions_match({"Null": {"sts:ExternalId": "false"}}, {"sts:ExternalId": "x"})
     assert not conditions_match({"Null": {"sts:ExternalId": "false"}}, {})
     assert not conditions_match({"NumericLessThan": {"x": "1"}}, {"x": "0"})  # fail closed

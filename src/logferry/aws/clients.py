@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+
 import boto3
 import botocore.session
 from botocore.client import BaseClient
@@ -54,7 +55,7 @@ class AwsClients:
         core = botocore.session.Session(profile=profile)
         if credentials is not None:
             # Refreshable credentials are shared by reference: every client sees each refresh.
-            core._credentials = credentials  # noqa: SLF001 - documented way to inject creds
+            core._credentials = credentials
         self._session = boto3.Session(botocore_session=core)
 
     @property

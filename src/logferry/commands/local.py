@@ -51,7 +51,9 @@ def run(
         else:
             out.print(f"# logferry local AWS emulator at {emulator.url} (Ctrl-C stops it)")
             for account in emulator.accounts:
-                who = "vendor (sts:AssumeRole only)" if account.role == "vendor" else "customer admin"
+                who = (
+                    "vendor (sts:AssumeRole only)" if account.role == "vendor" else "customer admin"
+                )
                 out.print(f"\n# {who}: account {account.account_id}, user {account.user_name}")
                 for key, value in account.env(emulator.url).items():
                     out.print(f"export {key}={shlex.quote(value)}", highlight=False)

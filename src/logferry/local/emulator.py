@@ -142,9 +142,7 @@ def start_emulator(
     try:
         import moto  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "the local emulator needs moto: pip install 'logferry[local]'"
-        ) from exc
+        raise RuntimeError("the local emulator needs moto: pip install 'logferry[local]'") from exc
     cmd = [
         sys.executable,
         "-m",
@@ -159,7 +157,12 @@ def start_emulator(
         f"{customer_account_id}:{customer_user}:admin",
     ]
     env = dict(os.environ)
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MOTO_ACCOUNT_ID"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "MOTO_ACCOUNT_ID",
+    ):
         env.pop(var, None)
     process = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

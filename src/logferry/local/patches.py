@@ -178,7 +178,7 @@ def trust_policy_allows(
     caller_account: str,
     context: dict[str, str | None],
 ) -> bool:
-    """Explicit Deny wins; otherwise some Allow statement must match action, principal, condition."""
+    """Explicit Deny wins; otherwise an Allow must match action, principal and condition."""
     policy = json.loads(document) if isinstance(document, str) else document
     allowed = False
     for statement in _as_list(policy.get("Statement")):
@@ -267,7 +267,9 @@ def _patch_kinesis_authorization() -> None:
             return str(arn)
         name = self._get_param("StreamName")
         if name:
-            return f"arn:{self.partition}:kinesis:{self.region}:{self.current_account}:stream/{name}"
+            return (
+                f"arn:{self.partition}:kinesis:{self.region}:{self.current_account}:stream/{name}"
+            )
         consumer = self._get_param("ConsumerARN") or self._get_param("ResourceARN")
         if consumer:
             return str(consumer)

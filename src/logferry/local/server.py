@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 from typing import Any
 
-ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+ADMIN_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+}
 VENDOR_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
@@ -57,7 +59,9 @@ class ControlApp:
             body = json.loads(environ["wsgi.input"].read(length) or b"{}")
             with self.lock:
                 made = create_account_user(
-                    str(body["account_id"]), body.get("user_name", "admin"), body.get("role", "admin")
+                    str(body["account_id"]),
+                    body.get("user_name", "admin"),
+                    body.get("role", "admin"),
                 )
             payload = json.dumps(made).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
@@ -101,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     ActionAuthenticatorMixin.request_count = 0
 
     app = ControlApp(DomainDispatcherApplication(create_backend_app))
-    server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    server = make_server(
+        args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler
+    )
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host
     sys.stdout.write(json.dumps({"url": f"http://{shown}:{port}", "accounts": accounts}) + "\n")

@@ -1,0 +1,480 @@
+"""Credential broker: AssumeRole into customers' roles with regional STS failover.
+
+Why not botocore's own AssumeRoleProvider: it talks to one STS endpoint and cannot tell a
+customer mistake (AccessDenied: never retry, tell them) from a sick region (fail over, cool the
+region down). We keep botocore's `RefreshableCredentials` for the part it does well: refreshing
+ahead of expiry under a lock (advisory and mandatory windows), shared by every client that holds
+the object — so one cache entry per (role, external ID) serves every endpoint using that role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import botocore.session
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+
+from logferry.aws.clients import AwsClients, AwsTarget
+from logferry.errors import AwsErrorInfo, InputError, SetupError, TransientError
+
+DEFAULT_STS_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
+MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 900, 43200, 3600
+
+# Codes that mean "this region cannot serve us now": try the next region.
+FAILOVER_CODES = {
+    "RegionDisabledException",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalError",
+    "IDPCommunicationError",
+    "RequestTimeout",
+}
+
+_SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
+
+
+def role_session_name(vendor: str, customer_id: str | None, role_arn: str) -> str:
+    """`<vendor>-<customer>` within STS limits (2–64 chars of [\\w+=,.@-]).
+
+    It shows in the customer's CloudTrail, so it names who is writing and for which customer.
+    """
+    who = customer_id or role_arn.rsplit("/", 1)[-1]
+    name = _SESSION_NAME_BAD.sub("-", f"{vendor}-{who}")[:64]
+    return name if len(name) >= 2 else f"{name}--"[:2]
+
+
+def _account_of(role_arn: str) -> str:
+    parts = role_arn.split(":")
+    return parts[4] if len(parts) > 5 else "?"
+
+
+@dataclass(frozen=True)
+class RoleKey:
+    role_arn: str
+    external_id: str | None
+    session_name: str
+    duration: int
+    source_identity: str | None = None
+
+
+@dataclass
+class RegionHealth:
+    failures: int = 0
+    cooldown_until: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass
+class AssumeAttempt:
+    """One AssumeRole call in one region, for reports (role check) and logs."""
+
+    region: str
+    outcome: str  # "ok" | "denied" | "region_disabled" | "unreachable" | "throttled" | "error"
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class AssumeResult:
+    region: str
+    access_key: str
+    secret_key: str
+    token: str = field(repr=False)
+    expiration: dt.datetime
+    assumed_role_arn: str
+    attempts: list[AssumeAttempt]
+
+
+def _fix_for(
+    code: str, *, role_arn: str, vendor_account: str | None, external_id: str | None, region: str
+) -> str:
+    if code == "RegionDisabledException":
+        return (
+            f"activate STS in {region} for account {_account_of(role_arn)}: "
+            "IAM console → Account settings → Security Token Service (STS) → Activate"
+        )
+    if code == "AccessDenied":
+        ext = f" with external ID {external_id!r}" if external_id else ""
+        who = f"account {vendor_account}" if vendor_account else "the vendor account"
+        return (
+            f"the trust policy of {role_arn} must let {who} call sts:AssumeRole{ext} "
+            "(and the role must exist): re-run `logferry role create` or fix the trust policy"
+        )
+    if code in {"MalformedPolicyDocument", "PackedPolicyTooLarge"}:
+        return "the session policy sent to STS is invalid; report this to the vendor"
+    if code in {"ValidationError", "InvalidParameterValue"}:
+        return (
+            "check the role ARN and that DurationSeconds does not exceed the role's "
+            "MaximumSessionDuration"
+        )
+    if code == "ExpiredTokenException":
+        return "the vendor's own AWS credentials have expired; renew them"
+    if code in {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"}:
+        return (
+            "the vendor's own AWS credentials are invalid; check the service's AWS credential chain"
+        )
+    return "see the AWS error message"
+
+
+def _outcome_for(code: str | None) -> str:
+    if code == "RegionDisabledException":
+        return "region_disabled"
+    if code in {"Throttling", "ThrottlingException", "RequestLimitExceeded"}:
+        return "throttled"
+    if code is None:
+        return "unreachable"
+    return "error"
+
+
+class CredentialBroker:
+    """Temporary credentials per (role ARN, external ID), refreshed ahead of expiry.
+
+    Thread-safe; asyncio callers use the `a*` methods (blocking STS calls run in a thread).
+    """
+
+    def __init__(
+        self,
+        *,
+        vendor_name: str = "logferry",
+        vendor_account_id: str | None = None,
+        regions: Iterable[str] = DEFAULT_STS_REGIONS,
+        sts_endpoints: dict[str, str] | None = None,
+        target: AwsTarget | None = None,
+        vendor_credentials: object | None = None,
+        profile: str | None = None,
+        duration_seconds: int = DEFAULT_DURATION,
+        cooldown_seconds: float = 60.0,
+        max_cooldown_seconds: float = 900.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        negative_cache_seconds: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not MIN_DURATION <= duration_seconds <= MAX_DURATION:
+            raise InputError(
+                "duration_seconds",
+                f"must be between {MIN_DURATION} and {MAX_DURATION} seconds, "
+                f"got {duration_seconds}.",
+            )
+        self.vendor_name = vendor_name
+        self.vendor_account_id = vendor_account_id
+        self.regions = list(regions)
+        if not self.regions:
+            raise InputError("sts regions", "at least one STS region is needed.")
+        self.sts_endpoints = dict(sts_endpoints or {})
+        self.target = target or AwsTarget()
+        self.duration_seconds = duration_seconds
+        self.cooldown_seconds = cooldown_seconds
+        self.max_cooldown_seconds = max_cooldown_seconds
+        self.negative_cache_seconds = negative_cache_seconds
+        self.clock = clock
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self._health = {region: RegionHealth() for region in self.regions}
+        self._lock = threading.Lock()
+        self._key_locks: dict[RoleKey, threading.Lock] = {}
+        self._cache: dict[RoleKey, RefreshableCredentials] = {}
+        self._failures: dict[RoleKey, tuple[float, Exception]] = {}
+        self._sts_clients: dict[str, BaseClient] = {}
+        core = botocore.session.Session(profile=profile)
+        if vendor_credentials is not None:
+            core._credentials = vendor_credentials
+        self._core = core
+        self._sts_config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"max_attempts": 1, "mode": "standard"},  # failover is our retry
+        )
+
+    # ---------------------------------------------------------------- regions
+
+    def endpoint_for(self, region: str) -> str | None:
+        return self.sts_endpoints.get(region) or self.target.url_for("sts")
+
+    def _sts(self, region: str) -> BaseClient:
+        with self._lock:
+            client = self._sts_clients.get(region)
+            if client is None:
+                client = self._core.create_client(
+                    "sts",
+                    region_name=region,
+                    endpoint_url=self.endpoint_for(region),
+                    config=self._sts_config,
+                )
+                self._sts_clients[region] = client
+            return client
+
+    def region_order(self) -> list[str]:
+        """Healthy regions in configured order, then cooling ones by soonest recovery."""
+        now = self.clock()
+        with self._lock:
+            healthy = [r for r in self.regions if self._health[r].cooldown_until <= now]
+            cooling = sorted(
+                (r for r in self.regions if self._health[r].cooldown_until > now),
+                key=lambda r: self._health[r].cooldown_until,
+            )
+        return healthy + cooling
+
+    def region_health(self) -> dict[str, dict[str, object]]:
+        now = self.clock()
+        with self._lock:
+            return {
+                r: {
+                    "healthy": h.cooldown_until <= now,
+                    "failures": h.failures,
+                    "cooldown_remaining": max(0.0, h.cooldown_until - now),
+                    "last_error": h.last_error,
+                }
+                for r, h in self._health.items()
+            }
+
+    def _mark(self, region: str, ok: bool, error: str | None = None) -> None:
+        with self._lock:
+            health = self._health.setdefault(region, RegionHealth())
+            if ok:
+                health.failures = 0
+                health.cooldown_until = 0.0
+                health.last_error = None
+            else:
+                health.failures += 1
+                backoff = self.cooldown_seconds * 2 ** min(health.failures - 1, 6)
+                health.cooldown_until = self.clock() + min(backoff, self.max_cooldown_seconds)
+                health.last_error = error
+
+    # ---------------------------------------------------------------- one call
+
+    def assume_in_region(self, key: RoleKey, region: str) -> AssumeResult:
+        """One AssumeRole in one region; raises SetupError (customer) or TransientError."""
+        params: dict[str, object] = {
+            "RoleArn": key.role_arn,
+            "RoleSessionName": key.session_name,
+            "DurationSeconds": key.duration,
+        }
+        if key.external_id is not None:
+            params["ExternalId"] = key.external_id
+        if key.source_identity:
+            params["SourceIdentity"] = key.source_identity
+        try:
+            response = self._sts(region).assume_role(**params)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code") or "Unknown")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            info = AwsErrorInfo(
+                code=code,
+                message=str(error.get("Message", "")),
+                service="sts",
+                operation="AssumeRole",
+                region=region,
+                http_status=status,
+            )
+            fix = _fix_for(
+                code,
+                role_arn=key.role_arn,
+                vendor_account=self.vendor_account_id,
+                external_id=key.external_id,
+                region=region,
+            )
+            if code in FAILOVER_CODES or (status is not None and status >= 500):
+                self.outcomes[(region, _outcome_for(code))] += 1
+                raise TransientError(
+                    f"STS {region}: {code}: {info.message}".rstrip(": "), info, fix=fix
+                ) from None
+            self.outcomes[(region, "denied" if code == "AccessDenied" else "error")] += 1
+            raise SetupError(
+                f"AssumeRole {key.role_arn} via STS {region} failed: {code}: {info.message}",
+                info,
+                fix=fix,
+            ) from None
+        except (ConnectionError, HTTPClientError, BotoCoreError) as exc:
+            self.outcomes[(region, "unreachable")] += 1
+            info = AwsErrorInfo(
+                code="Unreachable",
+                message=str(exc),
+                service="sts",
+                operation="AssumeRole",
+                region=region,
+            )
+            raise TransientError(
+                f"STS {region} unreachable at {self.endpoint_for(region) or 'AWS'}: {exc}",
+                info,
+                fix=f"STS {region} is down or unreachable from the vendor; other regions are used",
+            ) from None
+        self.outcomes[(region, "ok")] += 1
+        creds = response["Credentials"]
+        return AssumeResult(
+            region=region,
+            access_key=creds["AccessKeyId"],
+            secret_key=creds["SecretAccessKey"],
+            token=creds["SessionToken"],
+            expiration=creds["Expiration"],
+            assumed_role_arn=response["AssumedRoleUser"]["Arn"],
+            attempts=[AssumeAttempt(region, "ok")],
+        )
+
+    def assume(self, key: RoleKey) -> AssumeResult:
+        """AssumeRole with failover across regions; customer errors stop at the first region."""
+        attempts: list[AssumeAttempt] = []
+        last: TransientError | None = None
+        for region in self.region_order():
+            try:
+                result = self.assume_in_region(key, region)
+            except TransientError as exc:
+                self._mark(region, False, f"{exc.code}: {exc.info.message}")
+                attempts.append(
+                    AssumeAttempt(
+                        region,
+                        _outcome_for(None if exc.code == "Unreachable" else exc.code),
+                        exc.code,
+                        exc.info.message,
+                    )
+                )
+                last = exc
+                continue
+            except SetupError as exc:
+                # The region answered: it is healthy, the customer's setup is not.
+                self._mark(region, True)
+                attempts.append(AssumeAttempt(region, "denied", exc.code, exc.info.message))
+                exc.attempts = attempts  # type: ignore[attr-defined]
+                raise
+            self._mark(region, True)
+            result.attempts = [*attempts, *result.attempts]
+            return result
+        assert last is not None
+        summary = "; ".join(f"{a.region}: {a.code}" for a in attempts)
+        error = TransientError(
+            f"no STS region could issue credentials for {key.role_arn} ({summary})",
+            last.info,
+            fix=last.fix,
+        )
+        error.attempts = attempts  # type: ignore[attr-defined]
+        raise error
+
+    # ---------------------------------------------------------------- cache
+
+    def role_key(
+        self,
+        role_arn: str,
+        external_id: str | None,
+        *,
+        customer_id: str | None = None,
+        source_identity: str | None = None,
+        duration_seconds: int | None = None,
+    ) -> RoleKey:
+        return RoleKey(
+            role_arn=role_arn,
+            external_id=external_id,
+            session_name=role_session_name(self.vendor_name, customer_id, role_arn),
+            duration=duration_seconds or self.duration_seconds,
+            source_identity=source_identity,
+        )
+
+    def credentials(
+        self,
+        role_arn: str,
+        external_id: str | None,
+        *,
+        customer_id: str | None = None,
+        source_identity: str | None = None,
+    ) -> RefreshableCredentials:
+        """Shared, self-refreshing credentials for the role (one AssumeRole per lifetime)."""
+        key = self.role_key(
+            role_arn, external_id, customer_id=customer_id, source_identity=source_identity
+        )
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # at most one initial AssumeRole per key, however many callers
+            with self._lock:
+                cached = self._cache.get(key)
+                failed = self._failures.get(key)
+            if cached is not None:
+                return cached
+            if failed and self.clock() - failed[0] < self.negative_cache_seconds:
+                raise failed[1]
+            try:
+                metadata = self._fetch(key)
+            except (SetupError, TransientError) as exc:
+                with self._lock:
+                    self._failures[key] = (self.clock(), exc)
+                raise
+            duration = key.duration
+            made = RefreshableCredentials.create_from_metadata(
+                metadata=metadata,
+                refresh_using=lambda: self._fetch(key),
+                method="logferry-sts-broker",
+                # botocore's defaults (15/10 min) would refresh 15-minute tokens on every use.
+                advisory_timeout=min(15 * 60, duration // 4),
+                mandatory_timeout=min(10 * 60, duration // 6),
+            )
+            made._time_fetcher = self._now_datetime
+            with self._lock:
+                self._cache[key] = made
+                self._failures.pop(key, None)
+            return made
+
+    def _now_datetime(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.clock(), tz=dt.UTC)
+
+    def _fetch(self, key: RoleKey) -> dict[str, str]:
+        result = self.assume(key)
+        expiration = result.expiration
+        if isinstance(expiration, dt.datetime) and expiration.tzinfo is None:
+            expiration = expiration.replace(tzinfo=dt.UTC)
+        return {
+            "access_key": result.access_key,
+            "secret_key": result.secret_key,
+            "token": result.token,
+            "expiry_time": expiration.isoformat()
+            if isinstance(expiration, dt.datetime)
+            else str(expiration),
+        }
+
+    def clients(
+        self,
+        role_arn: str,
+        external_id: str | None,
+        *,
+        customer_id: str | None = None,
+        target: AwsTarget | None = None,
+    ) -> AwsClients:
+        """boto3 clients acting as the customer's role, sharing the refreshable credentials."""
+        creds = self.credentials(role_arn, external_id, customer_id=customer_id)
+        return AwsClients(creds, target or self.target)
+
+    def forget(self, role_arn: str, external_id: str | None = None) -> None:
+        """Drop cached credentials (e.g. after the customer fixed their role)."""
+        with self._lock:
+            for key in [
+                k
+                for k in self._cache
+                if k.role_arn == role_arn and (external_id is None or k.external_id == external_id)
+            ]:
+                del self._cache[key]
+            for key in [k for k in self._failures if k.role_arn == role_arn]:
+                del self._failures[key]
+
+    def cached_roles(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+    async def acredentials(
+        self, role_arn: str, external_id: str | None, *, customer_id: str | None = None
+    ) -> RefreshableCredentials:
+        return await asyncio.to_thread(
+            self.credentials, role_arn, external_id, customer_id=customer_id
+        )

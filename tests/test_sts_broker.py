@@ -1,0 +1,135 @@
+"""Credential broker: regional failover, refresh ahead of expiry, one AssumeRole per role."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from aws_helpers import REGION_DISABLED_BODY, canned_server, free_port, make_s3_role
+from logferry.aws.sts_broker import CredentialBroker, role_session_name
+from logferry.errors import InputError, SetupError, TransientError
+from logferry.local.emulator import Emulator
+
+
+def _broker(emulator: Emulator, endpoints: dict[str, str], **kwargs) -> CredentialBroker:
+    return CredentialBroker(
+        vendor_name="acme-cdn",
+        vendor_account_id=emulator.vendor.account_id,
+        regions=list(endpoints),
+        sts_endpoints=endpoints,
+        target=emulator.target,
+        vendor_credentials=emulator.vendor.credentials(),
+        **kwargs,
+    )
+
+
+def _calls(broker: CredentialBroker) -> int:
+    return sum(broker.outcomes.values())
+
+
+def test_failover_past_dead_and_disabled_regions(emulator: Emulator, unique) -> None:
+    bucket = unique("bkt")
+    role = make_s3_role(emulator, unique("role"), bucket, "cust-1")
+    dead = f"http://127.0.0.1:{free_port()}"
+    with canned_server(403, REGION_DISABLED_BODY) as disabled:
+        broker = _broker(
+            emulator,
+            {"us-east-1": dead, "us-east-2": disabled, "us-west-2": emulator.url},
+        )
+        creds = broker.credentials(role, "cust-1", customer_id="cust-1")
+        frozen = creds.get_frozen_credentials()
+        assert frozen.access_key.startswith("ASIA")
+        # The credentials work for the customer's bucket.
+        clients = broker.clients(role, "cust-1", customer_id="cust-1")
+        clients.client("s3", "us-east-1").put_object(Bucket=bucket, Key="x.log", Body=b"a\n")
+        assert emulator.client("s3").get_object(Bucket=bucket, Key="x.log")["Body"].read() == b"a\n"
+
+    assert broker.outcomes[("us-east-1", "unreachable")] == 1
+    assert broker.outcomes[("us-east-2", "region_disabled")] == 1
+    assert broker.outcomes[("us-west-2", "ok")] == 1
+    health = broker.region_health()
+    assert health["us-east-1"]["healthy"] is False
+    assert "RegionDisabledException" in str(health["us-east-2"]["last_error"])
+    assert health["us-west-2"]["healthy"] is True
+    # Cooling regions go to the back of the line: the next call starts with the healthy one.
+    assert broker.region_order()[0] == "us-west-2"
+
+
+def test_all_regions_down_is_transient_with_every_reason(emulator: Emulator, unique) -> None:
+    role = make_s3_role(emulator, unique("role"), unique("bkt"), "cust-1")
+    with canned_server(403, REGION_DISABLED_BODY) as disabled:
+        broker = _broker(
+            emulator, {"us-east-1": f"http://127.0.0.1:{free_port()}", "us-west-1": disabled}
+        )
+        with pytest.raises(TransientError) as info:
+            broker.credentials(role, "cust-1")
+    text = str(info.value)
+    assert "us-east-1: Unreachable" in text and "us-west-1: RegionDisabledException" in text
+    assert "activate STS in us-west-1" in str(info.value.fix)
+
+
+def test_access_denied_is_not_retried_across_regions(emulator: Emulator, unique) -> None:
+    role = make_s3_role(emulator, unique("role"), unique("bkt"), "cust-1")
+    broker = _broker(emulator, {"us-east-1": emulator.url, "us-east-2": emulator.url})
+    with pytest.raises(SetupError) as info:
+        broker.credentials(role, "wrong-id", customer_id="cust-1")
+    assert info.value.code == "AccessDenied"
+    assert "external ID 'wrong-id'" in str(info.value.fix)
+    assert emulator.vendor.account_id in str(info.value.fix)
+    assert _calls(broker) == 1
+    # A second caller within the negative-cache window does not call STS again.
+    with pytest.raises(SetupError):
+        broker.credentials(role, "wrong-id", customer_id="cust-1")
+    assert _calls(broker) == 1
+
+
+def test_fifty_concurrent_callers_cause_one_assume_role(emulator: Emulator, unique) -> None:
+    role = make_s3_role(emulator, unique("role"), unique("bkt"), "cust-1")
+    broker = _broker(emulator, {"us-east-1": emulator.url})
+    start = threading.Barrier(50)
+    seen: list[object] = []
+
+    def worker() -> None:
+        start.wait()
+        seen.append(broker.credentials(role, "cust-1", customer_id="cust-1"))
+
+    threads = [threading.Thread(target=worker) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 50 and len({id(c) for c in seen}) == 1
+    assert _calls(broker) == 1
+
+
+def test_refresh_ahead_of_expiry_while_clients_keep_working(emulator: Emulator, unique) -> None:
+    bucket = unique("bkt")
+    role = make_s3_role(emulator, unique("role"), bucket, "cust-1")
+    now = [time.time()]
+    broker = _broker(
+        emulator, {"us-east-1": emulator.url}, duration_seconds=900, clock=lambda: now[0]
+    )
+    clients = broker.clients(role, "cust-1", customer_id="cust-1")
+    s3 = clients.client("s3", "us-east-1")
+    first = broker.credentials(role, "cust-1", customer_id="cust-1")
+    key_before = first.get_frozen_credentials().access_key
+    s3.put_object(Bucket=bucket, Key="before.log", Body=b"1\n")
+    assert _calls(broker) == 1
+    now[0] += 300  # well before the refresh windows: no new AssumeRole
+    s3.put_object(Bucket=bucket, Key="still.log", Body=b"2\n")
+    assert _calls(broker) == 1
+    now[0] += 500  # 100 s before expiry: inside the mandatory window → refreshed before use
+    s3.put_object(Bucket=bucket, Key="after.log", Body=b"3\n")
+    assert _calls(broker) == 2
+    assert first.get_frozen_credentials().access_key != key_before
+    keys = {o["Key"] for o in emulator.client("s3").list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {"before.log", "still.log", "after.log"}
+
+
+def test_session_name_and_duration_limits() -> None:
+    name = role_session_name("acme cdn", "customer/with:odd chars" * 5, "arn:aws:iam::1:role/r")
+    assert len(name) <= 64 and name.startswith("acme-cdn-customer-with")
+    with pytest.raises(InputError, match="duration_seconds"):
+        CredentialBroker(duration_seconds=600)
