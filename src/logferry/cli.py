@@ -6,6 +6,7 @@ import typer
 
 from logferry.commands.local import app as local_app
 from logferry.commands.role import app as role_app
+from logferry.commands.role_check import CHECK_EPILOG, CHECK_HELP, check_command
 from logferry.commands.serve import serve_command
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+role_app.command("check", help=CHECK_HELP, epilog=CHECK_EPILOG)(check_command)
 app.add_typer(role_app, name="role")
 app.add_typer(local_app, name="local")
 app.command("serve")(serve_command)
