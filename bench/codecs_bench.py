@@ -12,7 +12,6 @@ src/logferry/sinks/codecs.py.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -26,13 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import cramjam  # noqa: E402
-import zstandard  # noqa: E402
-from isal import igzip, isal_zlib  # noqa: E402
-from loggen import generate_bytes  # noqa: E402
+import cramjam
+import zstandard
+from isal import igzip, isal_zlib
 
-from logferry.sinks import codecs as lf_codecs  # noqa: E402
-from logferry.sinks.framing import frame  # noqa: E402
+from logferry.sinks import codecs as lf_codecs
+from logferry.sinks.framing import frame
+from loggen import generate_bytes
 
 try:
     from zlib_ng import zlib_ng
@@ -55,19 +54,14 @@ def _members(data: bytes, member: int) -> list[bytes]:
     return out
 
 
-def _zstd(level: int) -> Compressor:
-    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return cctx.compress
-
-
 def candidates() -> dict[str, tuple[str, Compressor, Callable[[bytes], bytes]]]:
     """name → (family, compress one member, decompress whole file)."""
     c: dict[str, tuple[str, Compressor, Callable[[bytes], bytes]]] = {}
-    for lvl in (1, 3, 6, 9):
+    for lvl in (1, 2, 3, 6, 8, 9):
         c[f"zlib-{lvl}"] = (
             "gzip",
             lambda d, lv=lvl: zlib.compress(d, lv, wbits=31),
-            gzip.decompress,
+            igzip.decompress,
         )
     for lvl in (0, 1, 2, 3):
         c[f"isal-{lvl}"] = (
@@ -76,14 +70,16 @@ def candidates() -> dict[str, tuple[str, Compressor, Callable[[bytes], bytes]]]:
             igzip.decompress,
         )
     if zlib_ng is not None:
-        for lvl in (1, 3, 6, 9):
+        for lvl in (1, 2, 3, 6, 8, 9):
             c[f"zlib-ng-{lvl}"] = (
                 "gzip",
                 lambda d, lv=lvl: zlib_ng.compress(d, lv, wbits=31),
-                gzip.decompress,
+                igzip.decompress,
             )
     for lvl in (1, 3):
-        c[f"zstd-{lvl}"] = ("zstd", _zstd(lvl), lf_codecs.get_codec("zstd").decompress)
+        # ZstdCompressor is not thread-safe: the codec keeps one context per thread.
+        zc = lf_codecs.get_codec("zstd", lvl)
+        c[f"zstd-{lvl}"] = ("zstd", zc.compress, zc.decompress)
     c["snappy-framed"] = (
         "snappy",
         lambda d: bytes(cramjam.snappy.compress(d)),

@@ -83,8 +83,8 @@ def _client_pool(rng: random.Random, size: int) -> list[str]:
     for _ in range(size):
         if rng.random() < 0.12:
             pool.append(
-                "2001:db8:%x:%x::%x"
-                % (rng.randrange(0x10000), rng.randrange(0x10000), rng.randrange(1, 0x10000))
+                f"2001:db8:{rng.randrange(0x10000):x}:{rng.randrange(0x10000):x}::"
+                f"{rng.randrange(1, 0x10000):x}"
             )
         else:
             pool.append(
@@ -113,7 +113,7 @@ def _path(rng: random.Random) -> str:
 
 
 def _size(rng: random.Random, status: int, path: str) -> str:
-    if status in (304, 204) or status >= 500 and rng.random() < 0.5:
+    if status in (304, 204) or (status >= 500 and rng.random() < 0.5):
         return "0" if status != 304 else "-"
     mu = 9.5 if "/static/" in path else 8.5
     return str(max(1, int(math.exp(rng.gauss(mu, 1.3)))))
