@@ -354,7 +354,9 @@ def parse_role_arn(value: str) -> RoleArn:
     except InputError as exc:
         raise InputError(where, f"{_shown(value)}: {exc.message}", fix=exc.fix) from None
     if not resource.startswith("role/"):
-        hint = " (that is an assumed-role session ARN)" if resource.startswith("assumed-role/") else ""
+        hint = (
+            " (that is an assumed-role session ARN)" if resource.startswith("assumed-role/") else ""
+        )
         raise InputError(
             where,
             f"{_shown(value)} does not name a role{hint}.",

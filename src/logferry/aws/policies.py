@@ -118,7 +118,9 @@ def trust_policy(
     }
 
 
-def s3_permission_policy(bucket: str, prefix: str = "", partition: Partition = "aws") -> PolicyDocument:
+def s3_permission_policy(
+    bucket: str, prefix: str = "", partition: Partition = "aws"
+) -> PolicyDocument:
     """Write-only on BUCKET/PREFIX*: PutObject (covers multipart) and AbortMultipartUpload."""
     return {
         "Version": POLICY_VERSION,
@@ -258,8 +260,7 @@ def _normalise_statement(stmt: dict[str, Any]) -> dict[str, Any]:
             }
         elif key == "Condition" and isinstance(value, dict):
             out[key] = {
-                op: {k: _as_sorted_list(v) for k, v in conds.items()}
-                for op, conds in value.items()
+                op: {k: _as_sorted_list(v) for k, v in conds.items()} for op, conds in value.items()
             }
         else:
             out[key] = value

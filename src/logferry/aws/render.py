@@ -163,11 +163,17 @@ def cloudformation_template(
                 },
             },
         }
+    where = (
+        f" Deploy in {dest.stream.region} (the stream's region); the stream policy replaces any "
+        "policy already on the stream."
+        if isinstance(dest, KinesisDestination)
+        else ""
+    )
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": (
             f"IAM role for log delivery to {dest.describe()} by AWS account {vendor_account} "
-            "(external ID required). Deploy with --capabilities CAPABILITY_NAMED_IAM."
+            "(external ID required). Deploy with --capabilities CAPABILITY_NAMED_IAM." + where
         ),
         "Resources": resources,
         "Outputs": outputs,

@@ -33,12 +33,14 @@ def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def fail(message: str, *, as_json: bool = False, code: int = EXIT_FAILED, **extra: Any) -> NoReturn:
+def fail(
+    message: str, *, as_json: bool = False, exit_code: int = EXIT_FAILED, **extra: Any
+) -> NoReturn:
     if as_json:
         print_json({"error": message, **extra})
     else:
         err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
-    raise typer.Exit(code)
+    raise typer.Exit(exit_code)
 
 
 @contextmanager
@@ -47,7 +49,7 @@ def cli_errors(as_json: bool = False) -> Iterator[None]:
     try:
         yield
     except InputError as exc:
-        fail(str(exc), as_json=as_json, code=EXIT_USAGE, where=exc.where)
+        fail(str(exc), as_json=as_json, exit_code=EXIT_USAGE, where=exc.where)
     except LogferryError as exc:
         extra: dict[str, Any] = {}
         info = getattr(exc, "info", None)
