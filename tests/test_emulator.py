@@ -248,3 +248,22 @@ def test_principal_semantics() -> None:
     assert not principal_matches({"AWS": "arn:aws:iam::999988887777:root"}, user, "111122223333")
     session = "arn:aws:sts::111122223333:assumed-role/r/s"
     assert principal_matches({"AWS": "arn:aws:iam::111122223333:role/r"}, session, "111122223333")
+
+
+def test_unknown_multipart_upload_is_no_such_upload(emulator: Emulator, unique) -> None:
+    s3 = emulator.client("s3")
+    bucket = unique("bkt")
+    s3.create_bucket(Bucket=bucket)
+    for call in (
+        lambda: s3.upload_part(Bucket=bucket, Key="k", UploadId="nope", PartNumber=1, Body=b"x"),
+        lambda: s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="k",
+            UploadId="nope",
+            MultipartUpload={"Parts": [{"ETag": "x", "PartNumber": 1}]},
+        ),
+    ):
+        with pytest.raises(ClientError) as info:
+            call()
+        assert info.value.response["Error"]["Code"] == "NoSuchUpload"
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404

@@ -36,6 +36,7 @@ def apply_all() -> None:
     _patch_kinesis_authorization()
     _patch_kinesis_routing()
     _patch_kinesis_shard_performance()
+    _patch_s3_unknown_upload()
     _applied = True
 
 
@@ -381,3 +382,29 @@ def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
     wrapper.__doc__ = method.__doc__
     wrapper.__wrapped__ = method  # type: ignore[attr-defined]
     return wrapper
+
+
+# --------------------------------------------------------------------------------------------
+# Unknown multipart upload IDs: S3 answers 404 NoSuchUpload; moto 5.2.5 crashes with HTTP 500
+# (KeyError on `bucket.multiparts[id]` in upload_part / complete_multipart_upload).
+# --------------------------------------------------------------------------------------------
+
+
+def _patch_s3_unknown_upload() -> None:
+    from moto.s3.exceptions import NoSuchUpload
+    from moto.s3.models import S3Backend
+
+    def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: S3Backend, bucket_name: str, multipart_id: str, *a: Any, **k: Any) -> Any:
+            if multipart_id not in self.get_bucket(bucket_name).multiparts:
+                raise NoSuchUpload(upload_id=multipart_id)
+            return method(self, bucket_name, multipart_id, *a, **k)
+
+        wrapper.__name__ = method.__name__
+        wrapper.__wrapped__ = method  # type: ignore[attr-defined]
+        return wrapper
+
+    S3Backend.upload_part = guarded(S3Backend.upload_part)  # type: ignore[method-assign]
+    S3Backend.complete_multipart_upload = guarded(  # type: ignore[method-assign]
+        S3Backend.complete_multipart_upload
+    )

@@ -1,0 +1,135 @@
+"""The S3 sink's crash journal: one small JSON document per endpoint, replaced atomically.
+
+What it must survive a `kill -9` with (Fluent Bit keeps multipart upload IDs on disk for the same
+reason): the open multipart upload (key, UploadId, each uploaded part's ETag and the spool offset
+where that part's data ends), a file boundary once decided (so a file closed early by `flush()`
+is rebuilt with the same byte range on replay), and the end of the last completed object (so a
+restart does not re-send what is already in S3).
+
+Writes are write-temp → fsync → rename → fsync(dir): after a crash the file is either the old or
+the new document, never a torn mix. One sink writes it (the service serialises calls per
+endpoint), so there is no locking. The document stays small: at most one active file, plus one
+short entry per uploaded part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+JOURNAL_NAME: Final = "s3-journal.json"
+VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    number: int
+    etag: str
+    end: int
+    """Spool offset just past the last line in this part (always a line boundary)."""
+    framed: int
+    """Framed (uncompressed) bytes in the file up to `end`, for file_max_bytes after a resume."""
+
+
+@dataclass(slots=True)
+class ActiveFile:
+    """The one file that is being built or uploaded and is not yet a completed object."""
+
+    key: str
+    start: int
+    period_start: int
+    end: int | None = None
+    """The file's decided boundary (None while it may still grow)."""
+    upload_id: str | None = None
+    parts: list[Part] = field(default_factory=list)
+    pgp: bool = False
+
+    @property
+    def resume_offset(self) -> int:
+        return self.parts[-1].end if self.parts else self.start
+
+    @property
+    def framed(self) -> int:
+        return self.parts[-1].framed if self.parts else 0
+
+
+@dataclass(slots=True)
+class JournalState:
+    incarnation: str
+    """Fingerprint of uid_prefix + the endpoint settings that shape keys and bytes."""
+    durable: int | None = None
+    """End offset of the last completed object (every byte below is in S3)."""
+    committed: int = 0
+    """The caller's last reported spool commit."""
+    active: ActiveFile | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["version"] = VERSION
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> JournalState:
+        if doc.get("version") != VERSION:
+            raise ValueError(f"unsupported journal version {doc.get('version')!r}")
+        active = doc.get("active")
+        return cls(
+            incarnation=str(doc["incarnation"]),
+            durable=doc.get("durable"),
+            committed=int(doc.get("committed", 0)),
+            active=None
+            if active is None
+            else ActiveFile(
+                key=active["key"],
+                start=int(active["start"]),
+                period_start=int(active["period_start"]),
+                end=active.get("end"),
+                upload_id=active.get("upload_id"),
+                parts=[Part(**p) for p in active.get("parts", [])],
+                pgp=bool(active.get("pgp", False)),
+            ),
+        )
+
+
+class Journal:
+    """Atomic load/save of one `JournalState` in `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / JOURNAL_NAME
+        self.writes = 0
+
+    def load(self) -> JournalState | None:
+        """The saved state, or None when there is none. A corrupt file raises ValueError
+        naming it (never silently ignored: it may describe an upload that must be finished)."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return JournalState.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"S3 journal {self.path} is unreadable ({exc}); move it aside to start over "
+                "(a multipart upload it names may then stay pending until a bucket lifecycle "
+                "rule aborts it)."
+            ) from exc
+
+    def save(self, state: JournalState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(state.to_json(), separators=(",", ":")).encode()
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.writes += 1
