@@ -1,0 +1,780 @@
+"""The Kinesis delivery engine: chunks of lines in, every line accepted by PutRecords out.
+
+Roles, as in Vector's sinks: the endpoint config (`kinesis_config`), the request builder (lines →
+records, here), the shard map (`shard_map`: where each record goes), pacing (`pacing`: never
+faster than a shard accepts), and the service loop (`KinesisSink.deliver`: send, then re-send
+only the records that failed, for as long as it takes).
+
+Guarantees:
+
+- Nothing is dropped. Records answered `ProvisionedThroughputExceededException` or
+  `InternalFailure` (or any other per-record error) are re-sent alone, each after its own capped
+  exponential backoff with full jitter, and there is no attempt limit (Fastly's "limited number
+  of retries" loses data; Fluent Bit re-sends whole chunks and duplicates them). `deliver` returns
+  only when Kinesis has accepted every line; a setup error (access denied, stream missing, KMS)
+  raises `SetupError` and the caller keeps its chunks.
+- Records spread exactly evenly over the open shards (round-robin with an `ExplicitHashKey`
+  inside the chosen shard's range), following splits, merges and UpdateShardCount: a response
+  whose `ShardId` is not the shard we aimed at triggers a fresh ListShards.
+- Only PutRecords and ListShards are called (the guide's permission policy), plus
+  DescribeStreamSummary with each shard listing to learn a larger `MaxRecordSizeInKiB`; its
+  AccessDenied (the guide's policy) only means the default 1 MiB limit, and it is not asked again.
+
+Partition keys are `<endpoint name>:<byte offset of the line in the endpoint's log>` (packed
+records: `...:<offset>+<lines>`; split pieces `...:<offset>:<i>/<n>`). Kinesis ignores them for
+routing because every record carries an ExplicitHashKey, but they are stable: after a crash the
+service may deliver a chunk again, and a consumer can drop the duplicates by key.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import socket
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from botocore.client import BaseClient
+from botocore.exceptions import ClientError
+
+from logferry.aws.clients import AwsClients
+from logferry.errors import AwsError, AwsErrorInfo, LogferryError, SetupError, TransientError
+from logferry.sinks.aws_errors import classify, is_aws_exception
+from logferry.sinks.backoff import Backoff, wait
+from logferry.sinks.framing import frame
+from logferry.sinks.kinesis_config import KinesisEndpoint
+from logferry.sinks.pacing import SHARD_BYTES_PER_SECOND, ShardPacer, ThrottleMonitor
+from logferry.sinks.shard_map import Shard, ShardMap, load_shard_map
+from logferry.spool.chunk import Chunk
+
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+"""Kinesis's default record limit (data + partition key)."""
+MAX_RECORDS_PER_CALL = 500
+MAX_BYTES_PER_CALL = 5 * 1024 * 1024
+"""PutRecords request limit (data + partition keys of all records)."""
+THROTTLED = "ProvisionedThroughputExceededException"
+INTERNAL = "InternalFailure"
+
+_KEY_PREFIX_MAX = 64
+_KEY_RESERVE = 48
+"""Bytes kept free in a packed record for the partition key after the name (":offset+lines")."""
+_WAIT_SLICE = 0.5
+
+
+class DeliveryInterrupted(LogferryError):
+    """`stop` was set while `deliver` waited (retry backoff or pacing). Nothing is lost: the
+    caller keeps the chunks; the first `completed_chunks` of them were fully accepted."""
+
+    def __init__(self, message: str, *, completed_chunks: int, pending_records: int) -> None:
+        super().__init__(message, fix="None needed: deliver the remaining chunks again later.")
+        self.completed_chunks = completed_chunks
+        self.pending_records = pending_records
+
+
+class KinesisSetupError(SetupError):
+    """A SetupError raised by `deliver`, with how far delivery got (`completed_chunks`)."""
+
+    def __init__(
+        self, message: str, info: AwsErrorInfo, *, fix: str | None, completed_chunks: int
+    ) -> None:
+        super().__init__(message, info, fix=fix)
+        self.completed_chunks = completed_chunks
+
+
+@dataclass
+class KinesisSinkStats:
+    """Counters since the sink was created (records = what Kinesis accepted)."""
+
+    records: int = 0
+    """Records accepted by Kinesis."""
+    lines: int = 0
+    """Lines accepted (a packed record holds several; a split line counts once, at its end)."""
+    bytes: int = 0
+    """Accepted record bytes, data plus partition key (what Kinesis meters)."""
+    calls: int = 0
+    """PutRecords calls made."""
+    failed_calls: int = 0
+    """PutRecords calls that failed as a whole (transient) and were repeated."""
+    retried_records: int = 0
+    """Records sent again after a per-record or whole-call failure."""
+    throttled: int = 0
+    """Records answered ProvisionedThroughputExceededException."""
+    internal_failures: int = 0
+    """Records answered InternalFailure."""
+    other_record_errors: int = 0
+    """Records answered with any other per-record error code (also retried)."""
+    oversize_lines: int = 0
+    """Lines larger than one record, split or truncated per the endpoint's `oversize`."""
+    split_records: int = 0
+    """Records that carry a piece of a split line."""
+    truncated_bytes: int = 0
+    """Bytes cut off oversize lines (oversize = "truncate")."""
+    misrouted_records: int = 0
+    """Records that landed on another shard than aimed at (stale shard map)."""
+    shard_map_refreshes: int = 0
+    paced_seconds: float = 0.0
+    """Time spent holding calls so shards stay within 1,000 records/s and 1 MB/s."""
+    backoff_seconds: float = 0.0
+    """Time spent waiting before retries."""
+    last_success: float | None = None
+    """Unix time of the last PutRecords call that had at least one record accepted."""
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Record:
+    data: bytes
+    key: str
+    size: int
+    lines: int
+    chunks: tuple[int, ...]
+    sticky: int | None = None
+    oversize: bool = False
+    split: bool = False
+    truncated: int = 0
+    attempts: int = 0
+
+
+class _Delivery:
+    """Progress of one `deliver` call: fresh records, records waiting to be retried, chunks."""
+
+    def __init__(self, chunk_count: int, records: list[_Record]) -> None:
+        self.fresh: deque[_Record] = deque(records)
+        self.retry: list[tuple[float, int, _Record]] = []
+        self.pending = [0] * chunk_count
+        for record in records:
+            for index in record.chunks:
+                self.pending[index] += 1
+        self.outstanding = len(records)
+        self._seq = 0
+
+    def later(self, due: float, record: _Record) -> None:
+        self._seq += 1
+        heapq.heappush(self.retry, (due, self._seq, record))
+
+    def accepted(self, record: _Record) -> None:
+        self.outstanding -= 1
+        for index in record.chunks:
+            self.pending[index] -= 1
+
+    def completed_chunks(self) -> int:
+        done = 0
+        for count in self.pending:
+            if count:
+                break
+            done += 1
+        return done
+
+
+class _Batch:
+    """One PutRecords request being assembled within the call and per-shard limits."""
+
+    def __init__(self, call_bytes: int, shard_records: int, shard_bytes: int) -> None:
+        self.items: list[tuple[_Record, Shard, str]] = []
+        self.size = 0
+        self.demand: dict[str, tuple[int, int]] = {}
+        self._call_bytes = call_bytes
+        self._shard_records = shard_records
+        self._shard_bytes = shard_bytes
+
+    def fits(self, record: _Record, shard: Shard) -> bool:
+        if len(self.items) >= MAX_RECORDS_PER_CALL:
+            return False
+        if self.items and self.size + record.size > self._call_bytes:
+            return False
+        records, size = self.demand.get(shard.shard_id, (0, 0))
+        if records >= self._shard_records:
+            return False
+        # A shard takes at most one second's worth per call (one oversized record alone).
+        return not (records and size + record.size > self._shard_bytes)
+
+    def add(self, record: _Record, shard: Shard, hash_key: str) -> None:
+        self.items.append((record, shard, hash_key))
+        self.size += record.size
+        records, size = self.demand.get(shard.shard_id, (0, 0))
+        self.demand[shard.shard_id] = (records + 1, size + record.size)
+
+
+class KinesisSink:
+    """Delivers chunks to one Kinesis endpoint. One `deliver` runs at a time (calls from several
+    threads are serialised); `status`, `stats` and `healthcheck` may be used from any thread."""
+
+    refresh_interval = 60.0
+    """Seconds between periodic ListShards (besides the ones a stale map triggers)."""
+    min_refresh_gap = 1.0
+    """A map found stale is listed again at once; if the new one looks stale too (a reshard
+    still in progress), further listings are this many seconds apart."""
+    record_backoff = (0.1, 5.0)
+    """(base, cap) seconds of the full-jitter backoff before a failed record is re-sent."""
+    call_backoff = (0.25, 20.0)
+    """(base, cap) seconds of the backoff after a whole call (or ListShards) failed."""
+    list_shards_page_size = 1000
+
+    def __init__(
+        self,
+        endpoint: KinesisEndpoint,
+        clients: AwsClients,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
+        hostname: str = socket.gethostname(),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.stream_arn = endpoint.stream_arn()
+        self.stats = KinesisSinkStats()
+        self._clients = clients
+        self._clock = clock
+        self._sleep = sleep
+        self._stop = stop
+        self._hostname = hostname
+        self._rng = rng or random.Random()
+        self._record_backoff = Backoff(*self.record_backoff, rng=self._rng)
+        self._call_backoff = Backoff(*self.call_backoff, rng=self._rng)
+        self._pacer = ShardPacer(clock=clock)
+        self._monitor = ThrottleMonitor(clock=clock)
+        self._deliver_lock = threading.Lock()
+        self._map: ShardMap | None = None
+        self._stale = False
+        self._stale_refreshed = False
+        self._last_refresh = float("-inf")
+        self._max_record_bytes = DEFAULT_MAX_RECORD_BYTES
+        self._describe: str = "not asked"
+        self._stream_summary: dict[str, Any] = {}
+        self._call_failures = 0
+        self._error: AwsError | None = None
+        self._retrying = False
+        self._last_record_error: str | None = None
+        self._key_prefix = endpoint.name[:_KEY_PREFIX_MAX]
+        self._key_prefix_bytes = len(self._key_prefix.encode())
+
+    # --- public API -----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> BaseClient:
+        """The Kinesis client calls go through (cached by AwsClients; tests hook its events)."""
+        return self._clients.client("kinesis", self.endpoint.region)
+
+    @property
+    def max_record_bytes(self) -> int:
+        return self._max_record_bytes
+
+    def deliver(self, chunks: list[Chunk]) -> None:
+        """Return once Kinesis has accepted every line of `chunks`.
+
+        Raises `KinesisSetupError` (a SetupError) when the customer's setup prevents delivery and
+        `DeliveryInterrupted` when `stop` is set during a wait; in both cases the caller keeps the
+        chunks, and the exception's `completed_chunks` says how many leading chunks were fully
+        accepted.
+        """
+        if not chunks:
+            return
+        with self._deliver_lock:
+            state: _Delivery | None = None
+            try:
+                while self._map is None:
+                    self._refresh(None)
+                state = _Delivery(len(chunks), self._records(chunks))
+                self._run(state)
+            except SetupError as exc:
+                self._set_error(exc)
+                raise KinesisSetupError(
+                    exc.message,
+                    exc.info,
+                    fix=exc.fix,
+                    completed_chunks=state.completed_chunks() if state else 0,
+                ) from exc
+
+    def healthcheck(self) -> None:
+        """List the stream's shards with the endpoint's role: proves the role, the stream and
+        kinesis:ListShards (a denial names that action). Raises SetupError / TransientError."""
+        try:
+            found = load_shard_map(
+                self.client,
+                self.stream_arn,
+                now=self._clock(),
+                page_size=self.list_shards_page_size,
+            )
+        except Exception as exc:
+            if not is_aws_exception(exc):
+                raise
+            error = self._classify(exc, "ListShards")
+            if isinstance(error, SetupError):
+                self._set_error(error)
+            if error is exc:
+                raise
+            raise error from exc
+        if found is None:
+            raise self._no_open_shards()
+
+    def status(self) -> dict[str, Any]:
+        """What the endpoint's status page shows; safe to call from any thread."""
+        current = self._map
+        estimate = self._monitor.estimate(len(current)) if current else None
+        error = self._error
+        if error is not None:
+            state = "error"
+        elif self._retrying:
+            state = "retrying"
+        elif self.stats.last_success is None:
+            state = "idle"
+        else:
+            state = "ok"
+        return {
+            "state": state,
+            "stream_arn": self.stream_arn,
+            "error": (
+                None
+                if error is None
+                else {"code": error.code, "message": error.message, "fix": error.fix}
+            ),
+            "open_shards": len(current) if current else None,
+            "shard_ids": current.ids() if current else [],
+            "closed_shards": current.closed if current else None,
+            "max_record_bytes": self._max_record_bytes,
+            "describe_stream_summary": self._describe,
+            "stream": dict(self._stream_summary),
+            "under_provisioned": estimate.message() if estimate else None,
+            "last_record_error": self._last_record_error,
+            "stats": asdict(self.stats),
+        }
+
+    # --- records ------------------------------------------------------------------------------
+
+    def _records(self, chunks: list[Chunk]) -> list[_Record]:
+        """Frame every chunk and turn its lines into records (one line each, or packed)."""
+        out: list[_Record] = []
+        packer = _Packer(self, out) if self.endpoint.packing else None
+        for index, chunk in enumerate(chunks):
+            framed = frame(
+                chunk.data,
+                self.endpoint.format,
+                hostname=self._hostname,
+                service=self.endpoint.name,
+                accepted_at=chunk.accepted_at,
+            )
+            lines = framed.split(b"\n")
+            if lines and not lines[-1]:
+                lines.pop()
+            originals = lines
+            if framed is not chunk.data:
+                originals = chunk.data.split(b"\n")
+            offset = chunk.start
+            for line, original in zip(lines, originals, strict=False):
+                if packer is not None:
+                    packer.add(line, offset, index)
+                else:
+                    self._single(line, offset, index, out)
+                offset += len(original) + 1
+        if packer is not None:
+            packer.flush()
+        return out
+
+    def _single(self, line: bytes, offset: int, chunk: int, out: list[_Record]) -> None:
+        key = f"{self._key_prefix}:{offset}"
+        size = len(line) + self._key_prefix_bytes + len(key) - len(self._key_prefix)
+        if size <= self._max_record_bytes:
+            out.append(_Record(line, key, size, 1, (chunk,)))
+        else:
+            self._oversize(line, offset, chunk, out, newline=False)
+
+    def _oversize(
+        self, data: bytes, offset: int, chunk: int, out: list[_Record], *, newline: bool
+    ) -> None:
+        """A line that does not fit in one record: split (default) or truncate, never silently.
+
+        `data` includes the trailing newline when `newline` (packing mode), so that the pieces
+        of a split line concatenate back to exactly what a packed record would have held.
+        """
+        limit = self._max_record_bytes
+        if self.endpoint.oversize == "truncate":
+            key = f"{self._key_prefix}:{offset}:truncated-from-{len(data)}"
+            budget = limit - len(key.encode())
+            kept = data[: budget - 1] + b"\n" if newline else data[:budget]
+            out.append(
+                _Record(
+                    kept,
+                    key,
+                    len(kept) + len(key.encode()),
+                    1,
+                    (chunk,),
+                    oversize=True,
+                    truncated=len(data) - len(kept),
+                )
+            )
+            return
+        digits = len(str(len(data)))
+        budget = limit - (self._key_prefix_bytes + len(f":{offset}:") + 2 * digits + 1)
+        count = -(-len(data) // budget)
+        sticky = zlib.crc32(b"%d" % offset)
+        for i in range(count):
+            piece = data[i * budget : (i + 1) * budget]
+            key = f"{self._key_prefix}:{offset}:{i + 1}/{count}"
+            out.append(
+                _Record(
+                    piece,
+                    key,
+                    len(piece) + len(key.encode()),
+                    1 if i == count - 1 else 0,
+                    (chunk,),
+                    sticky=sticky,
+                    oversize=i == 0,
+                    split=True,
+                )
+            )
+
+    # --- the delivery loop ----------------------------------------------------------------------
+
+    def _run(self, state: _Delivery) -> None:
+        while state.outstanding:
+            self._refresh_if_due(state)
+            batch = self._next_batch(state)
+            if not batch.items:
+                # Everything left is waiting for its retry time.
+                assert state.retry, "records outstanding but neither fresh nor queued for retry"
+                due = state.retry[0][0]
+                self._wait(due - self._clock(), state, "backoff_seconds")
+                continue
+            delay = self._pacer.delay(batch.demand)
+            if delay > 0:
+                self._wait(delay, state, "paced_seconds")
+            self._pacer.commit(batch.demand)
+            self._send(batch, state)
+
+    def _next_batch(self, state: _Delivery) -> _Batch:
+        shards = self._map
+        assert shards is not None
+        batch = _Batch(
+            max(MAX_BYTES_PER_CALL, self._max_record_bytes),
+            self._pacer.records_per_second,
+            self._pacer.bytes_per_second,
+        )
+        now = self._clock()
+        while state.retry and state.retry[0][0] <= now:
+            record = state.retry[0][2]
+            if not self._place(batch, shards, record):
+                return batch
+            heapq.heappop(state.retry)
+        while state.fresh:
+            if not self._place(batch, shards, state.fresh[0]):
+                break
+            state.fresh.popleft()
+        return batch
+
+    def _place(self, batch: _Batch, shards: ShardMap, record: _Record) -> bool:
+        shard = shards.peek() if record.sticky is None else shards.sticky(record.sticky)
+        if not batch.fits(record, shard):
+            return False
+        batch.add(record, shard, shard.random_key(self._rng))
+        if record.sticky is None:
+            shards.advance()
+        return True
+
+    def _send(self, batch: _Batch, state: _Delivery) -> None:
+        entries = [
+            {"Data": record.data, "PartitionKey": record.key, "ExplicitHashKey": hash_key}
+            for record, _, hash_key in batch.items
+        ]
+        self.stats.calls += 1
+        try:
+            response = self.client.put_records(StreamARN=self.stream_arn, Records=entries)
+        except Exception as exc:
+            if not is_aws_exception(exc):
+                raise
+            error = self._classify(exc, "PutRecords")
+            if not isinstance(error, TransientError):
+                if error is exc:
+                    raise
+                raise error from exc
+            self._note_transient(error)
+            self.stats.failed_calls += 1
+            # The call-level backoff below is the wait; the records go out right after it.
+            self._retry_later([r for r, _, _ in batch.items], state, backoff=False)
+            self._call_failures += 1
+            delay = self._call_backoff.delay(self._call_failures - 1)
+            self._wait(delay, state, "backoff_seconds")
+            return
+        self._call_failures = 0
+        results = response.get("Records", [])
+        if len(results) != len(batch.items):
+            # Never seen from AWS; without a 1:1 answer nothing is known to be written.
+            error = TransientError(
+                f"Kinesis PutRecords answered {len(results)} results for "
+                f"{len(batch.items)} records.",
+                AwsErrorInfo("MismatchedResponse", service="kinesis", operation="PutRecords"),
+            )
+            self._note_transient(error)
+            self._retry_later([r for r, _, _ in batch.items], state, backoff=True)
+            return
+        self._settle(batch, results, state)
+
+    def _settle(self, batch: _Batch, results: list[dict[str, Any]], state: _Delivery) -> None:
+        """Count accepted records; queue only the failed ones for a re-send."""
+        throttled = accepted = misrouted = 0
+        failed: list[_Record] = []
+        setup: SetupError | None = None
+        for (record, shard, _), result in zip(batch.items, results, strict=True):
+            code = result.get("ErrorCode")
+            if code:
+                if code == THROTTLED:
+                    self.stats.throttled += 1
+                    throttled += 1
+                elif code == INTERNAL:
+                    self.stats.internal_failures += 1
+                else:
+                    self.stats.other_record_errors += 1
+                    error = self._classify_record_error(code, result.get("ErrorMessage", ""))
+                    if isinstance(error, SetupError):
+                        setup = error
+                self._last_record_error = f"{code}: {result.get('ErrorMessage', '')}".rstrip(": ")
+                failed.append(record)
+                continue
+            accepted += 1
+            if result.get("ShardId") != shard.shard_id:
+                misrouted += 1
+            self._accept(record, state)
+        self._retry_later(failed, state, backoff=True)
+        if misrouted:
+            self.stats.misrouted_records += misrouted
+            self._stale = True
+        elif accepted:
+            self._stale_refreshed = False  # the map is confirmed by Kinesis's answers
+        self._monitor.note(len(batch.items), batch.size, throttled)
+        if accepted:
+            self.stats.last_success = time.time()
+            self._error = None
+        self._retrying = accepted < len(batch.items)
+        if setup is not None:
+            raise setup
+
+    def _accept(self, record: _Record, state: _Delivery) -> None:
+        state.accepted(record)
+        stats = self.stats
+        stats.records += 1
+        stats.lines += record.lines
+        stats.bytes += record.size
+        if record.oversize:
+            stats.oversize_lines += 1
+        if record.split:
+            stats.split_records += 1
+        stats.truncated_bytes += record.truncated
+
+    def _retry_later(self, records: list[_Record], state: _Delivery, *, backoff: bool) -> None:
+        """Queue failed records for a re-send after one shared full-jitter delay (growing with
+        their attempts), so they travel together instead of as many one-record calls."""
+        if not records:
+            return
+        delay = 0.0
+        if backoff:
+            delay = self._record_backoff.delay(max(r.attempts for r in records))
+        due = self._clock() + delay
+        for record in records:
+            record.attempts += 1
+            state.later(due, record)
+        self.stats.retried_records += len(records)
+
+    def _wait(self, seconds: float, state: _Delivery | None, counter: str) -> None:
+        """Sleep in slices, watching `stop`; raise DeliveryInterrupted when it is set."""
+        if seconds <= 0:
+            return
+        start = self._clock()
+        remaining = seconds
+        try:
+            while remaining > 0:
+                step = min(remaining, _WAIT_SLICE)
+                if not wait(step, stop=self._stop, sleep=self._sleep):
+                    raise self._interrupted(state)
+                remaining -= step
+        finally:
+            elapsed = max(0.0, self._clock() - start)
+            setattr(self.stats, counter, getattr(self.stats, counter) + elapsed)
+
+    def _interrupted(self, state: _Delivery | None) -> DeliveryInterrupted:
+        done = state.completed_chunks() if state else 0
+        pending = state.outstanding if state else 0
+        return DeliveryInterrupted(
+            f"Delivery to {self.stream_arn} stopped while waiting (retry backoff or shard "
+            f"pacing): {pending} records not yet accepted, {done} leading chunks complete.",
+            completed_chunks=done,
+            pending_records=pending,
+        )
+
+    # --- shard map ------------------------------------------------------------------------------
+
+    def _refresh_if_due(self, state: _Delivery) -> None:
+        now = self._clock()
+        assert self._map is not None
+        if self._stale:
+            if self._stale_refreshed and now - self._last_refresh < self.min_refresh_gap:
+                return
+            self._stale_refreshed = True
+            self._refresh(state)
+        elif now - self._map.loaded_at >= self.refresh_interval:
+            self._stale_refreshed = False
+            self._refresh(state)
+
+    def _refresh(self, state: _Delivery | None) -> None:
+        """ListShards now; transient failures keep the old map (or wait when there is none)."""
+        self._last_refresh = self._clock()
+        try:
+            found = load_shard_map(
+                self.client,
+                self.stream_arn,
+                now=self._clock(),
+                page_size=self.list_shards_page_size,
+            )
+            if found is None:
+                raise self._no_open_shards()
+        except Exception as exc:
+            if not is_aws_exception(exc):
+                raise
+            error = self._classify(exc, "ListShards")
+            if not isinstance(error, TransientError):
+                if error is exc:
+                    raise
+                raise error from exc
+            self._note_transient(error)
+            if self._map is None:
+                self._call_failures += 1
+                delay = self._call_backoff.delay(self._call_failures - 1)
+                self._wait(delay, state, "backoff_seconds")
+            return
+        self._call_failures = 0
+        self._map = found
+        self._stale = False
+        self._pacer.retain(found.ids())
+        self.stats.shard_map_refreshes += 1
+        if self._describe != "denied":
+            self._describe_stream()
+
+    def _describe_stream(self) -> None:
+        """Learn MaxRecordSizeInKiB if DescribeStreamSummary is allowed (it is not in the guide's
+        policy: a denial is remembered and never asked again, so CloudTrail is not flooded)."""
+        try:
+            summary = self.client.describe_stream_summary(StreamARN=self.stream_arn)[
+                "StreamDescriptionSummary"
+            ]
+        except Exception as exc:
+            if not is_aws_exception(exc):
+                raise
+            error = self._classify(exc, "DescribeStreamSummary")
+            denied = isinstance(error, SetupError) and error.code.startswith("AccessDenied")
+            self._describe = "denied" if denied else "failed"  # failed: asked again next time
+            return
+        self._describe = "allowed"
+        kib = summary.get("MaxRecordSizeInKiB")
+        self._max_record_bytes = int(kib) * 1024 if kib else DEFAULT_MAX_RECORD_BYTES
+        self._stream_summary = {
+            k: summary.get(k)
+            for k in ("StreamStatus", "StreamModeDetails", "EncryptionType", "OpenShardCount")
+        }
+
+    def _no_open_shards(self) -> TransientError:
+        return TransientError(
+            f"Kinesis stream {self.stream_arn} has no open shard (it is being created or "
+            "resharded).",
+            AwsErrorInfo(
+                "NoOpenShards",
+                service="kinesis",
+                operation="ListShards",
+                region=self.endpoint.region,
+            ),
+            fix="None needed if it passes: logferry lists the shards again.",
+        )
+
+    # --- errors ---------------------------------------------------------------------------------
+
+    def _classify(self, exc: BaseException, operation: str) -> AwsError:
+        """An AWS exception (see `is_aws_exception`) as SetupError / TransientError."""
+        error = classify(
+            exc,
+            service="kinesis",
+            operation=operation,
+            region=self.endpoint.region,
+            resource=self.stream_arn,
+            target=self.stream_arn,
+        )
+        if isinstance(error, SetupError) and error.code in _KINESIS_TRANSIENT:
+            return TransientError(error.message, error.info, fix=_KINESIS_TRANSIENT[error.code])
+        return error
+
+    def _classify_record_error(self, code: str, message: str) -> AwsError:
+        return classify(
+            ClientError({"Error": {"Code": code, "Message": message}}, "PutRecords"),
+            service="kinesis",
+            operation="PutRecords",
+            region=self.endpoint.region,
+            resource=self.stream_arn,
+            target=self.stream_arn,
+        )
+
+    def _note_transient(self, error: AwsError) -> None:
+        self._retrying = True
+        self.stats.last_error = str(error)
+        self.stats.last_error_at = time.time()
+
+    def _set_error(self, error: AwsError) -> None:
+        self._error = error
+        self.stats.last_error = str(error)
+        self.stats.last_error_at = time.time()
+
+
+_KINESIS_TRANSIENT: dict[str, str] = {
+    "ResourceInUseException": "None needed: the stream is being created or updated; logferry "
+    "retries.",
+    "ExpiredNextTokenException": "None needed: logferry lists the shards again from the start.",
+}
+"""Kinesis codes the shared classifier treats as setup errors but that pass by themselves."""
+
+
+class _Packer:
+    """Packs consecutive lines (each newline-terminated) into records up to the size limit.
+
+    A packed record also stays within one second of a shard's byte quota (1 MB < 1 MiB), so a
+    full record never holds its shard for longer than a second.
+    """
+
+    def __init__(self, sink: KinesisSink, out: list[_Record]) -> None:
+        self._sink = sink
+        self._out = out
+        overhead = sink._key_prefix_bytes + _KEY_RESERVE
+        self._limit = sink.max_record_bytes - overhead
+        self._budget = min(sink.max_record_bytes, SHARD_BYTES_PER_SECOND) - overhead
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._first = 0
+        self._chunks: list[int] = []
+
+    def add(self, line: bytes, offset: int, chunk: int) -> None:
+        size = len(line) + 1
+        if size > self._limit:
+            self.flush()
+            self._sink._oversize(line + b"\n", offset, chunk, self._out, newline=True)
+            return
+        if self._lines and self._size + size > self._budget:
+            self.flush()
+        if not self._lines:
+            self._first = offset
+        self._lines.append(line)
+        self._size += size
+        if not self._chunks or self._chunks[-1] != chunk:
+            self._chunks.append(chunk)
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        data = b"\n".join(self._lines) + b"\n"
+        key = f"{self._sink._key_prefix}:{self._first}+{len(self._lines)}"
+        self._out.append(
+            _Record(data, key, len(data) + len(key.encode()), len(self._lines), tuple(self._chunks))
+        )
+        self._lines = []
+        self._size = 0
+        self._chunks = []

@@ -1,0 +1,154 @@
+"""The Kinesis endpoint as users configure it (Fastly's field names), validated up front.
+
+Fields are Fastly's (`name`, `topic`, `region`, `iam_role`, `format`) plus two of ours:
+`packing` (several lines per record, off by default as at Fastly) and `oversize` (what happens to a
+line larger than the stream's record size limit; never silent, always counted).
+
+The stream ARN is not a field: it is derived from the role's account and partition, the region and
+the topic, because the guide's role lives in the account that owns the stream. Validating here,
+before any AWS call, turns AWS's vague errors into messages that name the field and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from logferry.aws.names import (
+    RoleArn,
+    StreamArn,
+    parse_role_arn,
+    partition_for_region,
+    validate_region,
+    validate_stream_name,
+)
+from logferry.errors import InputError
+from logferry.sinks.framing import DEFAULT_MESSAGE_TYPE, MessageType
+
+OversizePolicy = Literal["split", "truncate"]
+"""What a line larger than one record becomes (see `KinesisEndpoint.oversize`)."""
+
+_NAME_MAX = 100
+_CREDENTIAL_FIELDS = ("access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _as_value_error(exc: InputError) -> ValueError:
+    """pydantic shows the field path itself; keep only our message and fix."""
+    return ValueError(f"{exc.message} {exc.fix}" if exc.fix else exc.message)
+
+
+class KinesisEndpoint(BaseModel):
+    """One Kinesis logging endpoint: where lines go, as whom, and in which shape."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    name: str
+    """Endpoint name (Fastly's `name`); shown as the syslog service and in partition keys."""
+    topic: str
+    """The Kinesis data stream's name (Fastly calls it `topic`)."""
+    region: str
+    """The stream's region, e.g. us-east-1."""
+    iam_role: str
+    """The customer's role ARN; its account owns the stream."""
+    format: MessageType = DEFAULT_MESSAGE_TYPE
+    """Per-line framing (`classic`, `loggly`, `logplex`, `blank`), as `message_type` for S3."""
+    packing: bool = False
+    """False: one line per record, the line without its newline (Fastly's behaviour).
+    True: consecutive lines, each newline-terminated, packed into records up to the size limit
+    and at most 1 MB, one second of a shard's write quota (far fewer records and PutRecords
+    calls; consumers split records on newlines)."""
+    oversize: OversizePolicy = "split"
+    """A line over the record size limit (1 MiB including the partition key, or the stream's
+    MaxRecordSizeInKiB when DescribeStreamSummary is allowed) is never dropped silently:
+
+    - `split` (default, nothing lost): the line is cut into consecutive pieces, each one record on
+      the same shard; piece i of n has partition key `<name>:<offset>:<i>/<n>`, so a consumer can
+      reassemble them; counted in `oversize_lines`.
+    - `truncate`: one record with the first bytes that fit; its partition key is
+      `<name>:<offset>:truncated-from-<original length>`; counted in `oversize_lines` and
+      `truncated_bytes`.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_static_credentials(cls, data: Any) -> Any:
+        """Fastly's Kinesis endpoint also takes access keys; we deliberately never do."""
+        if isinstance(data, dict):
+            given = [f for f in _CREDENTIAL_FIELDS if f in data]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} given: logferry never takes the customer's access keys. "
+                    "Remove them and set iam_role to the role the customer created (logferry "
+                    "role policies / role create --for kinesis)."
+                )
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not 1 <= len(value) <= _NAME_MAX:
+            raise ValueError(
+                f"is {len(value)} characters long; endpoint names are 1-{_NAME_MAX} characters."
+            )
+        if _CONTROL_RE.search(value) or "/" in value:
+            raise ValueError(
+                f"{value!r} contains a control character or '/'. Use letters, digits, spaces "
+                "and punctuation other than '/' (the name appears in URLs and partition keys)."
+            )
+        return value
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if value.startswith("arn:"):
+            raise ValueError(
+                f"{value!r} is an ARN; topic is the stream's name. Use the part after "
+                "'stream/' (the account and region come from iam_role and region)."
+            )
+        try:
+            return validate_stream_name(value)
+        except InputError as exc:
+            raise _as_value_error(exc) from None
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value: str) -> str:
+        try:
+            return validate_region(value)
+        except InputError as exc:
+            raise _as_value_error(exc) from None
+
+    @field_validator("iam_role")
+    @classmethod
+    def _check_role(cls, value: str) -> str:
+        try:
+            return parse_role_arn(value).arn
+        except InputError as exc:
+            raise _as_value_error(exc) from None
+
+    @model_validator(mode="after")
+    def _check_partition(self) -> KinesisEndpoint:
+        role = parse_role_arn(self.iam_role)
+        expected = partition_for_region(self.region)
+        if role.partition != expected:
+            raise ValueError(
+                f"iam_role is in partition {role.partition} but region {self.region} belongs to "
+                f"{expected}; the role must live in the account that owns the stream. Use a role "
+                f"ARN starting with arn:{expected}:iam:: or a region of {role.partition}."
+            )
+        return self
+
+    def role(self) -> RoleArn:
+        return parse_role_arn(self.iam_role)
+
+    def stream(self) -> StreamArn:
+        """The stream as an ARN object: partition and account of the role, region, topic."""
+        role = self.role()
+        return StreamArn(role.partition, self.region, role.account_id, self.topic)
+
+    def stream_arn(self) -> str:
+        """`arn:PARTITION:kinesis:REGION:ACCOUNT:stream/TOPIC` (ACCOUNT = iam_role's account)."""
+        return self.stream().arn

@@ -1,0 +1,218 @@
+"""Per-shard write pacing and the "under-provisioned" estimate for Kinesis.
+
+A shard accepts 1,000 records and 1 MB per second. We keep what we send to each shard in a
+sliding one-second window and hold a PutRecords call until every shard it touches has room. A
+classic token bucket with a one-second burst lets up to *twice* the rate through in some
+one-second window (a full bucket plus a second of refill), which is exactly what Kinesis throttles;
+the window still allows a whole second's quota in one call (the burst) but never more than the
+limit in any second. A single record larger than the byte limit (up to 10 MiB on large-record
+streams) is let through alone on an idle shard and then holds the shard for as many seconds as
+it is worth, so the average stays within the limit.
+
+`ThrottleMonitor` turns persistent `ProvisionedThroughputExceededException` answers into the
+status line "stream under-provisioned: N open shards, ≈M needed for the observed rate".
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+SHARD_RECORDS_PER_SECOND = 1_000
+SHARD_BYTES_PER_SECOND = 1_000_000
+
+
+class _Window:
+    """What was sent to one shard and still counts against its quota, in expiry order.
+
+    An entry normally counts for `span` (one second). A single call larger than a whole
+    second's quota (one record of up to 10 MiB) counts for proportionally longer, so that the
+    average never exceeds the limit: 4 MB on a 1 MB/s shard blocks it for 4 s.
+    """
+
+    __slots__ = ("bytes", "entries", "records")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, int, int]] = []  # (expires at, records, bytes)
+        self.records = 0
+        self.bytes = 0
+
+    def expire(self, now: float) -> None:
+        drop = 0
+        for expires, records, size in self.entries:
+            if expires > now:
+                break
+            self.records -= records
+            self.bytes -= size
+            drop += 1
+        if drop:
+            del self.entries[:drop]
+
+    def delay(self, now: float, records: int, size: int, limits: tuple[int, int]) -> float:
+        """Seconds until `records`/`size` more fit (0 when they fit now)."""
+        max_records, max_bytes = limits
+        # Anything larger than a whole window's quota goes alone on an empty window.
+        need_records = min(records, max_records)
+        need_bytes = min(size, max_bytes)
+        have_records, have_bytes = self.records, self.bytes
+        if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
+            return 0.0
+        for expires, r, b in self.entries:
+            have_records -= r
+            have_bytes -= b
+            if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
+                return max(0.0, expires - now)
+        return 0.0  # unreachable: an empty window always fits the capped demand
+
+    def add(
+        self, now: float, records: int, size: int, span: float, limits: tuple[int, int]
+    ) -> None:
+        hold = span * max(1.0, records / limits[0], size / limits[1])
+        bisect.insort(self.entries, (now + hold, records, size))
+        self.records += records
+        self.bytes += size
+
+
+class ShardPacer:
+    """Keeps every shard within `records_per_second` and `bytes_per_second` in any window."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        records_per_second: int = SHARD_RECORDS_PER_SECOND,
+        bytes_per_second: int = SHARD_BYTES_PER_SECOND,
+        span: float = 1.0,
+    ) -> None:
+        self._clock = clock
+        self._limits = (records_per_second, bytes_per_second)
+        self._span = span
+        self._windows: dict[str, _Window] = {}
+
+    @property
+    def records_per_second(self) -> int:
+        return self._limits[0]
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self._limits[1]
+
+    def delay(self, demand: Mapping[str, tuple[int, int]]) -> float:
+        """Seconds to wait before sending `demand` (shard id → (records, bytes))."""
+        now = self._clock()
+        worst = 0.0
+        for shard_id, (records, size) in demand.items():
+            window = self._windows.get(shard_id)
+            if window is None:
+                continue
+            window.expire(now)
+            worst = max(worst, window.delay(now, records, size, self._limits))
+        return worst
+
+    def commit(self, demand: Mapping[str, tuple[int, int]]) -> None:
+        """Account for a call that is being sent now."""
+        now = self._clock()
+        for shard_id, (records, size) in demand.items():
+            window = self._windows.get(shard_id)
+            if window is None:
+                window = self._windows[shard_id] = _Window()
+            window.expire(now)
+            window.add(now, records, size, self._span, self._limits)
+
+    def retain(self, shard_ids: Iterable[str]) -> None:
+        """Forget shards that are no longer open (after a reshard)."""
+        keep = set(shard_ids)
+        for shard_id in list(self._windows):
+            if shard_id not in keep:
+                del self._windows[shard_id]
+
+
+@dataclass(frozen=True)
+class ProvisioningEstimate:
+    open_shards: int
+    needed_shards: int
+    records_per_second: float
+    bytes_per_second: float
+    throttled_fraction: float
+
+    def message(self) -> str:
+        return (
+            f"stream under-provisioned: {self.open_shards} open shards, "
+            f"≈{self.needed_shards} needed for the observed rate "
+            f"({self.records_per_second:,.0f} records/s, "
+            f"{self.bytes_per_second / 1e6:,.2f} MB/s offered, "
+            f"{self.throttled_fraction:.0%} of records throttled)"
+        )
+
+
+class ThrottleMonitor:
+    """Estimates the shard count the offered load needs once throttling has lasted a while.
+
+    Every PutRecords call is noted (records/bytes sent and how many were throttled). Throttling is
+    *persistent* when throttled calls span at least `persist` seconds of the last `window`
+    seconds and the latest one is recent. The estimate is the larger of (a) today's shard count
+    scaled by the share of records Kinesis actually accepted and (b) the offered rate divided by
+    one shard's limits, and always at least one more than today.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        window: float = 60.0,
+        persist: float = 30.0,
+        recent: float = 15.0,
+        records_per_shard: int = SHARD_RECORDS_PER_SECOND,
+        bytes_per_shard: int = SHARD_BYTES_PER_SECOND,
+    ) -> None:
+        self._clock = clock
+        self._window = window
+        self._persist = persist
+        self._recent = recent
+        self._per_shard = (records_per_shard, bytes_per_shard)
+        self._calls: deque[tuple[float, int, int, int]] = deque()
+        self._lock = threading.Lock()  # noted by the delivery thread, read by status pages
+
+    def note(self, records: int, size: int, throttled: int) -> None:
+        now = self._clock()
+        with self._lock:
+            self._calls.append((now, records, size, throttled))
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._calls and self._calls[0][0] < now - self._window:
+            self._calls.popleft()
+
+    def estimate(self, open_shards: int) -> ProvisioningEstimate | None:
+        """The estimate while throttling is persistent, else None."""
+        now = self._clock()
+        with self._lock:
+            self._trim(now)
+            calls = list(self._calls)
+        throttled_at = [t for t, _, _, throttled in calls if throttled]
+        if not throttled_at:
+            return None
+        if throttled_at[-1] - throttled_at[0] < self._persist:
+            return None
+        if now - throttled_at[-1] > self._recent:
+            return None
+        sent = sum(c[1] for c in calls)
+        size = sum(c[2] for c in calls)
+        throttled = sum(c[3] for c in calls)
+        span = max(1.0, min(self._window, now - calls[0][0]))
+        rps, bps = sent / span, size / span
+        accepted_share = max(0.01, (sent - throttled) / sent) if sent else 1.0
+        by_share = math.ceil(open_shards / accepted_share)
+        by_rate = math.ceil(max(rps / self._per_shard[0], bps / self._per_shard[1]))
+        needed = max(by_share, by_rate, open_shards + 1)
+        return ProvisioningEstimate(
+            open_shards=open_shards,
+            needed_shards=needed,
+            records_per_second=rps,
+            bytes_per_second=bps,
+            throttled_fraction=throttled / sent if sent else 0.0,
+        )
