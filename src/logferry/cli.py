@@ -7,7 +7,7 @@ import typer
 from logferry.commands.local import app as local_app
 from logferry.commands.role import app as role_app
 from logferry.commands.role_check import CHECK_EPILOG, CHECK_HELP, check_command
-from logferry.commands.serve import serve_command
+from logferry.commands.serve import SERVE_EPILOG, SERVE_HELP, serve_command
 
 app = typer.Typer(
     name="logferry",
@@ -24,7 +24,7 @@ app = typer.Typer(
 role_app.command("check", help=CHECK_HELP, epilog=CHECK_EPILOG)(check_command)
 app.add_typer(role_app, name="role")
 app.add_typer(local_app, name="local")
-app.command("serve")(serve_command)
+app.command("serve", help=SERVE_HELP, epilog=SERVE_EPILOG)(serve_command)
 
 
 def main() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import threading
+from pathlib import Path
 
 import typer
 
-from logferry.commands.common import JsonOption, out, print_json
+from logferry.commands.common import JsonOption, cli_errors, out, print_json
+from logferry.errors import InputError
 from logferry.local.emulator import CUSTOMER_ACCOUNT_ID, VENDOR_ACCOUNT_ID, start_emulator
 
 app = typer.Typer(
@@ -65,3 +68,37 @@ def run(
             pass
     finally:
         emulator.stop()
+
+
+@app.command("ls", epilog="Example:  logferry local ls --lines 3")
+def list_landed(
+    state: Path = typer.Option(
+        Path(".logferry-local/demo.json"), "--state", help="Written by `logferry serve --local`."
+    ),
+    lines: int = typer.Option(2, "--lines", help="Show the first N lines of each object/shard."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Show what landed in the demo customer's bucket and stream (as the customer's admin)."""
+    from logferry.local.inspect import read_demo
+
+    with cli_errors(as_json):
+        if not state.exists():
+            raise InputError(
+                "--state",
+                f"{state} does not exist.",
+                fix="Start the demo first: logferry serve --local",
+            )
+        doc = read_demo(json.loads(state.read_text()))
+    if as_json:
+        print_json(doc)
+        return
+    out.print(f"[bold]s3://{doc['bucket']}[/]: {len(doc['objects'])} object(s)")
+    for obj in doc["objects"]:
+        out.print(f"  {obj['key']}  {obj['size']} B  {obj['lines']} line(s)", highlight=False)
+        for line in obj["sample"][:lines]:
+            out.print(f"      {line}", highlight=False, markup=False)
+    out.print(f"[bold]kinesis {doc['stream']}[/]: {doc['records']} record(s)")
+    for shard in doc["shards"]:
+        out.print(f"  {shard['shard_id']}: {shard['records']} record(s)", highlight=False)
+        for line in shard["sample"][:lines]:
+            out.print(f"      {line}", highlight=False, markup=False)

@@ -1,10 +1,155 @@
-"""`logferry serve`: the vendor service (placeholder until the service lands)."""
+"""`logferry serve`: the vendor service (HTTP ingest + management API + syslog + delivery)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
 import typer
 
+from logferry.commands.common import cli_errors, err
+from logferry.service.config import ServiceConfig, load_config, split_listen
+from logferry.service.logs import log, setup_logging
 
-def serve_command() -> None:
-    """Run the vendor service (not yet available)."""
-    raise typer.Exit(1)
+logger = logging.getLogger("logferry.serve")
+
+SERVE_HELP = (
+    "Run the vendor service: HTTP ingest, syslog listeners, the management API (OpenAPI at "
+    "/openapi.json), /metrics, /healthz, /readyz, and delivery into customers' S3 buckets and "
+    "Kinesis streams through their roles.\n\n"
+    "Lines are acknowledged (202) only once durable in the spool; SIGTERM flushes open files "
+    "within server.shutdown_flush_seconds and leaves the rest spooled for the next start.\n\n"
+    "--local starts an embedded AWS emulator on loopback, provisions a demo customer exactly as "
+    "the guide does (through `logferry role create`), creates an S3 and a Kinesis endpoint, and "
+    "prints a token and a curl command to try it."
+)
+SERVE_EPILOG = (
+    "Examples:\n\n"
+    "  logferry serve --local\n\n"
+    "  LOGFERRY_ADMIN_TOKEN=$(openssl rand -hex 24) logferry serve --config logferry.toml"
+)
+
+
+def serve_command(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="TOML configuration file (see README 'Configuration')."
+    ),
+    local: bool = typer.Option(
+        False, "--local", help="Zero-setup demo against an embedded AWS emulator."
+    ),
+    listen: str | None = typer.Option(None, "--listen", help="Override server.listen."),
+    spool_dir: Path | None = typer.Option(None, "--spool-dir", help="Override spool.dir."),
+) -> None:
+    overrides: dict[str, Any] = {}
+    if listen:
+        overrides["server.listen"] = listen
+    if spool_dir:
+        overrides["spool.dir"] = str(spool_dir)
+    with cli_errors():
+        if local:
+            from logferry.service.local_demo import run_local
+
+            run_local(config, overrides)
+            return
+        cfg = load_config(config, overrides)
+    run_service(cfg)
+
+
+class _Server:
+    """uvicorn's Server, but SIGTERM/SIGINT end it cleanly (exit 0) instead of re-raising."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, self._request_exit)
+                try:
+                    yield
+                finally:
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(sig)
+
+            def _request_exit(self) -> None:
+                if self.should_exit:
+                    self.force_exit = True
+                self.should_exit = True
+
+        return Server(config)
+
+
+def run_service(cfg: ServiceConfig, *, on_ready: Any = None, credentials: Any = None) -> None:
+    setup_logging(cfg.log.level, cfg.log.format)
+    asyncio.run(serve_async(cfg, on_ready=on_ready, credentials=credentials))
+
+
+async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: Any = None) -> None:
+    import uvicorn
+
+    from logferry.service.api import create_app
+    from logferry.service.runtime import Service
+
+    service = Service(cfg, vendor_credentials=credentials)
+    if service.admin_token is None:
+        log(
+            logger,
+            logging.WARNING,
+            "no admin token: the management API refuses every call",
+            fix=f"set {cfg.auth.admin_token_env or 'auth.admin_token_file'}",
+        )
+    app = create_app(service)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        await service.start()
+        log(
+            logger,
+            logging.INFO,
+            "logferry ready",
+            listen=cfg.server.listen,
+            endpoints=len(service.endpoints),
+            pid=os.getpid(),
+        )
+        if on_ready is not None:
+            await on_ready(service)
+        try:
+            yield
+        finally:
+            log(
+                logger,
+                logging.INFO,
+                "shutting down: flushing open files",
+                seconds=cfg.server.shutdown_flush_seconds,
+            )
+            await service.stop()
+            log(logger, logging.INFO, "stopped")
+
+    app.router.lifespan_context = lifespan
+    host, port = split_listen(cfg.server.listen)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=max(5, int(cfg.server.shutdown_flush_seconds) + 5),
+            limit_concurrency=4096,
+            backlog=2048,
+            h11_max_incomplete_event_size=64 * 1024,
+        )
+    )
+    try:
+        await server.serve()
+    except SystemExit as exc:  # uvicorn exits when it cannot bind
+        err.print(f"[bold red]error:[/] cannot listen on {cfg.server.listen}")
+        raise typer.Exit(1) from exc

@@ -1,0 +1,416 @@
+"""The HTTP surface on one port: ingest, management API (OpenAPI at /openapi.json), probes, metrics.
+
+FastAPI because the management API is model-driven (pydantic bodies, 422 per-field errors and an
+OpenAPI document for free); ingest reads the raw body stream itself so a large body is never
+parsed twice and the 413 limit is enforced while reading, not after.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from logferry import __version__
+from logferry.ingest.lines import BadGzip, BodyTooLarge, gunzip_limited, normalize
+from logferry.service.endpoints import (
+    FieldError,
+    check_customer_id,
+    check_endpoint_name,
+    endpoint_document,
+    parse_endpoint,
+)
+from logferry.service.logs import log
+from logferry.service.runtime import Service, UnknownEndpoint
+from logferry.spool import SpoolFull
+
+logger = logging.getLogger("logferry.api")
+
+
+class Principal(BaseModel):
+    admin: bool
+    customer_id: str | None = None
+
+
+class CustomerBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    external_id: str | None = Field(
+        None,
+        description="Override the external ID (default: per vendor.external_id_mode). "
+        "2-1224 characters of letters, digits and _+=,.@:/-",
+        min_length=2,
+        max_length=1224,
+        pattern=r"^[\w+=,.@:/-]+$",
+    )
+
+
+class CustomerOut(BaseModel):
+    id: str
+    external_id: str
+    created: float
+    endpoints: list[str] = []
+    trust_policy_hint: str = ""
+
+
+class TokenOut(BaseModel):
+    id: str
+    token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    empty_skipped: int = 0
+    truncated: int = 0
+    invalid_utf8: int = 0
+
+
+def _problem(status: int, message: str, fix: str | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if fix:
+        body["fix"] = fix
+    body.update(extra)
+    return JSONResponse(body, status_code=status)
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="logferry",
+        version=__version__,
+        description="Deliver customers' log lines into their own AWS accounts (S3, Kinesis) "
+        "through a cross-account IAM role with an external ID.",
+    )
+    app.state.service = service
+    max_body = service.config.server.max_body_bytes
+    max_line = service.config.server.max_line_bytes
+
+    @app.exception_handler(FieldError)
+    async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(UnknownEndpoint)
+    async def _unknown(_: Request, exc: UnknownEndpoint) -> JSONResponse:
+        return _problem(404, exc.message, exc.fix)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": [{k: e[k] for k in ("loc", "msg", "type")} for e in exc.errors()]},
+            status_code=422,
+        )
+
+    def principal(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(
+                401,
+                "missing bearer token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        token = token.strip()
+        if service.admin_token and hmac.compare_digest(token, service.admin_token):
+            return Principal(admin=True)
+        customer = service.store.customer_for_token(token)
+        if customer is None:
+            raise HTTPException(
+                401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return Principal(admin=False, customer_id=customer)
+
+    def admin(who: Principal = Depends(principal)) -> Principal:
+        if not who.admin:
+            raise HTTPException(403, "this API needs the admin token")
+        return who
+
+    def customer_or_admin(customer_id: str, who: Principal = Depends(principal)) -> Principal:
+        if not who.admin and who.customer_id != customer_id:
+            raise HTTPException(403, f"this token does not belong to customer {customer_id!r}")
+        return who
+
+    # ------------------------------------------------------------------ probes and metrics
+
+    @app.get("/healthz", tags=["probes"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"])
+    async def readyz() -> Response:
+        if not service.ready:
+            return JSONResponse(
+                {"status": "starting" if not service.stopping else "stopping"}, status_code=503
+            )
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["probes"], response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # ------------------------------------------------------------------ ingest
+
+    @app.post(
+        "/v1/ingest/{customer_id}/{name}",
+        status_code=202,
+        response_model=IngestResult,
+        tags=["ingest"],
+        summary="Append newline-delimited log lines; 202 only once they are durable.",
+        responses={
+            413: {"description": "body over the limit"},
+            429: {"description": "spool full; retry after Retry-After seconds"},
+        },
+    )
+    async def ingest(
+        customer_id: str,
+        name: str,
+        request: Request,
+        who: Principal = Depends(customer_or_admin),
+    ) -> Any:
+        try:
+            service.endpoint(customer_id, name)
+        except UnknownEndpoint as exc:
+            return _problem(404, exc.message, exc.fix)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body:
+            service.metrics.ingest_rejected.labels("too_large").inc()
+            return _problem(
+                413,
+                f"body is {declared} bytes; the limit is {max_body}",
+                "split the lines into several requests",
+            )
+        parts: list[bytes] = []
+        size = 0
+        async for piece in request.stream():
+            size += len(piece)
+            if size > max_body:
+                service.metrics.ingest_rejected.labels("too_large").inc()
+                return _problem(
+                    413,
+                    f"body exceeds the limit of {max_body} bytes",
+                    "split the lines into several requests",
+                )
+            parts.append(piece)
+        body = b"".join(parts)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            try:
+                body = gunzip_limited(body, max_body)
+            except BodyTooLarge:
+                service.metrics.ingest_rejected.labels("too_large").inc()
+                return _problem(
+                    413,
+                    f"decompressed body exceeds {max_body} bytes",
+                    "split the lines into several requests",
+                )
+            except BadGzip as exc:
+                service.metrics.ingest_rejected.labels("bad_gzip").inc()
+                return _problem(400, str(exc), "send valid gzip or drop Content-Encoding")
+        elif encoding not in ("", "identity"):
+            service.metrics.ingest_rejected.labels("bad_encoding").inc()
+            return _problem(
+                415, f"Content-Encoding {encoding!r} is not supported", "use gzip or no encoding"
+            )
+        norm = normalize(body, max_line_bytes=max_line)
+        result = IngestResult(
+            accepted=norm.lines,
+            empty_skipped=norm.empty_skipped,
+            truncated=norm.truncated,
+            invalid_utf8=norm.invalid_utf8,
+        )
+        if norm.lines:
+            try:
+                await service.ingest(customer_id, name, norm.data, norm.lines, "http")
+            except SpoolFull as exc:
+                service.metrics.ingest_rejected.labels("spool_full").inc()
+                retry = max(1, round(exc.retry_after))
+                response = _problem(
+                    429,
+                    "the spool is full; nothing of this request was kept",
+                    f"retry after {retry} s",
+                    retry_after=retry,
+                )
+                response.headers["Retry-After"] = str(retry)
+                return response
+        adjusted = service.metrics.ingest_adjusted
+        for kind, count in (
+            ("empty_skipped", norm.empty_skipped),
+            ("truncated", norm.truncated),
+            ("invalid_utf8", norm.invalid_utf8),
+        ):
+            if count:
+                adjusted.labels(customer_id, name, kind).inc(count)
+        return result
+
+    # ------------------------------------------------------------------ customers
+
+    def _customer_out(customer_id: str) -> CustomerOut:
+        record = service.store.get_customer(customer_id)
+        if record is None:
+            raise HTTPException(404, f"no customer {customer_id!r}")
+        names = sorted(n for (c, n) in service.endpoints if c == customer_id)
+        hint = (
+            f"logferry role create --external-id {record.external_id} --vendor-account "
+            f"{service.config.vendor.account_id} (--bucket B | --stream-arn ARN)"
+        )
+        return CustomerOut(
+            id=record.id,
+            external_id=record.external_id,
+            created=record.created,
+            endpoints=names,
+            trust_policy_hint=hint,
+        )
+
+    @app.put("/v1/customers/{customer_id}", response_model=CustomerOut, tags=["customers"])
+    async def put_customer(
+        customer_id: str, body: CustomerBody | None = Body(None), _: Principal = Depends(admin)
+    ) -> Any:
+        check_customer_id(customer_id)
+        record, new = service.put_customer(customer_id, body.external_id if body else None)
+        out = _customer_out(record.id)
+        return JSONResponse(out.model_dump(), status_code=201 if new else 200)
+
+    @app.get("/v1/customers", tags=["customers"])
+    async def list_customers(_: Principal = Depends(admin)) -> list[CustomerOut]:
+        return [_customer_out(c.id) for c in service.store.list_customers()]
+
+    @app.get("/v1/customers/{customer_id}", response_model=CustomerOut, tags=["customers"])
+    async def get_customer(customer_id: str, _: Principal = Depends(admin)) -> Any:
+        return _customer_out(customer_id)
+
+    @app.delete("/v1/customers/{customer_id}", status_code=204, tags=["customers"])
+    async def delete_customer(customer_id: str, _: Principal = Depends(admin)) -> Response:
+        if service.store.get_customer(customer_id) is None:
+            raise HTTPException(404, f"no customer {customer_id!r}")
+        service.delete_customer(customer_id)
+        return Response(status_code=204)
+
+    @app.post(
+        "/v1/customers/{customer_id}/tokens",
+        status_code=201,
+        response_model=TokenOut,
+        tags=["customers"],
+    )
+    async def issue_token(customer_id: str, _: Principal = Depends(admin)) -> Any:
+        if service.store.get_customer(customer_id) is None:
+            raise HTTPException(404, f"no customer {customer_id!r}")
+        token_id, token = service.store.issue_token(customer_id)
+        return TokenOut(id=token_id, token=token)
+
+    @app.get("/v1/customers/{customer_id}/tokens", tags=["customers"])
+    async def list_tokens(customer_id: str, _: Principal = Depends(admin)) -> list[dict[str, Any]]:
+        return service.store.list_tokens(customer_id)
+
+    @app.delete(
+        "/v1/customers/{customer_id}/tokens/{token_id}", status_code=204, tags=["customers"]
+    )
+    async def revoke_token(
+        customer_id: str, token_id: str, _: Principal = Depends(admin)
+    ) -> Response:
+        if not service.store.revoke_token(customer_id, token_id):
+            raise HTTPException(404, f"no active token {token_id!r} for {customer_id!r}")
+        return Response(status_code=204)
+
+    # ------------------------------------------------------------------ endpoints
+
+    @app.put(
+        "/v1/customers/{customer_id}/endpoints/{name}",
+        tags=["endpoints"],
+        summary="Create or replace an endpoint; runs the role check first unless verify=false.",
+    )
+    async def put_endpoint(
+        customer_id: str,
+        name: str,
+        body: dict[str, Any] = Body(
+            ...,
+            examples=[
+                {
+                    "type": "s3",
+                    "bucket_name": "my-logs",
+                    "path": "cdn/",
+                    "iam_role": "arn:aws:iam::123456789012:role/logferry-s3-logging",
+                    "period": 300,
+                    "gzip_level": 3,
+                }
+            ],
+        ),
+        verify: bool = Query(True, description="Run `role check` before accepting."),
+        _: Principal = Depends(admin),
+    ) -> Any:
+        check_customer_id(customer_id)
+        check_endpoint_name(name)
+        if service.store.get_customer(customer_id) is None:
+            raise HTTPException(
+                404, f"no customer {customer_id!r}: PUT /v1/customers/{customer_id} first"
+            )
+        type_, model = parse_endpoint(name, body)
+        if verify and service.config.server.verify_on_change:
+            import asyncio
+
+            report = await asyncio.to_thread(service.verify, customer_id, type_, model)
+            if not report.ok:
+                return _problem(
+                    422,
+                    f"the role check failed for {model.iam_role}: {report.summary()}",
+                    "fix the role (see `logferry role check`), or retry with ?verify=false",
+                    report=report.as_json(),
+                )
+        _, new = service.put_endpoint(customer_id, name, type_, model)
+        log(
+            logger,
+            logging.INFO,
+            "endpoint saved",
+            customer=customer_id,
+            endpoint=name,
+            type=type_,
+            new=new,
+        )
+        return JSONResponse(endpoint_document(type_, model), status_code=201 if new else 200)
+
+    @app.get("/v1/customers/{customer_id}/endpoints", tags=["endpoints"])
+    async def list_endpoints(
+        customer_id: str, _: Principal = Depends(customer_or_admin)
+    ) -> list[dict[str, Any]]:
+        return [
+            endpoint_document(record.type, model)
+            for (c, _n), (record, model) in sorted(service.endpoints.items())
+            if c == customer_id
+        ]
+
+    @app.get("/v1/customers/{customer_id}/endpoints/{name}", tags=["endpoints"])
+    async def get_endpoint(
+        customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
+    ) -> dict[str, Any]:
+        record, model = service.endpoint(customer_id, name)
+        return endpoint_document(record.type, model)
+
+    @app.delete("/v1/customers/{customer_id}/endpoints/{name}", status_code=204, tags=["endpoints"])
+    async def delete_endpoint(
+        customer_id: str, name: str, _: Principal = Depends(admin)
+    ) -> Response:
+        if not service.delete_endpoint(customer_id, name):
+            raise HTTPException(404, f"customer {customer_id!r} has no endpoint {name!r}")
+        return Response(status_code=204)
+
+    @app.post("/v1/customers/{customer_id}/endpoints/{name}/verify", tags=["endpoints"])
+    async def verify_endpoint(
+        customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
+    ) -> dict[str, Any]:
+        import asyncio
+
+        record, model = service.endpoint(customer_id, name)
+        report = await asyncio.to_thread(service.verify, customer_id, record.type, model)
+        if report.ok:
+            service.broker.forget(model.iam_role)
+            service.worker(customer_id, name).notify()  # retry now if it was in error
+        return report.as_json()
+
+    @app.get("/v1/customers/{customer_id}/endpoints/{name}/status", tags=["endpoints"])
+    async def endpoint_status(
+        customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
+    ) -> dict[str, Any]:
+        return service.endpoint_status(customer_id, name)
+
+    return app

@@ -1,0 +1,195 @@
+"""`logferry.toml`: the service's configuration, validated with errors that name the key path.
+
+Secrets never live in the file: tokens come from an environment variable (`*_env`) or a file
+(`*_file`) — the file is meant to be committed to a repository, the secrets are not.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from logferry.aws.names import validate_account_id, validate_region
+from logferry.aws.sts_broker import DEFAULT_STS_REGIONS, MAX_DURATION, MIN_DURATION
+from logferry.errors import InputError
+from logferry.ingest.syslog import SyslogListenerConfig
+from logferry.spool.size import parse_size
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class VendorConfig(_Strict):
+    name: str = Field("logferry", min_length=1, max_length=32, description="Shown in CloudTrail.")
+    account_id: str = "717331877981"
+    external_id_mode: Literal["customer_id", "generated"] = "customer_id"
+    sts_regions: list[str] = Field(default_factory=lambda: list(DEFAULT_STS_REGIONS))
+    sts_endpoints: dict[str, str] = Field(default_factory=dict)
+    session_duration_seconds: int = Field(3600, ge=MIN_DURATION, le=MAX_DURATION)
+    source_identity: str | None = None
+
+    @field_validator("account_id")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        return validate_account_id(value)
+
+    @field_validator("sts_regions")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError('give at least one STS region, e.g. ["us-east-1"]')
+        return [validate_region(r) for r in value]
+
+    @field_validator("sts_endpoints")
+    @classmethod
+    def _endpoints(cls, value: dict[str, str]) -> dict[str, str]:
+        for region, url in value.items():
+            validate_region(region)
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{region} = {url!r}: give an http:// or https:// URL")
+        return value
+
+
+class AwsConfig(_Strict):
+    endpoint_url: str | None = None
+    """Every AWS service at one URL (the emulator); unset for real AWS."""
+
+
+class ServerConfig(_Strict):
+    listen: str = "127.0.0.1:8080"
+    max_body_bytes: int | str = "16MiB"
+    max_line_bytes: int | str = "256KiB"
+    shutdown_flush_seconds: float = Field(20.0, ge=0, le=600)
+    idle_flush_seconds: float = Field(0.0, ge=0)
+    delivery_threads: int = Field(8, ge=1, le=256)
+    verify_on_change: bool = True
+
+    @field_validator("max_body_bytes", "max_line_bytes")
+    @classmethod
+    def _size(cls, value: int | str) -> int:
+        return parse_size(value)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+
+class SpoolConfig(_Strict):
+    dir: Path = Path("./spool")
+    max_bytes: int | str = "10GiB"
+    segment_bytes: int | str = "64MiB"
+
+    @field_validator("max_bytes", "segment_bytes")
+    @classmethod
+    def _size(cls, value: int | str) -> int:
+        return parse_size(value)
+
+
+class AuthConfig(_Strict):
+    admin_token_env: str | None = "LOGFERRY_ADMIN_TOKEN"
+    admin_token_file: Path | None = None
+
+    def admin_token(self) -> str | None:
+        if self.admin_token_file is not None:
+            try:
+                token = self.admin_token_file.read_text().strip()
+            except OSError as exc:
+                raise InputError(
+                    "auth.admin_token_file", f"cannot read {self.admin_token_file}: {exc}"
+                ) from None
+            return token or None
+        if self.admin_token_env:
+            return os.environ.get(self.admin_token_env) or None
+        return None
+
+
+class StaticEndpoint(BaseModel):
+    """An endpoint in the file: `type` plus the Fastly fields (validated by the sink's model)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["s3", "kinesis"]
+    name: str
+
+
+class StaticCustomer(_Strict):
+    id: str
+    external_id: str | None = None
+    token_env: str | None = None
+    token_file: Path | None = None
+    endpoints: list[StaticEndpoint] = Field(default_factory=list)
+
+
+class StateConfig(_Strict):
+    db: Path | None = None
+    """SQLite file for customers, endpoints, tokens, status; default `<spool.dir>/logferry.db`."""
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class ServiceConfig(_Strict):
+    vendor: VendorConfig = Field(default_factory=VendorConfig)
+    aws: AwsConfig = Field(default_factory=AwsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    listeners: list[SyslogListenerConfig] = Field(default_factory=list)
+    customers: list[StaticCustomer] = Field(default_factory=list)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state.db or (self.spool.dir / "logferry.db")
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """ "HOST:PORT" or "[v6]:PORT" → (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)")
+    return host.strip("[]"), int(port)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each with the TOML key path, what is wrong and what is allowed."""
+    lines = [f"{source}: invalid configuration:"]
+    for error in exc.errors():
+        path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see README 'Configuration')"
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> ServiceConfig:
+    """Read and validate `path` (or defaults); raise InputError with every problem listed."""
+    raw: dict[str, Any] = {}
+    source = str(path) if path else "(defaults)"
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError("--config", f"{path} does not exist.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError("--config", f"{path} is not valid TOML: {exc}.") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return ServiceConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError("--config", format_validation_error(exc, source)) from None

@@ -1,0 +1,106 @@
+"""Endpoint bodies of the management API: `{"type": "s3"|"kinesis", ...Fastly fields}`.
+
+The sink's own pydantic model is the single source of truth for fields and validation; this
+module only dispatches on `type` and turns validation errors into per-field messages.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from logferry.sinks.kinesis_config import KinesisEndpoint
+from logferry.sinks.s3_config import S3Endpoint
+
+ENDPOINT_TYPES: dict[str, type[BaseModel]] = {"s3": S3Endpoint, "kinesis": KinesisEndpoint}
+_ID_RE = re.compile(r"^[A-Za-z0-9_+=,.@:-]{2,128}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_+=,.@:-]{1,100}$")
+
+EndpointModel = S3Endpoint | KinesisEndpoint
+
+
+class FieldError(Exception):
+    """Per-field validation problems, shaped like FastAPI's 422 `detail` list."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+
+def check_customer_id(customer_id: str) -> str:
+    if not _ID_RE.match(customer_id):
+        raise FieldError(
+            [
+                {
+                    "loc": ["path", "customer_id"],
+                    "msg": "customer IDs are 2-128 characters of letters, digits and _+=,.@:- "
+                    "(they become the external ID, whose alphabet this is)",
+                    "type": "value_error",
+                }
+            ]
+        )
+    return customer_id
+
+
+def check_endpoint_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise FieldError(
+            [
+                {
+                    "loc": ["path", "name"],
+                    "msg": "endpoint names are 1-100 characters of letters, digits and _+=,.@:-",
+                    "type": "value_error",
+                }
+            ]
+        )
+    return name
+
+
+def parse_endpoint(name: str, body: dict[str, Any]) -> tuple[str, EndpointModel]:
+    """Validate an endpoint body; the URL's name wins and must match a `name` in the body."""
+    if not isinstance(body, dict):
+        raise FieldError([{"loc": ["body"], "msg": "must be a JSON object", "type": "type_error"}])
+    fields = dict(body)
+    type_ = fields.pop("type", None)
+    if type_ not in ENDPOINT_TYPES:
+        raise FieldError(
+            [
+                {
+                    "loc": ["body", "type"],
+                    "msg": f"must be one of {sorted(ENDPOINT_TYPES)} (got {type_!r})",
+                    "type": "value_error",
+                }
+            ]
+        )
+    if fields.get("name", name) != name:
+        raise FieldError(
+            [
+                {
+                    "loc": ["body", "name"],
+                    "msg": f"is {fields['name']!r} but the URL names {name!r}; drop it or match",
+                    "type": "value_error",
+                }
+            ]
+        )
+    fields["name"] = name
+    try:
+        model = ENDPOINT_TYPES[type_].model_validate(fields)
+    except ValidationError as exc:
+        raise FieldError(
+            [
+                {
+                    "loc": ["body", *exc_loc],
+                    "msg": err["msg"].removeprefix("Value error, "),
+                    "type": err["type"],
+                }
+                for err in exc.errors()
+                for exc_loc in [list(err["loc"])]
+            ]
+        ) from None
+    return type_, model  # type: ignore[return-value]
+
+
+def endpoint_document(type_: str, model: BaseModel) -> dict[str, Any]:
+    return {"type": type_, **model.model_dump(mode="json", exclude_none=True)}

@@ -1,0 +1,152 @@
+"""Prometheus metrics: one registry per service instance (tests run several in one process).
+
+Counters are incremented where things happen; gauges that describe state (spool depth, STS
+outcomes kept by the broker, endpoint states) are read at scrape time by a collector, so idle
+endpoints cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _StateCollector(Collector):
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Any]:
+        snap = self._snapshot()
+        sts = CounterMetricFamily(
+            "logferry_sts_assume_role",
+            "AssumeRole calls by STS region and outcome",
+            labels=["region", "outcome"],
+        )
+        for (region, outcome), count in sorted(snap.get("sts", {}).items()):
+            sts.add_metric([region, outcome], count)
+        yield sts
+        healthy = GaugeMetricFamily(
+            "logferry_sts_region_healthy",
+            "1 if the STS region is not cooling down",
+            labels=["region"],
+        )
+        for region, info in sorted(snap.get("regions", {}).items()):
+            healthy.add_metric([region], 1.0 if info["healthy"] else 0.0)
+        yield healthy
+        pending_bytes = GaugeMetricFamily(
+            "logferry_spool_pending_bytes",
+            "Accepted bytes not yet delivered",
+            labels=["customer", "endpoint"],
+        )
+        pending_lines = GaugeMetricFamily(
+            "logferry_spool_pending_lines",
+            "Accepted lines not yet delivered",
+            labels=["customer", "endpoint"],
+        )
+        for (customer, endpoint), (b, n) in sorted(snap.get("pending", {}).items()):
+            pending_bytes.add_metric([customer, endpoint], b)
+            pending_lines.add_metric([customer, endpoint], n)
+        yield pending_bytes
+        yield pending_lines
+        yield GaugeMetricFamily(
+            "logferry_spool_disk_bytes", "Bytes the spool uses on disk", value=snap.get("disk", 0)
+        )
+        yield from _syslog_families(snap.get("syslog", {}))
+        states = GaugeMetricFamily(
+            "logferry_endpoints", "Configured endpoints by type and state", labels=["type", "state"]
+        )
+        for (type_, state), count in sorted(snap.get("states", {}).items()):
+            states.add_metric([type_, state], count)
+        yield states
+
+
+_SYSLOG_COUNTERS = (
+    ("messages", "Syslog frames/datagrams received"),
+    ("lines", "Syslog lines accepted by the spool"),
+    ("truncated", "Syslog messages cut to max_message_bytes"),
+    ("invalid_utf8", "Syslog messages with invalid UTF-8 repaired"),
+    ("empty_skipped", "Empty syslog messages skipped"),
+    ("framing_errors", "Syslog framing errors (connection closed)"),
+    ("connection_errors", "Syslog connection errors"),
+    ("deliver_retries", "Syslog batches retried because the spool refused them"),
+    ("lost_on_stop", "TCP syslog lines the spool still refused when the listener stopped"),
+)
+
+
+def _syslog_families(listeners: dict[str, Any]) -> Iterable[Any]:
+    for name, help_text in _SYSLOG_COUNTERS:
+        family = CounterMetricFamily(f"logferry_syslog_{name}", help_text, labels=["listener"])
+        for label, counters in sorted(listeners.items()):
+            family.add_metric([label], getattr(counters, name))
+        yield family
+    dropped = CounterMetricFamily(
+        "logferry_syslog_udp_dropped",
+        "UDP datagrams dropped, by reason",
+        labels=["listener", "reason"],
+    )
+    formats = CounterMetricFamily(
+        "logferry_syslog_format_lines",
+        "Syslog lines by recognised format",
+        labels=["listener", "format"],
+    )
+    for label, counters in sorted(listeners.items()):
+        for reason, count in sorted(counters.udp_dropped.items()):
+            dropped.add_metric([label, reason], count)
+        for fmt, count in sorted(counters.by_format.items()):
+            formats.add_metric([label, fmt], count)
+    yield dropped
+    yield formats
+
+
+class Metrics:
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        ep = ["customer", "endpoint"]
+        self.ingest_lines = Counter(
+            "logferry_ingest_lines", "Lines accepted (durable)", [*ep, "source"], registry=r
+        )
+        self.ingest_bytes = Counter(
+            "logferry_ingest_bytes", "Bytes accepted (durable)", [*ep, "source"], registry=r
+        )
+        self.ingest_rejected = Counter(
+            "logferry_ingest_rejected_requests",
+            "Ingest requests refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.ingest_adjusted = Counter(
+            "logferry_ingest_adjusted_lines",
+            "Lines skipped (empty) or changed (truncated, invalid UTF-8 repaired)",
+            [*ep, "kind"],
+            registry=r,
+        )
+        self.delivered_lines = Counter(
+            "logferry_delivered_lines", "Lines delivered", [*ep, "type"], registry=r
+        )
+        self.delivered_bytes = Counter(
+            "logferry_delivered_bytes", "Uncompressed bytes delivered", [*ep, "type"], registry=r
+        )
+        self.delivered_units = Counter(
+            "logferry_delivered_units",
+            "S3 objects or Kinesis PutRecords calls completed",
+            [*ep, "type"],
+            registry=r,
+        )
+        self.delivery_errors = Counter(
+            "logferry_delivery_errors",
+            "Delivery failures by AWS code and kind (setup: customer must fix; transient: retried)",
+            [*ep, "code", "kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "logferry_delivery_retries", "Delivery attempts retried", ep, registry=r
+        )
+        r.register(_StateCollector(snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,306 @@
+"""The running service: state, spools, credential broker, workers and listeners, wired once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.credentials import Credentials
+
+from logferry.aws.clients import AwsTarget
+from logferry.aws.names import parse_stream_arn
+from logferry.aws.role_check import KinesisTarget, Report, S3Target, check_role
+from logferry.aws.sts_broker import CredentialBroker
+from logferry.errors import InputError
+from logferry.ingest.syslog import SyslogServer
+from logferry.service.config import ServiceConfig
+from logferry.service.endpoints import EndpointModel, endpoint_document, parse_endpoint
+from logferry.service.logs import log
+from logferry.service.metrics import Metrics
+from logferry.service.store import CustomerRecord, EndpointRecord, Store
+from logferry.service.worker import EndpointWorker, model_for
+from logferry.spool import Chunk, SpoolManager
+
+logger = logging.getLogger("logferry.service")
+
+EndpointKey = tuple[str, str]
+
+
+class UnknownEndpoint(InputError):
+    pass
+
+
+class Service:
+    """Everything `logferry serve` runs, minus the HTTP server (see `service.api`)."""
+
+    def __init__(self, config: ServiceConfig, *, vendor_credentials: Credentials | None = None):
+        self.config = config
+        self.stopping = False
+        config.spool.dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = config.spool.dir / "state"
+        self.store = Store(config.db_path)
+        self.spools = SpoolManager(
+            config.spool.dir / "data",
+            max_bytes=config.spool.max_bytes,
+            segment_bytes=config.spool.segment_bytes,
+        )
+        _raise_fd_limit()
+        self.aws_target = AwsTarget(endpoint_url=config.aws.endpoint_url)
+        self.broker = CredentialBroker(
+            vendor_name=config.vendor.name,
+            vendor_account_id=config.vendor.account_id,
+            regions=config.vendor.sts_regions,
+            sts_endpoints=config.vendor.sts_endpoints,
+            target=self.aws_target,
+            vendor_credentials=vendor_credentials,
+            duration_seconds=config.vendor.session_duration_seconds,
+        )
+        self.delivery_executor = ThreadPoolExecutor(
+            max_workers=config.server.delivery_threads, thread_name_prefix="deliver"
+        )
+        self.metrics = Metrics(self.snapshot)
+        self.admin_token = config.auth.admin_token()
+        self.endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]] = {}
+        self.workers: dict[EndpointKey, EndpointWorker] = {}
+        self.listeners: list[SyslogServer] = []
+        self.ready = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        for record in self.store.list_endpoints():
+            try:
+                self.endpoints[(record.customer_id, record.name)] = (record, model_for(record))
+            except Exception as exc:  # a stored endpoint no longer validates: keep its data
+                log(
+                    logger,
+                    logging.ERROR,
+                    "stored endpoint is invalid",
+                    endpoint=record.name,
+                    customer=record.customer_id,
+                    error=str(exc),
+                )
+        self._apply_static_config()
+        # Resume delivery of whatever a previous run left in the spool.
+        live = {record.uid_prefix: key for key, (record, _) in self.endpoints.items()}
+        for uid in self.spools.keys_on_disk():
+            key = live.get(uid)
+            if key is None:
+                log(logger, logging.WARNING, "spool of a deleted endpoint removed", uid=uid)
+                self.spools.drop(uid)
+                continue
+            spool = self.spools.open(uid)
+            if spool.end_offset > spool.committed_offset or (self.state_dir / "s3" / uid).exists():
+                self.worker(*key).notify()
+        for listener_config in self.config.listeners:
+            key = (listener_config.customer_id, listener_config.endpoint)
+            if key not in self.endpoints:
+                raise InputError(
+                    "listeners",
+                    f"listener {listener_config.listen} names endpoint {key[1]!r} of customer "
+                    f"{key[0]!r}, which does not exist.",
+                    fix="Define it under [[customers.endpoints]] or create it via the API first.",
+                )
+            server = SyslogServer(listener_config, self._syslog_deliver(key))
+            await server.start()
+            self.listeners.append(server)
+        self.ready = True
+
+    def _apply_static_config(self) -> None:
+        import os
+
+        for customer in self.config.customers:
+            self.put_customer(customer.id, customer.external_id)
+            token = None
+            if customer.token_env:
+                token = os.environ.get(customer.token_env)
+            elif customer.token_file:
+                token = customer.token_file.read_text().strip()
+            if token:
+                self.store.put_static_token(customer.id, token)
+            for endpoint in customer.endpoints:
+                body = endpoint.model_dump()
+                type_, model = parse_endpoint(endpoint.name, body)
+                self.put_endpoint(customer.id, endpoint.name, type_, model)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.ready = False
+        for listener in self.listeners:
+            await listener.stop()
+        flush = self.config.server.shutdown_flush_seconds
+        await asyncio.gather(*(w.stop(flush) for w in list(self.workers.values())))
+        self.delivery_executor.shutdown(wait=False, cancel_futures=True)
+        self.spools.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ customers / endpoints
+
+    def new_external_id(self, customer_id: str) -> str:
+        if self.config.vendor.external_id_mode == "generated":
+            return f"{self.config.vendor.name[:16]}-{secrets.token_urlsafe(24)}"
+        return customer_id
+
+    def put_customer(
+        self, customer_id: str, external_id: str | None = None
+    ) -> tuple[CustomerRecord, bool]:
+        return self.store.put_customer(
+            customer_id, external_id or self.new_external_id(customer_id)
+        )
+
+    def delete_customer(self, customer_id: str) -> None:
+        for key in [k for k in self.endpoints if k[0] == customer_id]:
+            self._forget_endpoint(key)
+        for uid in self.store.delete_customer(customer_id):
+            self.spools.drop(uid)
+
+    def put_endpoint(
+        self, customer_id: str, name: str, type_: str, model: EndpointModel
+    ) -> tuple[EndpointRecord, bool]:
+        document = endpoint_document(type_, model)
+        document.pop("type")
+        old = self.endpoints.get((customer_id, name))
+        record, new = self.store.put_endpoint(customer_id, name, type_, document)
+        if old is not None and old[0].uid_prefix != record.uid_prefix:
+            self._forget_endpoint((customer_id, name), drop_store=False, uid=old[0].uid_prefix)
+        self.endpoints[(customer_id, name)] = (record, model)
+        worker = self.workers.get((customer_id, name))
+        if worker is not None:
+            worker.reconfigure(record, model)
+        return record, new
+
+    def delete_endpoint(self, customer_id: str, name: str) -> bool:
+        uid = self.store.delete_endpoint(customer_id, name)
+        if uid is None:
+            return False
+        self._forget_endpoint((customer_id, name), drop_store=False, uid=uid)
+        return True
+
+    def _forget_endpoint(
+        self, key: EndpointKey, drop_store: bool = True, uid: str | None = None
+    ) -> None:
+        entry = self.endpoints.pop(key, None)
+        worker = self.workers.pop(key, None)
+        if worker is not None:
+            worker.stop_event.set()
+            if worker._task is not None:
+                worker._task.cancel()
+        uid = uid or (entry[0].uid_prefix if entry else None)
+        if uid:
+            self.spools.drop(uid)
+        if drop_store:
+            self.store.delete_endpoint(*key)
+
+    def endpoint(self, customer_id: str, name: str) -> tuple[EndpointRecord, EndpointModel]:
+        found = self.endpoints.get((customer_id, name))
+        if found is None:
+            raise UnknownEndpoint(
+                "endpoint",
+                f"customer {customer_id!r} has no endpoint {name!r}.",
+                fix=f"Create it: PUT /v1/customers/{customer_id}/endpoints/{name}",
+            )
+        return found
+
+    def worker(self, customer_id: str, name: str) -> EndpointWorker:
+        key = (customer_id, name)
+        worker = self.workers.get(key)
+        if worker is None:
+            record, model = self.endpoint(customer_id, name)
+            worker = self.workers[key] = EndpointWorker(self, record, model)
+        return worker
+
+    # ------------------------------------------------------------------ ingest
+
+    async def ingest(
+        self, customer_id: str, name: str, data: bytes, lines: int, source: str
+    ) -> Chunk:
+        """Append durably (raises SpoolFull when the spool is at its limit), then wake delivery."""
+        record, _ = self.endpoint(customer_id, name)
+        spool = self.spools.get(record.uid_prefix)
+        if spool is None:  # opening may scan a segment after a crash: keep it off the loop
+            spool = await asyncio.to_thread(self.spools.open, record.uid_prefix)
+        chunk = await spool.append(data, lines)
+        self.metrics.ingest_lines.labels(customer_id, name, source).inc(lines)
+        self.metrics.ingest_bytes.labels(customer_id, name, source).inc(len(data))
+        self.worker(customer_id, name).accepted(lines, len(data))
+        return chunk
+
+    def _syslog_deliver(self, key: EndpointKey) -> Any:
+        async def deliver(data: bytes, lines: int) -> None:
+            await self.ingest(key[0], key[1], data, lines, "syslog")
+
+        return deliver
+
+    # ------------------------------------------------------------------ verification
+
+    def verify(self, customer_id: str, type_: str, model: EndpointModel) -> Report:
+        customer = self.store.get_customer(customer_id)
+        external_id = customer.external_id if customer else customer_id
+        target: S3Target | KinesisTarget
+        if type_ == "s3":
+            path = getattr(model, "path", "") or ""
+            prefix = path.split("%", 1)[0]
+            target = S3Target(
+                model.bucket_name, prefix, getattr(model, "region", None) or "us-east-1"
+            )
+        else:
+            target = KinesisTarget(parse_stream_arn(model.stream_arn()))
+        return check_role(
+            broker=self.broker,
+            role_arn=model.iam_role,
+            external_id=external_id,
+            target=target,
+            customer_id=customer_id,
+        )
+
+    # ------------------------------------------------------------------ status
+
+    def endpoint_status(self, customer_id: str, name: str) -> dict[str, Any]:
+        record, _ = self.endpoint(customer_id, name)
+        worker = self.worker(customer_id, name)
+        status = worker.status()
+        if worker.last_error is None:
+            spool = self.spools.get(record.uid_prefix)
+            if spool is None and self.spools.keys_on_disk().count(record.uid_prefix):
+                spool = self.spools.open(record.uid_prefix)
+            if spool is not None:
+                status["lines"]["pending"] = spool.pending_lines
+                status["bytes"]["pending"] = spool.pending_bytes
+        status["errors"] = self.store.errors(record.uid_prefix)
+        return status
+
+    def snapshot(self) -> dict[str, Any]:
+        pending = {}
+        for key, worker in list(self.workers.items()):
+            spool = self.spools.get(worker.record.uid_prefix)
+            if spool is not None:
+                pending[key] = (spool.pending_bytes, spool.pending_lines)
+        states: Counter[tuple[str, str]] = Counter()
+        for key, (record, _) in list(self.endpoints.items()):
+            worker = self.workers.get(key)
+            states[(record.type, worker.state if worker else "idle")] += 1
+        return {
+            "sts": dict(self.broker.outcomes),
+            "regions": self.broker.region_health(),
+            "pending": pending,
+            "disk": self.spools.total_bytes,
+            "states": dict(states),
+            "syslog": {
+                f"{ln.config.protocol}://{ln.config.listen}": ln.counters for ln in self.listeners
+            },
+        }
+
+
+def _raise_fd_limit() -> None:
+    """Many endpoints mean many segment files: use the hard fd limit, not the soft default."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,325 @@
+"""Durable state of the service in SQLite: customers, ingest tokens, endpoints, status, errors.
+
+SQLite because it is in the standard library, transactional and crash-safe (WAL), and this state
+is small and written rarely compared with log data (which lives in the spool, not here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS customers (
+    id TEXT PRIMARY KEY,
+    external_id TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+    secret_hash TEXT NOT NULL,
+    created REAL NOT NULL,
+    revoked REAL
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    customer_id TEXT NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    type TEXT NOT NULL,
+    config TEXT NOT NULL,
+    uid_prefix TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (customer_id, name)
+);
+CREATE TABLE IF NOT EXISTS endpoint_stats (
+    uid_prefix TEXT PRIMARY KEY,
+    stats TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoint_errors (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid_prefix TEXT NOT NULL,
+    time REAL NOT NULL,
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    fix TEXT
+);
+CREATE INDEX IF NOT EXISTS endpoint_errors_by_endpoint ON endpoint_errors(uid_prefix, seq);
+"""
+
+ERRORS_KEPT = 100
+TOKEN_PREFIX = "lft"
+
+
+@dataclass(frozen=True)
+class CustomerRecord:
+    id: str
+    external_id: str
+    created: float
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    customer_id: str
+    name: str
+    type: str
+    config: dict[str, Any]
+    uid_prefix: str
+    created: float
+    updated: float
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Store:
+    """Thread-safe; every method is one short transaction."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ customers
+
+    def put_customer(self, customer_id: str, external_id: str) -> tuple[CustomerRecord, bool]:
+        """Create the customer if new; an existing one keeps its external ID. Returns (rec, new)."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
+            if row is not None:
+                return CustomerRecord(row["id"], row["external_id"], row["created"]), False
+            now = time.time()
+            db.execute(
+                "INSERT INTO customers(id, external_id, created) VALUES (?,?,?)",
+                (customer_id, external_id, now),
+            )
+            return CustomerRecord(customer_id, external_id, now), True
+
+    def get_customer(self, customer_id: str) -> CustomerRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
+        return CustomerRecord(row["id"], row["external_id"], row["created"]) if row else None
+
+    def list_customers(self) -> list[CustomerRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM customers ORDER BY id").fetchall()
+        return [CustomerRecord(r["id"], r["external_id"], r["created"]) for r in rows]
+
+    def delete_customer(self, customer_id: str) -> list[str]:
+        """Delete the customer, its tokens and endpoints; returns the endpoints' uid prefixes."""
+        with self._tx() as db:
+            uids = [
+                r["uid_prefix"]
+                for r in db.execute(
+                    "SELECT uid_prefix FROM endpoints WHERE customer_id=?", (customer_id,)
+                )
+            ]
+            db.execute("DELETE FROM customers WHERE id=?", (customer_id,))
+            for uid in uids:
+                db.execute("DELETE FROM endpoint_stats WHERE uid_prefix=?", (uid,))
+                db.execute("DELETE FROM endpoint_errors WHERE uid_prefix=?", (uid,))
+            return uids
+
+    # ------------------------------------------------------------------ tokens
+
+    def issue_token(self, customer_id: str) -> tuple[str, str]:
+        """A new ingest token, shown once; only its hash is stored. Returns (token_id, token)."""
+        token_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO tokens(id, customer_id, secret_hash, created) VALUES (?,?,?,?)",
+                (token_id, customer_id, _hash(secret), time.time()),
+            )
+        return token_id, f"{TOKEN_PREFIX}_{token_id}_{secret}"
+
+    def put_static_token(self, customer_id: str, token: str) -> None:
+        """A token from the config file (env/file): stored hashed under a stable id."""
+        token_id = "static-" + _hash(token)[:12]
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO tokens(id, customer_id, secret_hash, created) "
+                "VALUES (?,?,?,?)",
+                (token_id, customer_id, _hash(token), time.time()),
+            )
+
+    def customer_for_token(self, token: str) -> str | None:
+        parts = token.split("_", 2)
+        with self._lock:
+            if len(parts) == 3 and parts[0] == TOKEN_PREFIX:
+                row = self._db.execute(
+                    "SELECT customer_id, secret_hash FROM tokens WHERE id=? AND revoked IS NULL",
+                    (parts[1],),
+                ).fetchone()
+                if row and hmac.compare_digest(row["secret_hash"], _hash(parts[2])):
+                    return str(row["customer_id"])
+                return None
+            row = self._db.execute(
+                "SELECT customer_id, secret_hash FROM tokens WHERE id=? AND revoked IS NULL",
+                ("static-" + _hash(token)[:12],),
+            ).fetchone()
+        if row and hmac.compare_digest(row["secret_hash"], _hash(token)):
+            return str(row["customer_id"])
+        return None
+
+    def list_tokens(self, customer_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, created, revoked FROM tokens WHERE customer_id=? ORDER BY created",
+                (customer_id,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def revoke_token(self, customer_id: str, token_id: str) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE tokens SET revoked=? WHERE id=? AND customer_id=? AND revoked IS NULL",
+                (time.time(), token_id, customer_id),
+            )
+            return cursor.rowcount > 0
+
+    # ------------------------------------------------------------------ endpoints
+
+    def put_endpoint(
+        self, customer_id: str, name: str, type_: str, config: dict[str, Any]
+    ) -> tuple[EndpointRecord, bool]:
+        """Create or replace; the uid prefix (spool + S3 key identity) survives updates."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT uid_prefix, created, type FROM endpoints WHERE customer_id=? AND name=?",
+                (customer_id, name),
+            ).fetchone()
+            if row is not None and row["type"] == type_:
+                uid, created, new = row["uid_prefix"], row["created"], False
+                db.execute(
+                    "UPDATE endpoints SET config=?, updated=? WHERE customer_id=? AND name=?",
+                    (json.dumps(config), now, customer_id, name),
+                )
+            else:
+                if row is not None:
+                    db.execute(
+                        "DELETE FROM endpoints WHERE customer_id=? AND name=?", (customer_id, name)
+                    )
+                uid, created, new = secrets.token_hex(6), now, True
+                db.execute(
+                    "INSERT INTO endpoints(customer_id, name, type, config, uid_prefix, created,"
+                    " updated) VALUES (?,?,?,?,?,?,?)",
+                    (customer_id, name, type_, json.dumps(config), uid, now, now),
+                )
+        return EndpointRecord(customer_id, name, type_, config, uid, created, now), new
+
+    def get_endpoint(self, customer_id: str, name: str) -> EndpointRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM endpoints WHERE customer_id=? AND name=?", (customer_id, name)
+            ).fetchone()
+        return self._endpoint(row) if row else None
+
+    def list_endpoints(self, customer_id: str | None = None) -> list[EndpointRecord]:
+        with self._lock:
+            if customer_id is None:
+                rows = self._db.execute("SELECT * FROM endpoints").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM endpoints WHERE customer_id=? ORDER BY name", (customer_id,)
+                ).fetchall()
+        return [self._endpoint(r) for r in rows]
+
+    def delete_endpoint(self, customer_id: str, name: str) -> str | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT uid_prefix FROM endpoints WHERE customer_id=? AND name=?",
+                (customer_id, name),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM endpoints WHERE customer_id=? AND name=?", (customer_id, name))
+            db.execute("DELETE FROM endpoint_stats WHERE uid_prefix=?", (row["uid_prefix"],))
+            db.execute("DELETE FROM endpoint_errors WHERE uid_prefix=?", (row["uid_prefix"],))
+            return str(row["uid_prefix"])
+
+    @staticmethod
+    def _endpoint(row: sqlite3.Row) -> EndpointRecord:
+        return EndpointRecord(
+            row["customer_id"],
+            row["name"],
+            row["type"],
+            json.loads(row["config"]),
+            row["uid_prefix"],
+            row["created"],
+            row["updated"],
+        )
+
+    # ------------------------------------------------------------------ status
+
+    def save_stats(self, uid_prefix: str, stats: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO endpoint_stats(uid_prefix, stats) VALUES (?,?) "
+                "ON CONFLICT(uid_prefix) DO UPDATE SET stats=excluded.stats",
+                (uid_prefix, json.dumps(stats)),
+            )
+
+    def load_stats(self, uid_prefix: str) -> dict[str, Any]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT stats FROM endpoint_stats WHERE uid_prefix=?", (uid_prefix,)
+            ).fetchone()
+        return json.loads(row["stats"]) if row else {}
+
+    def add_error(
+        self, uid_prefix: str, code: str, message: str, fix: str | None, when: float | None = None
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO endpoint_errors(uid_prefix, time, code, message, fix) "
+                "VALUES (?,?,?,?,?)",
+                (uid_prefix, when or time.time(), code, message, fix),
+            )
+            db.execute(
+                "DELETE FROM endpoint_errors WHERE uid_prefix=? AND seq NOT IN (SELECT seq FROM "
+                "endpoint_errors WHERE uid_prefix=? ORDER BY seq DESC LIMIT ?)",
+                (uid_prefix, uid_prefix, ERRORS_KEPT),
+            )
+
+    def errors(self, uid_prefix: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT time, code, message, fix FROM endpoint_errors WHERE uid_prefix=? "
+                "ORDER BY seq DESC LIMIT ?",
+                (uid_prefix, ERRORS_KEPT),
+            ).fetchall()
+        return [dict(r) for r in rows]
