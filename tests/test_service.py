@@ -403,3 +403,99 @@ def test_config_errors_name_the_key_path(tmp_path: Path) -> None:
     assert result.returncode == 2
     for needle in ("vendor.account_id", "spool.max_bytes", "server.listen", "typo"):
         assert needle in result.stderr, result.stderr
+
+
+def test_sigterm_flushes_open_files_and_state_survives_restart(
+    emulator: Emulator, unique, tmp_path: Path
+) -> None:
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    config = base_config(emulator, tmp_path / "spool", vendor={"external_id_mode": "generated"})
+    serve = ServeProcess(emulator, config, tmp_path).start()
+    with serve.admin() as admin:
+        created = admin.put(f"/v1/customers/{customer}", json={"external_id": customer})
+        assert created.status_code == 201 and created.json()["external_id"] == customer
+        other = unique("gen")
+        generated = admin.put(f"/v1/customers/{other}", json={}).json()["external_id"]
+        assert generated != other and len(generated) > 20
+        # period 3600: nothing would be written before the hour is over, except by the flush.
+        body = {
+            "type": "s3",
+            "bucket_name": role.bucket,
+            "iam_role": role.role_arn,
+            "period": 3600,
+            "compression_codec": "zstd",
+        }
+        assert admin.put(f"/v1/customers/{customer}/endpoints/s3", json=body).status_code == 201
+        ghost = make_s3_role(emulator, unique, external_id=customer, create_bucket=False)
+        missing = {"type": "s3", "bucket_name": ghost.bucket, "iam_role": ghost.role_arn}
+        put = admin.put(f"/v1/customers/{customer}/endpoints/broken?verify=false", json=missing)
+        assert put.status_code == 201
+        lines = [f"flush-me-{i}".encode() for i in range(500)]
+        assert (
+            admin.post(f"/v1/ingest/{customer}/s3", content=b"\n".join(lines) + b"\n").status_code
+            == 202
+        )
+        assert admin.post(f"/v1/ingest/{customer}/broken", content=b"kept\n").status_code == 202
+        status = wait_for(
+            lambda: (
+                (s := admin.get(f"/v1/customers/{customer}/endpoints/broken/status").json())[
+                    "errors"
+                ]
+                and s
+            )
+        )
+        assert status["state"] == "error" and status["lines"]["pending"] == 1
+        error = status["errors"][0]
+        assert error["code"] == "NoSuchBucket" and error["fix"]
+    assert not read_objects(emulator, role.bucket)
+    started = time.monotonic()
+    assert serve.terminate() == 0
+    assert time.monotonic() - started < 30
+    objects = read_objects(emulator, role.bucket)
+    assert len(objects) == 1
+    ((key, obj),) = objects.items()
+    assert key.endswith(".log.zst")
+    assert get_codec("zstd").decompress(obj.body).split(b"\n")[:-1] == lines
+
+    serve.start()  # everything persisted: customers, external IDs, endpoints, errors, pending
+    try:
+        with serve.admin() as admin:
+            assert admin.get(f"/v1/customers/{other}").json()["external_id"] == generated
+            names = [e["name"] for e in admin.get(f"/v1/customers/{customer}/endpoints").json()]
+            assert names == ["broken", "s3"]
+            status = admin.get(f"/v1/customers/{customer}/endpoints/broken/status").json()
+            assert status["errors"][0]["code"] == "NoSuchBucket"
+            assert status["lines"]["pending"] == 1
+            s3_status = admin.get(f"/v1/customers/{customer}/endpoints/s3/status").json()
+            assert s3_status["lines"]["delivered"] == 500 and s3_status["objects"] == 1
+    finally:
+        serve.terminate()
+    assert len(read_objects(emulator, role.bucket)) == 1  # no duplicate after restart
+
+
+def test_many_idle_endpoints_cost_no_workers(emulator: Emulator, unique, tmp_path: Path) -> None:
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    endpoints = [
+        {"type": "s3", "name": f"e{i}", "bucket_name": role.bucket, "iam_role": role.role_arn}
+        for i in range(2000)
+    ]
+    config = base_config(
+        emulator, tmp_path / "spool", customers=[{"id": customer, "endpoints": endpoints}]
+    )
+    serve = ServeProcess(emulator, config, tmp_path).start(timeout=120)
+    try:
+        assert serve.process is not None
+        fds = len(list(Path(f"/proc/{serve.process.pid}/fd").iterdir()))
+        threads = len(list(Path(f"/proc/{serve.process.pid}/task").iterdir()))
+        assert fds < 100 and threads < 60, (fds, threads)
+        with serve.admin() as admin:
+            assert len(admin.get(f"/v1/customers/{customer}/endpoints").json()) == 2000
+            metrics = admin.get("/metrics").text
+            assert 'logferry_endpoints{state="idle",type="s3"} 2000.0' in metrics
+            r = admin.post(f"/v1/ingest/{customer}/e1999", content=b"one\n")
+            assert r.status_code == 202
+        assert len(list(Path(f"/proc/{serve.process.pid}/fd").iterdir())) < 100
+    finally:
+        serve.terminate()

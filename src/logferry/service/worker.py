@@ -226,6 +226,9 @@ class EndpointWorker:
             )
             resume = sink.recover()
             self._read_pos = max(resume, spool.committed_offset)
+            # Files may stay open for a whole period: prove now that the bucket takes writes,
+            # so a setup error shows in the status within seconds, not at the period's end.
+            sink.healthcheck()
         else:
             from logferry.sinks.kinesis import KinesisSink
 
