@@ -267,3 +267,43 @@ def test_unknown_multipart_upload_is_no_such_upload(emulator: Emulator, unique) 
             call()
         assert info.value.response["Error"]["Code"] == "NoSuchUpload"
         assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_logferry_local_prints_working_credentials_and_stops_on_sigterm() -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import boto3
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logferry.cli", "local", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        exports: list[dict[str, str]] = [{}]
+        while len(exports) < 3 or "AWS_ENDPOINT_URL" not in exports[-1]:
+            line = proc.stdout.readline()
+            assert line, "logferry local exited early"
+            if line.startswith("# ") and "account" in line:
+                exports.append({})
+            m = re.match(r"export (\w+)=(\S+)", line)
+            if m:
+                exports[-1][m.group(1)] = m.group(2).strip("'")
+        vendor, customer = exports[1], exports[2]
+        for env, expected in ((vendor, "user/logferry-vendor"), (customer, "user/admin")):
+            sts = boto3.client(
+                "sts",
+                endpoint_url=env["AWS_ENDPOINT_URL"],
+                region_name="us-east-1",
+                aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            )
+            assert sts.get_caller_identity()["Arn"].endswith(expected)
+        assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -499,3 +499,38 @@ def test_many_idle_endpoints_cost_no_workers(emulator: Emulator, unique, tmp_pat
         assert len(list(Path(f"/proc/{serve.process.pid}/fd").iterdir())) < 100
     finally:
         serve.terminate()
+
+
+def test_deleting_an_endpoint_aborts_its_open_upload(
+    emulator: Emulator, unique, tmp_path: Path
+) -> None:
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    serve = ServeProcess(emulator, base_config(emulator, tmp_path / "spool"), tmp_path).start()
+    try:
+        with serve.admin() as admin:
+            admin.put(f"/v1/customers/{customer}", json={})
+            body = {
+                "type": "s3",
+                "bucket_name": role.bucket,
+                "iam_role": role.role_arn,
+                "period": 3600,
+                "gzip_level": 0,
+            }
+            assert (
+                admin.put(f"/v1/customers/{customer}/endpoints/big", json=body).status_code == 201
+            )
+            line = b"z" * 1023 + b"\n"
+            for _ in range(10):  # 10 MiB uncompressed: at least one 8 MiB part goes up
+                assert (
+                    admin.post(f"/v1/ingest/{customer}/big", content=line * 1024).status_code == 202
+                )
+            wait_for(lambda: pending_uploads(emulator, role.bucket), timeout=60)
+            assert admin.delete(f"/v1/customers/{customer}/endpoints/big").status_code == 204
+            assert admin.get(f"/v1/customers/{customer}/endpoints/big").status_code == 404
+        assert not pending_uploads(emulator, role.bucket)
+        assert not read_objects(emulator, role.bucket)
+        leftovers = [p.name for p in (tmp_path / "spool" / "data").iterdir() if p.is_dir()]
+        assert leftovers == []  # the endpoint's spool directory is gone
+    finally:
+        serve.terminate()

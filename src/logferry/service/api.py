@@ -284,7 +284,7 @@ def create_app(service: Service) -> FastAPI:
     async def delete_customer(customer_id: str, _: Principal = Depends(admin)) -> Response:
         if service.store.get_customer(customer_id) is None:
             raise HTTPException(404, f"no customer {customer_id!r}")
-        service.delete_customer(customer_id)
+        await service.delete_customer(customer_id)
         return Response(status_code=204)
 
     @app.post(
@@ -390,7 +390,7 @@ def create_app(service: Service) -> FastAPI:
     async def delete_endpoint(
         customer_id: str, name: str, _: Principal = Depends(admin)
     ) -> Response:
-        if not service.delete_endpoint(customer_id, name):
+        if not await service.delete_endpoint(customer_id, name):
             raise HTTPException(404, f"customer {customer_id!r} has no endpoint {name!r}")
         return Response(status_code=204)
 

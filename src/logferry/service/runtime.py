@@ -16,7 +16,7 @@ from logferry.aws.clients import AwsTarget
 from logferry.aws.names import parse_stream_arn
 from logferry.aws.role_check import KinesisTarget, Report, S3Target, check_role
 from logferry.aws.sts_broker import CredentialBroker
-from logferry.errors import InputError
+from logferry.errors import InputError, LogferryError
 from logferry.ingest.syslog import SyslogServer
 from logferry.service.config import ServiceConfig
 from logferry.service.endpoints import EndpointModel, endpoint_document, parse_endpoint
@@ -153,48 +153,81 @@ class Service:
             customer_id, external_id or self.new_external_id(customer_id)
         )
 
-    def delete_customer(self, customer_id: str) -> None:
+    async def delete_customer(self, customer_id: str) -> None:
         for key in [k for k in self.endpoints if k[0] == customer_id]:
-            self._forget_endpoint(key)
+            await self._retire(key)
         for uid in self.store.delete_customer(customer_id):
-            self.spools.drop(uid)
+            await asyncio.to_thread(self.spools.drop, uid)
 
     def put_endpoint(
         self, customer_id: str, name: str, type_: str, model: EndpointModel
     ) -> tuple[EndpointRecord, bool]:
         document = endpoint_document(type_, model)
         document.pop("type")
-        old = self.endpoints.get((customer_id, name))
+        key = (customer_id, name)
+        old = self.endpoints.get(key)
         record, new = self.store.put_endpoint(customer_id, name, type_, document)
         if old is not None and old[0].uid_prefix != record.uid_prefix:
-            self._forget_endpoint((customer_id, name), drop_store=False, uid=old[0].uid_prefix)
-        self.endpoints[(customer_id, name)] = (record, model)
-        worker = self.workers.get((customer_id, name))
+            # Another type: a new incarnation. Retire the old one (abort its open upload).
+            self.endpoints.pop(key, None)
+            worker = self.workers.pop(key, None)
+            asyncio.get_running_loop().create_task(self._retire(key, old, worker))
+        self.endpoints[key] = (record, model)
+        worker = self.workers.get(key)
         if worker is not None:
             worker.reconfigure(record, model)
         return record, new
 
-    def delete_endpoint(self, customer_id: str, name: str) -> bool:
-        uid = self.store.delete_endpoint(customer_id, name)
-        if uid is None:
+    async def delete_endpoint(self, customer_id: str, name: str) -> bool:
+        key = (customer_id, name)
+        if key not in self.endpoints:
             return False
-        self._forget_endpoint((customer_id, name), drop_store=False, uid=uid)
+        await self._retire(key)
+        self.store.delete_endpoint(customer_id, name)
         return True
 
-    def _forget_endpoint(
-        self, key: EndpointKey, drop_store: bool = True, uid: str | None = None
+    async def _retire(
+        self,
+        key: EndpointKey,
+        entry: tuple[EndpointRecord, EndpointModel] | None = None,
+        worker: EndpointWorker | None = None,
     ) -> None:
-        entry = self.endpoints.pop(key, None)
-        worker = self.workers.pop(key, None)
+        """Stop delivery, abort an open multipart upload, drop the spool: nothing half-done."""
+        entry = entry or self.endpoints.pop(key, None)
+        worker = worker or self.workers.pop(key, None)
         if worker is not None:
-            worker.stop_event.set()
-            if worker._task is not None:
-                worker._task.cancel()
-        uid = uid or (entry[0].uid_prefix if entry else None)
-        if uid:
-            self.spools.drop(uid)
-        if drop_store:
-            self.store.delete_endpoint(*key)
+            await worker.halt()
+        if entry is None:
+            return
+        record, model = entry
+        if record.type == "s3":
+            await asyncio.to_thread(self._discard_s3, record, model)
+        await asyncio.to_thread(self.spools.drop, record.uid_prefix)
+
+    def _discard_s3(self, record: EndpointRecord, model: EndpointModel) -> None:
+        from logferry.sinks.s3 import S3Sink
+
+        state = self.state_dir / "s3" / record.uid_prefix
+        if not state.exists():
+            return
+        customer = self.store.get_customer(record.customer_id)
+        external_id = customer.external_id if customer else record.customer_id
+        try:
+            clients = self.broker.clients(
+                model.iam_role, external_id, customer_id=record.customer_id
+            )
+            S3Sink(model, clients, state, uid_prefix=record.uid_prefix).discard()  # type: ignore[arg-type]
+        except LogferryError as exc:
+            log(
+                logger,
+                logging.ERROR,
+                "could not abort the open upload of a deleted endpoint",
+                customer=record.customer_id,
+                endpoint=record.name,
+                error=str(exc),
+                fix="an AbortIncompleteMultipartUpload lifecycle rule on the bucket removes it "
+                "(logferry role create --abort-incomplete-multipart-days 1)",
+            )
 
     def endpoint(self, customer_id: str, name: str) -> tuple[EndpointRecord, EndpointModel]:
         found = self.endpoints.get((customer_id, name))

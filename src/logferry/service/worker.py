@@ -94,7 +94,7 @@ class EndpointWorker:
     def notify(self) -> None:
         """New data or new configuration: wake the worker (start it if idle)."""
         self._wake.set()
-        if not self.running and not self.service.stopping:
+        if not self.running and not self.service.stopping and not self._halted:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"deliver:{self.record.customer_id}/{self.record.name}"
             )
@@ -107,6 +107,20 @@ class EndpointWorker:
         self.notify()
 
     _retire_sink = False
+
+    _halted = False
+
+    async def halt(self) -> None:
+        """Stop delivering without flushing (the endpoint is being deleted)."""
+        self._halted = True
+        self.stop_event.set()
+        self._wake.set()
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=30)
+            except TimeoutError:
+                task.cancel()
 
     async def stop(self, flush_seconds: float) -> None:
         """Flush open files within `flush_seconds`; whatever is not delivered stays spooled."""
@@ -130,7 +144,7 @@ class EndpointWorker:
         executor = self.service.delivery_executor
         spool = await loop.run_in_executor(executor, self.spool)
         idle_since = time.monotonic()
-        while True:
+        while not self._halted:
             stopping = self.service.stopping
             try:
                 worked = await loop.run_in_executor(executor, self._step, stopping)
@@ -161,7 +175,7 @@ class EndpointWorker:
                 await self._sleep(self._next_backoff())
                 continue
             self._save_stats()
-            if stopping:
+            if stopping or self._halted:
                 break
             pending = spool.end_offset > (self._read_pos or spool.committed_offset)
             if worked or pending:

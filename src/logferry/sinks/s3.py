@@ -32,6 +32,7 @@ in-memory file is discarded: the caller calls `recover()` again and re-feeds fro
 from __future__ import annotations
 
 import hashlib
+import shutil
 import socket
 import threading
 import time
@@ -278,6 +279,18 @@ class S3Sink:
         """The caller persisted its spool commit up to `offset` (kept in memory; written with
         the next journal update)."""
         self._state.committed = max(self._state.committed, offset)
+
+    def discard(self) -> None:
+        """The endpoint is being deleted: abort its open multipart upload (never leave one
+        billing in the customer's bucket) and forget the journal. Unsent data is dropped with
+        the endpoint. Raises (journal kept) when the abort fails, so it can be retried."""
+        self._discard_memory()
+        self._remove_temp_files()
+        state = self._journal.load()
+        if state is not None and state.active is not None and state.active.upload_id:
+            self._abort(state.active)
+        if self.state_dir.is_dir():
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def healthcheck(self) -> None:
         """Prove the role can write here and clean up after itself: CreateMultipartUpload under
