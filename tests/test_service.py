@@ -416,8 +416,12 @@ def test_sigterm_flushes_open_files_and_state_survives_restart(
         created = admin.put(f"/v1/customers/{customer}", json={"external_id": customer})
         assert created.status_code == 201 and created.json()["external_id"] == customer
         other = unique("gen")
-        generated = admin.put(f"/v1/customers/{other}", json={}).json()["external_id"]
+        doc = admin.put(f"/v1/customers/{other}", json={}).json()
+        generated = doc["external_id"]
         assert generated != other and len(generated) > 20
+        trust = doc["trust_policies"]["s3"]["Statement"]
+        assert trust["Condition"]["StringEquals"]["sts:ExternalId"] == generated
+        assert trust["Principal"]["AWS"] == emulator.vendor.account_id
         # period 3600: nothing would be written before the hour is over, except by the flush.
         body = {
             "type": "s3",

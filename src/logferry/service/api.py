@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from logferry import __version__
+from logferry.aws.policies import trust_policy
 from logferry.ingest.lines import BadGzip, BodyTooLarge, gunzip_limited, normalize
 from logferry.service.endpoints import (
     FieldError,
@@ -54,6 +55,10 @@ class CustomerOut(BaseModel):
     external_id: str
     created: float
     endpoints: list[str] = []
+    trust_policies: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The trust policy the customer's role needs, per destination type.",
+    )
     trust_policy_hint: str = ""
 
 
@@ -255,7 +260,12 @@ def create_app(service: Service) -> FastAPI:
             f"logferry role create --external-id {record.external_id} --vendor-account "
             f"{service.config.vendor.account_id} (--bucket B | --stream-arn ARN)"
         )
+        vendor = service.config.vendor.account_id
+        policies = {
+            kind: trust_policy(kind, record.external_id, vendor) for kind in ("s3", "kinesis")
+        }
         return CustomerOut(
+            trust_policies=policies,
             id=record.id,
             external_id=record.external_id,
             created=record.created,
