@@ -11,10 +11,9 @@ before any AWS call, turns AWS's vague errors into messages that name the field 
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
 from logferry.aws.names import (
     RoleArn,
@@ -25,34 +24,21 @@ from logferry.aws.names import (
     validate_stream_name,
 )
 from logferry.errors import InputError
+from logferry.sinks.endpoint_base import EndpointBase
+from logferry.sinks.endpoint_base import as_value_error as _as_value_error
 from logferry.sinks.framing import DEFAULT_MESSAGE_TYPE, MessageType
 
 OversizePolicy = Literal["split", "truncate"]
 """What a line larger than one record becomes (see `KinesisEndpoint.oversize`)."""
 
-_NAME_MAX = 100
-_CREDENTIAL_FIELDS = ("access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
-
-def _as_value_error(exc: InputError) -> ValueError:
-    """pydantic shows the field path itself; keep only our message and fix."""
-    return ValueError(f"{exc.message} {exc.fix}" if exc.fix else exc.message)
-
-
-class KinesisEndpoint(BaseModel):
+class KinesisEndpoint(EndpointBase):
     """One Kinesis logging endpoint: where lines go, as whom, and in which shape."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-    name: str
-    """Endpoint name (Fastly's `name`); shown as the syslog service and in partition keys."""
     topic: str
     """The Kinesis data stream's name (Fastly calls it `topic`)."""
     region: str
     """The stream's region, e.g. us-east-1."""
-    iam_role: str
-    """The customer's role ARN; its account owns the stream."""
     format: MessageType = DEFAULT_MESSAGE_TYPE
     """Per-line framing (`classic`, `loggly`, `logplex`, `blank`), as `message_type` for S3."""
     packing: bool = False
@@ -72,34 +58,6 @@ class KinesisEndpoint(BaseModel):
       `truncated_bytes`.
     """
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_static_credentials(cls, data: Any) -> Any:
-        """Fastly's Kinesis endpoint also takes access keys; we deliberately never do."""
-        if isinstance(data, dict):
-            given = [f for f in _CREDENTIAL_FIELDS if f in data]
-            if given:
-                raise ValueError(
-                    f"{', '.join(given)} given: logferry never takes the customer's access keys. "
-                    "Remove them and set iam_role to the role the customer created (logferry "
-                    "role policies / role create --for kinesis)."
-                )
-        return data
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not 1 <= len(value) <= _NAME_MAX:
-            raise ValueError(
-                f"is {len(value)} characters long; endpoint names are 1-{_NAME_MAX} characters."
-            )
-        if _CONTROL_RE.search(value) or "/" in value:
-            raise ValueError(
-                f"{value!r} contains a control character or '/'. Use letters, digits, spaces "
-                "and punctuation other than '/' (the name appears in URLs and partition keys)."
-            )
-        return value
-
     @field_validator("topic")
     @classmethod
     def _check_topic(cls, value: str) -> str:
@@ -118,14 +76,6 @@ class KinesisEndpoint(BaseModel):
     def _check_region(cls, value: str) -> str:
         try:
             return validate_region(value)
-        except InputError as exc:
-            raise _as_value_error(exc) from None
-
-    @field_validator("iam_role")
-    @classmethod
-    def _check_role(cls, value: str) -> str:
-        try:
-            return parse_role_arn(value).arn
         except InputError as exc:
             raise _as_value_error(exc) from None
 

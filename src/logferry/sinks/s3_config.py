@@ -27,7 +27,7 @@ import time
 from functools import cached_property
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
 from logferry.aws.names import (
     Partition,
@@ -41,6 +41,9 @@ from logferry.aws.names import (
 from logferry.errors import InputError
 from logferry.sinks import pgp
 from logferry.sinks.codecs import Codec, resolve_codec
+from logferry.sinks.endpoint_base import CONTROL_RE as _CONTROL_RE
+from logferry.sinks.endpoint_base import EndpointBase
+from logferry.sinks.endpoint_base import as_value_error as _as_value_error
 from logferry.sinks.framing import DEFAULT_MESSAGE_TYPE, MessageType
 from logferry.spool.size import parse_size
 
@@ -74,32 +77,18 @@ CANNED_ACLS: Final = (
 )
 SSE_ALGORITHMS: Final = ("AES256", "aws:kms")
 
-_NAME_MAX: Final = 100
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 _SAMPLE_TIME: Final = 1_700_000_000.0  # for rendering example keys in validation
-_CREDENTIAL_FIELDS: Final = ("access_key", "secret_key")
-
-
-def _as_value_error(exc: InputError) -> ValueError:
-    """pydantic shows the field path itself; keep only our message and fix."""
-    return ValueError(f"{exc.message} {exc.fix}" if exc.fix else exc.message)
 
 
 def _utc_strftime(fmt: str, when: float) -> str:
     return time.strftime(fmt, time.gmtime(when))
 
 
-class S3Endpoint(BaseModel):
+class S3Endpoint(EndpointBase):
     """One S3 logging endpoint: where files go, as whom, named and encoded how."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-    name: str
-    """Endpoint name (Fastly's `name`); the syslog service name in framed lines."""
     bucket_name: str
     """The customer's bucket."""
-    iam_role: str
-    """The customer's role ARN (trusts the vendor account with the customer's external ID)."""
     path: str = ""
     """Prefix of every object key (see the module docstring for slash and strftime rules)."""
     period: int = DEFAULT_PERIOD
@@ -131,41 +120,6 @@ class S3Endpoint(BaseModel):
     """ASCII-armored PGP public key: each file is encrypted to it after compression (.pgp)."""
 
     # --- field checks -------------------------------------------------------------------------
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_static_credentials(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            given = [f for f in _CREDENTIAL_FIELDS if f in data]
-            if given:
-                raise ValueError(
-                    f"{', '.join(given)} given: logferry never takes the customer's access keys. "
-                    "Remove them and set iam_role to the role the customer created (logferry "
-                    "role policies / role create)."
-                )
-        return data
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not 1 <= len(value) <= _NAME_MAX:
-            raise ValueError(
-                f"is {len(value)} characters long; endpoint names are 1-{_NAME_MAX} characters."
-            )
-        if _CONTROL_RE.search(value) or "/" in value:
-            raise ValueError(
-                f"{value!r} contains a control character or '/'. Use letters, digits, spaces "
-                "and punctuation other than '/'."
-            )
-        return value
-
-    @field_validator("iam_role")
-    @classmethod
-    def _check_role(cls, value: str) -> str:
-        try:
-            return parse_role_arn(value).arn
-        except InputError as exc:
-            raise _as_value_error(exc) from None
 
     @field_validator("region")
     @classmethod
