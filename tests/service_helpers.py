@@ -72,6 +72,18 @@ def base_config(emulator: Emulator, spool_dir: Path, **extra: Any) -> dict[str, 
     return config
 
 
+RUNNING: list[ServeProcess] = []
+"""Every started process, so a failing test never leaves a server behind (see reap_all)."""
+
+
+def reap_all() -> None:
+    for proc in RUNNING:
+        if proc.process is not None and proc.process.poll() is None:
+            proc.process.kill()
+            proc.process.wait()
+    RUNNING.clear()
+
+
 class ServeProcess:
     """`logferry serve --config …` in a child process; its stderr is captured to a file."""
 
@@ -106,6 +118,7 @@ class ServeProcess:
             env=self.env,
             cwd=self.workdir,
         )
+        RUNNING.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -18,9 +18,15 @@ from kinesis_helpers import kinesis_role, make_stream, read_stream
 from logferry.local.emulator import Emulator
 from logferry.sinks.codecs import get_codec
 from s3_helpers import make_s3_role, pending_uploads, read_objects
-from service_helpers import ADMIN_TOKEN, ServeProcess, base_config, wait_for
+from service_helpers import ADMIN_TOKEN, ServeProcess, base_config, reap_all, wait_for
 
 GZIP = get_codec("gzip", 3)
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_behind():
+    yield
+    reap_all()
 
 
 def bucket_lines(emulator: Emulator, bucket: str) -> tuple[Counter[bytes], dict[str, int]]:

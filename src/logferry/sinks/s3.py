@@ -32,13 +32,16 @@ in-memory file is discarded: the caller calls `recover()` again and re-feeds fro
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import threading
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -102,6 +105,23 @@ class S3SinkStats:
     state: Literal["ok", "retrying", "error"] = "ok"
 
 
+MAX_PENDING_MEMBERS = 2
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _compress_pool() -> ThreadPoolExecutor:
+    """One compression pool for every sink: codecs release the GIL, so members of all open
+    files compress on all cores while delivery threads frame and upload."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="compress"
+            )
+        return _pool
+
+
 @dataclass
 class _OpenFile:
     """The file being built (in memory: at most one member of framed lines + one part)."""
@@ -124,6 +144,8 @@ class _OpenFile:
     spill: Any = None
     spill_path: Path | None = None
     must_close: bool = False
+    pending: deque[tuple[Future[bytes], int, int]] = field(default_factory=deque)
+    """Members being compressed on the shared pool: (future, data end, framed bytes)."""
 
 
 def _line_cut(data: bytes, start: int, target: int) -> int:
@@ -444,19 +466,42 @@ class S3Sink:
                     self._upload_part(f)
 
     def _seal(self, f: _OpenFile) -> None:
-        """Compress the pending lines into one member."""
+        """Compress the pending lines into one member, on the shared compression pool.
+
+        Members are independent, so up to MAX_PENDING_MEMBERS compress in parallel while this
+        thread keeps framing; they are appended strictly in order (`_take`), and `sealed_end`
+        only ever covers members already in `buf`, which is what the journal records.
+        """
         if not f.raw:
             return
         data = f.raw[0] if len(f.raw) == 1 else b"".join(f.raw)
         f.raw.clear()
         f.raw_size = 0
-        member = self._codec.compress(data)
+        future: Future[bytes]
+        if self._codec.name == "none":
+            future = Future()
+            future.set_result(data)
+        else:
+            future = _compress_pool().submit(self._codec.compress, data)
+        f.pending.append((future, f.data_end, f.framed))
+        # A fixed window (not "whatever is done") keeps part boundaries a function of the data.
+        limit = 0 if self._codec.name == "none" else MAX_PENDING_MEMBERS
+        while len(f.pending) > limit:
+            self._take(f)
+
+    def _take(self, f: _OpenFile) -> None:
+        future, end, framed = f.pending.popleft()
+        member = future.result()
         if f.spill is not None:
             f.spill.write(member)
         else:
             f.buf += member
-        f.sealed_end = f.data_end
-        f.sealed_framed = f.framed
+        f.sealed_end = end
+        f.sealed_framed = framed
+
+    def _drain(self, f: _OpenFile) -> None:
+        while f.pending:
+            self._take(f)
 
     # --- uploads ------------------------------------------------------------------------------
 
@@ -498,6 +543,7 @@ class S3Sink:
     def _close(self, f: _OpenFile) -> None:
         """Finish `f` at its data end: journal the boundary, upload, complete, mark durable."""
         self._seal(f)
+        self._drain(f)
         end = f.data_end
         if f.spill is not None:
             self._close_pgp(f, end)
