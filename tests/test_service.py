@@ -544,3 +544,38 @@ def test_deleting_an_endpoint_aborts_its_open_upload(
         assert leftovers == []  # the endpoint's spool directory is gone
     finally:
         serve.terminate()
+
+
+def test_idle_flush_closes_a_file_before_its_period_ends(
+    emulator: Emulator, unique, tmp_path: Path
+) -> None:
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    config = base_config(
+        emulator,
+        tmp_path / "spool",
+        server={"idle_flush_seconds": 1},
+        customers=[
+            {
+                "id": customer,
+                "endpoints": [
+                    {
+                        "type": "s3",
+                        "name": "s3",
+                        "bucket_name": role.bucket,
+                        "iam_role": role.role_arn,
+                        "period": 3600,
+                    }
+                ],
+            }
+        ],
+    )
+    serve = ServeProcess(emulator, config, tmp_path).start()
+    try:
+        with serve.admin() as admin:
+            assert admin.post(f"/v1/ingest/{customer}/s3", content=b"a\nb\n").status_code == 202
+        objects = wait_for(lambda: read_objects(emulator, role.bucket), timeout=30)
+        (obj,) = objects.values()
+        assert obj.body == b"a\nb\n"
+    finally:
+        serve.terminate()

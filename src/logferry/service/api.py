@@ -108,7 +108,7 @@ def create_app(service: Service) -> FastAPI:
             status_code=422,
         )
 
-    def principal(request: Request) -> Principal:
+    async def principal(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -127,12 +127,12 @@ def create_app(service: Service) -> FastAPI:
             )
         return Principal(admin=False, customer_id=customer)
 
-    def admin(who: Principal = Depends(principal)) -> Principal:
+    async def admin(who: Principal = Depends(principal)) -> Principal:
         if not who.admin:
             raise HTTPException(403, "this API needs the admin token")
         return who
 
-    def customer_or_admin(customer_id: str, who: Principal = Depends(principal)) -> Principal:
+    async def customer_or_admin(customer_id: str, who: Principal = Depends(principal)) -> Principal:
         if not who.admin and who.customer_id != customer_id:
             raise HTTPException(403, f"this token does not belong to customer {customer_id!r}")
         return who

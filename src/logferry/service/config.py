@@ -65,7 +65,12 @@ class ServerConfig(_Strict):
     max_body_bytes: int | str = "16MiB"
     max_line_bytes: int | str = "256KiB"
     shutdown_flush_seconds: float = Field(20.0, ge=0, le=600)
-    idle_flush_seconds: float = Field(0.0, ge=0)
+    idle_flush_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="S3: also close a file after this many seconds without new lines "
+        "(0 = only at the period's end, as Fastly does).",
+    )
     delivery_threads: int = Field(8, ge=1, le=256)
     verify_on_change: bool = True
 

@@ -91,6 +91,7 @@ class Store:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self._token_cache: dict[str, str] = {}
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -139,6 +140,7 @@ class Store:
 
     def delete_customer(self, customer_id: str) -> list[str]:
         """Delete the customer, its tokens and endpoints; returns the endpoints' uid prefixes."""
+        self._token_cache.clear()
         with self._tx() as db:
             uids = [
                 r["uid_prefix"]
@@ -176,6 +178,19 @@ class Store:
             )
 
     def customer_for_token(self, token: str) -> str | None:
+        """The customer a token belongs to; valid tokens are cached in memory (by hash)."""
+        key = _hash(token)
+        cached = self._token_cache.get(key)
+        if cached is not None:
+            return cached
+        found = self._lookup_token(token)
+        if found is not None:
+            if len(self._token_cache) > 100_000:
+                self._token_cache.clear()
+            self._token_cache[key] = found
+        return found
+
+    def _lookup_token(self, token: str) -> str | None:
         parts = token.split("_", 2)
         with self._lock:
             if len(parts) == 3 and parts[0] == TOKEN_PREFIX:
@@ -203,6 +218,7 @@ class Store:
         return [dict(r) for r in rows]
 
     def revoke_token(self, customer_id: str, token_id: str) -> bool:
+        self._token_cache.clear()
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE tokens SET revoked=? WHERE id=? AND customer_id=? AND revoked IS NULL",

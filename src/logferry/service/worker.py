@@ -273,14 +273,21 @@ class EndpointWorker:
         chunks = spool.read(self._read_pos, READ_BYTES) if not self.stop_event.is_set() else []
         worked = bool(chunks)
         if self.kind == "s3":
+            now = time.monotonic()
             for chunk in chunks:
                 self._sink.feed(chunk)
                 self._read_pos = chunk.end
                 self._in_flight.append((chunk.end, chunk.lines, len(chunk.data)))
+                self._last_data = now
             if stopping:
                 self._sink.flush()
-            else:
+            elif self._read_pos >= spool.end_offset:
+                # Only once caught up: while a backlog drains, files close at the period
+                # boundaries of the data itself, not after every read (one object per period).
                 self._sink.tick()
+                idle_flush = self.service.config.server.idle_flush_seconds
+                if idle_flush and now - self._last_data >= idle_flush:
+                    self._sink.flush()
         elif chunks:
             try:
                 self._sink.deliver(chunks)
@@ -341,6 +348,7 @@ class EndpointWorker:
             self.state = "active"
 
     _units_seen = 0
+    _last_data = 0.0
 
     # --------------------------------------------------------------------- errors and stats
 

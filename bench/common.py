@@ -1,0 +1,691 @@
+"""Shared machinery of the end-to-end benchmarks: a real `logferry serve` process against the
+patched local emulator, an HTTP loader, /proc sampling and result tables.
+
+Why a separate process and real sockets: the figures must include everything a user pays for
+(HTTP parsing, normalisation, the spool's fsyncs, compression, SigV4, the emulator's IAM checks),
+and RSS/CPU must be those of the serve process alone. Nothing here imports from tests/.
+
+Every script prints a table and writes `bench/results/<name>.json` with the machine, the exact
+command line and the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results"
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO / "src"))
+
+import httpx  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from logferry.aws.names import parse_stream_arn  # noqa: E402
+from logferry.aws.policies import KinesisDestination, S3Destination  # noqa: E402
+from logferry.aws.provision import RoleRequest, provision_role  # noqa: E402
+from logferry.local.emulator import Emulator, start_emulator  # noqa: E402
+from loggen import generate_lines  # noqa: E402
+
+__all__ = [
+    "ADMIN_TOKEN",
+    "Emulator",
+    "LoadResult",
+    "ProcSampler",
+    "Serve",
+    "bodies_from_lines",
+    "count_bucket_lines",
+    "count_stream_records",
+    "free_port",
+    "loggen_bodies",
+    "machine_info",
+    "make_kinesis_role",
+    "make_s3_role",
+    "post_bodies",
+    "print_table",
+    "serve_config",
+    "start_emulator",
+    "wait_until",
+    "write_results",
+]
+
+MiB = 1024 * 1024
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+CACHE = Path(os.environ.get("LOGFERRY_BENCH_CACHE", "/tmp/logferry-bench-cache"))
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ----------------------------------------------------------------------------- machine, output
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on (they mean little without it)."""
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "ram_gib": round(mem_kib / MiB, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured and whether src/ had uncommitted changes (read-only git calls)."""
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip("\n")
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_src": dirty}
+
+
+def write_results(name: str, doc: dict[str, Any], machine: dict[str, Any]) -> Path:
+    """bench/results/<name>.json with the machine, the exact command and the figures."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    machine = {**machine, "loadavg_at_end": os.getloadavg()}
+    full = {
+        "command": ".venv/bin/python "
+        + shlex.join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine,
+        "code": code_version(),
+        **doc,
+    }
+    path.write_text(json.dumps(full, indent=2, default=str) + "\n")
+    return path
+
+
+def print_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
+    """A two-column table: figure name, value (numbers formatted with thousands separators)."""
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, bool) or value is None:
+            return str(value)
+        if isinstance(value, int):
+            return f"{value:,}"
+        if isinstance(value, float):
+            return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}\n" + "-" * max(len(title), width + 20))
+    for name, value in rows:
+        print(f"  {name:<{width}}  {fmt(value)}")
+    sys.stdout.flush()
+
+
+def mib(n: float) -> float:
+    return round(n / MiB, 1)
+
+
+def note(message: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- /proc sampling
+
+
+def read_rss(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of `pid` in bytes; (0, 0) once it has gone."""
+    rss = hwm = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return rss, hwm
+
+
+def read_cpu(pid: int) -> float:
+    """utime + stime of `pid` in seconds (all its threads)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class ProcSampler:
+    """Samples RSS and CPU of some pids every `interval` s on a daemon thread.
+
+    Peak RSS is the max of the samples and the kernel's own high-water mark (VmHWM), so a spike
+    between two samples is not missed. `window(t0, t1)` gives figures for one phase.
+    """
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.samples: dict[str, list[tuple[float, int, float]]] = {k: [] for k in pids}
+        self.hwm: dict[str, int] = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sampler")
+
+    def start(self) -> ProcSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        now = time.monotonic()
+        for name, pid in self.pids.items():
+            rss, hwm = read_rss(pid)
+            if rss:
+                self.samples[name].append((now, rss, read_cpu(pid)))
+                self.hwm[name] = max(self.hwm[name], hwm)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def window(self, name: str, t0: float | None = None, t1: float | None = None) -> dict[str, Any]:
+        """Peak/last RSS and CPU seconds of `name` between monotonic times t0 and t1."""
+        rows = [
+            s
+            for s in self.samples[name]
+            if (t0 is None or s[0] >= t0 - self.interval)
+            and (t1 is None or s[0] <= t1 + self.interval)
+        ]
+        if not rows:
+            return {"peak_rss_mib": None, "cpu_seconds": None}
+        return {
+            "peak_rss_mib": mib(max(r[1] for r in rows)),
+            "last_rss_mib": mib(rows[-1][1]),
+            "cpu_seconds": round(rows[-1][2] - rows[0][2], 2),
+            "seconds": round(rows[-1][0] - rows[0][0], 2),
+        }
+
+    def peak_rss(self, name: str) -> int:
+        return max([self.hwm[name], *(s[1] for s in self.samples[name])])
+
+
+# ----------------------------------------------------------------------------- customers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_s3_role(
+    emulator: Emulator, bucket: str, external_id: str, role_name: str, *, prefix: str = ""
+) -> str:
+    """Bucket + role in the customer account, made by our own `role create` code (the guide's
+    trust and permission policies, managed policy attached)."""
+    emulator.client("s3").create_bucket(Bucket=bucket)
+    result = provision_role(
+        emulator.clients(),
+        RoleRequest(
+            dest=S3Destination(bucket=bucket, prefix=prefix),
+            role_name=role_name,
+            external_id=external_id,
+            policy_name=f"{role_name}-policy",
+            vendor_account=emulator.vendor.account_id,
+        ),
+    )
+    return result.role_arn
+
+
+def make_kinesis_role(
+    emulator: Emulator, stream: str, shards: int, external_id: str, role_name: str
+) -> tuple[str, str]:
+    """A stream of `shards` shards and the guide's Kinesis role for it → (stream ARN, role ARN)."""
+    kinesis = emulator.client("kinesis")
+    kinesis.create_stream(StreamName=stream, ShardCount=shards)
+    arn = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    result = provision_role(
+        emulator.clients(),
+        RoleRequest(
+            dest=KinesisDestination(parse_stream_arn(arn)),
+            role_name=role_name,
+            external_id=external_id,
+            policy_name=f"{role_name}-policy",
+            vendor_account=emulator.vendor.account_id,
+        ),
+    )
+    return arn, result.role_arn
+
+
+def assumed_clients(emulator: Emulator, role_arn: str, external_id: str) -> Any:
+    """AwsClients acting as the customer's role, assumed by the vendor with the external ID."""
+    from botocore.credentials import Credentials
+
+    from logferry.aws.clients import AwsClients
+
+    got = emulator.client("sts", emulator.vendor).assume_role(
+        RoleArn=role_arn, RoleSessionName="bench", ExternalId=external_id
+    )["Credentials"]
+    creds = Credentials(got["AccessKeyId"], got["SecretAccessKey"], got["SessionToken"])
+    return AwsClients(creds, emulator.target)
+
+
+# ----------------------------------------------------------------------------- serve process
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + inner + "}"
+    raise TypeError(value)
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """Enough TOML for our config: tables of scalars/inline tables, arrays of tables."""
+    out: list[str] = []
+    for table, body in doc.items():
+        if isinstance(body, list):
+            for item in body:
+                out.append(f"[[{table}]]")
+                out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+        else:
+            out.append(f"[{table}]")
+            out += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
+    return "\n".join(out) + "\n"
+
+
+def serve_config(emulator: Emulator, workdir: Path, **extra: Any) -> dict[str, Any]:
+    """A `logferry.toml` for the emulator; `extra` tables are merged over the defaults."""
+    config: dict[str, Any] = {
+        "vendor": {
+            "name": "bench-cdn",
+            "account_id": emulator.vendor.account_id,
+            "sts_regions": ["us-east-1", "us-west-2"],
+            "sts_endpoints": {"us-east-1": emulator.url, "us-west-2": emulator.url},
+        },
+        "aws": {"endpoint_url": emulator.url},
+        "server": {"listen": f"127.0.0.1:{free_port()}", "shutdown_flush_seconds": 20},
+        "spool": {"dir": str(workdir / "spool"), "max_bytes": "4GiB"},
+        "auth": {"admin_token_env": "BENCH_LOGFERRY_ADMIN"},
+        "log": {"level": "info", "format": "json"},
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return config
+
+
+class Serve:
+    """`logferry serve --config …` as a child process (stderr to a log file), vendor credentials
+    in its environment exactly as an operator would give them."""
+
+    def __init__(
+        self,
+        emulator: Emulator,
+        config: dict[str, Any],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.workdir = workdir
+        self.config_path = workdir / "logferry.toml"
+        self.config_path.write_text(to_toml(config))
+        self.log_path = workdir / "serve.log"
+        self.url = f"http://{config['server']['listen']}"
+        self.env = {
+            **os.environ,
+            **emulator.vendor.env(emulator.url),
+            "BENCH_LOGFERRY_ADMIN": ADMIN_TOKEN,
+            **(env or {}),
+        }
+        self.env.pop("AWS_ENDPOINT_URL", None)  # endpoints come from the config only
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready_seconds: float | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "logferry.cli", "serve", "--config", str(self.config_path)]
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def spawn(self) -> Serve:
+        """Start without waiting for readiness (to sample RSS from the first instant)."""
+        log = self.log_path.open("ab")
+        self._started = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Serve:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"serve exited {self.process.returncode}:\n{self.logs()[-4000:]}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.ready_seconds = time.monotonic() - self._started
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"serve did not become ready in {timeout}s:\n{self.logs()[-4000:]}")
+
+    def start(self, timeout: float = 60.0) -> Serve:
+        return self.spawn().wait_ready(timeout)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 90.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample of /metrics as (name, labels, value)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        return [
+            (s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
+
+    def metric_sum(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        return sum(
+            value
+            for n, lab, value in self.metrics()
+            if n == name and all(lab.get(k) == v for k, v in labels.items())
+        )
+
+    def status(self, customer: str, endpoint: str) -> dict[str, Any]:
+        r = httpx.get(
+            f"{self.url}/v1/customers/{customer}/endpoints/{endpoint}/status",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=30,
+        )
+        r.raise_for_status()
+        return dict(r.json())
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not met within {timeout}s (last: {last!r})")
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def bodies_from_lines(lines: Iterable[bytes], body_bytes: int) -> list[tuple[bytes, int]]:
+    """Newline-terminated lines packed into bodies of about `body_bytes` → [(body, lines)]."""
+    out: list[tuple[bytes, int]] = []
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line)
+        if size >= body_bytes:
+            out.append((b"".join(batch), len(batch)))
+            batch, size = [], 0
+    if batch:
+        out.append((b"".join(batch), len(batch)))
+    return out
+
+
+def loggen_bodies(lines: int, body_bytes: int, seed: int = 0) -> list[tuple[bytes, int]]:
+    """`lines` access-log lines from bench/loggen.py in ~body_bytes bodies, cached on disk under
+    $LOGFERRY_BENCH_CACHE (generating 2,000,000 lines takes ~30 s; reading them back ~1 s)."""
+    loggen_hash = hashlib.sha256((BENCH / "loggen.py").read_bytes()).hexdigest()[:12]
+    path = CACHE / f"loggen-{lines}-{seed}-{loggen_hash}.log"
+    if not path.exists():
+        note(f"generating {lines:,} lines with bench/loggen.py (cached in {path})")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            batch: list[bytes] = []
+            for line in generate_lines(lines, seed):
+                batch.append(line)
+                if len(batch) >= 8192:
+                    f.write(b"".join(batch))
+                    batch.clear()
+            f.write(b"".join(batch))
+        tmp.rename(path)
+    data = path.read_bytes()
+    out: list[tuple[bytes, int]] = []
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", min(len(data) - 1, start + body_bytes - 1)) + 1 or len(data)
+        body = data[start:end]
+        out.append((body, body.count(b"\n")))
+        start = end
+    return out
+
+
+@dataclass
+class LoadResult:
+    first_request: float = 0.0
+    last_202: float = 0.0
+    first_429: float | None = None
+    requests: int = 0
+    accepted_lines: int = 0
+    accepted_bytes: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    retry_after: list[float] = field(default_factory=list)
+
+    @property
+    def ingest_seconds(self) -> float:
+        return self.last_202 - self.first_request
+
+
+def post_bodies(
+    url: str,
+    token: str,
+    bodies: Iterable[tuple[bytes, int]],
+    *,
+    connections: int = 4,
+    on_429: str = "retry",
+    on_202: Callable[[LoadResult], None] | None = None,
+    stop: threading.Event | None = None,
+) -> LoadResult:
+    """POST each body once (202) on `connections` keep-alive connections.
+
+    on_429="retry": wait Retry-After and send the same body again (nothing is lost);
+    on_429="stop": record the first 429 and stop every connection (the body is not counted).
+    `on_202` runs after each accepted body (under a lock), e.g. to stop after a size.
+    """
+    result = LoadResult()
+    lock = threading.Lock()
+    source: Iterator[tuple[bytes, int]] = iter(bodies)
+    stop = stop or threading.Event()
+    started = threading.Event()
+
+    def take() -> tuple[bytes, int] | None:
+        with lock:
+            if stop.is_set():
+                return None
+            return next(source, None)
+
+    def work() -> None:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+        with httpx.Client(headers=headers, timeout=300) as client:
+            while (item := take()) is not None:
+                body, _ = item
+                while not stop.is_set():
+                    with lock:
+                        if not started.is_set():
+                            result.first_request = time.monotonic()
+                            started.set()
+                    try:
+                        r = client.post(url, content=body)
+                    except httpx.HTTPError as exc:
+                        with lock:
+                            result.errors.append(repr(exc))
+                        time.sleep(0.5)
+                        continue
+                    now = time.monotonic()
+                    with lock:
+                        result.requests += 1
+                        result.statuses[r.status_code] = result.statuses.get(r.status_code, 0) + 1
+                    if r.status_code == 202:
+                        with lock:
+                            result.accepted_lines += r.json()["accepted"]
+                            result.accepted_bytes += len(body)
+                            result.last_202 = max(result.last_202, now)
+                            if on_202 is not None:
+                                on_202(result)
+                        break
+                    if r.status_code == 429:
+                        retry = float(r.headers.get("Retry-After", "1"))
+                        with lock:
+                            result.retry_after.append(retry)
+                            if result.first_429 is None:
+                                result.first_429 = now
+                        if on_429 == "stop":
+                            stop.set()
+                            return
+                        stop.wait(retry)
+                        continue
+                    with lock:
+                        result.errors.append(f"HTTP {r.status_code}: {r.text[:300]}")
+                    stop.set()
+                    return
+
+    threads = [threading.Thread(target=work, name=f"load-{i}") for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return result
+
+
+# ----------------------------------------------------------------------------- what arrived
+
+
+def _decompress(key: str, body: bytes) -> bytes:
+    if key.endswith(".gz"):
+        out = []
+        while body:  # concatenated gzip members (one per ~2 MiB of lines)
+            d = zlib.decompressobj(wbits=31)
+            out.append(d.decompress(body))
+            body = d.unused_data
+        return b"".join(out)
+    if key.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    if key.endswith(".snappy"):
+        from logferry.sinks.codecs import get_codec
+
+        return get_codec("snappy").decompress(body)
+    return body
+
+
+def count_bucket_lines(emulator: Emulator, bucket: str, prefix: str = "") -> dict[str, int]:
+    """Lines, objects and stored bytes in the bucket, read as the customer's admin (each object
+    downloaded and decompressed; newline-terminated lines counted)."""
+    s3 = emulator.client("s3")
+    lines = objects = stored = 0
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = s3.list_objects_v2(**kwargs)
+        for item in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            stored += len(body)
+            objects += 1
+            lines += _decompress(item["Key"], body).count(b"\n")
+        token = page.get("NextContinuationToken")
+        if not token:
+            break
+    return {"lines": lines, "objects": objects, "stored_bytes": stored}
+
+
+def count_stream_records(emulator: Emulator, stream_arn: str) -> dict[str, int]:
+    """Records and data bytes in every shard of the stream, read as the customer's admin."""
+    kinesis = emulator.client("kinesis")
+    records = data = 0
+    per_shard: dict[str, int] = {}
+    for shard in kinesis.list_shards(StreamARN=stream_arn)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamARN=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        n = 0
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=10000, StreamARN=stream_arn)
+            n += len(page["Records"])
+            data += sum(len(r["Data"]) for r in page["Records"])
+            if not page["Records"]:
+                break
+            iterator = page.get("NextShardIterator")
+        per_shard[shard["ShardId"]] = n
+        records += n
+    return {"records": records, "data_bytes": data, "shards": len(per_shard), **per_shard}
