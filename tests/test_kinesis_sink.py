@@ -440,9 +440,9 @@ def test_packing_puts_many_lines_in_few_records(emulator: Emulator, unique: Uniq
     stored = read_stream(emulator, setup.stream)
     records = [r for shard in stored.values() for r in shard]
     assert Counter(lines_of(stored, packed=True)) == Counter(lines)
-    assert 9 <= len(records) <= 10  # ≈2.2 MB of lines in records of up to 256 KiB
+    assert 33 <= len(records) <= 36  # ≈2.2 MB of lines in records of up to 64 KiB
     assert all(r["Data"].endswith(b"\n") for r in records)
-    assert all(len(r["Data"]) + len(r["PartitionKey"]) <= 256 * 1024 for r in records)
+    assert all(len(r["Data"]) + len(r["PartitionKey"]) <= 64 * 1024 for r in records)
     assert (sink.stats.records, sink.stats.lines) == (len(records), 20_000)
     # Keys name the first line's offset and the line count.
     first = min(records, key=lambda r: int(r["PartitionKey"].split(":")[1].split("+")[0]))
@@ -546,3 +546,19 @@ def test_endpoint_model_is_the_sink_input() -> None:
     sink = KinesisSink(endpoint, AwsClients())
     assert sink.stream_arn == "arn:aws:kinesis:us-east-1:123456789012:stream/t"
     assert sink.status()["state"] == "idle"
+
+
+def test_pacer_room_is_what_the_window_still_takes() -> None:
+    from logferry.sinks.pacing import ShardPacer
+
+    now = [100.0]
+    pacer = ShardPacer(clock=lambda: now[0])
+    assert pacer.room("s1") == (1000, 1_000_000)
+    pacer.commit({"s1": (1, 600_000)})
+    assert pacer.room("s1") == (999, 400_000)
+    assert pacer.room("s2") == (1000, 1_000_000)
+    now[0] += 0.5
+    pacer.commit({"s1": (10, 300_000)})
+    assert pacer.room("s1") == (989, 100_000)
+    now[0] += 0.6  # the first entry left the one-second window
+    assert pacer.room("s1") == (990, 700_000)

@@ -255,6 +255,7 @@ class EndpointWorker:
         self._sink = None
         self._read_pos = None
         self._in_flight.clear()
+        self._units_seen = self._records_seen = 0  # a new sink counts from zero
 
     def _step(self, stopping: bool) -> bool:
         """Move one batch; returns True when anything was delivered or fed."""
@@ -327,14 +328,16 @@ class EndpointWorker:
         sink_stats = getattr(self._sink, "stats", None)
         if self.kind == "s3":
             units = getattr(sink_stats, "objects", 0)
-            added = max(0, units - getattr(self, "_units_seen", 0))
+            added = max(0, units - self._units_seen)
             self._units_seen = units
             self.stats.objects += added
-        else:
-            units = getattr(sink_stats, "records", 0)
-            added = max(0, units - getattr(self, "_units_seen", 0))
+        else:  # Kinesis: records for the status, PutRecords calls for the units metric
+            records = getattr(sink_stats, "records", 0)
+            self.stats.records += max(0, records - self._records_seen)
+            self._records_seen = records
+            units = getattr(sink_stats, "calls", 0)
+            added = max(0, units - self._units_seen)
             self._units_seen = units
-            self.stats.records += added
         self.stats.lines_delivered += lines
         self.stats.bytes_delivered += nbytes
         self.stats.last_success = time.time()
@@ -348,6 +351,7 @@ class EndpointWorker:
             self.state = "active"
 
     _units_seen = 0
+    _records_seen = 0
     _last_data = 0.0
 
     # --------------------------------------------------------------------- errors and stats

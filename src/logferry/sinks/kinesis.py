@@ -175,13 +175,23 @@ class _Delivery:
 class _Batch:
     """One PutRecords request being assembled within the call and per-shard limits."""
 
-    def __init__(self, call_bytes: int, shard_records: int, shard_bytes: int) -> None:
+    def __init__(
+        self,
+        call_bytes: int,
+        shard_records: int,
+        shard_bytes: int,
+        room: Callable[[str], tuple[int, int]] | None = None,
+    ) -> None:
         self.items: list[tuple[_Record, Shard, str]] = []
         self.size = 0
         self.demand: dict[str, tuple[int, int]] = {}
+        self.paced: tuple[str, tuple[int, int]] | None = None
+        """Set when the next record waits for its shard's window: (shard, its demand)."""
         self._call_bytes = call_bytes
         self._shard_records = shard_records
         self._shard_bytes = shard_bytes
+        self._room = room
+        self._rooms: dict[str, tuple[int, int]] = {}
 
     def fits(self, record: _Record, shard: Shard) -> bool:
         if len(self.items) >= MAX_RECORDS_PER_CALL:
@@ -192,7 +202,24 @@ class _Batch:
         if records >= self._shard_records:
             return False
         # A shard takes at most one second's worth per call (one oversized record alone).
-        return not (records and size + record.size > self._shard_bytes)
+        if records and size + record.size > self._shard_bytes:
+            return False
+        if self._room is None:
+            return True
+        # Take only what the shard's window has room for now, so calls stream at the quota
+        # instead of a second's worth per shard followed by a second of waiting.
+        room = self._rooms.get(shard.shard_id)
+        if room is None:
+            room = self._rooms[shard.shard_id] = self._room(shard.shard_id)
+        room_records, room_bytes = room
+        whole = room_records >= self._shard_records and room_bytes >= self._shard_bytes
+        if records + 1 <= room_records and (
+            size + record.size <= room_bytes or (records == 0 and whole)
+        ):
+            return True
+        if not self.items:
+            self.paced = (shard.shard_id, (records + 1, size + record.size))
+        return False
 
     def add(self, record: _Record, shard: Shard, hash_key: str) -> None:
         self.items.append((record, shard, hash_key))
@@ -436,6 +463,12 @@ class KinesisSink:
         while state.outstanding:
             self._refresh_if_due(state)
             batch = self._next_batch(state)
+            if not batch.items and batch.paced is not None:
+                shard_id, demand = batch.paced  # the next record waits for its shard's window
+                self._wait(
+                    max(self._pacer.delay({shard_id: demand}), 0.001), state, "paced_seconds"
+                )
+                continue
             if not batch.items:
                 # Everything left is waiting for its retry time.
                 assert state.retry, "records outstanding but neither fresh nor queued for retry"
@@ -455,6 +488,7 @@ class KinesisSink:
             max(MAX_BYTES_PER_CALL, self._max_record_bytes),
             self._pacer.records_per_second,
             self._pacer.bytes_per_second,
+            room=self._pacer.room,
         )
         now = self._clock()
         while state.retry and state.retry[0][0] <= now:
@@ -734,16 +768,16 @@ _KINESIS_TRANSIENT: dict[str, str] = {
 """Kinesis codes the shared classifier treats as setup errors but that pass by themselves."""
 
 
-PACKED_RECORD_BYTES = 256 * 1024
+PACKED_RECORD_BYTES = 64 * 1024
 
 
 class _Packer:
     """Packs consecutive lines (each newline-terminated) into records up to the size limit.
 
-    Packed records aim at PACKED_RECORD_BYTES (256 KiB), well under a shard's 1 MB/s: with
-    1 MiB records each call carried a single record and a shard sat idle for most of each
-    second waiting for its byte budget (bench/kinesis_throughput.py measured 55 % of the byte
-    quota); quarter-size records let pacing fill every shard smoothly.
+    Packed records aim at PACKED_RECORD_BYTES (64 KiB), far under a shard's 1 MB/s: with
+    ~1 MiB records a shard's one-second window held one record and then sat idle waiting for
+    its byte budget (bench/kinesis_throughput.py: 55 % of the byte quota; 53 % with 256 KiB);
+    small records let the pacer fill each window to within one record of the limit.
     """
 
     def __init__(self, sink: KinesisSink, out: list[_Record]) -> None:

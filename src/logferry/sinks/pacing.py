@@ -113,6 +113,17 @@ class ShardPacer:
             worst = max(worst, window.delay(now, records, size, self._limits))
         return worst
 
+    def room(self, shard_id: str) -> tuple[int, int]:
+        """(records, bytes) the shard can take right now without exceeding its window."""
+        window = self._windows.get(shard_id)
+        if window is None:
+            return self._limits
+        window.expire(self._clock())
+        return (
+            max(0, self._limits[0] - window.records),
+            max(0, self._limits[1] - window.bytes),
+        )
+
     def commit(self, demand: Mapping[str, tuple[int, int]]) -> None:
         """Account for a call that is being sent now."""
         now = self._clock()
