@@ -31,7 +31,10 @@ logger = logging.getLogger("logferry.worker")
 
 READ_BYTES = 4 * 1024 * 1024
 IDLE_EXIT_SECONDS = 30.0
-ERROR_BACKOFF = (5.0, 600.0)
+ERROR_BACKOFF = (2.0, 300.0)
+"""(first, cap) seconds between attempts after a customer-setup error (verify wakes it early)."""
+TRANSIENT_CAP = 30.0
+"""Cap after transient errors: an outage is noticed to be over within half a minute."""
 
 
 @dataclass
@@ -164,7 +167,7 @@ class EndpointWorker:
                 self._drop_sink()
                 if stopping:
                     break
-                await self._sleep(self._next_backoff())
+                await self._sleep(min(self._next_backoff(), TRANSIENT_CAP))
                 continue
             except Exception as exc:  # a bug: keep data, show it, retry later
                 logger.exception("delivery worker crashed")
