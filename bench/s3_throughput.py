@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lines", type=int, default=2_000_000)
     p.add_argument("--connections", type=int, default=4)
     p.add_argument("--body-mib", type=float, default=1.0)
-    p.add_argument("--period", type=int, default=5, help="endpoint period (s)")
+    p.add_argument("--period", type=int, default=1, help="endpoint period (s)")
     p.add_argument("--codec", choices=sorted(CODEC_FIELDS), default="gzip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--delivery-threads", type=int, default=8)
