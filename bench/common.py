@@ -42,6 +42,7 @@ from logferry.aws.names import parse_stream_arn  # noqa: E402
 from logferry.aws.policies import KinesisDestination, S3Destination  # noqa: E402
 from logferry.aws.provision import RoleRequest, provision_role  # noqa: E402
 from logferry.local.emulator import Emulator, start_emulator  # noqa: E402
+from logferry.local.toml_out import to_toml  # noqa: E402
 from loggen import generate_lines  # noqa: E402
 
 __all__ = [
@@ -308,35 +309,6 @@ def assumed_clients(emulator: Emulator, role_arn: str, external_id: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- serve process
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        inner = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
-        return "{" + inner + "}"
-    raise TypeError(value)
-
-
-def to_toml(doc: dict[str, Any]) -> str:
-    """Enough TOML for our config: tables of scalars/inline tables, arrays of tables."""
-    out: list[str] = []
-    for table, body in doc.items():
-        if isinstance(body, list):
-            for item in body:
-                out.append(f"[[{table}]]")
-                out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
-        else:
-            out.append(f"[{table}]")
-            out += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
-    return "\n".join(out) + "\n"
 
 
 def serve_config(emulator: Emulator, workdir: Path, **extra: Any) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,38 +14,9 @@ import httpx
 
 from aws_helpers import free_port
 from logferry.local.emulator import Emulator
+from logferry.local.toml_out import to_toml
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return (
-            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-        )
-    raise TypeError(value)
-
-
-def to_toml(doc: dict[str, Any]) -> str:
-    """Enough TOML for our config: tables of scalars/inline tables, arrays of tables."""
-    out: list[str] = []
-    for table, body in doc.items():
-        if isinstance(body, list):
-            for item in body:
-                out.append(f"[[{table}]]")
-                out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
-        else:
-            out.append(f"[{table}]")
-            out += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
-    return "\n".join(out) + "\n"
 
 
 def base_config(emulator: Emulator, spool_dir: Path, **extra: Any) -> dict[str, Any]:

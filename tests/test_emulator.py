@@ -307,3 +307,16 @@ def test_logferry_local_prints_working_credentials_and_stops_on_sigterm() -> Non
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_toml_writer_round_trips_a_service_config() -> None:
+    import tomllib
+
+    from logferry.local.toml_out import to_toml
+
+    doc = {
+        "vendor": {"name": "acme", "sts_endpoints": {"us-east-1": "http://127.0.0.1:5000"}},
+        "server": {"listen": "127.0.0.1:8080", "shutdown_flush_seconds": 2.5, "x": True},
+        "customers": [{"id": "c1", "endpoints": [{"type": "s3", "name": "s3", "period": 5}]}],
+    }
+    assert tomllib.loads(to_toml(doc)) == doc
