@@ -17,8 +17,6 @@ import json
 import os
 import platform
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,7 +40,8 @@ from logferry.aws.names import parse_stream_arn  # noqa: E402
 from logferry.aws.policies import KinesisDestination, S3Destination  # noqa: E402
 from logferry.aws.provision import RoleRequest, provision_role  # noqa: E402
 from logferry.local.emulator import Emulator, start_emulator  # noqa: E402
-from logferry.local.toml_out import to_toml  # noqa: E402
+from logferry.local.serve_process import ServeProcess, free_port  # noqa: E402
+from logferry.local.serve_process import serve_config as shared_serve_config  # noqa: E402
 from loggen import generate_lines  # noqa: E402
 
 __all__ = [
@@ -248,12 +247,6 @@ class ProcSampler:
 # ----------------------------------------------------------------------------- customers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def make_s3_role(
     emulator: Emulator, bucket: str, external_id: str, role_name: str, *, prefix: str = ""
 ) -> str:
@@ -312,20 +305,14 @@ def assumed_clients(emulator: Emulator, role_arn: str, external_id: str) -> Any:
 
 
 def serve_config(emulator: Emulator, workdir: Path, **extra: Any) -> dict[str, Any]:
-    """A `logferry.toml` for the emulator; `extra` tables are merged over the defaults."""
-    config: dict[str, Any] = {
-        "vendor": {
-            "name": "bench-cdn",
-            "account_id": emulator.vendor.account_id,
-            "sts_regions": ["us-east-1", "us-west-2"],
-            "sts_endpoints": {"us-east-1": emulator.url, "us-west-2": emulator.url},
-        },
-        "aws": {"endpoint_url": emulator.url},
-        "server": {"listen": f"127.0.0.1:{free_port()}", "shutdown_flush_seconds": 20},
-        "spool": {"dir": str(workdir / "spool"), "max_bytes": "4GiB"},
-        "auth": {"admin_token_env": "BENCH_LOGFERRY_ADMIN"},
-        "log": {"level": "info", "format": "json"},
-    }
+    """A `logferry.toml` for the emulator (the shared one, with benchmark-sized defaults)."""
+    config = shared_serve_config(
+        emulator,
+        workdir / "spool",
+        vendor_name="bench-cdn",
+        server={"listen": f"127.0.0.1:{free_port()}", "shutdown_flush_seconds": 20},
+        spool={"dir": str(workdir / "spool"), "max_bytes": "4GiB"},
+    )
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key].update(value)
@@ -334,9 +321,8 @@ def serve_config(emulator: Emulator, workdir: Path, **extra: Any) -> dict[str, A
     return config
 
 
-class Serve:
-    """`logferry serve --config …` as a child process (stderr to a log file), vendor credentials
-    in its environment exactly as an operator would give them."""
+class Serve(ServeProcess):
+    """The shared serve runner, plus what the benchmarks read from it."""
 
     def __init__(
         self,
@@ -345,71 +331,7 @@ class Serve:
         workdir: Path,
         env: dict[str, str] | None = None,
     ) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config = config
-        self.workdir = workdir
-        self.config_path = workdir / "logferry.toml"
-        self.config_path.write_text(to_toml(config))
-        self.log_path = workdir / "serve.log"
-        self.url = f"http://{config['server']['listen']}"
-        self.env = {
-            **os.environ,
-            **emulator.vendor.env(emulator.url),
-            "BENCH_LOGFERRY_ADMIN": ADMIN_TOKEN,
-            **(env or {}),
-        }
-        self.env.pop("AWS_ENDPOINT_URL", None)  # endpoints come from the config only
-        self.process: subprocess.Popen[bytes] | None = None
-        self.ready_seconds: float | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "logferry.cli", "serve", "--config", str(self.config_path)]
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def spawn(self) -> Serve:
-        """Start without waiting for readiness (to sample RSS from the first instant)."""
-        log = self.log_path.open("ab")
-        self._started = time.monotonic()
-        self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir
-        )
-        return self
-
-    def wait_ready(self, timeout: float = 60.0) -> Serve:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"serve exited {self.process.returncode}:\n{self.logs()[-4000:]}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    self.ready_seconds = time.monotonic() - self._started
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError(f"serve did not become ready in {timeout}s:\n{self.logs()[-4000:]}")
-
-    def start(self, timeout: float = 60.0) -> Serve:
-        return self.spawn().wait_ready(timeout)
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def terminate(self, timeout: float = 90.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        super().__init__(emulator, config, workdir, admin_token=ADMIN_TOKEN, env=env)
 
     def metrics(self) -> list[tuple[str, dict[str, str], float]]:
         """Every sample of /metrics as (name, labels, value)."""
@@ -429,11 +351,8 @@ class Serve:
         )
 
     def status(self, customer: str, endpoint: str) -> dict[str, Any]:
-        r = httpx.get(
-            f"{self.url}/v1/customers/{customer}/endpoints/{endpoint}/status",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            timeout=30,
-        )
+        with self.admin() as client:
+            r = client.get(f"/v1/customers/{customer}/endpoints/{endpoint}/status", timeout=30)
         r.raise_for_status()
         return dict(r.json())
 
