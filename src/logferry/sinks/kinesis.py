@@ -511,6 +511,18 @@ class KinesisSink:
             shards.advance()
         return True
 
+    def _transient_or_raise(self, exc: Exception, operation: str) -> TransientError:
+        """Classify a failed call: return (and note) a transient error, raise anything else."""
+        if not is_aws_exception(exc):
+            raise exc
+        error = self._classify(exc, operation)
+        if not isinstance(error, TransientError):
+            if error is exc:
+                raise exc
+            raise error from exc
+        self._note_transient(error)
+        return error
+
     def _send(self, batch: _Batch, state: _Delivery) -> None:
         entries = [
             {"Data": record.data, "PartitionKey": record.key, "ExplicitHashKey": hash_key}
@@ -520,14 +532,7 @@ class KinesisSink:
         try:
             response = self.client.put_records(StreamARN=self.stream_arn, Records=entries)
         except Exception as exc:
-            if not is_aws_exception(exc):
-                raise
-            error = self._classify(exc, "PutRecords")
-            if not isinstance(error, TransientError):
-                if error is exc:
-                    raise
-                raise error from exc
-            self._note_transient(error)
+            error = self._transient_or_raise(exc, "PutRecords")
             self.stats.failed_calls += 1
             # The call-level backoff below is the wait; the records go out right after it.
             self._retry_later([r for r, _, _ in batch.items], state, backoff=False)
@@ -667,14 +672,7 @@ class KinesisSink:
             if found is None:
                 raise self._no_open_shards()
         except Exception as exc:
-            if not is_aws_exception(exc):
-                raise
-            error = self._classify(exc, "ListShards")
-            if not isinstance(error, TransientError):
-                if error is exc:
-                    raise
-                raise error from exc
-            self._note_transient(error)
+            self._transient_or_raise(exc, "ListShards")
             if self._map is None:
                 self._call_failures += 1
                 delay = self._call_backoff.delay(self._call_failures - 1)
