@@ -146,9 +146,9 @@ def test_read_limits_and_bad_offsets(tmp_path: Path) -> None:
     assert s.read(small.end, 10) == []
     with pytest.raises(ValueError, match="past the end"):
         s.read(small.end + 1)
-    with pytest.raises(ValueError, match="chunk boundary"):
+    with pytest.raises(ValueError, match="not a line boundary"):
         s.read(big.start + 3)
-    with pytest.raises(ValueError, match="chunk boundary"):
+    with pytest.raises(ValueError, match="not a line boundary"):
         s.commit(big.start + 3)
     with pytest.raises(ValueError, match="past the end"):
         s.commit(small.end + 1)
@@ -415,6 +415,69 @@ def test_corrupt_sealed_segment_is_reported_with_a_way_past(tmp_path: Path) -> N
     s2.commit(nxt)
     assert read_all(s2) == [c for c in acked if c.start >= nxt]
     s2.close()
+
+
+def test_positions_inside_a_chunk_read_and_commit_at_line_granularity(tmp_path: Path) -> None:
+    """A sink may cut anywhere between two lines: read and commit accept any line boundary,
+    the committed line count stays exact, and a reopened spool resumes at that line."""
+    d = tmp_path / "ep"
+    s = Spool(d, segment_bytes=64 * 1024, retire_bytes=10**9)
+    chunks = [s.append_sync(*lines_of(f"c{i}", 500)) for i in range(6)]
+    expected = b"".join(c.data for c in chunks)
+    all_lines = expected.split(b"\n")[:-1]
+    # Every 37th line boundary, including ones in sealed segments and across chunks.
+    boundaries = [i + 1 for i, b in enumerate(expected) if b == 10][36::37]
+    for pos in boundaries[:5]:
+        tail = b"".join(c.data for c in read_all(s, pos, max_bytes=10**9))
+        assert tail == expected[pos:]
+    first = s.read(boundaries[3], 10**9)[0]
+    assert first.start == boundaries[3]
+    assert first.lines == first.data.count(b"\n")
+    cut = boundaries[20]
+    s.commit(cut)
+    assert s.committed_offset == cut
+    assert s.committed_line == expected[:cut].count(b"\n")
+    assert s.pending_lines == len(all_lines) - s.committed_line
+    s.close()
+    s2 = Spool(d)
+    assert (s2.committed_offset, s2.committed_line) == (cut, expected[:cut].count(b"\n"))
+    assert b"".join(c.data for c in read_all(s2, max_bytes=10**9)) == expected[cut:]
+    s2.commit(boundaries[21])
+    assert s2.committed_line == expected[: boundaries[21]].count(b"\n")
+    s2.close()
+
+
+def test_corrupt_record_is_quarantined_and_delivery_goes_on(tmp_path: Path) -> None:
+    d = tmp_path / "ep"
+    s = Spool(d, segment_bytes=1 << 20, retire_bytes=10**9, quarantine_dir=tmp_path / "q")
+    acked = [s.append_sync(*lines_of(f"z{i}", 3)) for i in range(10)]
+    s.close()
+    seg = d / seg_files(d)[0]
+    raw = bytearray(seg.read_bytes())
+    # Damage the payload of the 4th record (all records are the same size here).
+    rec = spool_log.REC_HEADER_BYTES + len(acked[0].data)
+    raw[spool_log.SEG_HEADER_BYTES + 3 * rec + spool_log.REC_HEADER_BYTES + 5] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    s2 = Spool(d, quarantine_dir=tmp_path / "q")
+    got = s2.read(0, 10**9)  # the good chunks before the damage come first
+    assert got == acked[:3]
+    with pytest.raises(SpoolCorrupt) as err:
+        s2.read(acked[3].start)
+    with pytest.raises(ValueError, match="commit up to"):
+        s2.quarantine(err.value)  # what precedes the damage is not delivered yet
+    s2.commit(acked[3].start)
+    q = s2.quarantine(err.value)
+    assert (q.start, q.end, q.lines) == (acked[3].start, acked[4].start, 3)
+    assert Path(q.path).read_bytes() == bytes(
+        raw[spool_log.SEG_HEADER_BYTES + 3 * rec : spool_log.SEG_HEADER_BYTES + 4 * rec]
+    )
+    assert read_all(s2, max_bytes=10**9) == acked[4:]
+    assert s2.pending_lines == 6 * 3
+    s2.close()
+    s3 = Spool(d)  # the skip survives a restart
+    assert s3.committed_offset == acked[4].start
+    assert read_all(s3, max_bytes=10**9) == acked[4:]
+    s3.close()
 
 
 # -- limits -------------------------------------------------------------------------------------

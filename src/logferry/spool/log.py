@@ -62,6 +62,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import NoReturn
 
 from logferry.errors import LogferryError
 from logferry.spool.chunk import Chunk
@@ -95,6 +96,10 @@ _REC_PREFIX = struct.Struct("<4sI")  # magic, crc: the CRC'd bytes (fields + pay
 REC_HEADER_BYTES = _REC_HDR.size  # 40
 _COMMIT = struct.Struct("<8sQQQQd")  # magic, offset, line, segment base, position, accepted floor
 _COMMIT_MAGIC = b"LFCOMMIT"
+_COMMIT2 = struct.Struct("<8sQQQQQQd")
+"""magic, offset, line, segment base, record position, record start, record line, accepted floor:
+the committed position may fall inside a record (a sink cut a file or a batch mid-request)."""
+_COMMIT2_MAGIC = b"LFCOMIT2"
 _CLEAN = struct.Struct("<8sQQQQd")  # magic, base, valid size, end offset, end line, last accepted
 _CLEAN_MAGIC = b"LFCLEAN1"
 _U32 = struct.Struct("<I")
@@ -137,13 +142,40 @@ class SpoolCorrupt(SpoolError):
     consumer that accepts the loss may `commit(next_offset)` to move past it.
     """
 
-    def __init__(self, message: str, *, offset: int, next_offset: int | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        offset: int,
+        next_offset: int | None,
+        segment: int | None = None,
+        position: int | None = None,
+    ) -> None:
         super().__init__(
             message,
-            fix="Check the disk; to skip the damaged data, commit(next_offset) and keep going.",
+            fix="Check the disk; `Spool.quarantine(error)` moves the damaged bytes aside and "
+            "delivery goes on after them.",
         )
         self.offset = offset
         self.next_offset = next_offset
+        self.segment = segment
+        """Base offset of the segment holding the damage (None: unknown)."""
+        self.position = position
+        """File position in that segment where the damaged record starts."""
+
+
+class Quarantined:
+    """What `Spool.quarantine` moved aside: the damaged byte range and where it went."""
+
+    __slots__ = ("end", "lines", "nbytes", "path", "start")
+
+    def __init__(self, start: int, end: int, nbytes: int, lines: int, path: str) -> None:
+        self.start = start
+        self.end = end
+        self.nbytes = nbytes
+        self.lines = lines
+        """Lines skipped (exact when the damaged records' headers were readable, else 0)."""
+        self.path = path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,6 +443,7 @@ class Spool:
         retire_bytes: int | None = None,
         name: str | None = None,
         on_activate: Callable[[Spool], None] | None = None,
+        quarantine_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if segment_bytes < SEG_HEADER_BYTES + REC_HEADER_BYTES + 2:
             raise ValueError(f"segment_bytes={segment_bytes} is too small")
@@ -424,6 +457,9 @@ class Spool:
             retire_bytes if retire_bytes is not None else min(segment_bytes, 1024 * 1024)
         )
         self._on_activate = on_activate
+        self._quarantine_dir = (
+            os.fspath(quarantine_dir) if quarantine_dir is not None else self._dir + ".quarantine"
+        )
 
         self._commit_lock = threading.Lock()
         self._io = threading.Lock()
@@ -478,6 +514,15 @@ class Spool:
         return self._end - self._committed
 
     @property
+    def committed_line(self) -> int:
+        """Number of lines below `committed_offset` since the spool was created."""
+        return self._committed_line
+
+    @property
+    def end_line(self) -> int:
+        return self._end_line
+
+    @property
     def pending_lines(self) -> int:
         """Lines durable but not yet committed (exact: records carry running line numbers)."""
         return self._end_line - self._committed_line
@@ -530,7 +575,15 @@ class Spool:
             cur.end = nxt.base
         self._segments = segs
         committed = self._read_committed()
-        c_off, c_line, c_base, c_pos, c_floor = committed or (0, 0, 0, 0, 0.0)
+        c_off, c_line, c_base, c_pos, c_rstart, c_rline, c_floor = committed or (
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0.0,
+        )
         self._last_accepted = c_floor
 
         # The last segment is the only one that can have a torn tail (a new segment is created
@@ -581,23 +634,28 @@ class Spool:
             i = self._seg_index(c_base)
             if i is not None and c_off < self._end:
                 seg = segs[i]
-                self._boundaries[c_off] = (seg.base, c_pos, c_line)
+                self._boundaries[c_rstart] = (seg.base, c_pos, c_rline)
         if self._budget is not None and self._disk_bytes != before:
             self._budget.adjust(self._disk_bytes - before)
 
-    def _read_committed(self) -> tuple[int, int, int, int, float] | None:
+    def _read_committed(self) -> tuple[int, int, int, int, int, int, float] | None:
+        """(offset, line, segment base, record position, record start, record line, floor)."""
         path = os.path.join(self._dir, COMMITTED_NAME)
         try:
             with open(path, "rb") as f:
                 blob = f.read()
         except FileNotFoundError:
             return None
-        body = _check_crc(blob, _COMMIT.size)
-        if body is None or body[:8] != _COMMIT_MAGIC:
-            log.error("spool %s: committed file is damaged; redelivering from the start", self.name)
-            return None
-        _, off, line, base, pos, floor = _COMMIT.unpack(body)
-        return off, line, base, pos, floor
+        body = _check_crc(blob, _COMMIT2.size)
+        if body is not None and body[:8] == _COMMIT2_MAGIC:
+            _, off, line, base, pos, rstart, rline, floor = _COMMIT2.unpack(body)
+            return off, line, base, pos, rstart, rline, floor
+        body = _check_crc(blob, _COMMIT.size)  # written by earlier versions: a record start
+        if body is not None and body[:8] == _COMMIT_MAGIC:
+            _, off, line, base, pos, floor = _COMMIT.unpack(body)
+            return off, line, base, pos, off, line, floor
+        log.error("spool %s: committed file is damaged; redelivering from the start", self.name)
+        return None
 
     def _read_seg_header(self, fd: int, size: int) -> tuple[int, int, float] | None:
         if size < SEG_HEADER_BYTES:
@@ -676,7 +734,7 @@ class Spool:
         """Walk records from (pos, off, line) until `limit`, the first invalid one, or `stop_at`.
 
         Returns the position/offset/line/accepted_at just past the last valid record (or of the
-        record starting at `stop_at`). Adds sparse index entries on the way.
+        record that contains offset `stop_at`). Adds sparse index entries on the way.
         """
         block = 4 * 1024 * 1024 if verify else 1024 * 1024
         buf = b""
@@ -702,6 +760,8 @@ class Spool:
                 or length > MAX_CHUNK_BYTES
                 or pos + REC_HEADER_BYTES + length > limit
             ):
+                break
+            if stop_at is not None and off + length > stop_at:
                 break
             if verify:
                 if rel + REC_HEADER_BYTES + length > len(buf):
@@ -1060,9 +1120,10 @@ class Spool:
     # -- committing and space ----------------------------------------------------------------
 
     def commit(self, offset: int) -> None:
-        """The sink confirmed every chunk below `offset` (a chunk boundary). Blocking.
+        """The sink confirmed every line below position `offset` (any line boundary). Blocking.
 
-        Persists the offset (atomic replace + fsync), then deletes whole segments below it.
+        Persists the position (atomic replace + fsync), then deletes whole segments below it.
+        Raises ValueError when `offset` is not a line boundary of this spool.
         """
         self._touch()
         with self._commit_lock:
@@ -1075,19 +1136,52 @@ class Spool:
             if offset > end:
                 raise ValueError(f"commit({offset}) is past the end of spool {self.name} ({end})")
             with self._rd:
-                seg, pos, line = self._locate(offset)
-            data = _COMMIT.pack(
-                _COMMIT_MAGIC, offset, line, seg.base if seg else 0, pos, self._last_accepted
+                seg, pos, rstart, rline = self._locate(offset)
+                line = rline
+                if offset != rstart:
+                    assert seg is not None
+                    prefix = _pread_full(
+                        self._rfd(seg.base), offset - rstart, pos + REC_HEADER_BYTES
+                    )
+                    self._check_line_boundary(prefix, offset, rstart)
+                    line = rline + prefix.count(b"\n")
+            data = _COMMIT2.pack(
+                _COMMIT2_MAGIC,
+                offset,
+                line,
+                seg.base if seg else 0,
+                pos,
+                rstart,
+                rline,
+                self._last_accepted,
             )
             write_atomic(os.path.join(self._dir, COMMITTED_NAME), _with_crc(data))
             with self._mu:
                 self._committed = offset
                 self._committed_line = line
+            if seg is not None and rstart < end:
+                self._remember(rstart, seg.base, pos, rline)
             self._rate.add(offset - committed)
             if self._budget is not None:
                 self._budget.rate.add(offset - committed)
             self._delete_sealed_below(offset)
             self._try_retire()
+
+    def _check_line_boundary(self, prefix: bytes, offset: int, rstart: int) -> None:
+        if len(prefix) != offset - rstart:
+            raise ValueError(f"spool {self.name}: record at {rstart} is short on disk")
+        if prefix[-1:] != b"\n":
+            raise ValueError(
+                f"position {offset} is not a line boundary in spool {self.name} "
+                f"(inside a line of the record at {rstart})"
+            )
+
+    def _remember(self, start: int, base: int, pos: int, line: int) -> None:
+        """Cache a record start's place on disk (the next read or commit starts there)."""
+        self._boundaries[start] = (base, pos, line)
+        self._boundaries.move_to_end(start)
+        while len(self._boundaries) > 64:
+            self._boundaries.popitem(last=False)
 
     def _delete_sealed_below(self, offset: int) -> None:
         """Delete segments wholly below `offset`, never the active (last) one."""
@@ -1175,19 +1269,20 @@ class Spool:
         if fd is not None:
             os.close(fd)
 
-    def _locate(self, offset: int) -> tuple[_Segment | None, int, int]:
-        """(segment, file position, line number) of the record starting at `offset`.
+    def _locate(self, offset: int) -> tuple[_Segment | None, int, int, int]:
+        """(segment, file position, start offset, line number) of the record holding `offset`.
 
-        Caller holds _rd. Raises ValueError when `offset` is not a chunk boundary or was
-        deleted. For the end offset returns the position after the last record.
+        Caller holds _rd. `offset` may fall inside the record (callers check that it is a line
+        boundary). Raises ValueError when it was deleted or no record holds it. For the end
+        offset returns the position after the last record (start = end).
         """
         with self._mu:
             end, end_line = self._end, self._end_line
             segs = self._segments
             if offset == end:
                 if segs and segs[-1].end == end:
-                    return segs[-1], segs[-1].size, end_line
-                return None, 0, end_line
+                    return segs[-1], segs[-1].size, end, end_line
+                return None, 0, end, end_line
             i = bisect.bisect_right(segs, offset, key=lambda s: s.base) - 1
             if i < 0:
                 first = segs[0].base if segs else end
@@ -1198,25 +1293,37 @@ class Spool:
             limit = seg.size
         hit = self._boundaries.get(offset)
         if hit is not None and hit[0] == seg.base:
-            return seg, hit[1], hit[2]
+            return seg, hit[1], offset, hit[2]
         if offset == seg.base:
-            return seg, SEG_HEADER_BYTES, self._read_first_line(seg)
+            return seg, SEG_HEADER_BYTES, offset, self._read_first_line(seg)
+        # Start from the closest known record start at or before `offset`.
+        o, p, ln = seg.base, SEG_HEADER_BYTES, -1
         j = bisect.bisect_right(seg.index, offset, key=lambda e: e[0]) - 1
         if j >= 0:
             o, p, ln = seg.index[j]
-        else:
-            o, p, ln = seg.base, SEG_HEADER_BYTES, self._read_first_line(seg)
+        for start, (base, bpos, bline) in self._boundaries.items():
+            if base == seg.base and o < start <= offset:
+                o, p, ln = start, bpos, bline
+        if ln < 0:
+            ln = self._read_first_line(seg)
         fd = self._rfd(seg.base)
         pos, off, line, _ = self._scan(fd, seg, p, o, ln, 0.0, limit, verify=False, stop_at=offset)
-        if off != offset:
-            raise ValueError(f"offset {offset} is not a chunk boundary in spool {self.name}")
-        return seg, pos, line
+        if off == offset:
+            return seg, pos, off, line
+        hdr = _pread_full(fd, REC_HEADER_BYTES, pos) if pos < limit else b""
+        if len(hdr) == REC_HEADER_BYTES:
+            magic, _, start, _, length, _, _ = _REC_HDR.unpack(hdr)
+            if magic == _REC_MAGIC and start == off and off < offset < off + length:
+                return seg, pos, off, line
+        raise ValueError(f"offset {offset} is not a record position in spool {self.name}")
 
     def read(self, from_offset: int, max_bytes: int = 1024 * 1024) -> list[Chunk]:
-        """Durable chunks from `from_offset` (a chunk boundary), about `max_bytes` of payload.
+        """Durable chunks from position `from_offset` (any line boundary), ~`max_bytes` of payload.
 
-        Returns at least one chunk when any is available (even if larger than `max_bytes`),
-        [] at the end. Only acknowledged (fsynced) data is visible. Verifies every checksum.
+        When `from_offset` falls inside a chunk, the first chunk returned is that chunk's tail
+        (`start = from_offset`, its lines counted). Returns at least one chunk when any is
+        available (even if larger than `max_bytes`), [] at the end. Only acknowledged (fsynced)
+        data is visible. Verifies every checksum.
         """
         self._touch()
         with self._rd:
@@ -1238,70 +1345,86 @@ class Spool:
                         )
                     log.error("spool %s: offsets %d..%d lost", self.name, from_offset, first)
                     from_offset = first
-            seg, pos, line = self._locate(from_offset)
+            seg, pos, off, line = self._locate(from_offset)
             assert seg is not None
+            skip = from_offset - off
             out: list[Chunk] = []
             total = 0
-            off = from_offset
             unpack = _REC_HDR.unpack_from
             crc32 = zlib.crc32
-            while off < end and (total < max_bytes or not out):
-                with self._mu:
-                    limit = seg.size
-                    nxt = None
+            try:
+                while off < end and (total < max_bytes or not out):
+                    with self._mu:
+                        limit = seg.size
+                        nxt = None
+                        if pos >= limit:
+                            i = self._seg_index(seg.base)
+                            if i is not None and i + 1 < len(self._segments):
+                                nxt = self._segments[i + 1]
                     if pos >= limit:
-                        i = self._seg_index(seg.base)
-                        if i is not None and i + 1 < len(self._segments):
-                            nxt = self._segments[i + 1]
-                if pos >= limit:
-                    if nxt is None:
-                        break
-                    if nxt.base != off:
-                        log.error("spool %s: offsets %d..%d lost", self.name, off, nxt.base)
-                    seg, pos, off = nxt, SEG_HEADER_BYTES, nxt.base
-                    line = self._read_first_line(nxt)
-                    continue
-                fd = self._rfd(seg.base)
-                want = min(limit - pos, max(max_bytes - total, 0) + 64 * 1024)
-                blk = _pread_full(fd, want, pos)
-                view = memoryview(blk)
-                i = 0
-                n = len(blk)
-                while i + REC_HEADER_BYTES <= n:
-                    magic, crc, start, fl, length, lines, acc = unpack(blk, i)
-                    if magic != _REC_MAGIC or start != off or fl != line:
-                        self._corrupt(seg, off, "bad record header")
-                    j = i + REC_HEADER_BYTES + length
-                    if j > n:
-                        if i == 0:  # one record larger than the block: read exactly it
-                            if pos + REC_HEADER_BYTES + length > limit:
-                                self._corrupt(seg, off, "record runs past the segment end")
-                            blk = _pread_full(fd, REC_HEADER_BYTES + length, pos)
-                            view = memoryview(blk)
-                            n = len(blk)
-                            if n < REC_HEADER_BYTES + length:
-                                self._corrupt(seg, off, "segment file is short")
-                            continue
-                        break
-                    if crc32(view[i + 8 : j]) != crc:
-                        self._corrupt(seg, off, "checksum mismatch")
-                    payload = blk[i + REC_HEADER_BYTES : j]
-                    out.append(Chunk(off, off + length, acc, payload, lines))
-                    total += length
-                    off += length
-                    line += lines
-                    i = j
-                    if total >= max_bytes:
-                        break
-                if i == 0:
-                    self._corrupt(seg, off, "segment file is short")
-                pos += i
-            self._boundaries[off] = (seg.base, pos, line)
-            while len(self._boundaries) > 64:
-                self._boundaries.popitem(last=False)
+                        if nxt is None:
+                            break
+                        if nxt.base != off:
+                            log.error("spool %s: offsets %d..%d lost", self.name, off, nxt.base)
+                        seg, pos, off = nxt, SEG_HEADER_BYTES, nxt.base
+                        line = self._read_first_line(nxt)
+                        continue
+                    fd = self._rfd(seg.base)
+                    want = min(limit - pos, max(max_bytes - total, 0) + 64 * 1024)
+                    blk = _pread_full(fd, want, pos)
+                    view = memoryview(blk)
+                    i = 0
+                    n = len(blk)
+                    while i + REC_HEADER_BYTES <= n:
+                        magic, crc, start, fl, length, lines, acc = unpack(blk, i)
+                        if magic != _REC_MAGIC or start != off or fl != line:
+                            self._corrupt(seg, off, pos + i, "bad record header")
+                        j = i + REC_HEADER_BYTES + length
+                        if j > n:
+                            if i == 0:  # one record larger than the block: read exactly it
+                                if pos + REC_HEADER_BYTES + length > limit:
+                                    self._corrupt(seg, off, pos, "record runs past the segment end")
+                                blk = _pread_full(fd, REC_HEADER_BYTES + length, pos)
+                                view = memoryview(blk)
+                                n = len(blk)
+                                if n < REC_HEADER_BYTES + length:
+                                    self._corrupt(seg, off, pos, "segment file is short")
+                                continue
+                            break
+                        if crc32(view[i + 8 : j]) != crc:
+                            self._corrupt(seg, off, pos + i, "checksum mismatch")
+                        if skip:
+                            head = blk[i + REC_HEADER_BYTES : i + REC_HEADER_BYTES + skip]
+                            self._check_line_boundary(head, off + skip, off)
+                            payload = blk[i + REC_HEADER_BYTES + skip : j]
+                            out.append(
+                                Chunk(
+                                    off + skip, off + length, acc, payload, lines - head.count(10)
+                                )
+                            )
+                            total += length - skip
+                            skip = 0
+                        else:
+                            payload = blk[i + REC_HEADER_BYTES : j]
+                            out.append(Chunk(off, off + length, acc, payload, lines))
+                            total += length
+                        off += length
+                        line += lines
+                        i = j
+                        if total >= max_bytes:
+                            break
+                    if i == 0:
+                        self._corrupt(seg, off, pos, "segment file is short")
+                    pos += i
+            except SpoolCorrupt:
+                if out:  # hand over the good chunks first; the next read raises
+                    return out
+                raise
+            if off < end:
+                self._remember(off, seg.base, pos, line)
             return out
 
-    def _corrupt(self, seg: _Segment, off: int, why: str) -> None:
+    def _corrupt(self, seg: _Segment, off: int, position: int, why: str) -> NoReturn:
         with self._mu:
             i = self._seg_index(seg.base)
             nxt = (
@@ -1310,10 +1433,105 @@ class Spool:
                 else None
             )
         raise SpoolCorrupt(
-            f"spool {self.name}: {why} at offset {off} (segment {seg.base})",
+            f"spool {self.name}: {why} at offset {off} (segment {seg.base}, byte {position})",
             offset=off,
             next_offset=nxt,
+            segment=seg.base,
+            position=position,
         )
+
+    def quarantine(self, error: SpoolCorrupt) -> Quarantined:
+        """Move the damaged bytes `error` names aside and commit past them. Blocking.
+
+        The damaged record (and any that follow it up to the next record whose header and
+        checksum verify) is copied to a file in the quarantine directory, then the spool is
+        committed to the first good record, so delivery goes on. Nothing is guessed: the
+        quarantined bytes are kept exactly as they were on disk for an operator to inspect.
+        """
+        if error.segment is None or error.position is None:
+            raise ValueError("this SpoolCorrupt does not say where the damage is")
+        if error.offset != self._committed:
+            # The commit is one watermark: what precedes the damage must be delivered first.
+            raise ValueError(
+                f"spool {self.name}: commit up to {error.offset} before quarantining the damage "
+                f"(committed: {self._committed})"
+            )
+        with self._commit_lock:
+            with self._rd, self._mu:
+                i = self._seg_index(error.segment)
+                if i is None or self._committed > error.offset:
+                    raise ValueError(f"spool {self.name}: segment {error.segment} is gone")
+                seg = self._segments[i]
+                nxt_seg = self._segments[i + 1] if i + 1 < len(self._segments) else None
+                limit = seg.size
+                end, end_line = self._end, self._end_line
+            fd = os.open(self._seg_path(seg.base), os.O_RDONLY | _O_CLOEXEC)
+            try:
+                good = self._resync(fd, error.position + 1, error.offset, limit)
+                if good is not None:
+                    stop_pos, nstart, nline = good
+                elif nxt_seg is not None:
+                    stop_pos, nstart = limit, nxt_seg.base
+                    nline = self._read_first_line(nxt_seg)
+                else:
+                    stop_pos, nstart, nline = limit, end, end_line
+                damaged = _pread_full(fd, stop_pos - error.position, error.position)
+            finally:
+                os.close(fd)
+            os.makedirs(self._quarantine_dir, mode=0o700, exist_ok=True)
+            path = os.path.join(self._quarantine_dir, f"{error.offset:020d}-{nstart:020d}.bin")
+            write_atomic(path, damaged)
+            lines = max(0, nline - self._committed_line) if nstart > error.offset else 0
+            log.error(
+                "spool %s: quarantined %d damaged bytes (offsets %d..%d) to %s",
+                self.name,
+                len(damaged),
+                error.offset,
+                nstart,
+                path,
+            )
+            if nstart < end and good is not None:
+                self._remember(nstart, seg.base, stop_pos, nline)
+        self._commit_skipping(nstart, nline)
+        return Quarantined(error.offset, nstart, len(damaged), lines, path)
+
+    def _resync(self, fd: int, pos: int, after: int, limit: int) -> tuple[int, int, int] | None:
+        """The first record at or after file position `pos` whose header and CRC verify and
+        whose start offset lies past `after`: (position, start offset, line)."""
+        block = 1024 * 1024
+        while pos < limit:
+            buf = _pread_full(fd, min(block + REC_HEADER_BYTES, limit - pos), pos)
+            at = buf.find(_REC_MAGIC)
+            while at >= 0:
+                p = pos + at
+                hdr = _pread_full(fd, REC_HEADER_BYTES, p)
+                if len(hdr) == REC_HEADER_BYTES:
+                    _, crc, start, fl, length, lines, _ = _REC_HDR.unpack(hdr)
+                    if start > after and length > 0 and lines > 0 and p + 40 + length <= limit:
+                        body = _pread_full(fd, REC_HEADER_BYTES + length, p)
+                        if zlib.crc32(memoryview(body)[8:]) == crc:
+                            return p, start, fl
+                at = buf.find(_REC_MAGIC, at + 1)
+            if len(buf) <= REC_HEADER_BYTES:
+                break
+            pos += len(buf) - REC_HEADER_BYTES
+        return None
+
+    def _commit_skipping(self, offset: int, line: int) -> None:
+        """Commit to `offset` (a record start past damaged bytes) without reading through them."""
+        with self._commit_lock:
+            with self._rd:
+                hit = self._boundaries.get(offset)
+                base, pos = (hit[0], hit[1]) if hit is not None else (0, 0)
+            data = _COMMIT2.pack(
+                _COMMIT2_MAGIC, offset, line, base, pos, offset, line, self._last_accepted
+            )
+            write_atomic(os.path.join(self._dir, COMMITTED_NAME), _with_crc(data))
+            with self._mu:
+                self._committed = offset
+                self._committed_line = line
+            self._delete_sealed_below(offset)
+            self._try_retire()
 
     def wait_for_data(self, offset: int, timeout: float | None = None) -> bool:
         """Block until data past `offset` is durable (True) or `timeout` / close (False)."""
