@@ -27,7 +27,7 @@ from logferry.service.endpoints import (
     parse_endpoint,
 )
 from logferry.service.logs import log
-from logferry.service.runtime import Service, UnknownEndpoint
+from logferry.service.runtime import EndpointConflict, Service, UnknownEndpoint
 from logferry.spool import SpoolFull
 
 logger = logging.getLogger("logferry.api")
@@ -96,6 +96,10 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(FieldError)
     async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(EndpointConflict)
+    async def _conflict(_: Request, exc: EndpointConflict) -> JSONResponse:
+        return _problem(409, exc.message, exc.fix)
 
     @app.exception_handler(UnknownEndpoint)
     async def _unknown(_: Request, exc: UnknownEndpoint) -> JSONResponse:

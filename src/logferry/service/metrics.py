@@ -146,6 +146,18 @@ class Metrics:
         self.retries = Counter(
             "logferry_delivery_retries", "Delivery attempts retried", ep, registry=r
         )
+        self.early_closes = Counter(
+            "logferry_early_file_closes",
+            "Open files closed before their period ended because the spool was under pressure",
+            ep,
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "logferry_spool_quarantined_bytes",
+            "Damaged spool bytes moved to the quarantine directory (delivery went on)",
+            ep,
+            registry=r,
+        )
         r.register(_StateCollector(snapshot))
 
     def render(self) -> bytes:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,6 +25,7 @@ from logferry.service.logs import log
 from logferry.service.metrics import Metrics
 from logferry.service.store import CustomerRecord, EndpointRecord, Store
 from logferry.service.worker import EndpointWorker, model_for
+from logferry.sinks.registry import SinkContext, factory
 from logferry.spool import Chunk, SpoolManager
 
 logger = logging.getLogger("logferry.service")
@@ -33,6 +35,10 @@ EndpointKey = tuple[str, str]
 
 class UnknownEndpoint(InputError):
     pass
+
+
+class EndpointConflict(InputError):
+    """The change would strand accepted lines (HTTP 409): deliver them first."""
 
 
 class Service:
@@ -48,6 +54,7 @@ class Service:
             config.spool.dir / "data",
             max_bytes=config.spool.max_bytes,
             segment_bytes=config.spool.segment_bytes,
+            quarantine_dir=config.spool.dir / "quarantine",
         )
         _raise_fd_limit()
         self.aws_target = AwsTarget(endpoint_url=config.aws.endpoint_url)
@@ -67,6 +74,10 @@ class Service:
         self.admin_token = config.auth.admin_token()
         self.endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]] = {}
         self.workers: dict[EndpointKey, EndpointWorker] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.invalid: dict[EndpointKey, tuple[EndpointRecord, str]] = {}
+        """Stored endpoints that no longer validate: their spools are kept until they are
+        fixed (PUT) or deleted; status shows `invalid` with the reason."""
         self.listeners: list[SyslogServer] = []
         self.ready = False
 
@@ -77,6 +88,8 @@ class Service:
             try:
                 self.endpoints[(record.customer_id, record.name)] = (record, model_for(record))
             except Exception as exc:  # a stored endpoint no longer validates: keep its data
+                reason = str(exc) or type(exc).__name__
+                self.invalid[(record.customer_id, record.name)] = (record, reason)
                 log(
                     logger,
                     logging.ERROR,
@@ -88,8 +101,11 @@ class Service:
         self._apply_static_config()
         # Resume delivery of whatever a previous run left in the spool.
         live = {record.uid_prefix: key for key, (record, _) in self.endpoints.items()}
+        kept = {record.uid_prefix for record, _ in self.invalid.values()}
         for uid in self.spools.keys_on_disk():
             key = live.get(uid)
+            if uid in kept:
+                continue
             if key is None:
                 log(logger, logging.WARNING, "spool of a deleted endpoint removed", uid=uid)
                 self.spools.drop(uid)
@@ -166,7 +182,21 @@ class Service:
         document.pop("type")
         key = (customer_id, name)
         old = self.endpoints.get(key)
+        broken = self.invalid.get(key)
+        old_type = old[0].type if old else broken[0].type if broken else None
+        if old_type is not None and old_type != type_ and self._has_pending(key):
+            raise EndpointConflict(
+                "endpoint",
+                f"endpoint {name!r} of customer {customer_id!r} still has accepted lines for its "
+                f"{old_type} destination; changing its type now would strand them.",
+                fix=f"Wait until GET /v1/customers/{customer_id}/endpoints/{name}/status shows "
+                "0 pending lines (or DELETE the endpoint to drop them), then change its type.",
+            )
         record, new = self.store.put_endpoint(customer_id, name, type_, document)
+        if broken is not None:
+            self.invalid.pop(key, None)
+            if broken[0].uid_prefix != record.uid_prefix:
+                self._drop_later(broken[0].uid_prefix)
         if old is not None and old[0].uid_prefix != record.uid_prefix:
             # Another type: a new incarnation. Retire the old one (abort its open upload).
             self.endpoints.pop(key, None)
@@ -176,10 +206,32 @@ class Service:
         worker = self.workers.get(key)
         if worker is not None:
             worker.reconfigure(record, model)
+        elif broken is not None and broken[0].uid_prefix == record.uid_prefix:
+            self.worker(customer_id, name).notify()  # deliver what it kept while invalid
         return record, new
+
+    def _has_pending(self, key: EndpointKey) -> bool:
+        worker = self.workers.get(key)
+        if worker is None and key in self.endpoints:
+            worker = self.worker(*key)
+        if worker is not None:
+            return worker.has_pending()
+        record = self.invalid[key][0]
+        spool = self.spools.get(record.uid_prefix)
+        return bool(spool is not None and spool.pending_bytes > 0)
+
+    def _drop_later(self, uid: str) -> None:
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self.spools.drop, uid))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def delete_endpoint(self, customer_id: str, name: str) -> bool:
         key = (customer_id, name)
+        broken = self.invalid.pop(key, None)
+        if broken is not None:
+            await asyncio.to_thread(self.spools.drop, broken[0].uid_prefix)
+            self.store.delete_endpoint(customer_id, name)
+            return True
         if key not in self.endpoints:
             return False
         await self._retire(key)
@@ -200,23 +252,27 @@ class Service:
         if entry is None:
             return
         record, model = entry
-        if record.type == "s3":
-            await asyncio.to_thread(self._discard_s3, record, model)
+        await asyncio.to_thread(self._discard, record, model)
         await asyncio.to_thread(self.spools.drop, record.uid_prefix)
 
-    def _discard_s3(self, record: EndpointRecord, model: EndpointModel) -> None:
-        from logferry.sinks.s3 import S3Sink
-
+    def _discard(self, record: EndpointRecord, model: EndpointModel) -> None:
+        """Leave nothing half-done at the destination (S3: abort the open multipart upload)."""
+        sink_factory = factory(record.type)
         state = self.state_dir / "s3" / record.uid_prefix
-        if not state.exists():
+        if not sink_factory.journaled or not state.exists():
             return
         customer = self.store.get_customer(record.customer_id)
-        external_id = customer.external_id if customer else record.customer_id
+        if customer is None:
+            return
         try:
             clients = self.broker.clients(
-                model.iam_role, external_id, customer_id=record.customer_id
+                model.iam_role,
+                customer.external_id,
+                customer_id=record.customer_id,
+                target=sink_factory.target(model, self.aws_target),
             )
-            S3Sink(model, clients, state, uid_prefix=record.uid_prefix).discard()  # type: ignore[arg-type]
+            context = SinkContext(state, record.uid_prefix, threading.Event())
+            sink_factory.build(model, clients, context).discard()
         except LogferryError as exc:
             log(
                 logger,
@@ -231,6 +287,14 @@ class Service:
 
     def endpoint(self, customer_id: str, name: str) -> tuple[EndpointRecord, EndpointModel]:
         found = self.endpoints.get((customer_id, name))
+        broken = self.invalid.get((customer_id, name))
+        if found is None and broken is not None:
+            raise UnknownEndpoint(
+                "endpoint",
+                f"endpoint {name!r} of customer {customer_id!r} is stored but no longer valid "
+                f"({broken[1].splitlines()[0]}).",
+                fix=f"PUT /v1/customers/{customer_id}/endpoints/{name} with valid settings.",
+            )
         if found is None:
             raise UnknownEndpoint(
                 "endpoint",
@@ -294,6 +358,9 @@ class Service:
     # ------------------------------------------------------------------ status
 
     def endpoint_status(self, customer_id: str, name: str) -> dict[str, Any]:
+        broken = self.invalid.get((customer_id, name))
+        if broken is not None:
+            return self._invalid_status(*broken)
         record, _ = self.endpoint(customer_id, name)
         worker = self.worker(customer_id, name)
         status = worker.status()
@@ -306,6 +373,21 @@ class Service:
                 status["bytes"]["pending"] = spool.pending_bytes
         status["errors"] = self.store.errors(record.uid_prefix)
         return status
+
+    def _invalid_status(self, record: EndpointRecord, reason: str) -> dict[str, Any]:
+        spool = self.spools.get(record.uid_prefix)
+        return {
+            "customer_id": record.customer_id,
+            "name": record.name,
+            "type": record.type,
+            "state": "invalid",
+            "reason": reason,
+            "fix": "PUT the endpoint again with valid settings (its accepted lines are kept and "
+            "delivered then), or DELETE it to drop them.",
+            "lines": {"pending": spool.pending_lines if spool else 0},
+            "bytes": {"pending": spool.pending_bytes if spool else 0},
+            "errors": self.store.errors(record.uid_prefix),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         pending = {}

@@ -2,25 +2,38 @@
 
 A worker exists only while its endpoint has data in flight; idle endpoints have no task, no
 sink, no AWS clients and no open files (10,000 configured endpoints cost a few KiB each).
-Blocking sink calls run on the service's delivery thread pool; the spool is committed only up
-to what the sink confirmed, so a crash at any point leaves every acknowledged line on disk.
+
+The worker drives any `Sink` (see `sinks.base`) without knowing which destination it has. Each
+step runs on the delivery thread pool and only *works*: it reads chunks, feeds them, lets the
+sink do what is due (close a file, send one PutRecords call) and commits the spool up to the
+sink's durable position. Every *wait* — shard pacing, a record's retry backoff, the backoff
+after a failed step, a file's period end — is awaited on the event loop, so a throttled stream
+or a broken role never holds a thread that other customers need. Retries after a failed step
+follow one policy (`sinks.base.RETRY_POLICY` / `SETUP_RETRY_POLICY`), on top of botocore's own.
+
+The spool is committed only up to what the sink confirmed, so a crash at any point leaves every
+acknowledged line on disk; positions are line-granular, so a sink may cut anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from logferry.errors import LogferryError, SetupError, TransientError
+from logferry.errors import AwsErrorInfo, LogferryError, SetupError
 from logferry.service.logs import log
+from logferry.sinks.backoff import Backoff
+from logferry.sinks.base import RETRY_POLICY, SETUP_RETRY_POLICY, Sink
 from logferry.sinks.kinesis_config import KinesisEndpoint
+from logferry.sinks.registry import SinkContext, SinkFactory, factory
 from logferry.sinks.s3_config import S3Endpoint
+from logferry.spool import SpoolCorrupt
 
 if TYPE_CHECKING:
     from logferry.service.runtime import Service
@@ -31,10 +44,14 @@ logger = logging.getLogger("logferry.worker")
 
 READ_BYTES = 4 * 1024 * 1024
 IDLE_EXIT_SECONDS = 30.0
-ERROR_BACKOFF = (2.0, 300.0)
-"""(first, cap) seconds between attempts after a customer-setup error (verify wakes it early)."""
-TRANSIENT_CAP = 30.0
-"""Cap after transient errors: an outage is noticed to be over within half a minute."""
+STEP_SECONDS = 0.5
+"""A step pumps its sink at most this long before yielding its thread to other endpoints."""
+PRESSURE_FRACTION = 0.75
+"""Above this share of the spool limit, open files close early (before anyone gets a 429)."""
+PRESSURE_FLUSH_GAP = 5.0
+"""...at most this often per endpoint, so pressure does not turn into a flood of tiny files."""
+MAX_WAIT = 5.0
+"""Longest sleep between steps while the sink holds data (re-checks stop and pressure)."""
 
 
 @dataclass
@@ -47,6 +64,10 @@ class EndpointStats:
     records: int = 0
     last_success: float | None = None
     last_error_time: float | None = None
+    quarantined_records: int = 0
+    quarantined_bytes: int = 0
+    quarantined_lines: int = 0
+    last_quarantine: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EndpointStats:
@@ -62,18 +83,29 @@ class EndpointWorker:
         self.record = record
         self.model = model
         self.kind = record.type
+        self.factory: SinkFactory = factory(record.type)
         self.stats = EndpointStats.from_dict(service.store.load_stats(record.uid_prefix))
         self.state = "idle"
         self.last_error: dict[str, Any] | None = None
         self.stop_event = threading.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._sink: Any = None
+        self._busy: concurrent.futures.Future[Any] | None = None
+        self._sink: Sink | None = None
+        self._needs_open = False
+        self._checked = False
         self._read_pos: int | None = None
-        self._in_flight: deque[tuple[int, int, int]] = deque()  # (end offset, lines, bytes)
-        self._backoff = ERROR_BACKOFF[0]
+        self._corrupt: SpoolCorrupt | None = None
+        self._failures = 0
         self._stats_dirty = False
         self._stats_saved = 0.0
+        self._seen_units = 0
+        self._seen_records = 0
+        self._last_data = 0.0
+        self._last_pressure_flush = 0.0
+        self._retire_sink = False
+        self._halted = False
+        self._restart: asyncio.TimerHandle | None = None
 
     # --------------------------------------------------------------------- control
 
@@ -101,29 +133,48 @@ class EndpointWorker:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"deliver:{self.record.customer_id}/{self.record.name}"
             )
+            self._task.add_done_callback(self._supervise)
 
     def reconfigure(self, record: EndpointRecord, model: Any) -> None:
-        """A changed endpoint: the next batch uses a fresh sink (open files are flushed first)."""
+        """A changed endpoint: what the sink holds is flushed under the old settings, then a
+        fresh sink (and a fresh healthcheck) serves the new ones."""
         self.record, self.model = record, model
         self._retire_sink = True
-        self._backoff = ERROR_BACKOFF[0]
+        self._failures = 0
         self.notify()
 
-    _retire_sink = False
+    def has_pending(self) -> bool:
+        """Accepted lines not yet at the destination (spool or an open file / upload)."""
+        spool = self.service.spools.get(self.record.uid_prefix)
+        if spool is not None and spool.pending_bytes > 0:
+            return True
+        if self._sink is not None and self._sink.holds_data():
+            return True
+        journal = self.service.state_dir / "s3" / self.record.uid_prefix / "s3-journal.json"
+        if self.factory.journaled and journal.exists():
+            with contextlib.suppress(OSError, ValueError):
+                import json
 
-    _halted = False
+                return json.loads(journal.read_bytes()).get("active") is not None
+        return False
 
     async def halt(self) -> None:
-        """Stop delivering without flushing (the endpoint is being deleted)."""
+        """Stop delivering without flushing (the endpoint is being deleted). Returns only once
+        no delivery thread works for this endpoint any more, so the caller may discard."""
         self._halted = True
         self.stop_event.set()
         self._wake.set()
+        if self._restart is not None:
+            self._restart.cancel()
         task = self._task
         if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=30)
-            except TimeoutError:
+            await asyncio.wait({task}, timeout=30)
+            if not task.done():
                 task.cancel()
+        busy = self._busy
+        if busy is not None and not busy.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(busy)
 
     async def stop(self, flush_seconds: float) -> None:
         """Flush open files within `flush_seconds`; whatever is not delivered stays spooled."""
@@ -138,209 +189,325 @@ class EndpointWorker:
                 task.cancel()
             finally:
                 timer.cancel()
+        busy = self._busy
+        if busy is not None and not busy.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(busy), timeout=5)
         self._save_stats(force=True)
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """A worker that died of a bug is restarted with backoff; its error shows in status."""
+        if task.cancelled() or self._halted or self.service.stopping:
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        logger.error("delivery worker died", exc_info=exc)
+        self._record_error(exc, "internal")
+        self.service.metrics.retries.labels(*self.labels).inc()
+        self._drop_sink()
+        delay = self._next_delay(SETUP_RETRY_POLICY)
+        self._restart = asyncio.get_running_loop().call_later(delay, self.notify)
 
     # --------------------------------------------------------------------- loop
 
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        """Run blocking sink/spool work on the delivery pool; remember it so halt() can wait."""
+        future = self.service.delivery_executor.submit(fn, *args)
+        self._busy = future
+        return await asyncio.wrap_future(future)
+
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        executor = self.service.delivery_executor
-        spool = await loop.run_in_executor(executor, self.spool)
+        spool = await self._in_thread(self.spool)
         idle_since = time.monotonic()
+        deadline: float | None = None
         while not self._halted:
             stopping = self.service.stopping
+            if stopping and deadline is None:
+                deadline = time.monotonic() + self.service.config.server.shutdown_flush_seconds
             try:
-                worked = await loop.run_in_executor(executor, self._step, stopping)
-                self._backoff = ERROR_BACKOFF[0]
-                if self.state != "active" or worked:
+                worked, delay = await self._in_thread(self._step, stopping)
+                self._failures = 0
+                if self.state != "active" and (worked or self.state in ("idle", "retrying")):
                     self.state = "active"
             except SetupError as exc:
-                self._record_error(exc, "setup")
-                self._drop_sink()
+                self._failed(exc, "setup")
                 if stopping:
                     break
-                await self._sleep(self._next_backoff())
+                await self._sleep(self._next_delay(SETUP_RETRY_POLICY))
                 continue
-            except (TransientError, LogferryError, OSError) as exc:
-                self._record_error(exc, "transient")
-                self.service.metrics.retries.labels(*self.labels).inc()
-                self._drop_sink()
+            except (LogferryError, OSError) as exc:
+                self._failed(exc, "transient")
                 if stopping:
                     break
-                await self._sleep(min(self._next_backoff(), TRANSIENT_CAP))
+                await self._sleep(self._next_delay(RETRY_POLICY))
                 continue
             except Exception as exc:  # a bug: keep data, show it, retry later
-                logger.exception("delivery worker crashed")
-                self._record_error(exc, "internal")
-                self._drop_sink()
+                logger.exception("delivery step failed")
+                self._failed(exc, "internal")
                 if stopping:
                     break
-                await self._sleep(self._next_backoff())
+                await self._sleep(self._next_delay(SETUP_RETRY_POLICY))
                 continue
             self._save_stats()
-            if stopping or self._halted:
+            sink = self._sink
+            holds = sink is not None and sink.holds_data()
+            if stopping:
+                if not holds or self.stop_event.is_set():
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+            if self._halted:
                 break
-            pending = spool.end_offset > (self._read_pos or spool.committed_offset)
-            if worked or pending:
+            read_pos = self._read_pos if self._read_pos is not None else spool.committed_offset
+            pending = spool.end_offset > read_pos
+            wants = sink is None or sink.wants_data()
+            if worked or delay == 0 or (pending and wants):
                 idle_since = time.monotonic()
                 continue
-            has_open = self._sink is not None and self._sink_has_open_data(spool)
-            if not has_open and time.monotonic() - idle_since > IDLE_EXIT_SECONDS:
+            if not holds and not pending and time.monotonic() - idle_since > IDLE_EXIT_SECONDS:
                 break  # idle: free the sink and clients; the next ingest restarts us
-            self._wake.clear()
-            waiter = loop.create_task(self._wake.wait())
-            data = loop.create_task(
-                spool.wait_for_data_async(self._read_pos or spool.committed_offset, timeout=1.0)
-            )
-            await asyncio.wait({waiter, data}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-            for task in (waiter, data):
-                task.cancel()
+            timeout = IDLE_EXIT_SECONDS if delay is None else delay
+            if holds:
+                timeout = min(timeout, MAX_WAIT)
+                idle = self.service.config.server.idle_flush_seconds
+                if idle:
+                    timeout = min(timeout, max(0.05, self._last_data + idle - time.monotonic()))
+            await self._wait_for(spool, read_pos if wants else None, timeout)
         self._drop_sink()
         self.state = "idle" if self.state == "active" else self.state
         self._save_stats(force=True)
+
+    async def _wait_for(self, spool: Spool, data_after: int | None, timeout: float) -> None:
+        """Until new data (past `data_after`), a wake-up (config, verify) or `timeout`."""
+        loop = asyncio.get_running_loop()
+        self._wake.clear()
+        waiters = {loop.create_task(self._wake.wait())}
+        if data_after is not None:
+            waiters.add(loop.create_task(spool.wait_for_data_async(data_after, timeout=timeout)))
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waiters:
+                task.cancel()
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
-    def _next_backoff(self) -> float:
-        current = self._backoff
-        self._backoff = min(self._backoff * 2, ERROR_BACKOFF[1])
-        return current
+    def _next_delay(self, policy: Backoff) -> float:
+        ceiling = min(policy.cap, policy.base * (2 ** min(self._failures, 16)))
+        self._failures += 1
+        # Half fixed, half jitter: failing endpoints spread out, but a retry is never immediate.
+        return ceiling / 2 + policy.rng.uniform(0, ceiling / 2)
+
+    def _failed(self, exc: BaseException, kind: str) -> None:
+        self._record_error(exc, kind)
+        if kind != "setup":
+            self.service.metrics.retries.labels(*self.labels).inc()
+        if kind == "setup":
+            self._checked = False  # prove the setup again once it works
+        self._needs_open = True  # nothing held only in memory is trusted after a failure
 
     # --------------------------------------------------------------------- one step (thread)
 
-    def _sink_has_open_data(self, spool: Spool) -> bool:
-        if self.kind == "s3":
-            return self._sink.durable_offset < (self._read_pos or spool.committed_offset)
-        return False
-
-    def _make_sink(self, spool: Spool) -> None:
+    def _make_sink(self, spool: Spool) -> Sink:
         svc = self.service
         customer = svc.store.get_customer(self.record.customer_id)
-        external_id = customer.external_id if customer else self.record.customer_id
-        target = svc.aws_target
-        if self.kind == "s3" and getattr(self.model, "domain", None):
-            from logferry.aws.clients import AwsTarget
-
-            domain = self.model.domain
-            url = domain if domain.startswith(("http://", "https://")) else f"https://{domain}"
-            target = AwsTarget(target.endpoint_url, {**target.service_endpoints, "s3": url})
+        if customer is None:
+            raise SetupError(
+                f"customer {self.record.customer_id!r} has no record, so its external ID is "
+                "unknown; delivery is refused rather than guessed.",
+                AwsErrorInfo("UnknownCustomer", service="sts", operation="AssumeRole"),
+                fix="Re-create the customer (PUT /v1/customers/{id}) or delete the endpoint.",
+            )
+        target = self.factory.target(self.model, svc.aws_target)
         clients = svc.broker.clients(
-            self.model.iam_role, external_id, customer_id=self.record.customer_id, target=target
+            self.model.iam_role,
+            customer.external_id,
+            customer_id=self.record.customer_id,
+            target=target,
         )
         self.stop_event.clear()
-        if self.kind == "s3":
-            from logferry.sinks.s3 import S3Sink
+        context = SinkContext(
+            state_dir=svc.state_dir / "s3" / self.record.uid_prefix,
+            uid_prefix=self.record.uid_prefix,
+            stop=self.stop_event,
+        )
+        return self.factory.build(self.model, clients, context)
 
-            sink = S3Sink(
-                self.model,
-                clients,
-                svc.state_dir / "s3" / self.record.uid_prefix,
-                uid_prefix=self.record.uid_prefix,
-                stop=self.stop_event,
-            )
-            resume = sink.recover()
-            self._read_pos = max(resume, spool.committed_offset)
-            # Files may stay open for a whole period: prove now that the bucket takes writes,
-            # so a setup error shows in the status within seconds, not at the period's end.
-            sink.healthcheck()
-        else:
-            from logferry.sinks.kinesis import KinesisSink
-
-            sink = KinesisSink(self.model, clients, stop=self.stop_event)
-            self._read_pos = spool.committed_offset
-        self._in_flight.clear()
-        self._sink = sink
+    def _open_sink(self, spool: Spool) -> Sink:
+        sink = self._sink
+        if sink is None:
+            sink = self._make_sink(spool)
+            self._sink = sink
+            self._seen_units = self._seen_records = 0
+            self._needs_open = True
+        if self._needs_open:
+            self._read_pos = sink.open(spool.committed_offset)
+            self._needs_open = False
+            if not self._checked:
+                # Files may stay open for a whole period: prove now that the destination
+                # takes writes, so a setup error shows within seconds, not at the period's end.
+                sink.healthcheck()
+                self._checked = True
+        return sink
 
     def _drop_sink(self) -> None:
         self._sink = None
         self._read_pos = None
-        self._in_flight.clear()
-        self._units_seen = self._records_seen = 0  # a new sink counts from zero
+        self._needs_open = False
 
-    def _step(self, stopping: bool) -> bool:
-        """Move one batch; returns True when anything was delivered or fed."""
+    def _step(self, stopping: bool) -> tuple[bool, float | None]:
+        """Move data one step; returns (anything fed or delivered, seconds until due)."""
         spool = self.spool()
-        if self._retire_sink and self._sink is not None:
+        if self._retire_sink:
+            if self._sink is not None and not self._needs_open:
+                self._sink.flush()
+                delay = self._pump(self._sink, spool, caught_up=True)
+                if self._sink.holds_data():
+                    return True, delay
             self._retire_sink = False
-            if self.kind == "s3":
-                self._sink.flush()
-                self._commit(spool)
+            self._checked = False
             self._drop_sink()
-        if self._sink is None:
-            if spool.end_offset <= spool.committed_offset and not stopping:
-                return False
-            self._make_sink(spool)
+        if self._sink is None and spool.end_offset <= spool.committed_offset and not stopping:
+            journal = self.service.state_dir / "s3" / self.record.uid_prefix
+            if not (self.factory.journaled and journal.exists()):
+                return False, None
+        sink = self._open_sink(spool)
         assert self._read_pos is not None
-        chunks = spool.read(self._read_pos, READ_BYTES) if not self.stop_event.is_set() else []
-        worked = bool(chunks)
-        if self.kind == "s3":
-            now = time.monotonic()
-            for chunk in chunks:
-                self._sink.feed(chunk)
-                self._read_pos = chunk.end
-                self._in_flight.append((chunk.end, chunk.lines, len(chunk.data)))
-                self._last_data = now
-            if stopping:
-                self._sink.flush()
-            elif self._read_pos >= spool.end_offset:
-                # Only once caught up: while a backlog drains, files close at the period
-                # boundaries of the data itself, not after every read (one object per period).
-                self._sink.tick()
-                idle_flush = self.service.config.server.idle_flush_seconds
-                if idle_flush and now - self._last_data >= idle_flush:
-                    self._sink.flush()
-        elif chunks:
+        if self._corrupt is not None:
+            return self._quarantine(sink, spool)
+        worked = False
+        # Shutting down: flush what the sink holds, read no more (the spool keeps the rest,
+        # and reading on would only cut one small file per read).
+        if not stopping and not self.stop_event.is_set() and sink.wants_data():
             try:
-                self._sink.deliver(chunks)
-                done = len(chunks)
-            except LogferryError as exc:
-                # Chunks fully accepted before the failure are acknowledged, never re-sent.
-                done = int(getattr(exc, "completed_chunks", 0) or 0)
-                self._accept_kinesis(spool, chunks[:done])
-                raise
-            self._accept_kinesis(spool, chunks[:done])
-        return self._commit(spool) or worked
+                chunks = spool.read(self._read_pos, READ_BYTES)
+            except SpoolCorrupt as exc:
+                self._corrupt = exc
+                chunks = []
+            for chunk in chunks:
+                sink.feed(chunk)
+                self._read_pos = chunk.end
+            if chunks:
+                worked = True
+                self._last_data = time.monotonic()
+        caught_up = self._read_pos >= spool.end_offset and self._corrupt is None
+        now = time.monotonic()
+        if stopping:
+            sink.flush()
+        elif caught_up and sink.holds_data():
+            idle = self.service.config.server.idle_flush_seconds
+            if idle and now - self._last_data >= idle:
+                sink.flush()
+        if sink.holds_data() and self._under_pressure(spool, now):
+            sink.flush()
+            self._last_pressure_flush = now
+            self.service.metrics.early_closes.labels(*self.labels).inc()
+        delay = self._pump(sink, spool, caught_up=caught_up or stopping)
+        if self._corrupt is not None:
+            delay = 0.0
+        return worked, delay
 
-    def _accept_kinesis(self, spool: Spool, chunks: list[Any]) -> None:
-        if not chunks:
-            return
-        self._read_pos = chunks[-1].end
-        for chunk in chunks:
-            self._in_flight.append((chunk.end, chunk.lines, len(chunk.data)))
-        self._commit(spool)
+    def _pump(self, sink: Sink, spool: Spool, *, caught_up: bool) -> float | None:
+        """Let the sink work until it must wait (or STEP_SECONDS passed), committing after
+        every unit of work: a crash replays at most what was in flight."""
+        deadline = time.monotonic() + STEP_SECONDS
+        while True:
+            delay = sink.pump(caught_up=caught_up)
+            self._commit(sink, spool)
+            if delay != 0.0 or time.monotonic() >= deadline or self.stop_event.is_set():
+                return delay
 
-    def _commit(self, spool: Spool) -> bool:
-        durable = self._sink.durable_offset if self.kind == "s3" else (self._read_pos or 0)
-        if durable <= spool.committed_offset:
+    def _under_pressure(self, spool: Spool, now: float) -> bool:
+        if now - self._last_pressure_flush < PRESSURE_FLUSH_GAP:
+            return False
+        budget = self.service.spools.budget
+        if budget.max_bytes and budget.used > budget.max_bytes * PRESSURE_FRACTION:
+            return True
+        limit = spool.max_bytes
+        return bool(limit and spool.disk_bytes > limit * PRESSURE_FRACTION)
+
+    def _quarantine(self, sink: Sink, spool: Spool) -> tuple[bool, float | None]:
+        """Deliver everything before the damage, then move the damaged bytes aside."""
+        error = self._corrupt
+        assert error is not None
+        sink.flush()
+        delay = self._pump(sink, spool, caught_up=True)
+        if sink.durable < error.offset or spool.committed_offset < error.offset:
+            return True, delay
+        found = spool.quarantine(error)
+        self._corrupt = None
+        self.stats.quarantined_records += 1
+        self.stats.quarantined_bytes += found.nbytes
+        self.stats.quarantined_lines += found.lines
+        self.stats.last_quarantine = found.path
+        self._stats_dirty = True
+        self.service.metrics.quarantined.labels(*self.labels).inc(found.nbytes)
+        message = (
+            f"{found.nbytes} damaged spool bytes (positions {found.start}..{found.end}, "
+            f"{found.lines} lines) were moved to {found.path}; delivery goes on after them"
+        )
+        self.service.store.add_error(
+            self.record.uid_prefix,
+            "SpoolCorrupt",
+            message,
+            QUARANTINE_FIX,
+            time.time(),
+        )
+        log(
+            logger,
+            logging.ERROR,
+            "spool damage quarantined",
+            customer=self.record.customer_id,
+            endpoint=self.record.name,
+            path=found.path,
+            bytes=found.nbytes,
+        )
+        self._needs_open = True  # the sink resumes after the skipped range
+        return True, 0.0
+
+    def _commit(self, sink: Sink, spool: Spool) -> bool:
+        durable = sink.durable
+        before, before_line = spool.committed_offset, spool.committed_line
+        if durable <= before:
+            self._count_units(sink)
             return False
         spool.commit(durable)
-        if self.kind == "s3":
-            self._sink.committed(durable)
-        lines = nbytes = 0
-        while self._in_flight and self._in_flight[0][0] <= durable:
-            _, n, b = self._in_flight.popleft()
-            lines += n
-            nbytes += b
-        self._delivered(lines, nbytes)
+        sink.committed(durable)
+        self._delivered(spool.committed_line - before_line, durable - before)
+        self._count_units(sink)
+        for start, end, why in getattr(sink, "lost", [])[self._lost_seen :]:
+            self._record_error(
+                LogferryError(
+                    f"lines at positions {start}..{end} were lost: {why}",
+                    fix="Keep the bucket's AbortIncompleteMultipartUpload rule longer than the "
+                    "endpoint's period (logferry role create --abort-incomplete-multipart-days).",
+                ),
+                "setup",
+            )
+            self._lost_seen += 1
         return True
 
+    _lost_seen = 0
+
+    def _count_units(self, sink: Sink) -> None:
+        counters = sink.counters()
+        units = max(0, counters.units - self._seen_units)
+        records = max(0, counters.records - self._seen_records)
+        self._seen_units, self._seen_records = counters.units, counters.records
+        if not units and not records:
+            return
+        if self.factory.unit == "objects":
+            self.stats.objects += units
+        self.stats.records += records
+        self._stats_dirty = True
+        if units:
+            self.service.metrics.delivered_units.labels(*self.labels, self.kind).inc(units)
+
     def _delivered(self, lines: int, nbytes: int) -> None:
-        sink_stats = getattr(self._sink, "stats", None)
-        if self.kind == "s3":
-            units = getattr(sink_stats, "objects", 0)
-            added = max(0, units - self._units_seen)
-            self._units_seen = units
-            self.stats.objects += added
-        else:  # Kinesis: records for the status, PutRecords calls for the units metric
-            records = getattr(sink_stats, "records", 0)
-            self.stats.records += max(0, records - self._records_seen)
-            self._records_seen = records
-            units = getattr(sink_stats, "calls", 0)
-            added = max(0, units - self._units_seen)
-            self._units_seen = units
         self.stats.lines_delivered += lines
         self.stats.bytes_delivered += nbytes
         self.stats.last_success = time.time()
@@ -348,14 +515,8 @@ class EndpointWorker:
         m = self.service.metrics
         m.delivered_lines.labels(*self.labels, self.kind).inc(lines)
         m.delivered_bytes.labels(*self.labels, self.kind).inc(nbytes)
-        if added:
-            m.delivered_units.labels(*self.labels, self.kind).inc(added)
-        if self.state == "error":
+        if self.state in ("error", "retrying"):
             self.state = "active"
-
-    _units_seen = 0
-    _records_seen = 0
-    _last_data = 0.0
 
     # --------------------------------------------------------------------- errors and stats
 
@@ -394,10 +555,19 @@ class EndpointWorker:
         spool = self.service.spools.get(self.record.uid_prefix)
         pending_bytes = spool.pending_bytes if spool else 0
         pending_lines = spool.pending_lines if spool else 0
-        extra = {}
-        if self._sink is not None and hasattr(self._sink, "status"):
+        extra: dict[str, Any] = {}
+        if self._sink is not None:
             with contextlib.suppress(Exception):
                 extra = dict(self._sink.status())
+        quarantine = None
+        if self.stats.quarantined_records:
+            quarantine = {
+                "records": self.stats.quarantined_records,
+                "bytes": self.stats.quarantined_bytes,
+                "lines": self.stats.quarantined_lines,
+                "path": self.stats.last_quarantine,
+                "fix": QUARANTINE_FIX,
+            }
         return {
             "customer_id": self.record.customer_id,
             "name": self.record.name,
@@ -413,13 +583,21 @@ class EndpointWorker:
                 "delivered": self.stats.bytes_delivered,
                 "pending": pending_bytes,
             },
-            "objects" if self.kind == "s3" else "records": (
-                self.stats.objects if self.kind == "s3" else self.stats.records
+            "objects" if self.factory.unit == "objects" else "records": (
+                self.stats.objects if self.factory.unit == "objects" else self.stats.records
             ),
             "last_success": self.stats.last_success,
             "last_error": self.last_error,
+            "quarantine": quarantine,
             "sink": extra,
         }
+
+
+QUARANTINE_FIX = (
+    "The spool's disk returned damaged bytes; check the disk (dmesg, SMART). The damaged "
+    "records are kept byte for byte in the quarantine file for inspection; nothing else was "
+    "lost, and the file can be deleted once inspected."
+)
 
 
 def model_for(record: EndpointRecord) -> S3Endpoint | KinesisEndpoint:

@@ -46,7 +46,8 @@ from logferry.aws.clients import AwsClients
 from logferry.errors import AwsError, AwsErrorInfo, LogferryError, SetupError, TransientError
 from logferry.sinks.aws_errors import classify, is_aws_exception
 from logferry.sinks.backoff import Backoff, wait
-from logferry.sinks.framing import frame
+from logferry.sinks.base import SinkCounters
+from logferry.sinks.framing import frame, stable_pid
 from logferry.sinks.kinesis_config import KinesisEndpoint
 from logferry.sinks.pacing import ShardPacer, ThrottleMonitor
 from logferry.sinks.shard_map import Shard, ShardMap, load_shard_map
@@ -128,12 +129,22 @@ class KinesisSinkStats:
 
 
 @dataclass(slots=True, eq=False)
+class _Unit:
+    """Lines [start, end) of the log, done once all its records are accepted (a split line has
+    several records; any other unit has one)."""
+
+    start: int
+    end: int
+    remaining: int = 1
+
+
+@dataclass(slots=True, eq=False)
 class _Record:
     data: bytes
     key: str
     size: int
     lines: int
-    chunks: tuple[int, ...]
+    unit: _Unit
     sticky: int | None = None
     oversize: bool = False
     split: bool = False
@@ -141,18 +152,29 @@ class _Record:
     attempts: int = 0
 
 
-class _Delivery:
-    """Progress of one `deliver` call: fresh records, records waiting to be retried, chunks."""
+class _Progress:
+    """Records fed and not yet accepted, in log order; `durable` is the first unaccepted line.
 
-    def __init__(self, chunk_count: int, records: list[_Record]) -> None:
-        self.fresh: deque[_Record] = deque(records)
+    Committing the spool there after every PutRecords call bounds what a crash replays to the
+    records sent since (the calls in flight and the records still waiting for a retry).
+    """
+
+    def __init__(self) -> None:
+        self.fresh: deque[_Record] = deque()
         self.retry: list[tuple[float, int, _Record]] = []
-        self.pending = [0] * chunk_count
-        for record in records:
-            for index in record.chunks:
-                self.pending[index] += 1
-        self.outstanding = len(records)
+        self.units: deque[_Unit] = deque()
+        self.fed_end: int | None = None
+        self.outstanding = 0
         self._seq = 0
+
+    def add(self, records: list[_Record]) -> None:
+        last: _Unit | None = None
+        for record in records:
+            if record.unit is not last:
+                self.units.append(record.unit)
+                last = record.unit
+        self.fresh.extend(records)
+        self.outstanding += len(records)
 
     def later(self, due: float, record: _Record) -> None:
         self._seq += 1
@@ -160,16 +182,15 @@ class _Delivery:
 
     def accepted(self, record: _Record) -> None:
         self.outstanding -= 1
-        for index in record.chunks:
-            self.pending[index] -= 1
+        record.unit.remaining -= 1
+        units = self.units
+        while units and units[0].remaining <= 0:
+            units.popleft()
 
-    def completed_chunks(self) -> int:
-        done = 0
-        for count in self.pending:
-            if count:
-                break
-            done += 1
-        return done
+    def durable(self, default: int) -> int:
+        if self.units:
+            return self.units[0].start
+        return self.fed_end if self.fed_end is not None else default
 
 
 class _Batch:
@@ -192,6 +213,8 @@ class _Batch:
         self._shard_bytes = shard_bytes
         self._room = room
         self._rooms: dict[str, tuple[int, int]] = {}
+        self.taken_fresh: list[_Record] = []
+        self.taken_retry: list[tuple[float, int, _Record]] = []
 
     def fits(self, record: _Record, shard: Shard) -> bool:
         if len(self.items) >= MAX_RECORDS_PER_CALL:
@@ -253,6 +276,8 @@ class KinesisSink:
         stop: threading.Event | None = None,
         hostname: str = socket.gethostname(),
         rng: random.Random | None = None,
+        uid_prefix: str | None = None,
+        max_outstanding: int = 2 * MAX_RECORDS_PER_CALL,
     ) -> None:
         self.endpoint = endpoint
         self.stream_arn = endpoint.stream_arn()
@@ -281,6 +306,11 @@ class KinesisSink:
         self._last_record_error: str | None = None
         self._key_prefix = endpoint.name[:_KEY_PREFIX_MAX]
         self._key_prefix_bytes = len(self._key_prefix.encode())
+        # A real pid changes on restart; a replayed record must be byte-identical.
+        self._pid = stable_pid(uid_prefix or endpoint.name)
+        self._progress = _Progress()
+        self._max_outstanding = max_outstanding
+        self._committed = 0
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -294,30 +324,140 @@ class KinesisSink:
         return self._max_record_bytes
 
     def deliver(self, chunks: list[Chunk]) -> None:
-        """Return once Kinesis has accepted every line of `chunks`.
+        """Feed `chunks` and return once Kinesis has accepted every line (a blocking driver
+        over the `Sink` interface, for tools and tests; the service's worker pumps instead).
 
         Raises `KinesisSetupError` (a SetupError) when the customer's setup prevents delivery and
-        `DeliveryInterrupted` when `stop` is set during a wait; in both cases the caller keeps the
-        chunks, and the exception's `completed_chunks` says how many leading chunks were fully
-        accepted.
+        `DeliveryInterrupted` when `stop` is set during a wait; in both cases the records stay
+        queued, the exception's `completed_chunks` says how many leading chunks were fully
+        accepted, and calling `deliver` again with the same chunks carries on (lines already
+        fed are not fed twice).
         """
         if not chunks:
             return
         with self._deliver_lock:
-            state: _Delivery | None = None
-            try:
-                while self._map is None:
-                    self._refresh(None)
-                state = _Delivery(len(chunks), self._records(chunks))
-                self._run(state)
-            except SetupError as exc:
-                self._set_error(exc)
-                raise KinesisSetupError(
-                    exc.message,
-                    exc.info,
-                    fix=exc.fix,
-                    completed_chunks=state.completed_chunks() if state else 0,
-                ) from exc
+            for chunk in chunks:
+                self.feed(chunk)
+            failures = 0
+            while True:
+                try:
+                    delay = self.pump(caught_up=True)
+                    failures = 0
+                except SetupError as exc:
+                    raise KinesisSetupError(
+                        exc.message,
+                        exc.info,
+                        fix=exc.fix,
+                        completed_chunks=self._completed(chunks),
+                    ) from exc
+                except TransientError:
+                    failures += 1
+                    delay = self._call_backoff.delay(failures - 1)
+                if delay is None:
+                    return
+                counter = "backoff_seconds" if failures else "paced_seconds"
+                self._wait(delay, chunks, counter)
+
+    # --- the Sink interface (see sinks.base) -------------------------------------------------
+
+    kind = "kinesis"
+
+    def open(self, committed: int = 0) -> int:
+        """Kinesis keeps no journal: after a crash the spool replays from its committed
+        position, which is the first line not yet accepted when it was written."""
+        self._committed = committed
+        if self._progress.fed_end is None or self._progress.outstanding == 0:
+            self._progress = _Progress()
+            self._progress.fed_end = committed
+        return self._progress.fed_end if self._progress.fed_end is not None else committed
+
+    def feed(self, chunk: Chunk) -> None:
+        """Frame the chunk's lines into records (skipping lines already fed) and queue them."""
+        progress = self._progress
+        fed = progress.fed_end
+        if fed is not None and chunk.end <= fed:
+            return
+        if fed is not None and chunk.start < fed:
+            cut = fed - chunk.start
+            if chunk.data[cut - 1] != 0x0A:
+                raise ValueError(
+                    f"feed position {fed} is not at a line boundary of chunk "
+                    f"[{chunk.start}, {chunk.end})"
+                )
+            tail = chunk.data[cut:]
+            chunk = Chunk(fed, chunk.end, chunk.accepted_at, tail, tail.count(b"\n"))
+        progress.add(self._records(chunk))
+        progress.fed_end = chunk.end
+
+    def wants_data(self) -> bool:
+        return self._progress.outstanding < self._max_outstanding
+
+    def pump(self, *, caught_up: bool = True) -> float | None:
+        """Send one PutRecords call if one is due; never sleeps.
+
+        Returns 0.0 when more can go at once, the seconds until the next record may go (shard
+        pacing or a record's retry backoff), or None when every record fed was accepted.
+        A whole-call failure raises TransientError (its records wait for the next pump).
+        """
+        try:
+            return self._pump()
+        except SetupError as exc:
+            self._set_error(exc)
+            raise
+
+    def _pump(self) -> float | None:
+        progress = self._progress
+        if not progress.outstanding:
+            return None
+        if self._map is None:
+            self._refresh()
+        self._refresh_if_due()
+        batch = self._next_batch(progress)
+        if not batch.items:
+            if batch.paced is not None:
+                shard_id, demand = batch.paced  # the next record waits for its shard's window
+                return max(self._pacer.delay({shard_id: demand}), 0.001)
+            assert progress.retry, "records outstanding but neither fresh nor queued for retry"
+            return max(progress.retry[0][0] - self._clock(), 0.001)
+        delay = self._pacer.delay(batch.demand)
+        if delay > 0:
+            self._unwind(batch, progress)
+            return delay
+        self._pacer.commit(batch.demand)
+        self._send(batch, progress)
+        if not progress.outstanding:
+            return None
+        if progress.fresh or (progress.retry and progress.retry[0][0] <= self._clock()):
+            return 0.0
+        return max(progress.retry[0][0] - self._clock(), 0.001)
+
+    def flush(self) -> None:
+        """Records go out as fast as the shards allow anyway; nothing to close."""
+
+    @property
+    def durable(self) -> int:
+        return self._progress.durable(self._committed)
+
+    def committed(self, position: int) -> None:
+        self._committed = max(self._committed, position)
+
+    def holds_data(self) -> bool:
+        return self._progress.outstanding > 0
+
+    def discard(self) -> None:
+        """Records already accepted stay in the stream (they are the customer's); unsent ones
+        are dropped with the endpoint."""
+        self._progress = _Progress()
+
+    def counters(self) -> SinkCounters:
+        s = self.stats
+        return SinkCounters(
+            units=s.calls, records=s.records, retries=s.retried_records + s.failed_calls
+        )
+
+    def _completed(self, chunks: list[Chunk]) -> int:
+        durable = self.durable
+        return sum(1 for c in chunks if c.end <= durable)
 
     def healthcheck(self) -> None:
         """List the stream's shards with the endpoint's role: proves the role, the stream and
@@ -375,45 +515,51 @@ class KinesisSink:
 
     # --- records ------------------------------------------------------------------------------
 
-    def _records(self, chunks: list[Chunk]) -> list[_Record]:
-        """Frame every chunk and turn its lines into records (one line each, or packed)."""
+    def _records(self, chunk: Chunk) -> list[_Record]:
+        """Frame one chunk and turn its lines into records (one line each, or packed).
+
+        Records never span chunks and packing is greedy from the chunk's first line, so the
+        records a position starts are a pure function of the log: a replay from any record
+        boundary rebuilds the same records, with the same keys and bytes.
+        """
         out: list[_Record] = []
         packer = _Packer(self, out) if self.endpoint.packing else None
-        for index, chunk in enumerate(chunks):
-            framed = frame(
-                chunk.data,
-                self.endpoint.format,
-                hostname=self._hostname,
-                service=self.endpoint.name,
-                accepted_at=chunk.accepted_at,
-            )
-            lines = framed.split(b"\n")
-            if lines and not lines[-1]:
-                lines.pop()
-            originals = lines
-            if framed is not chunk.data:
-                originals = chunk.data.split(b"\n")
-            offset = chunk.start
-            for line, original in zip(lines, originals, strict=False):
-                if packer is not None:
-                    packer.add(line, offset, index)
-                else:
-                    self._single(line, offset, index, out)
-                offset += len(original) + 1
+        framed = frame(
+            chunk.data,
+            self.endpoint.format,
+            hostname=self._hostname,
+            service=self.endpoint.name,
+            accepted_at=chunk.accepted_at,
+            pid=self._pid,
+        )
+        lines = framed.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        originals = lines
+        if framed is not chunk.data:
+            originals = chunk.data.split(b"\n")
+        offset = chunk.start
+        for line, original in zip(lines, originals, strict=False):
+            end = offset + len(original) + 1
+            if packer is not None:
+                packer.add(line, offset, end)
+            else:
+                self._single(line, offset, end, out)
+            offset = end
         if packer is not None:
             packer.flush()
         return out
 
-    def _single(self, line: bytes, offset: int, chunk: int, out: list[_Record]) -> None:
+    def _single(self, line: bytes, offset: int, end: int, out: list[_Record]) -> None:
         key = f"{self._key_prefix}:{offset}"
         size = len(line) + self._key_prefix_bytes + len(key) - len(self._key_prefix)
         if size <= self._max_record_bytes:
-            out.append(_Record(line, key, size, 1, (chunk,)))
+            out.append(_Record(line, key, size, 1, _Unit(offset, end)))
         else:
-            self._oversize(line, offset, chunk, out, newline=False)
+            self._oversize(line, offset, end, out, newline=False)
 
     def _oversize(
-        self, data: bytes, offset: int, chunk: int, out: list[_Record], *, newline: bool
+        self, data: bytes, offset: int, end: int, out: list[_Record], *, newline: bool
     ) -> None:
         """A line that does not fit in one record: split (default) or truncate, never silently.
 
@@ -431,7 +577,7 @@ class KinesisSink:
                     key,
                     len(kept) + len(key.encode()),
                     1,
-                    (chunk,),
+                    _Unit(offset, end),
                     oversize=True,
                     truncated=len(data) - len(kept),
                 )
@@ -441,6 +587,7 @@ class KinesisSink:
         budget = limit - (self._key_prefix_bytes + len(f":{offset}:") + 2 * digits + 1)
         count = -(-len(data) // budget)
         sticky = zlib.crc32(b"%d" % offset)
+        unit = _Unit(offset, end, remaining=count)
         for i in range(count):
             piece = data[i * budget : (i + 1) * budget]
             key = f"{self._key_prefix}:{offset}:{i + 1}/{count}"
@@ -450,38 +597,16 @@ class KinesisSink:
                     key,
                     len(piece) + len(key.encode()),
                     1 if i == count - 1 else 0,
-                    (chunk,),
+                    unit,
                     sticky=sticky,
                     oversize=i == 0,
                     split=True,
                 )
             )
 
-    # --- the delivery loop ----------------------------------------------------------------------
+    # --- one call ---------------------------------------------------------------------------
 
-    def _run(self, state: _Delivery) -> None:
-        while state.outstanding:
-            self._refresh_if_due(state)
-            batch = self._next_batch(state)
-            if not batch.items and batch.paced is not None:
-                shard_id, demand = batch.paced  # the next record waits for its shard's window
-                self._wait(
-                    max(self._pacer.delay({shard_id: demand}), 0.001), state, "paced_seconds"
-                )
-                continue
-            if not batch.items:
-                # Everything left is waiting for its retry time.
-                assert state.retry, "records outstanding but neither fresh nor queued for retry"
-                due = state.retry[0][0]
-                self._wait(due - self._clock(), state, "backoff_seconds")
-                continue
-            delay = self._pacer.delay(batch.demand)
-            if delay > 0:
-                self._wait(delay, state, "paced_seconds")
-            self._pacer.commit(batch.demand)
-            self._send(batch, state)
-
-    def _next_batch(self, state: _Delivery) -> _Batch:
+    def _next_batch(self, state: _Progress) -> _Batch:
         shards = self._map
         assert shards is not None
         batch = _Batch(
@@ -492,15 +617,22 @@ class KinesisSink:
         )
         now = self._clock()
         while state.retry and state.retry[0][0] <= now:
-            record = state.retry[0][2]
+            due, seq, record = state.retry[0]
             if not self._place(batch, shards, record):
                 return batch
             heapq.heappop(state.retry)
+            batch.taken_retry.append((due, seq, record))
         while state.fresh:
             if not self._place(batch, shards, state.fresh[0]):
                 break
-            state.fresh.popleft()
+            batch.taken_fresh.append(state.fresh.popleft())
         return batch
+
+    def _unwind(self, batch: _Batch, state: _Progress) -> None:
+        """Put a batch that must wait back where its records came from (order kept)."""
+        state.fresh.extendleft(reversed(batch.taken_fresh))
+        for item in batch.taken_retry:
+            heapq.heappush(state.retry, item)
 
     def _place(self, batch: _Batch, shards: ShardMap, record: _Record) -> bool:
         shard = shards.peek() if record.sticky is None else shards.sticky(record.sticky)
@@ -523,7 +655,7 @@ class KinesisSink:
         self._note_transient(error)
         return error
 
-    def _send(self, batch: _Batch, state: _Delivery) -> None:
+    def _send(self, batch: _Batch, state: _Progress) -> None:
         entries = [
             {"Data": record.data, "PartitionKey": record.key, "ExplicitHashKey": hash_key}
             for record, _, hash_key in batch.items
@@ -534,13 +666,9 @@ class KinesisSink:
         except Exception as exc:
             error = self._transient_or_raise(exc, "PutRecords")
             self.stats.failed_calls += 1
-            # The call-level backoff below is the wait; the records go out right after it.
+            # Due at once: the worker's backoff (it gets the error) is the wait.
             self._retry_later([r for r, _, _ in batch.items], state, backoff=False)
-            self._call_failures += 1
-            delay = self._call_backoff.delay(self._call_failures - 1)
-            self._wait(delay, state, "backoff_seconds")
-            return
-        self._call_failures = 0
+            raise error from exc
         results = response.get("Records", [])
         if len(results) != len(batch.items):
             # Never seen from AWS; without a 1:1 answer nothing is known to be written.
@@ -554,7 +682,7 @@ class KinesisSink:
             return
         self._settle(batch, results, state)
 
-    def _settle(self, batch: _Batch, results: list[dict[str, Any]], state: _Delivery) -> None:
+    def _settle(self, batch: _Batch, results: list[dict[str, Any]], state: _Progress) -> None:
         """Count accepted records; queue only the failed ones for a re-send."""
         throttled = accepted = misrouted = 0
         failed: list[_Record] = []
@@ -591,9 +719,10 @@ class KinesisSink:
             self._error = None
         self._retrying = accepted < len(batch.items)
         if setup is not None:
+            self._set_error(setup)
             raise setup
 
-    def _accept(self, record: _Record, state: _Delivery) -> None:
+    def _accept(self, record: _Record, state: _Progress) -> None:
         state.accepted(record)
         stats = self.stats
         stats.records += 1
@@ -605,7 +734,7 @@ class KinesisSink:
             stats.split_records += 1
         stats.truncated_bytes += record.truncated
 
-    def _retry_later(self, records: list[_Record], state: _Delivery, *, backoff: bool) -> None:
+    def _retry_later(self, records: list[_Record], state: _Progress, *, backoff: bool) -> None:
         """Queue failed records for a re-send after one shared full-jitter delay (growing with
         their attempts), so they travel together instead of as many one-record calls."""
         if not records:
@@ -619,7 +748,7 @@ class KinesisSink:
             state.later(due, record)
         self.stats.retried_records += len(records)
 
-    def _wait(self, seconds: float, state: _Delivery | None, counter: str) -> None:
+    def _wait(self, seconds: float, chunks: list[Chunk], counter: str) -> None:
         """Sleep in slices, watching `stop`; raise DeliveryInterrupted when it is set."""
         if seconds <= 0:
             return
@@ -629,15 +758,15 @@ class KinesisSink:
             while remaining > 0:
                 step = min(remaining, _WAIT_SLICE)
                 if not wait(step, stop=self._stop, sleep=self._sleep):
-                    raise self._interrupted(state)
+                    raise self._interrupted(chunks)
                 remaining -= step
         finally:
             elapsed = max(0.0, self._clock() - start)
             setattr(self.stats, counter, getattr(self.stats, counter) + elapsed)
 
-    def _interrupted(self, state: _Delivery | None) -> DeliveryInterrupted:
-        done = state.completed_chunks() if state else 0
-        pending = state.outstanding if state else 0
+    def _interrupted(self, chunks: list[Chunk]) -> DeliveryInterrupted:
+        done = self._completed(chunks)
+        pending = self._progress.outstanding
         return DeliveryInterrupted(
             f"Delivery to {self.stream_arn} stopped while waiting (retry backoff or shard "
             f"pacing): {pending} records not yet accepted, {done} leading chunks complete.",
@@ -647,20 +776,21 @@ class KinesisSink:
 
     # --- shard map ------------------------------------------------------------------------------
 
-    def _refresh_if_due(self, state: _Delivery) -> None:
+    def _refresh_if_due(self) -> None:
         now = self._clock()
         assert self._map is not None
         if self._stale:
             if self._stale_refreshed and now - self._last_refresh < self.min_refresh_gap:
                 return
             self._stale_refreshed = True
-            self._refresh(state)
+            self._refresh()
         elif now - self._map.loaded_at >= self.refresh_interval:
             self._stale_refreshed = False
-            self._refresh(state)
+            self._refresh()
 
-    def _refresh(self, state: _Delivery | None) -> None:
-        """ListShards now; transient failures keep the old map (or wait when there is none)."""
+    def _refresh(self) -> None:
+        """ListShards now; a transient failure keeps the old map, or raises when there is none
+        (the worker backs off and pumps again)."""
         self._last_refresh = self._clock()
         try:
             found = load_shard_map(
@@ -672,13 +802,10 @@ class KinesisSink:
             if found is None:
                 raise self._no_open_shards()
         except Exception as exc:
-            self._transient_or_raise(exc, "ListShards")
+            error = self._transient_or_raise(exc, "ListShards")
             if self._map is None:
-                self._call_failures += 1
-                delay = self._call_backoff.delay(self._call_failures - 1)
-                self._wait(delay, state, "backoff_seconds")
+                raise error from exc
             return
-        self._call_failures = 0
         self._map = found
         self._stale = False
         self._pacer.retain(found.ids())
@@ -787,13 +914,13 @@ class _Packer:
         self._lines: list[bytes] = []
         self._size = 0
         self._first = 0
-        self._chunks: list[int] = []
+        self._end = 0
 
-    def add(self, line: bytes, offset: int, chunk: int) -> None:
+    def add(self, line: bytes, offset: int, end: int) -> None:
         size = len(line) + 1
         if size > self._limit:
             self.flush()
-            self._sink._oversize(line + b"\n", offset, chunk, self._out, newline=True)
+            self._sink._oversize(line + b"\n", offset, end, self._out, newline=True)
             return
         if self._lines and self._size + size > self._budget:
             self.flush()
@@ -801,8 +928,7 @@ class _Packer:
             self._first = offset
         self._lines.append(line)
         self._size += size
-        if not self._chunks or self._chunks[-1] != chunk:
-            self._chunks.append(chunk)
+        self._end = end
 
     def flush(self) -> None:
         if not self._lines:
@@ -810,8 +936,13 @@ class _Packer:
         data = b"\n".join(self._lines) + b"\n"
         key = f"{self._sink._key_prefix}:{self._first}+{len(self._lines)}"
         self._out.append(
-            _Record(data, key, len(data) + len(key.encode()), len(self._lines), tuple(self._chunks))
+            _Record(
+                data,
+                key,
+                len(data) + len(key.encode()),
+                len(self._lines),
+                _Unit(self._first, self._end),
+            )
         )
         self._lines = []
         self._size = 0
-        self._chunks = []

@@ -38,7 +38,6 @@ import socket
 import threading
 import time
 import uuid
-import zlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,7 +55,8 @@ from logferry.errors import AwsError, InputError, SetupError, TransientError
 from logferry.sinks import pgp
 from logferry.sinks.aws_errors import REFRESH_CODES, classify
 from logferry.sinks.backoff import Backoff, retry_call
-from logferry.sinks.framing import frame
+from logferry.sinks.base import SinkCounters
+from logferry.sinks.framing import frame, stable_pid
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.sinks.s3_journal import ActiveFile, Journal, JournalState, Part
 from logferry.spool.chunk import Chunk
@@ -158,17 +158,13 @@ def _line_cut(data: bytes, start: int, target: int) -> int:
     return data.index(b"\n", target) + 1
 
 
-def stable_pid(uid_prefix: str) -> int:
-    """The process id shown by classic/loggly/logplex framing: stable per endpoint incarnation,
-    because a real pid changes on restart and would make a replayed file differ in its bytes."""
-    return zlib.crc32(uid_prefix.encode()) % 32768 + 1
-
-
 class S3Sink:
-    """Delivers one endpoint's spool to S3 files (see the module docstring).
+    """Delivers one endpoint's spool to S3 files (see the module docstring); a `Sink`.
 
     Not thread-safe: one worker thread uses it at a time.
     """
+
+    kind = "s3"
 
     def __init__(
         self,
@@ -201,7 +197,9 @@ class S3Sink:
         self._hostname = hostname
         self._stop = stop
         self._sleep = sleep
-        self._backoff = backoff or Backoff()
+        # No retry loop of our own by default: botocore retries a call, and the worker's one
+        # backoff policy retries the step (without holding a thread while it waits).
+        self._backoff = backoff or Backoff(max_attempts=1)
         self._pid = stable_pid(uid_prefix) if pid is None else pid
         self._codec = endpoint.codec()
         self._pgp_key = endpoint.pgp_key
@@ -218,6 +216,11 @@ class S3Sink:
         self._pos: int | None = None
         self._recovered = False
         self._failed = False
+        self._spool_committed = 0
+        self.lost: list[tuple[int, int, str]] = []
+        """(start, end, why) of lines that were in a multipart upload that vanished (aborted
+        outside logferry, e.g. by a lifecycle rule shorter than the period) after the spool
+        had released them. Never silent: the worker shows each one as an endpoint error."""
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -226,6 +229,62 @@ class S3Sink:
         """Every byte below this offset is inside a completed S3 object."""
         durable = self._state.durable
         return self._state.committed if durable is None else max(durable, 0)
+
+    @property
+    def durable(self) -> int:
+        """Position below which every line is in S3: in a completed object, or in an uploaded
+        part the journal holds (`open()` completes or resumes that upload after a crash), so
+        the spool keeps only what is not yet in S3. A PGP file is one message, uploaded only
+        when it closes: its lines count only once the object is complete."""
+        done = self.durable_offset
+        active = self._state.active
+        if active is not None and active.upload_id and active.parts and not active.pgp:
+            return max(done, active.parts[-1].end)
+        return done
+
+    # --- the Sink interface (see sinks.base) ---------------------------------------------------
+
+    def open(self, committed: int = 0) -> int:
+        """`recover()`, knowing the spool's committed position (data below it is gone)."""
+        self._state.committed = max(self._state.committed, committed)
+        self._spool_committed = committed
+        return max(self.recover(), committed)
+
+    def wants_data(self) -> bool:
+        return True
+
+    def pump(self, *, caught_up: bool) -> float | None:
+        """Close the open file once its period has ended (only when caught up: while a backlog
+        drains, files close at the data's own period boundaries). Returns the seconds until
+        the open file's period ends, so the worker sleeps instead of polling."""
+        self._ready()
+        f = self._file
+        if f is None or f.boundary is not None or not caught_up:
+            return None
+        remaining = f.period_start + self.endpoint.period - self._clock()
+        if remaining <= 0:
+            self._guarded(lambda: self._close(f))
+            return None
+        return remaining
+
+    def holds_data(self) -> bool:
+        return self._pos is not None and self.durable < self._pos
+
+    def counters(self) -> SinkCounters:
+        return SinkCounters(units=self.stats.objects, records=0, retries=self.stats.retries)
+
+    def status(self) -> dict[str, Any]:
+        f = self._file
+        return {
+            "state": self.stats.state,
+            "open_file": f.key if f else None,
+            "open_file_parts": len(f.parts) if f else 0,
+            "last_key": self.stats.last_key,
+            "parts_uploaded": self.stats.parts,
+            "bytes_uploaded": self.stats.bytes_out,
+            "aborted_uploads": self.stats.aborted_uploads,
+            "lost_ranges": list(self.lost),
+        }
 
     @property
     def open_file(self) -> str | None:
@@ -247,6 +306,21 @@ class S3Sink:
         changed = state.incarnation != self._incarnation
         active = state.active
         resume_at: int | None = None
+        if (
+            active is not None
+            and active.upload_id is not None
+            and changed
+            and active.parts
+            and not active.pgp
+        ):
+            # Its parts hold lines the spool has already released: finish the object as it
+            # is (old settings) and start the rest under the new ones.
+            self._complete(active.key, active.upload_id, active.parts)
+            state.durable = active.parts[-1].end
+            state.active = active = None
+            self._save(state)
+            self.stats.objects += 1
+            self._success(None)
         if active is not None:
             if active.upload_id is not None and (active.pgp or changed):
                 self._abort(active)  # an OpenPGP message / other settings: cannot be continued
@@ -679,6 +753,18 @@ class S3Sink:
                 raise
             if exc.code != "NoSuchUpload":
                 self._abort(active)  # it exists but cannot be completed as journaled
+            released = max(state.committed, self._spool_committed)
+            if active.parts and released > active.start:
+                lost_end = min(released, active.parts[-1].end)
+                self.lost.append(
+                    (
+                        active.start,
+                        lost_end,
+                        f"multipart upload {active.upload_id} of {active.key} is gone "
+                        f"({exc.code}); its parts held spool positions {active.start}.."
+                        f"{lost_end}, which were already released",
+                    )
+                )
             active.upload_id, active.parts = None, []
             self._save(state)
             self._plan = active  # rebuild [start, end) from the spool under the same key

@@ -75,8 +75,14 @@ class SpoolManager:
         flush_threads: int = 8,
         max_open_spools: int | None = None,
         janitor: bool = True,
+        quarantine_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._root = os.path.abspath(os.fspath(directory))
+        self._quarantine_root = (
+            os.path.abspath(os.fspath(quarantine_dir))
+            if quarantine_dir is not None
+            else os.path.join(self._root, ".quarantine")
+        )
         self._segment_bytes = parse_size(segment_bytes, where="spool.segment_bytes")
         self._endpoint_max = (
             parse_size(endpoint_max_bytes, where="spool.endpoint_max_bytes")
@@ -184,6 +190,7 @@ class SpoolManager:
                     executor=self._executor,
                     name=key,
                     on_activate=self._activate,
+                    quarantine_dir=os.path.join(self._quarantine_root, encode_key(key)),
                 )
                 self._all[key] = spool
             self._active[key] = spool
