@@ -245,14 +245,24 @@ def test_count_formats_agrees_with_parse_syslog() -> None:
 # -- the framer, on its own ------------------------------------------------------------------------
 
 
-def frame(chunks: list[bytes], mode: str = "auto", max_bytes: int = 480) -> tuple[bytes, int, int]:
+def frame(
+    chunks: list[bytes], mode: str = "auto", max_bytes: int = 480, *, clean: bool = True
+) -> tuple[bytes, int, int]:
+    data, messages, errors, _ = frame_cut(chunks, mode, max_bytes, clean=clean)
+    return data, messages, errors
+
+
+def frame_cut(
+    chunks: list[bytes], mode: str = "auto", max_bytes: int = 480, *, clean: bool = True
+) -> tuple[bytes, int, int, int]:
+    """(normalized lines, messages, framing errors, messages cut by the end)."""
     batch = MessageBatch(max_bytes)
     framer = TcpFramer(mode, max_bytes)  # type: ignore[arg-type]
     for chunk in chunks:
         framer.feed(chunk, batch)
-    errors = framer.feed_eof(batch)
-    body, messages, *_ = batch.take()
-    return normalize(body, max_line_bytes=max_bytes).data, messages, errors
+    errors = framer.feed_eof(batch, clean=clean)
+    body, messages, _, _, _, cut = batch.take()
+    return normalize(body, max_line_bytes=max_bytes).data, messages, errors, cut
 
 
 MIXED = (
@@ -337,11 +347,16 @@ def test_framer_oversize_lf_line_is_cut_and_skipped() -> None:
 
 
 def test_framer_frame_cut_by_eof() -> None:
-    data, messages, errors = frame([b"100 only part"], mode="auto")
-    assert (data, messages, errors) == (b"only part\n", 1, 1)
-    data, messages, errors = frame([b"12"], mode="auto")
-    assert (data, messages, errors) == (b"12\n", 1, 0)
-    assert frame([b"12"], mode="octet") == (b"", 0, 1)
+    # An octet frame shorter than its count: kept as far as it got, counted as cut (any end).
+    assert frame_cut([b"100 only part"]) == (b"only part\n", 1, 0, 1)
+    assert frame_cut([b"100 only part"], clean=False) == (b"only part\n", 1, 0, 1)
+    assert frame_cut([b"100 "]) == (b"", 1, 0, 1)  # only its header arrived: counted, no line
+    # A last line without LF: complete after a clean end (FIN / close_notify), cut otherwise.
+    assert frame_cut([b"12"]) == (b"12\n", 1, 0, 0)
+    assert frame_cut([b"<13>last"], mode="lf", clean=False) == (b"<13>last\n", 1, 0, 1)
+    # An oversize frame being skipped when the end comes: its prefix was already delivered.
+    assert frame_cut([b"900 " + b"a" * 600], max_bytes=480)[1:] == (1, 0, 1)
+    assert frame([b"12"], mode="octet") == (b"", 0, 1)  # not even a count: a framing error
 
 
 # -- TCP over real sockets -------------------------------------------------------------------------
