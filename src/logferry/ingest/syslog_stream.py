@@ -15,6 +15,7 @@ count them, which asyncio's built-in TLS server never lets it do).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -180,6 +181,8 @@ class TlsLayer:
                 break
             except ssl.SSLZeroReturnError:
                 self.finished = self.close_notify = True
+                with contextlib.suppress(ssl.SSLError, ValueError):
+                    self.obj.unwrap()  # answer with our close_notify (a clean TLS close)
                 break
             except ssl.SSLError as exc:  # SSLEOFError: the TCP stream ended without close_notify
                 self.finished = True
