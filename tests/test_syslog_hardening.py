@@ -458,3 +458,37 @@ def test_rst_right_after_connect_is_harmless() -> None:
             assert server.counters.connection_errors == 0
 
     run(main())
+
+
+def test_listener_options_in_the_toml_config(tmp_path: Path) -> None:
+    from logferry.errors import InputError
+    from logferry.service.config import load_config
+
+    listener = """
+[[listeners]]
+protocol = "tcp"
+listen = "127.0.0.1:6514"
+customer_id = "acme"
+endpoint = "s3"
+max_connections_per_source = 5
+idle_timeout_seconds = 30
+read_timeout_seconds = 0
+[listeners.tls]
+cert_file = "s.crt"
+key_file = "s.key"
+ca_file = "ca.pem"
+client_auth = "optional"
+handshake_timeout_seconds = 3
+"""
+    path = tmp_path / "logferry.toml"
+    path.write_text(listener)
+    cfg = load_config(path).listeners[0]
+    assert (cfg.max_connections_per_source, cfg.idle_timeout_seconds) == (5, 30)
+    assert cfg.read_timeout_seconds == 0 and cfg.tls is not None
+    assert (cfg.tls.client_auth, cfg.tls.handshake_timeout_seconds) == ("optional", 3)
+    path.write_text(listener.replace("idle_timeout_seconds = 30", "idle_timeout_seconds = -1"))
+    with pytest.raises(InputError, match=r"listeners\.0\.idle_timeout_seconds"):
+        load_config(path)
+    path.write_text(listener.replace('ca_file = "ca.pem"\n', ""))
+    with pytest.raises(InputError, match="client_auth = 'optional' needs ca_file"):
+        load_config(path)
