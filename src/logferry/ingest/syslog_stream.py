@@ -213,12 +213,6 @@ class SyslogStream:
         if self.tls is not None:
             await self.tls.handshake()
 
-    @property
-    def peer_certificate(self) -> dict[str, object] | None:
-        if self.tls is None:
-            return None
-        return self.tls.obj.getpeercert() or None  # type: ignore[return-value]
-
     async def read(self, limit: int) -> bytes:
         raw = self.raw
         tls = self.tls
