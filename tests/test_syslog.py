@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import random
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -23,7 +18,6 @@ from logferry.ingest.lines import normalize
 from logferry.ingest.syslog import (
     READ_BYTES,
     MessageBatch,
-    SyslogCounters,
     SyslogInfo,
     SyslogListenerConfig,
     SyslogServer,
@@ -32,7 +26,16 @@ from logferry.ingest.syslog import (
     parse_listen,
     parse_syslog,
 )
-from logferry.spool.log import SpoolFull, validate_chunk_data
+from syslog_helpers import (
+    Sink,
+    client_context,
+    eventually,
+    make_cert,
+    octet,
+    run,
+    send_tcp,
+    serving,
+)
 
 RFC5424 = (
     b"<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - "
@@ -46,95 +49,6 @@ RFC5424_SD = (
 RFC3164 = b"<34>Oct 11 22:14:15 mymachine su: 'su root' failed for lonvick on /dev/pts/8"
 RFC3164_PID = b"<13>Feb  5 17:32:18 10.0.0.99 sshd[1234]: Accepted publickey for root"
 PLAIN = b'10.1.2.3 - - [01/May/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 512 "-" "curl/8"'
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 30))
-
-
-class Sink:
-    """Stands in for the spool: checks the chunk contract, can refuse or hold appends."""
-
-    def __init__(self, refuse: int = 0, error: Callable[[], Exception] | None = None) -> None:
-        self.chunks: list[bytes] = []
-        self.nbytes = 0
-        self.calls = 0
-        self.refuse = refuse
-        self.error = error or (lambda: SpoolFull("spool x is full", retry_after=0.01))
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    async def deliver(self, data: bytes, lines: int) -> None:
-        validate_chunk_data(data, lines)
-        self.calls += 1
-        self.entered.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.refuse > 0:
-            self.refuse -= 1
-            raise self.error()
-        self.chunks.append(data)
-        self.nbytes += len(data)
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
-
-    @property
-    def lines(self) -> list[bytes]:
-        return self.data.split(b"\n")[:-1]
-
-
-async def eventually(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait for an outcome (a deadline, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-@contextlib.asynccontextmanager
-async def serving(sink: Sink, **cfg: Any) -> AsyncIterator[SyslogServer]:
-    cfg.setdefault("protocol", "tcp")
-    cfg.setdefault("listen", "127.0.0.1:0")
-    config = SyslogListenerConfig(customer_id="cust1", endpoint="logs", **cfg)
-    server = SyslogServer(config, sink.deliver, counters=SyslogCounters())
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-async def send_tcp(
-    server: SyslogServer, *payloads: bytes, ssl_ctx: ssl.SSLContext | None = None
-) -> bytes:
-    """Connect, send, half-close; returns whatever the server sent until it closed."""
-    host, port = server.bound_address
-    reader, writer = await asyncio.open_connection(
-        host, port, ssl=ssl_ctx, server_hostname="localhost" if ssl_ctx else None
-    )
-    for p in payloads:
-        writer.write(p)
-        await writer.drain()
-    if ssl_ctx is None:
-        writer.write_eof()
-    else:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-        return b""
-    rest = await reader.read()
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return rest
-
-
-def octet(msg: bytes) -> bytes:
-    return str(len(msg)).encode() + b" " + msg
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -245,14 +159,24 @@ def test_count_formats_agrees_with_parse_syslog() -> None:
 # -- the framer, on its own ------------------------------------------------------------------------
 
 
-def frame(chunks: list[bytes], mode: str = "auto", max_bytes: int = 480) -> tuple[bytes, int, int]:
+def frame(
+    chunks: list[bytes], mode: str = "auto", max_bytes: int = 480, *, clean: bool = True
+) -> tuple[bytes, int, int]:
+    data, messages, errors, _ = frame_cut(chunks, mode, max_bytes, clean=clean)
+    return data, messages, errors
+
+
+def frame_cut(
+    chunks: list[bytes], mode: str = "auto", max_bytes: int = 480, *, clean: bool = True
+) -> tuple[bytes, int, int, int]:
+    """(normalized lines, messages, framing errors, messages cut by the end)."""
     batch = MessageBatch(max_bytes)
     framer = TcpFramer(mode, max_bytes)  # type: ignore[arg-type]
     for chunk in chunks:
         framer.feed(chunk, batch)
-    errors = framer.feed_eof(batch)
-    body, messages, *_ = batch.take()
-    return normalize(body, max_line_bytes=max_bytes).data, messages, errors
+    errors = framer.feed_eof(batch, clean=clean)
+    body, messages, _, _, _, cut = batch.take()
+    return normalize(body, max_line_bytes=max_bytes).data, messages, errors, cut
 
 
 MIXED = (
@@ -337,11 +261,16 @@ def test_framer_oversize_lf_line_is_cut_and_skipped() -> None:
 
 
 def test_framer_frame_cut_by_eof() -> None:
-    data, messages, errors = frame([b"100 only part"], mode="auto")
-    assert (data, messages, errors) == (b"only part\n", 1, 1)
-    data, messages, errors = frame([b"12"], mode="auto")
-    assert (data, messages, errors) == (b"12\n", 1, 0)
-    assert frame([b"12"], mode="octet") == (b"", 0, 1)
+    # An octet frame shorter than its count: kept as far as it got, counted as cut (any end).
+    assert frame_cut([b"100 only part"]) == (b"only part\n", 1, 0, 1)
+    assert frame_cut([b"100 only part"], clean=False) == (b"only part\n", 1, 0, 1)
+    assert frame_cut([b"100 "]) == (b"", 1, 0, 1)  # only its header arrived: counted, no line
+    # A last line without LF: complete after a clean end (FIN / close_notify), cut otherwise.
+    assert frame_cut([b"12"]) == (b"12\n", 1, 0, 0)
+    assert frame_cut([b"<13>last"], mode="lf", clean=False) == (b"<13>last\n", 1, 0, 1)
+    # An oversize frame being skipped when the end comes: its prefix was already delivered.
+    assert frame_cut([b"900 " + b"a" * 600], max_bytes=480)[1:] == (1, 0, 1)
+    assert frame([b"12"], mode="octet") == (b"", 0, 1)  # not even a count: a framing error
 
 
 # -- TCP over real sockets -------------------------------------------------------------------------
@@ -656,57 +585,6 @@ def test_udp_other_deliver_errors_are_counted_apart() -> None:
 
 
 # -- TLS -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Cert:
-    cert_file: Path
-    key_file: Path
-    issuer: tuple[Any, Any]
-
-
-def make_cert(tmp: Path, name: str, issuer: tuple[Any, Any] | None = None) -> Cert:
-    """A P-256 certificate for localhost/127.0.0.1, self-signed or signed by `issuer`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject if issuer_cert else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-        .sign(issuer_key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp / f"{name}.crt", tmp / f"{name}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Cert(cert_file, key_file, (cert, key))
-
-
-def client_context(ca: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(ca))
 
 
 def test_tls_octet_counted(tmp_path: Path) -> None:

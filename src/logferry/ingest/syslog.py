@@ -23,8 +23,12 @@ Per message (a message always becomes exactly one stored line):
   line limit: empty messages are skipped (`empty_skipped`), invalid UTF-8 is repaired with U+FFFD
   (`invalid_utf8`), messages over the limit are cut at a character boundary (`truncated`; the
   rest of the frame or line is read and discarded, never buffered whole).
-- An octet-counted frame cut short by the end of the connection is delivered as far as it got
-  and counted in `framing_errors`.
+- Every byte a connection received is framed and delivered however the connection ends (FIN,
+  close_notify, TLS without close_notify, RST, a TLS error, a timeout, the listener stopping):
+  see `syslog_stream` for why asyncio's StreamReader could not promise that. A message the end
+  cuts short — an octet-counted frame shorter than its count, or (unless the end was clean: FIN
+  on plain TCP, close_notify on TLS) a last line without its LF — is delivered as far as it got
+  and counted in `truncated` and `truncated_at_close`.
 
 Delivery and backpressure: what one socket read yields is delivered with a single
 `deliver(data, lines)` call (not one per message) so the spool's group commit sees few, large
@@ -37,9 +41,18 @@ batch the spool refuses is dropped and its datagrams counted in `udp_dropped["sp
 `["deliver_error"]`); datagrams arriving while more than 8 MiB already wait for the spool are
 dropped as `udp_dropped["overload"]`.
 
-Nothing a client sends can stop a listener: each connection handler catches, counts
-(`connection_errors`) and logs its own errors. A failed TLS handshake is dropped by asyncio before
-any handler runs (so it is neither counted nor logged unless asyncio debug mode is on).
+Connections (TCP): at most `max_connections` open, and `max_connections_per_source` from one
+IP address; a connection that sends nothing for `idle_timeout_seconds`, or leaves a message
+incomplete for `read_timeout_seconds` of waiting (slowloris), or has not finished its TLS
+handshake within `tls.handshake_timeout_seconds`, is closed. Refusals are counted by reason
+(`refused`), ends by reason (`closed`), failed TLS handshakes in `tls_handshake_failures` and TLS
+connections that ended without close_notify in `tls_unclean_closes`. Nothing a client sends can
+stop a listener: each connection handler catches, counts and logs its own errors.
+
+Deleted endpoint: while the listener's endpoint does not exist (`endpoint_exists`), connections
+are refused and datagrams dropped, counted, with one log line when it goes and one when it is
+back; a connection open at that moment is closed and what it had read is counted in
+`endpoint_missing_lines`.
 """
 
 from __future__ import annotations
@@ -61,6 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from logferry.errors import InputError
 from logferry.ingest.lines import Normalized, drop_partial_char, normalize
+from logferry.ingest.syslog_stream import RawConnection, SyslogStream
 
 try:
     from logferry.spool import SpoolFull  # type: ignore[attr-defined]
@@ -116,7 +130,12 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class SyslogTlsConfig(BaseModel):
-    """Server certificate for syslog over TLS (RFC 5425); client certificates are optional."""
+    """Server certificate for syslog over TLS (RFC 5425); client certificates are optional.
+
+    `client_auth = "required"` admits only clients whose certificate chains to `ca_file`
+    (mutual TLS); "optional" verifies a certificate when one is sent. A refused certificate is a
+    failed handshake (counted in `logferry_syslog_tls_handshake_failures_total`).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -125,12 +144,24 @@ class SyslogTlsConfig(BaseModel):
     ca_file: Path | None = None
     """CA bundle that client certificates must chain to (needed when client_auth is set)."""
     client_auth: Literal["none", "optional", "required"] = "none"
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """A client that has not completed its TLS handshake by then is disconnected (counted)."""
 
     @model_validator(mode="after")
     def _ca_for_client_auth(self) -> SyslogTlsConfig:
         if self.client_auth != "none" and self.ca_file is None:
             raise ValueError(f"client_auth = {self.client_auth!r} needs ca_file")
         return self
+
+
+_TCP_ONLY = frozenset(
+    {
+        "max_connections",
+        "max_connections_per_source",
+        "idle_timeout_seconds",
+        "read_timeout_seconds",
+    }
+)
 
 
 class SyslogListenerConfig(BaseModel):
@@ -149,6 +180,15 @@ class SyslogListenerConfig(BaseModel):
     max_message_bytes: int = Field(default=64 * 1024, ge=480, le=16 * 1024 * 1024)
     """Longest stored message (RFC 5424 asks receivers for at least 480, ideally 2048)."""
     max_connections: int = Field(default=1000, ge=1)
+    """TCP connections open at once; more are refused (counted)."""
+    max_connections_per_source: int = Field(default=100, ge=1)
+    """TCP connections open at once from one source IP address; more are refused (counted)."""
+    idle_timeout_seconds: float = Field(default=600.0, ge=0)
+    """A TCP connection that sends nothing for this long is closed (counted); 0 = never."""
+    read_timeout_seconds: float = Field(default=60.0, ge=0)
+    """A message that has begun must be complete after this many seconds of waiting for its
+    bytes, or the connection is closed (slowloris; counted, the part kept as a cut message);
+    0 = never."""
     format: Literal["raw"] = "raw"
 
     @field_validator("listen")
@@ -163,6 +203,11 @@ class SyslogListenerConfig(BaseModel):
             raise ValueError("tls needs protocol 'tcp' (syslog over UDP has no TLS here)")
         if self.protocol == "udp" and self.framing != "auto":
             raise ValueError("framing applies to protocol 'tcp' only (a datagram is a message)")
+        if self.protocol == "udp":
+            tcp_only = sorted(self.model_fields_set & _TCP_ONLY)
+            if tcp_only:
+                names = ", ".join(tcp_only)
+                raise ValueError(f"{names}: protocol 'tcp' only (UDP has no connections)")
         return self
 
     @property
@@ -188,7 +233,31 @@ def _formats() -> dict[str, int]:
 
 
 def _drop_reasons() -> dict[str, int]:
-    return {"spool_full": 0, "deliver_error": 0, "overload": 0}
+    return {"spool_full": 0, "deliver_error": 0, "overload": 0, "endpoint_missing": 0}
+
+
+CLOSE_REASONS = (
+    "clean",
+    "fin_without_close_notify",
+    "reset",
+    "tls_error",
+    "idle_timeout",
+    "read_timeout",
+    "framing_error",
+    "endpoint_missing",
+    "stopped",
+)
+"""How TCP connections ended (`closed`): `clean` is a FIN (plain TCP) or a close_notify (TLS)."""
+UNCLEAN_TLS = frozenset({"fin_without_close_notify", "reset", "tls_error"})
+REFUSE_REASONS = ("max_connections", "per_source", "endpoint_missing", "stopping")
+
+
+def _closed() -> dict[str, int]:
+    return dict.fromkeys(CLOSE_REASONS, 0)
+
+
+def _refused() -> dict[str, int]:
+    return dict.fromkeys(REFUSE_REASONS, 0)
 
 
 @dataclass(slots=True)
@@ -206,19 +275,33 @@ class SyslogCounters:
     by_format: dict[str, int] = field(default_factory=_formats)
     """Normalized lines by recognised format (counted before delivery)."""
     truncated: int = 0
+    """Messages cut: over max_message_bytes, or by the end of their connection."""
+    truncated_at_close: int = 0
+    """Messages the end of a TCP connection cut short (kept as far as they got; in `truncated`)."""
     invalid_utf8: int = 0
     empty_skipped: int = 0
     newlines_escaped: int = 0
     framing_errors: int = 0
     udp_dropped: dict[str, int] = field(default_factory=_drop_reasons)
-    """Datagrams dropped, by reason: spool_full, deliver_error, overload."""
+    """Datagrams dropped, by reason: spool_full, deliver_error, overload, endpoint_missing."""
+    endpoint_missing_lines: int = 0
+    """Lines read over TCP and dropped because the listener's endpoint no longer exists."""
     deliver_retries: int = 0
     lost_on_stop: int = 0
     """Lines read over TCP that the spool still refused when the listener stopped."""
     connection_errors: int = 0
+    """Unexpected errors inside a connection handler (a bug if ever non-zero)."""
     connections_open: int = 0
     connections_total: int = 0
+    """TCP connections accepted (TLS: after a successful handshake)."""
     connections_rejected: int = 0
+    """TCP connections refused, all reasons (see `refused`)."""
+    refused: dict[str, int] = field(default_factory=_refused)
+    closed: dict[str, int] = field(default_factory=_closed)
+    tls_handshake_failures: int = 0
+    """TLS handshakes that failed or timed out (not TLS, bad certificate, no client cert…)."""
+    tls_unclean_closes: int = 0
+    """TLS connections that ended without close_notify (FIN, RST or a TLS error)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +427,15 @@ class _FramingError(Exception):
 class MessageBatch:
     """Messages framed from one read, kept as pieces for a single join + normalize."""
 
-    __slots__ = ("escaped", "invalid", "max_bytes", "messages", "pieces", "truncated")
+    __slots__ = (
+        "cut_at_close",
+        "escaped",
+        "invalid",
+        "max_bytes",
+        "messages",
+        "pieces",
+        "truncated",
+    )
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -353,6 +444,7 @@ class MessageBatch:
         self.escaped = 0
         self.truncated = 0
         self.invalid = 0
+        self.cut_at_close = 0
 
     def add_message(self, msg: bytes | bytearray) -> None:
         """One complete message: trailing CR/LF dropped, inner LFs escaped as #012."""
@@ -393,11 +485,20 @@ class MessageBatch:
         if norm.lines:
             self.pieces.append(norm.data)
 
-    def take(self) -> tuple[bytes, int, int, int, int]:
+    def add_cut_at_close(self, part: bytes | bytearray) -> None:
+        """A message the end of the connection cut short: kept as far as it got, counted."""
+        self.cut_at_close += 1
+        self.truncated += 1
+        if part.strip(b"\r\n"):
+            self.add_message(part)
+        else:
+            self.messages += 1  # nothing of it arrived but its header: counted, no line
+
+    def take(self) -> tuple[bytes, int, int, int, int, int]:
         body = b"".join(self.pieces)
-        out = (body, self.messages, self.escaped, self.truncated, self.invalid)
+        out = (body, self.messages, self.escaped, self.truncated, self.invalid, self.cut_at_close)
         self.pieces = []
-        self.messages = self.escaped = self.truncated = self.invalid = 0
+        self.messages = self.escaped = self.truncated = self.invalid = self.cut_at_close = 0
         return out
 
 
@@ -438,25 +539,38 @@ class TcpFramer:
             raise
         del buf[:pos]
 
-    def feed_eof(self, batch: MessageBatch) -> int:
-        """The peer closed: frame what is left. Returns framing errors found (0 or 1)."""
+    @property
+    def pending(self) -> bool:
+        """A message has started but is not complete (the read timeout applies)."""
+        return bool(self._buf) or bool(self._skip) or self._lf_skip
+
+    def feed_eof(self, batch: MessageBatch, *, clean: bool = True) -> int:
+        """The connection ended: frame what is left. Returns framing errors found (0 or 1).
+
+        A message cut by the end is delivered as far as it got and counted in
+        `batch.truncated` and `batch.cut_at_close`: an octet-counted frame shorter than its
+        count always; a last LF line without its LF only when the end was not `clean` (a FIN
+        on plain TCP or a close_notify on TLS ends a last line the way HTTP ingest does).
+        """
         buf = self._buf
         self._skip, skipping = 0, self._skip
         self._lf_skip = False
         if skipping:
             buf.clear()
-            return 1  # an oversize frame cut short; its prefix was already delivered
+            batch.cut_at_close += 1  # an oversize frame: its prefix was delivered (truncated)
+            return 0
         if not buf:
             return 0
         errors = 0
         m = _OCTET_HDR.match(buf) if self._mode != "lf" else None
         if m is not None:
-            batch.add_message(buf[m.end() :])  # incomplete frame: deliver what arrived
-            errors = 1
+            batch.add_cut_at_close(buf[m.end() :])  # incomplete frame: deliver what arrived
         elif self._mode == "octet":
-            errors = 1
-        elif buf:
+            errors = 1  # not even a count: nothing to deliver
+        elif clean:
             batch.add_message(bytes(buf))  # a last line without its LF (a copy: buf is reused)
+        else:
+            batch.add_cut_at_close(bytes(buf))
         buf.clear()
         return errors
 
@@ -537,8 +651,17 @@ class TcpFramer:
 # The listener
 
 
+class _EndpointMissing(Exception):
+    """The listener's endpoint no longer exists: what was read cannot be delivered."""
+
+
 class SyslogServer:
-    """One syslog listener (TCP or UDP) delivering to one endpoint's spool."""
+    """One syslog listener (TCP or UDP) delivering to one endpoint's spool.
+
+    `endpoint_exists` (optional) tells whether the listener's endpoint still exists; while it does
+    not, TCP connections are refused and datagrams dropped (both counted), with one log line when
+    the endpoint disappears and one when it is back — instead of retrying deliveries forever.
+    """
 
     def __init__(
         self,
@@ -546,24 +669,30 @@ class SyslogServer:
         deliver: Deliver,
         *,
         counters: SyslogCounters | None = None,
+        endpoint_exists: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.counters = counters if counters is not None else SyslogCounters()
         self._deliver = deliver
+        self._endpoint_exists = endpoint_exists or (lambda: True)
+        self._endpoint_gone = False
         self._max = config.max_message_bytes
         self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
         self._udp: socket.socket | None = None
         self._udp_batch = MessageBatch(self._max)
         self._udp_bytes = 0
         self._udp_flusher: asyncio.Task[None] | None = None
-        self._conn_tasks: set[asyncio.Task[object]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._conns: set[RawConnection] = set()
+        self._per_source: dict[str, int] = {}
         self._open = 0
         self._stopping = False
         self._stop_event: asyncio.Event | None = None
         self._address: tuple[str, int] | None = None
         self._last_retry_log = 0.0
         self._last_drop_log = 0.0
+        self._last_log: dict[str, float] = {}
 
     @property
     def bound_address(self) -> tuple[str, int]:
@@ -578,16 +707,14 @@ class SyslogServer:
         self._stop_event = asyncio.Event()
         self._stopping = False
         host, port = parse_listen(cfg.listen)
+        loop = asyncio.get_running_loop()
         try:
             if cfg.protocol == "tcp":
-                ctx = self._ssl_context() if cfg.tls else None
-                self._server = await asyncio.start_server(
-                    self._handle_tcp,
+                self._tls = self._ssl_context() if cfg.tls else None
+                self._server = await loop.create_server(
+                    lambda: RawConnection(self._on_connection, READ_BYTES),
                     host,
                     port,
-                    ssl=ctx,
-                    ssl_handshake_timeout=10.0 if ctx else None,
-                    limit=READ_BYTES,
                     backlog=1024,
                 )
                 sockname = self._server.sockets[0].getsockname()
@@ -634,6 +761,9 @@ class SyslogServer:
         where = f"{self.config.label}: tls"
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # No TLS 1.3 session tickets: syslog senders never read, so unread tickets in their
+        # receive buffer turn their close() into an RST that discards their own unsent data.
+        ctx.num_tickets = 0
         try:
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
         except (OSError, ssl.SSLError) as exc:
@@ -665,9 +795,8 @@ class SyslogServer:
             self._stop_event.set()
         if self._server is not None:
             self._server.close()
-            for writer in list(self._writers):
-                with contextlib.suppress(Exception):
-                    writer.close()  # the handler sees EOF, frames and delivers its remainder
+            for conn in list(self._conns):
+                conn.close()  # the handler frames and delivers what it already received
             tasks = list(self._conn_tasks)
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -691,14 +820,45 @@ class SyslogServer:
 
     # -- shared ----------------------------------------------------------------------------------
 
+    def _log_limited(self, key: str, level: int, msg: str, *args: object) -> None:
+        """At most one line per `key` every RETRY_LOG_EVERY_S (floods must not flood the log)."""
+        now = time.monotonic()
+        if now - self._last_log.get(key, -RETRY_LOG_EVERY_S) >= RETRY_LOG_EVERY_S:
+            self._last_log[key] = now
+            log.log(level, msg, *args)
+
+    def _endpoint_ok(self) -> bool:
+        """Whether the endpoint exists; logs once when it disappears and once when it is back."""
+        exists = self._endpoint_exists()
+        if exists == self._endpoint_gone:
+            self._endpoint_gone = not exists
+            cfg = self.config
+            if exists:
+                log.warning(
+                    "%s: endpoint %r of customer %r exists again; accepting syslog again",
+                    cfg.label,
+                    cfg.endpoint,
+                    cfg.customer_id,
+                )
+            else:
+                log.warning(
+                    "%s: endpoint %r of customer %r no longer exists; refusing connections and "
+                    "dropping datagrams (counted) until it is created again",
+                    cfg.label,
+                    cfg.endpoint,
+                    cfg.customer_id,
+                )
+        return exists
+
     def _normalize(self, batch: MessageBatch) -> Normalized | None:
         """Join and normalize a batch; updates the content counters. None when nothing is left."""
-        body, messages, escaped, truncated, invalid = batch.take()
+        body, messages, escaped, truncated, invalid, cut = batch.take()
         norm = normalize(body, max_line_bytes=self._max)
         c = self.counters
         c.messages += messages
         c.newlines_escaped += escaped
         c.truncated += truncated + norm.truncated
+        c.truncated_at_close += cut
         c.invalid_utf8 += invalid + norm.invalid_utf8
         c.empty_skipped += norm.empty_skipped
         if not norm.lines:
@@ -716,76 +876,183 @@ class SyslogServer:
 
     # -- TCP -------------------------------------------------------------------------------------
 
-    async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _refuse(self, conn: RawConnection, reason: str, detail: str) -> None:
         c = self.counters
-        if self._stopping or self._open >= self.config.max_connections:
-            c.connections_rejected += 1
-            log.warning(
-                "%s: refusing a connection (%d open, max_connections %d)",
+        c.connections_rejected += 1
+        c.refused[reason] = c.refused.get(reason, 0) + 1
+        if reason != "endpoint_missing":  # _endpoint_ok logged that once already
+            self._log_limited(
+                f"refuse-{reason}",
+                logging.WARNING,
+                "%s: refusing connections from %s (%s); counted in "
+                "logferry_syslog_connections_refused_total",
                 self.config.label,
-                self._open,
-                self.config.max_connections,
+                conn.peer[0] if conn.peer else "?",
+                detail,
             )
-            with contextlib.suppress(Exception):
-                writer.close()
+        conn.close(abort=True)
+
+    def _on_connection(self, conn: RawConnection) -> None:
+        """A new TCP connection (before TLS): admit it or refuse it at once."""
+        cfg = self.config
+        source = conn.peer[0] if conn.peer else ""
+        if self._stopping:
+            self._refuse(conn, "stopping", "the listener is stopping")
             return
-        task = asyncio.current_task()
-        if task is not None:
-            self._conn_tasks.add(task)
-        self._writers.add(writer)
+        if self._open >= cfg.max_connections:
+            self._refuse(conn, "max_connections", f"{self._open} open, max_connections")
+            return
+        if self._per_source.get(source, 0) >= cfg.max_connections_per_source:
+            self._refuse(
+                conn,
+                "per_source",
+                f"{self._per_source[source]} open from this address, max_connections_per_source",
+            )
+            return
+        if not self._endpoint_ok():
+            self._refuse(conn, "endpoint_missing", "its endpoint no longer exists")
+            return
         self._open += 1
-        c.connections_open += 1
-        c.connections_total += 1
-        peer = writer.get_extra_info("peername")
-        batch = MessageBatch(self._max)
-        framer = TcpFramer(self.config.framing, self._max)
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+        self._conns.add(conn)
+        task = asyncio.get_running_loop().create_task(self._handle_tcp(conn, source))
+        self._conn_tasks.add(task)
+        task.add_done_callback(self._conn_tasks.discard)
+
+    async def _handle_tcp(self, conn: RawConnection, source: str) -> None:
+        c = self.counters
+        stream = SyslogStream(conn, self._tls)
+        reason = "local"
+        accepted = False
         try:
-            while True:
-                data = await reader.read(READ_BYTES)
-                if not data:
-                    c.framing_errors += framer.feed_eof(batch)
-                    await self._flush_tcp(batch)
-                    break
-                c.bytes_received += len(data)
+            if stream.tls is not None:
+                assert self.config.tls is not None
                 try:
-                    framer.feed(data, batch)
-                except _FramingError as exc:
-                    c.framing_errors += 1
-                    log.warning("%s: closing connection from %s: %s", self.config.label, peer, exc)
-                    await self._flush_tcp(batch)
-                    break
-                await self._flush_tcp(batch)
-        except Exception as exc:  # the peer's (or TLS's) problem; never the listener's
+                    async with asyncio.timeout(self.config.tls.handshake_timeout_seconds):
+                        await stream.handshake()
+                except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError
+                    c.tls_handshake_failures += 1
+                    self._log_limited(
+                        "handshake",
+                        logging.INFO,
+                        "%s: TLS handshake from %s failed: %s (counted in "
+                        "logferry_syslog_tls_handshake_failures_total)",
+                        self.config.label,
+                        source,
+                        "timed out" if isinstance(exc, TimeoutError) else exc,
+                    )
+                    return
+            accepted = True
+            c.connections_open += 1
+            c.connections_total += 1
+            reason = await self._read_frames(stream)
+        except Exception:  # pragma: no cover - defensive: a bug must not stop the listener
             c.connection_errors += 1
-            log.info("%s: connection from %s failed: %r", self.config.label, peer, exc)
-            try:
-                await self._flush_tcp(batch)
-            except Exception:  # pragma: no cover - flushing framed data does not raise
-                log.exception("%s: could not deliver after a connection error", self.config.label)
+            log.exception("%s: connection from %s failed", self.config.label, source)
         finally:
             self._open -= 1
-            c.connections_open -= 1
-            self._writers.discard(writer)
-            if task is not None:
-                self._conn_tasks.discard(task)
-            with contextlib.suppress(Exception):
-                writer.close()
+            left = self._per_source.get(source, 1) - 1
+            if left:
+                self._per_source[source] = left
+            else:
+                self._per_source.pop(source, None)
+            self._conns.discard(conn)
+            if accepted:
+                c.connections_open -= 1
+                if reason in c.closed:
+                    c.closed[reason] += 1
+                if stream.tls is not None and reason in UNCLEAN_TLS:
+                    c.tls_unclean_closes += 1
+            conn.close(abort=reason in ("idle_timeout", "read_timeout", "framing_error"))
 
-    async def _flush_tcp(self, batch: MessageBatch) -> None:
+    async def _read_frames(self, stream: SyslogStream) -> str:
+        """Read, frame and deliver until the connection ends; returns how it ended."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        batch = MessageBatch(self._max)
+        framer = TcpFramer(cfg.framing, self._max)
+        idle = cfg.idle_timeout_seconds or None
+        read_limit = cfg.read_timeout_seconds or None
+        waited = 0.0  # seconds spent waiting for the rest of the current incomplete message
+        reason: str
+        while True:
+            partial = framer.pending and read_limit is not None
+            timeout, on_timeout = idle, "idle_timeout"
+            if partial and read_limit is not None:
+                left = max(read_limit - waited, 0.0)
+                if timeout is None or left < timeout:
+                    timeout, on_timeout = left, "read_timeout"
+            started = loop.time()
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await stream.read(READ_BYTES)
+            except TimeoutError:
+                reason = on_timeout
+                self._log_limited(
+                    on_timeout,
+                    logging.INFO,
+                    "%s: closing a connection from %s: %s (counted in "
+                    "logferry_syslog_connections_closed_total)",
+                    cfg.label,
+                    stream.raw.peer,
+                    "nothing sent for idle_timeout_seconds"
+                    if on_timeout == "idle_timeout"
+                    else "a message still incomplete after read_timeout_seconds",
+                )
+                break
+            finally:
+                if partial:
+                    waited += loop.time() - started
+            if not data:
+                reason = stream.end_reason or "local"
+                if reason == "local" and self._stopping:
+                    reason = "stopped"
+                break
+            self.counters.bytes_received += len(data)
+            try:
+                framer.feed(data, batch)
+            except _FramingError as exc:
+                self.counters.framing_errors += 1
+                log.warning("%s: closing connection from %s: %s", cfg.label, stream.raw.peer, exc)
+                await self._flush_tcp(batch)
+                return "framing_error"
+            if batch.messages or not framer.pending:
+                waited = 0.0  # a message completed: the next one gets its own time
+            if not await self._flush_tcp(batch):
+                return "endpoint_missing"
+        # The end (however it came): everything received is framed and delivered.
+        self.counters.framing_errors += framer.feed_eof(batch, clean=reason == "clean")
+        if not await self._flush_tcp(batch):
+            return "endpoint_missing"
+        return reason
+
+    async def _flush_tcp(self, batch: MessageBatch) -> bool:
+        """Deliver what is framed; False when the endpoint no longer exists (lines dropped)."""
         if not batch.messages:
-            return
+            return True
         norm = self._normalize(batch)
-        if norm is not None:
+        if norm is None:
+            return True
+        try:
             await self._deliver_reliably(norm)
+        except _EndpointMissing:
+            self.counters.endpoint_missing_lines += norm.lines
+            return False
+        return True
 
     async def _deliver_reliably(self, norm: Normalized) -> bool:
-        """Deliver until accepted (backpressure: the caller is not reading meanwhile)."""
+        """Deliver until accepted (backpressure: the caller is not reading meanwhile).
+
+        Raises _EndpointMissing when a refusal is because the endpoint was deleted.
+        """
         delay = RETRY_MIN_S
         failures = 0
         while True:
             try:
                 await self._deliver(norm.data, norm.lines)
             except Exception as exc:
+                if not self._endpoint_ok():
+                    raise _EndpointMissing() from exc
                 if self._stopping:
                     self.counters.lost_on_stop += norm.lines
                     log.warning(
@@ -849,6 +1116,10 @@ class SyslogServer:
             c.messages += 1
             c.udp_dropped["overload"] = c.udp_dropped.get("overload", 0) + 1
             return
+        if not self._endpoint_ok():
+            c.messages += 1
+            c.udp_dropped["endpoint_missing"] = c.udp_dropped.get("endpoint_missing", 0) + 1
+            return
         self._udp_batch.add_message(data)  # <= 64 KiB: normalize cuts it if too long
         self._udp_bytes += len(data)
         if self._udp_flusher is None:
@@ -867,7 +1138,12 @@ class SyslogServer:
                 try:
                     await self._deliver(norm.data, norm.lines)
                 except Exception as exc:
-                    reason = "spool_full" if isinstance(exc, SpoolFull) else "deliver_error"
+                    if not self._endpoint_ok():
+                        reason = "endpoint_missing"
+                    elif isinstance(exc, SpoolFull):
+                        reason = "spool_full"
+                    else:
+                        reason = "deliver_error"
                     c.udp_dropped[reason] = c.udp_dropped.get(reason, 0) + datagrams
                     now = time.monotonic()
                     if now - self._last_drop_log >= RETRY_LOG_EVERY_S:

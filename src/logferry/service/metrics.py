@@ -67,11 +67,19 @@ class _StateCollector(Collector):
 _SYSLOG_COUNTERS = (
     ("messages", "Syslog frames/datagrams received"),
     ("lines", "Syslog lines accepted by the spool"),
-    ("truncated", "Syslog messages cut to max_message_bytes"),
+    ("truncated", "Syslog messages cut (to max_message_bytes, or by the end of a connection)"),
+    (
+        "truncated_at_close",
+        "Syslog messages the end of a TCP connection cut short (kept as far as they got)",
+    ),
     ("invalid_utf8", "Syslog messages with invalid UTF-8 repaired"),
     ("empty_skipped", "Empty syslog messages skipped"),
     ("framing_errors", "Syslog framing errors (connection closed)"),
-    ("connection_errors", "Syslog connection errors"),
+    ("connection_errors", "Unexpected errors in syslog connection handlers"),
+    ("connections_total", "Syslog TCP connections accepted (TLS: after the handshake)"),
+    ("tls_handshake_failures", "Syslog TLS handshakes that failed or timed out"),
+    ("tls_unclean_closes", "Syslog TLS connections ended without close_notify (FIN, RST, error)"),
+    ("endpoint_missing_lines", "TCP syslog lines dropped because the endpoint no longer exists"),
     ("deliver_retries", "Syslog batches retried because the spool refused them"),
     ("lost_on_stop", "TCP syslog lines the spool still refused when the listener stopped"),
 )
@@ -93,13 +101,34 @@ def _syslog_families(listeners: dict[str, Any]) -> Iterable[Any]:
         "Syslog lines by recognised format",
         labels=["listener", "format"],
     )
+    refused = CounterMetricFamily(
+        "logferry_syslog_connections_refused",
+        "Syslog TCP connections refused, by reason",
+        labels=["listener", "reason"],
+    )
+    closed = CounterMetricFamily(
+        "logferry_syslog_connections_closed",
+        "Syslog TCP connections ended, by how (clean = FIN, or close_notify on TLS)",
+        labels=["listener", "reason"],
+    )
+    open_now = GaugeMetricFamily(
+        "logferry_syslog_connections_open", "Syslog TCP connections open", labels=["listener"]
+    )
     for label, counters in sorted(listeners.items()):
         for reason, count in sorted(counters.udp_dropped.items()):
             dropped.add_metric([label, reason], count)
         for fmt, count in sorted(counters.by_format.items()):
             formats.add_metric([label, fmt], count)
+        for reason, count in sorted(counters.refused.items()):
+            refused.add_metric([label, reason], count)
+        for reason, count in sorted(counters.closed.items()):
+            closed.add_metric([label, reason], count)
+        open_now.add_metric([label], counters.connections_open)
     yield dropped
     yield formats
+    yield refused
+    yield closed
+    yield open_now
 
 
 class Metrics:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import threading
@@ -122,7 +123,11 @@ class Service:
                     f"{key[0]!r}, which does not exist.",
                     fix="Define it under [[customers.endpoints]] or create it via the API first.",
                 )
-            server = SyslogServer(listener_config, self._syslog_deliver(key))
+            server = SyslogServer(
+                listener_config,
+                self._syslog_deliver(key),
+                endpoint_exists=functools.partial(self.endpoints.__contains__, key),
+            )
             await server.start()
             self.listeners.append(server)
         self.ready = True
