@@ -7,7 +7,7 @@ import gzip
 import shutil
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 
 from logferry.local.emulator import Emulator
 from s3_helpers import S3Role, make_s3_role, read_objects
-from service_helpers import ServeProcess, base_config, wait_for
+from service_helpers import ServeProcess, base_config, reap_all, wait_for
 
 TOKEN = "otlp-and-syslog-sender-token-0123456789"
 
@@ -32,6 +32,10 @@ class Senders:
     customer: str
     role: S3Role
     emulator: Emulator
+    ports: dict[str, int] = field(default_factory=dict)
+    """Syslog listener port per endpoint name (set by the syslog tests)."""
+    ca_file: Path | None = None
+    """The TLS listener's self-signed certificate, for the client to trust."""
 
     def lines(self, endpoint: str) -> list[bytes]:
         """Every line delivered for `endpoint`, in key order then file order."""
@@ -103,7 +107,12 @@ def start_senders(
     if spool:
         extra["spool"] = {"dir": str(workdir / "spool"), **spool}
     config = base_config(emulator, workdir / "spool", **extra)
-    serve = ServeProcess(emulator, config, workdir, env={"SENDERS_TOKEN": TOKEN}).start()
+    serve = ServeProcess(emulator, config, workdir, env={"SENDERS_TOKEN": TOKEN})
+    try:
+        serve.start(timeout=180)  # generous: CI and this machine may be busy
+    except BaseException:
+        reap_all()
+        raise
     return Senders(serve, customer, role, emulator)
 
 
