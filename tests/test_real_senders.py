@@ -128,10 +128,10 @@ def test_rsyslog_octet_counted_tcp(senders: Senders, workdir: Path) -> None:
 
 def test_rsyslog_over_tls(senders: Senders, workdir: Path) -> None:
     need_binary("rsyslogd", "rsyslog")
-    if not Path("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so").exists() and not list(
-        Path("/usr/lib").glob("**/rsyslog/lmnsd_gtls.so")
-    ):
-        pytest.skip("rsyslog's GnuTLS driver (lmnsd_gtls) not found: install rsyslog-gnutls")
+    drivers = [*Path("/usr/lib").glob("rsyslog/lmnsd_gtls.so")]
+    drivers += Path("/usr/lib").glob("*/rsyslog/lmnsd_gtls.so")
+    if not drivers:
+        pytest.skip("rsyslog's GnuTLS driver lmnsd_gtls.so not found: install rsyslog-gnutls")
     port = senders.ports["rsyslog-tls"]
     tls = (
         f'port="{port}" StreamDriver="gtls" StreamDriverMode="1" '
