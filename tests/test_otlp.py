@@ -421,6 +421,32 @@ def test_refusals_follow_the_otlp_spec(senders: Senders) -> None:
     assert senders.accepted("otlp-refused") == 0
 
 
+def test_plain_ingest_refusals_are_unchanged_by_the_shared_body_reader(senders: Senders) -> None:
+    """/v1/ingest and OTLP share service/ingest_body.py; /v1/ingest keeps its JSON answers."""
+    path = f"/v1/ingest/{senders.customer}/otlp-refused"
+    fix = "split the lines into several requests"
+    with senders.serve.as_token(TOKEN) as client:
+        r = client.post(path, content=b"x" * (256 * 1024 + 1))
+        assert (r.status_code, r.json()) == (
+            413,
+            {"error": f"body is {256 * 1024 + 1} bytes; the limit is {256 * 1024}", "fix": fix},
+        )
+        r = client.post(path, content=b"\x1f\x8bxx", headers={"Content-Encoding": "gzip"})
+        assert (
+            r.status_code == 400 and r.json()["fix"] == "send valid gzip or drop Content-Encoding"
+        )
+        r = client.post(path, content=b"a\n", headers={"Content-Encoding": "br"})
+        assert (r.status_code, r.json()) == (
+            415,
+            {"error": "Content-Encoding 'br' is not supported", "fix": "use gzip or no encoding"},
+        )
+        bomb = gzip.compress(b"z" * (256 * 1024 + 1))
+        r = client.post(path, content=bomb, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 413
+        assert r.json()["error"] == f"decompressed body exceeds {256 * 1024} bytes"
+    assert senders.accepted("otlp-refused") == 0
+
+
 def test_openapi_lists_the_route(senders: Senders) -> None:
     spec = httpx.get(f"{senders.serve.url}/openapi.json").json()
     route = spec["paths"]["/v1/otlp/{customer_id}/{name}/v1/logs"]["post"]
