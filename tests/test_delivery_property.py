@@ -43,7 +43,7 @@ LINE = 100  # bytes per line, newline included
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
-class Crash(BaseException):  # noqa: N818 - a simulated kill -9, not an error to handle
+class Crash(BaseException):
     """Not an Exception: nothing in the sink may catch it, like a process dying."""
 
 

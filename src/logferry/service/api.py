@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from logferry import __version__
 from logferry.aws.policies import trust_policy
-from logferry.ingest.lines import BadGzip, BodyTooLarge, gunzip_limited, normalize
+from logferry.ingest.lines import normalize
 from logferry.service.endpoints import (
     FieldError,
     check_customer_id,
@@ -26,7 +26,9 @@ from logferry.service.endpoints import (
     endpoint_document,
     parse_endpoint,
 )
+from logferry.service.ingest_body import BodyRefused, read_body
 from logferry.service.logs import log
+from logferry.service.otlp import otlp_router
 from logferry.service.runtime import EndpointConflict, Service, UnknownEndpoint
 from logferry.spool import SpoolFull
 
@@ -182,46 +184,11 @@ def create_app(service: Service) -> FastAPI:
             service.endpoint(customer_id, name)
         except UnknownEndpoint as exc:
             return _problem(404, exc.message, exc.fix)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body:
-            service.metrics.ingest_rejected.labels("too_large").inc()
-            return _problem(
-                413,
-                f"body is {declared} bytes; the limit is {max_body}",
-                "split the lines into several requests",
-            )
-        parts: list[bytes] = []
-        size = 0
-        async for piece in request.stream():
-            size += len(piece)
-            if size > max_body:
-                service.metrics.ingest_rejected.labels("too_large").inc()
-                return _problem(
-                    413,
-                    f"body exceeds the limit of {max_body} bytes",
-                    "split the lines into several requests",
-                )
-            parts.append(piece)
-        body = b"".join(parts)
-        encoding = request.headers.get("content-encoding", "").strip().lower()
-        if encoding in ("gzip", "x-gzip"):
-            try:
-                body = gunzip_limited(body, max_body)
-            except BodyTooLarge:
-                service.metrics.ingest_rejected.labels("too_large").inc()
-                return _problem(
-                    413,
-                    f"decompressed body exceeds {max_body} bytes",
-                    "split the lines into several requests",
-                )
-            except BadGzip as exc:
-                service.metrics.ingest_rejected.labels("bad_gzip").inc()
-                return _problem(400, str(exc), "send valid gzip or drop Content-Encoding")
-        elif encoding not in ("", "identity"):
-            service.metrics.ingest_rejected.labels("bad_encoding").inc()
-            return _problem(
-                415, f"Content-Encoding {encoding!r} is not supported", "use gzip or no encoding"
-            )
+        try:
+            body = await read_body(request, max_body)
+        except BodyRefused as exc:
+            service.metrics.ingest_rejected.labels(exc.reason).inc()
+            return _problem(exc.status, exc.message, exc.fix)
         norm = normalize(body, max_line_bytes=max_line)
         result = IngestResult(
             accepted=norm.lines,
@@ -252,6 +219,8 @@ def create_app(service: Service) -> FastAPI:
             if count:
                 adjusted.labels(customer_id, name, kind).inc(count)
         return result
+
+    app.include_router(otlp_router(service, customer_or_admin))
 
     # ------------------------------------------------------------------ customers
 

@@ -154,6 +154,12 @@ class Metrics:
             [*ep, "kind"],
             registry=r,
         )
+        self.otlp_records = Counter(
+            "logferry_otlp_log_records",
+            "OTLP log records: accepted (durable) or rejected (dropped, told in partial_success)",
+            [*ep, "outcome"],
+            registry=r,
+        )
         self.delivered_lines = Counter(
             "logferry_delivered_lines", "Lines delivered", [*ep, "type"], registry=r
         )

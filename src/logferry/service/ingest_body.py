@@ -1,0 +1,67 @@
+"""Read an ingest body once, within the size limit, gunzipped: shared by every ingest route.
+
+The limit is enforced while reading (declared Content-Length first, then the bytes as they
+arrive, then the decompressed size), so no route ever holds more than `max_body` bytes plus one
+read. Each route words the refusal in its own protocol (plain JSON for /v1/ingest, a
+google.rpc.Status for OTLP); the status, the reason (the metric label) and the text are shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from logferry.ingest.lines import BadGzip, BodyTooLarge, gunzip_limited
+
+SPLIT_FIX = "split the lines into several requests"
+
+
+@dataclass
+class BodyRefused(Exception):
+    """The body cannot be taken: HTTP `status`, counted under `reason`."""
+
+    status: int
+    reason: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+async def read_body(request: Request, max_body: int, *, fix: str = SPLIT_FIX) -> bytes:
+    """The request body, decompressed when `Content-Encoding: gzip`; raises BodyRefused."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_body:
+        raise BodyRefused(
+            413, "too_large", f"body is {declared} bytes; the limit is {max_body}", fix
+        )
+    parts: list[bytes] = []
+    size = 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > max_body:
+            raise BodyRefused(413, "too_large", f"body exceeds the limit of {max_body} bytes", fix)
+        parts.append(piece)
+    body = b"".join(parts)
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        try:
+            return gunzip_limited(body, max_body)
+        except BodyTooLarge:
+            raise BodyRefused(
+                413, "too_large", f"decompressed body exceeds {max_body} bytes", fix
+            ) from None
+        except BadGzip as exc:
+            raise BodyRefused(
+                400, "bad_gzip", str(exc), "send valid gzip or drop Content-Encoding"
+            ) from None
+    if encoding not in ("", "identity"):
+        raise BodyRefused(
+            415,
+            "bad_encoding",
+            f"Content-Encoding {encoding!r} is not supported",
+            "use gzip or no encoding",
+        )
+    return body
