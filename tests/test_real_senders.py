@@ -19,7 +19,7 @@ from logferry.local.emulator import Emulator
 from logferry.local.serve_process import free_port
 from sender_helpers import Senders, need_binary, start_senders
 from service_helpers import reap_all, wait_for
-from test_syslog import make_cert
+from syslog_helpers import make_cert
 
 RSYSLOG_LINES = [
     f"rsyslog line {i} GET /item/{i}?q=ünïcödé HTTP/1.1 200 {i * 7} ms={i % 13}" for i in range(400)
