@@ -109,7 +109,7 @@ class ServeProcess:
         ServeProcess.running.append(self)
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> ServeProcess:
+    def wait_ready(self, timeout: float = 180.0) -> ServeProcess:
         assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -124,7 +124,7 @@ class ServeProcess:
             time.sleep(0.1)
         raise RuntimeError(f"serve did not become ready in {timeout}s:\n{self.logs()[-4000:]}")
 
-    def start(self, timeout: float = 60.0) -> ServeProcess:
+    def start(self, timeout: float = 180.0) -> ServeProcess:
         return self.spawn().wait_ready(timeout)
 
     def logs(self) -> str:

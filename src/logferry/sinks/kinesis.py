@@ -622,10 +622,14 @@ class KinesisSink:
                 return batch
             heapq.heappop(state.retry)
             batch.taken_retry.append((due, seq, record))
-        while state.fresh:
+        # Bound what a crash can replay: never run more than `max_outstanding` records ahead
+        # of the first one not yet accepted (a record throttled again and again holds the rest).
+        room = self._max_outstanding - (len(state.units) - len(state.fresh))
+        while state.fresh and room > 0:
             if not self._place(batch, shards, state.fresh[0]):
                 break
             batch.taken_fresh.append(state.fresh.popleft())
+            room -= 1
         return batch
 
     def _unwind(self, batch: _Batch, state: _Progress) -> None:
@@ -664,10 +668,12 @@ class KinesisSink:
         try:
             response = self.client.put_records(StreamARN=self.stream_arn, Records=entries)
         except Exception as exc:
+            # Nothing is known to be written: the records wait for the next pump, in order;
+            # the worker's backoff (it gets the error) is the wait.
+            self._unwind(batch, state)
+            self.stats.retried_records += len(batch.items)
             error = self._transient_or_raise(exc, "PutRecords")
             self.stats.failed_calls += 1
-            # Due at once: the worker's backoff (it gets the error) is the wait.
-            self._retry_later([r for r, _, _ in batch.items], state, backoff=False)
             raise error from exc
         results = response.get("Records", [])
         if len(results) != len(batch.items):
