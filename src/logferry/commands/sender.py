@@ -8,10 +8,10 @@
   first line arrived, whichever comes first.
 - One batch is in flight at a time and the next one is only started after a 2xx, so a line is
   counted delivered exactly when the server said it is durable, and never sent again after that.
-  429 / 503 (and 502 / 504) and transport failures are retried with jittered exponential backoff,
-  never sooner than the server's Retry-After. A transport failure *after* the body was sent
-  (timeout waiting for the answer) is retried too and counted as `ambiguous_retries`: the server
-  may have kept that batch, so those lines could arrive twice.
+  429 / 503 (and 502 / 504) are retried after the server's Retry-After plus jitter (jittered
+  exponential backoff when it gives none), transport failures with jittered backoff. A transport
+  failure *after* the body was sent (timeout waiting for the answer) is retried too and counted
+  as `ambiguous_retries`: the server may have kept that batch, so those lines could arrive twice.
 """
 
 from __future__ import annotations
@@ -248,12 +248,13 @@ class Sender:
     # -- delivery -----------------------------------------------------------------------------
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """The server's Retry-After plus up to 25 % jitter (so many senders do not return in
+        step); without one, exponential backoff with jitter, capped at backoff_max."""
+        if retry_after is not None:
+            return max(0.05, retry_after) * random.uniform(1.0, 1.25)
         opts = self.options
         exp = min(opts.backoff_max, opts.backoff_base * 2 ** min(attempt, 16))
-        delay = random.uniform(exp / 2, exp)
-        if retry_after is not None:
-            delay = max(delay, retry_after * random.uniform(1.0, 1.2))
-        return delay
+        return random.uniform(exp / 2, exp)
 
     def deliver(self, http: httpx.Client, data: bytes, lines: int) -> None:
         """POST one batch until a 2xx; raises ApiError when it must give up."""
