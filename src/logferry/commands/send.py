@@ -157,6 +157,8 @@ def send_command(
         sources = _check_sources(files or [])
         target = resolve_target(url, token_env, profile, default_token_env=CUSTOMER_TOKEN_ENV)
         path = f"/v1/ingest/{quote(customer, safe='')}/{quote(endpoint, safe='')}"
+        if "-" in sources and os.isatty(0):
+            err.print("reading lines from the terminal; Ctrl-D ends", highlight=False)
         stats, error, read_error = _run(target, path, sources, options)
         if as_json:
             document = stats.as_json()
