@@ -52,6 +52,8 @@ def test_the_whole_operator_flow(served: ServeProcess, emulator: Emulator, uniqu
     assert RFC3339.match(created["created"])
     again = admin_json(served, "customers", "create", customer)
     assert again["created_now"] is False and again["external_id"] == customer
+    clash = admin(served, "customers", "create", customer, "--external-id", "another-id")
+    assert clash.exit_code == 1 and "was not changed to 'another-id'" in clash.stderr
     listed = admin_json(served, "customers", "list")
     assert customer in [c["id"] for c in listed]
     human = admin(served, "customers", "get", customer)

@@ -165,6 +165,13 @@ def customers_create(
         body = {"external_id": external_id} if external_id is not None else {}
         response = api.request("PUT", f"/v1/customers/{_p(customer)}", json=body)
         document = response.json()
+        if external_id is not None and document["external_id"] != external_id:
+            raise ApiError(
+                f"customer {customer} already exists with external ID "
+                f"{document['external_id']!r}; it was not changed to {external_id!r}",
+                fix="the external ID is in the customer's trust policy: keep it, or delete and "
+                "re-create the customer (its role's trust policy must then change too).",
+            )
         if as_json:
             print_json({**document, "created_now": response.status_code == 201})
             return
@@ -248,7 +255,7 @@ def tokens_list(
 @tokens_app.command(
     "revoke",
     help="Revoke one token; requests with it answer 401 from then on.",
-    epilog="Example:  logferry admin tokens revoke acme tok_3f9a1c2d",
+    epilog="Example:  logferry admin tokens revoke acme 3f9a1c2d7e4b",
 )
 def tokens_revoke(
     customer: str = typer.Argument(..., help="Customer ID."),
