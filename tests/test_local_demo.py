@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import httpx
 from aws_helpers import free_port
 
 
-def test_serve_local_prints_a_working_curl_and_local_ls_shows_what_landed(
+def test_serve_local_prints_working_commands_and_local_ls_shows_what_landed(
     tmp_path: Path,
 ) -> None:
     port = free_port()
@@ -37,13 +38,37 @@ def test_serve_local_prints_a_working_curl_and_local_ls_shows_what_landed(
         token = re.search(r"customer token:\s+(\S+)", text)
         assert token, text
         assert "curl" in text and "logferry local ls" in text
+        # The banner's own commands, run as printed (`logferry` from this interpreter's bin).
+        commands = [
+            line.strip()
+            for line in banner
+            if line.strip().startswith(("export LOGFERRY_TOKEN=", "printf "))
+        ]
+        status = re.search(r"Status:\s+(.+)", text)
+        assert len(commands) == 2 and status, text
+        shell_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        sent = subprocess.run(
+            ["bash", "-c", "set -e; " + "; ".join(commands)],
+            capture_output=True,
+            text=True,
+            env=shell_env,
+            timeout=120,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert "2 of 2 lines" in sent.stdout
         base = f"http://127.0.0.1:{port}/v1/ingest/demo-customer"
         headers = {"Authorization": f"Bearer {token.group(1)}"}
-        s3 = httpx.post(
-            f"{base}/s3-demo", content=b"hello from logferry\nsecond line\n", headers=headers
-        )
         kinesis = httpx.post(f"{base}/kinesis-demo", content=b"to kinesis\n", headers=headers)
-        assert s3.status_code == kinesis.status_code == 202
+        assert kinesis.status_code == 202
+        shown = subprocess.run(
+            ["bash", "-c", status.group(1)],
+            capture_output=True,
+            text=True,
+            env={**shell_env, "COLUMNS": "200"},
+            timeout=120,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "s3-demo" in shown.stdout and "kinesis-demo" in shown.stdout
 
         deadline = time.monotonic() + 60
         while True:

@@ -7,7 +7,9 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import hcl2
 import pytest
 from cfnlint.api import lint
 from typer.testing import CliRunner
@@ -183,11 +185,35 @@ def test_json_kinesis_resource_policy_from_role_arn_or_name() -> None:
     )
 
 
-def test_human_output_shows_the_documents() -> None:
-    result = invoke(*S3, "--prefix", "cdn/")
+def printed_documents(text: str) -> list[tuple[str, Any]]:
+    """Each JSON document in human output (from a line `{` to the next line `}`) with the
+    heading line above it; json.loads must take each as is, as a person would paste it."""
+    lines = text.splitlines()
+    found = []
+    for start, line in enumerate(lines):
+        if line == "{":
+            end = lines.index("}", start)
+            heading = next(h for h in reversed(lines[:start]) if h.startswith("# "))
+            found.append((heading, json.loads("\n".join(lines[start : end + 1]))))
+    return found
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [*S3, "--prefix", "cdn/"],
+        [*KIN, "--role-arn", "arn:aws:iam::123456789012:role/vendor-logs"],
+    ],
+)
+def test_human_output_is_paste_ready_json(args: list[str]) -> None:
+    result = invoke(*args)
     assert result.exit_code == 0
-    assert "S3LoggingTrustPolicy" in result.stdout
-    assert "arn:aws:s3:::my-logs/cdn/*" in result.stdout
+    documents = printed_documents(result.stdout)
+    expected = json.loads(invoke(*args, "--json").stdout)
+    assert [doc for _, doc in documents] == list(expected.values())
+    headings = [heading for heading, _ in documents]
+    assert headings[0].startswith("# Trust policy") and headings[1].startswith("# Permission")
+    assert not set("│╭╮╰╯─┃━") & set(result.stdout)  # no box drawing around what gets copied
     assert "logferry role create" in result.stdout
 
 
@@ -318,3 +344,87 @@ def test_cfn_lint_catches_a_broken_template() -> None:
     template = json.loads(invoke(*S3, "--output", "cloudformation").stdout)
     del template["Resources"]["LoggingRole"]["Properties"]["AssumeRolePolicyDocument"]
     assert _lint(json.dumps(template)) != []
+
+
+# --- --output terraform -------------------------------------------------------------------------
+
+HCL_OPTIONS = hcl2.SerializationOptions(
+    strip_string_quotes=True, explicit_blocks=False, with_comments=False
+)
+
+
+def _jsonencoded(expression: str) -> Any:
+    """python-hcl2 keeps `jsonencode(...)` as an expression string: parse its argument as HCL."""
+    assert expression.startswith("${jsonencode(") and expression.endswith(")}"), expression
+    inner = expression[len("${jsonencode(") : -2]
+    return hcl2.loads(f"x = {inner}\n", serialization_options=HCL_OPTIONS)["x"]
+
+
+def _resources(hcl_text: str) -> dict[str, dict[str, Any]]:
+    parsed = hcl2.loads(hcl_text, serialization_options=HCL_OPTIONS)
+    resources: dict[str, dict[str, Any]] = {}
+    for block in parsed["resource"]:
+        for kind, named in block.items():
+            for name, body in named.items():
+                resources[f"{kind}.{name}"] = body
+    return resources
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [*S3, "--prefix", "cdn/"],
+        [*S3, "--vendor-account", "111122223333", "--role-name", "vendor-logs"],
+        [*KIN, "--role-arn", "arn:aws:iam::123456789012:role/vendor-logs"],
+    ],
+)
+def test_terraform_carries_the_same_documents(args: list[str]) -> None:
+    result = invoke(*args, "--output", "terraform")
+    assert result.exit_code == 0
+    expected = json.loads(invoke(*args, "--json").stdout)
+    resources = _resources(result.stdout)
+    role = resources["aws_iam_role.logging"]
+    assert _jsonencoded(role["assume_role_policy"]) == expected["trust_policy"]
+    policy = resources["aws_iam_policy.logging"]
+    assert _jsonencoded(policy["policy"]) == expected["permission_policy"]
+    attachment = resources["aws_iam_role_policy_attachment.logging"]
+    assert attachment == {
+        "role": "${aws_iam_role.logging.name}",
+        "policy_arn": "${aws_iam_policy.logging.arn}",
+    }
+    parsed = hcl2.loads(result.stdout, serialization_options=HCL_OPTIONS)
+    assert parsed["output"][0]["role_arn"]["value"] == "${aws_iam_role.logging.arn}"
+    if "resource_policy" in expected:
+        stream = resources["aws_kinesis_resource_policy.logging"]
+        assert _jsonencoded(stream["policy"]) == expected["resource_policy"]
+        assert stream["resource_arn"] == STREAM_ARN
+        assert stream["count"] == "${var.put_stream_resource_policy ? 1 : 0}"
+        assert parsed["variable"][0]["put_stream_resource_policy"]["default"] is True
+    else:
+        assert "aws_kinesis_resource_policy.logging" not in resources
+    if "--role-name" in args:
+        assert role["name"] == "vendor-logs" and policy["name"] == "vendor-logs-policy"
+
+
+def test_terraform_json_syntax_carries_the_same_documents() -> None:
+    args = [*KIN, "--role-arn", "arn:aws:iam::123456789012:role/vendor-logs"]
+    document = json.loads(invoke(*args, "--output", "terraform", "--json").stdout)
+    expected = json.loads(invoke(*args, "--json").stdout)
+    resources = document["resource"]
+    role = resources["aws_iam_role"]["logging"]
+    assert json.loads(role["assume_role_policy"]) == expected["trust_policy"]
+    assert (
+        json.loads(resources["aws_iam_policy"]["logging"]["policy"])
+        == (expected["permission_policy"])
+    )
+    stream = resources["aws_kinesis_resource_policy"]["logging"]
+    assert json.loads(stream["policy"]) == expected["resource_policy"]
+
+
+def test_terraform_escapes_template_sequences() -> None:
+    from logferry.aws.render import hcl_value
+
+    text = hcl_value({"k": 'a ${b} %{c} "d"'})
+    assert hcl2.loads(f"x = {text}\n", serialization_options=HCL_OPTIONS)["x"] == {
+        "k": 'a $${b} %%{c} "d"'  # python-hcl2 keeps the escapes; Terraform reads ${b}
+    }

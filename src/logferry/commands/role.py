@@ -13,8 +13,6 @@ from enum import StrEnum
 from typing import Any
 
 import typer
-from rich.json import JSON
-from rich.panel import Panel
 
 from logferry.aws.clients import AwsClients, AwsTarget
 from logferry.aws.names import (
@@ -39,7 +37,12 @@ from logferry.aws.policies import (
     build_policies,
 )
 from logferry.aws.provision import ProvisionResult, RoleRequest, provision_role
-from logferry.aws.render import cli_commands, cloudformation_template
+from logferry.aws.render import (
+    cli_commands,
+    cloudformation_template,
+    terraform_config,
+    terraform_json,
+)
 from logferry.commands.common import (
     EndpointUrlOption,
     JsonOption,
@@ -68,6 +71,7 @@ class OutputFormat(StrEnum):
     policies = "policies"
     cli = "cli"
     cloudformation = "cloudformation"
+    terraform = "terraform"
 
 
 # --- shared options (reuse these in every `role` command) ---------------------------------------
@@ -186,7 +190,9 @@ POLICIES_EPILOG = (
     "  logferry role policies --for kinesis --stream-arn "
     "arn:aws:kinesis:us-east-1:123456789012:stream/logs --external-id 4Bxz8Qf2 --output cli\n\n"
     "  logferry role policies --bucket my-logs --external-id 4Bxz8Qf2 "
-    "--output cloudformation > role.json"
+    "--output cloudformation > role.json\n\n"
+    "  logferry role policies --bucket my-logs --external-id 4Bxz8Qf2 "
+    "--output terraform > main.tf"
 )
 
 
@@ -195,7 +201,9 @@ POLICIES_HELP = (
     "\n\n"
     "Nothing is sent to AWS. The documents are those of Fastly's guide \"Creating an AWS IAM "
     'role for Fastly logging", with your bucket (and optional key prefix) or stream filled in. '
-    "--output cli prints the equivalent AWS CLI commands, --output cloudformation a template."
+    "Each document is printed as plain JSON, ready to paste into the AWS console. "
+    "--output cli prints the equivalent AWS CLI commands, --output cloudformation a template, "
+    "--output terraform a main.tf (with --json: main.tf.json)."
 )
 
 
@@ -227,7 +235,8 @@ def policies_command(
     output: OutputFormat = typer.Option(
         OutputFormat.policies,
         "--output",
-        help="policies (the JSON documents), cli (AWS CLI commands and files) or cloudformation.",
+        help="policies (the JSON documents), cli (AWS CLI commands and files), cloudformation "
+        "or terraform.",
         case_sensitive=False,
     ),
     as_json: bool = JsonOption,
@@ -287,6 +296,16 @@ def policies_command(
             else:
                 sys.stdout.write(json.dumps(template, indent=2) + "\n")
             return
+        if output is OutputFormat.terraform:
+            if as_json:
+                print_json(
+                    terraform_json(policies, dest, vendor, role_name=name, policy_name=pname)
+                )
+            else:
+                sys.stdout.write(
+                    terraform_config(policies, dest, vendor, role_name=name, policy_name=pname)
+                )
+            return
         if as_json:
             print_json(policies.as_json())
             return
@@ -296,22 +315,22 @@ def policies_command(
 def _print_policies_human(
     dest: Destination, docs: dict[str, Any], role_name: str, vendor: str, external_id: str
 ) -> None:
-    out.print(
-        f"Policies for [bold]{dest.describe()}[/], vendor account [bold]{vendor}[/], "
-        f"external ID [bold]{external_id}[/]\n",
-        highlight=False,
-    )
+    """Headings as plain lines, each document as bare JSON: copy it as is into the console."""
+    write = sys.stdout.write
+    write(f"Policies for {dest.describe()}, vendor account {vendor}, external ID {external_id}\n")
     titles = {
-        "trust_policy": "Trust policy — the role's trust relationship (who may assume it)",
-        "permission_policy": "Permission policy — a customer-managed policy attached to the role",
-        "resource_policy": f"Stream resource policy — on the stream (allows {role_name})",
+        "trust_policy": "Trust policy: the role's trust relationship (who may assume it).\n"
+        "  Console: IAM > Roles > Create role > Custom trust policy",
+        "permission_policy": "Permission policy: a customer-managed policy attached to the role.\n"
+        "  Console: IAM > Policies > Create policy > JSON",
+        "resource_policy": f"Stream resource policy: on the stream (allows {role_name}).\n"
+        "  Console: Kinesis > Data streams > the stream > Data stream sharing",
     }
     for key, doc in docs.items():
-        out.print(Panel(JSON(json.dumps(doc)), title=titles[key], title_align="left"))
-    out.print(
-        "Let logferry create them: [bold]logferry role create[/] with the same flags and "
-        "--role-name NAME.",
-        highlight=False,
+        write(f"\n# {titles[key]}\n\n{json.dumps(doc, indent=2)}\n")
+    write(
+        "\nLet logferry create them: logferry role create with the same flags and "
+        "--role-name NAME.\n"
     )
 
 

@@ -30,6 +30,7 @@ from logferry.service.ingest_body import BodyRefused, read_body
 from logferry.service.logs import log
 from logferry.service.otlp import otlp_router
 from logferry.service.runtime import EndpointConflict, Service, UnknownEndpoint
+from logferry.service.timestamps import rfc3339, shape_times
 from logferry.spool import SpoolFull
 
 logger = logging.getLogger("logferry.api")
@@ -55,7 +56,7 @@ class CustomerBody(BaseModel):
 class CustomerOut(BaseModel):
     id: str
     external_id: str
-    created: float
+    created: str = Field(description="RFC 3339 UTC, e.g. 2026-11-30T05:01:02.123Z")
     endpoints: list[str] = []
     trust_policies: dict[str, Any] = Field(
         default_factory=dict,
@@ -241,7 +242,7 @@ def create_app(service: Service) -> FastAPI:
             trust_policies=policies,
             id=record.id,
             external_id=record.external_id,
-            created=record.created,
+            created=rfc3339(record.created),
             endpoints=names,
             trust_policy_hint=hint,
         )
@@ -284,7 +285,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/customers/{customer_id}/tokens", tags=["customers"])
     async def list_tokens(customer_id: str, _: Principal = Depends(admin)) -> list[dict[str, Any]]:
-        return service.store.list_tokens(customer_id)
+        return shape_times(service.store.list_tokens(customer_id))
 
     @app.delete(
         "/v1/customers/{customer_id}/tokens/{token_id}", status_code=204, tags=["customers"]
@@ -394,6 +395,6 @@ def create_app(service: Service) -> FastAPI:
     async def endpoint_status(
         customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
     ) -> dict[str, Any]:
-        return service.endpoint_status(customer_id, name)
+        return shape_times(service.endpoint_status(customer_id, name))
 
     return app

@@ -149,6 +149,7 @@ def _write_state(emulator: Emulator, roles: dict[str, str]) -> None:
 
 def _print_banner(listen: str, token: str, admin_token: str) -> None:
     base = f"http://{listen}"
+    url = "" if base == "http://127.0.0.1:8080" else f" --url {base}"
     console.print(
         f"""
 [bold green]logferry is running[/] against a local AWS emulator (demo customer
@@ -160,14 +161,15 @@ def _print_banner(listen: str, token: str, admin_token: str) -> None:
   admin token:          {admin_token}
 
 Send lines:
-  printf 'hello from logferry\\nsecond line\\n' | curl -sS -X POST --data-binary @- \\
-    -H 'Authorization: Bearer {token}' {base}/v1/ingest/{DEMO_CUSTOMER}/s3-demo
+  export LOGFERRY_TOKEN={token}
+  printf 'hello from logferry\\nsecond line\\n' | logferry send {DEMO_CUSTOMER} s3-demo{url}
+  (or: curl -sS --data-binary @file.log -H 'Authorization: Bearer {token}' \\
+         {base}/v1/ingest/{DEMO_CUSTOMER}/s3-demo)
 
 See what landed (S3 files are written every 10 s):
   logferry local ls
 
-Status:  curl -sS -H 'Authorization: Bearer {token}' \\
-    {base}/v1/customers/{DEMO_CUSTOMER}/endpoints/s3-demo/status
+Status:  LOGFERRY_ADMIN_TOKEN={admin_token} logferry admin status{url}
 API:     {base}/docs   metrics: {base}/metrics        Ctrl-C stops (open files are flushed).
 """,
         highlight=False,
