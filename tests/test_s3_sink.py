@@ -592,6 +592,10 @@ def test_missing_abort_permission_is_named_by_healthcheck(
         )
 
 
+class _Killed(BaseException):
+    """A simulated kill -9 between two AWS calls (not an Exception: nothing catches it)."""
+
+
 def test_recovery_that_must_abort_names_the_missing_permission(
     emulator: Emulator, unique: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -601,11 +605,18 @@ def test_recovery_that_must_abort_names_the_missing_permission(
     chunks = list(make_chunks(hex_lines(50_000), per_chunk=2000, accepted_at=T0))
     first = h.sink(ep, part_size=5 * MIB, member_size=MIB)
     first.recover()
-    for chunk in chunks:
-        first.feed(chunk)
-    assert first.stats.parts == 1
-    del first  # crash with an open upload
-    # The endpoint comes back as a new incarnation: the old upload cannot be continued.
+
+    def die(**_: Any) -> None:
+        raise _Killed
+
+    # Killed after CreateMultipartUpload, before its first part: an upload holding nothing.
+    h.s3.meta.events.register("before-call.s3.UploadPart", die)
+    with pytest.raises(_Killed):
+        for chunk in chunks:
+            first.feed(chunk)
+    h.s3.meta.events.unregister("before-call.s3.UploadPart", die)
+    del first
+    # The endpoint comes back as a new incarnation: the empty upload cannot be continued.
     second = h.sink(ep, uid_prefix="t2-", part_size=5 * MIB, member_size=MIB)
     with pytest.raises(SetupError) as info:
         second.recover()
@@ -621,6 +632,33 @@ def test_recovery_that_must_abort_names_the_missing_permission(
     second.flush()
     (obj,) = h.objects(ep).values()
     assert "t2-" in obj.key and obj.body == b"".join(c.data for c in chunks)
+
+
+def test_a_changed_endpoint_completes_parts_the_spool_already_released(
+    emulator: Emulator, shared_role: S3Role, tmp_path: Path
+) -> None:
+    """Parts uploaded and journaled are what lets the spool release their lines, so a new
+    incarnation (changed settings) completes them as an object instead of aborting them."""
+    h = Harness(emulator, shared_role, tmp_path)
+    ep = h.endpoint()
+    chunks = list(make_chunks(hex_lines(50_000), per_chunk=2000, accepted_at=T0))
+    first = h.sink(ep, part_size=5 * MIB, member_size=MIB)
+    first.recover()
+    for chunk in chunks:
+        first.feed(chunk)
+    assert first.stats.parts == 1
+    released = first.durable  # what the worker commits: the end of the journaled part
+    assert chunks[0].start < released < chunks[-1].end
+    del first  # crash with an open upload
+    second = h.sink(ep, uid_prefix="t2-", part_size=5 * MIB, member_size=MIB)
+    assert second.open(released) == released
+    for chunk in chunks:
+        second.feed(chunk)
+    second.flush()
+    objects = h.objects(ep)
+    assert len(objects) == 2 and pending_uploads(emulator, shared_role.bucket) == []
+    body = b"".join(o.body for o in sorted(objects.values(), key=lambda o: "t2-" in o.key))
+    assert body == b"".join(c.data for c in chunks)
 
 
 def test_access_denied_keeps_the_data_until_fixed(

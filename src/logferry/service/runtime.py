@@ -71,6 +71,9 @@ class Service:
         self.delivery_executor = ThreadPoolExecutor(
             max_workers=config.server.delivery_threads, thread_name_prefix="deliver"
         )
+        # AssumeRole and its regional failover (which can wait on a dead region's connect
+        # timeout) run here, never on a delivery thread other customers need.
+        self.sts_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sts")
         self.metrics = Metrics(self.snapshot)
         self.admin_token = config.auth.admin_token()
         self.endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]] = {}
@@ -157,6 +160,7 @@ class Service:
         flush = self.config.server.shutdown_flush_seconds
         await asyncio.gather(*(w.stop(flush) for w in list(self.workers.values())))
         self.delivery_executor.shutdown(wait=False, cancel_futures=True)
+        self.sts_executor.shutdown(wait=False, cancel_futures=True)
         self.spools.close()
         self.store.close()
 
@@ -192,8 +196,8 @@ class Service:
         if old_type is not None and old_type != type_ and self._has_pending(key):
             raise EndpointConflict(
                 "endpoint",
-                f"endpoint {name!r} of customer {customer_id!r} still has accepted lines for its "
-                f"{old_type} destination; changing its type now would strand them.",
+                f"endpoint {name!r} of customer {customer_id!r} still has accepted lines pending "
+                f"for its {old_type} destination; changing its type now would strand them.",
                 fix=f"Wait until GET /v1/customers/{customer_id}/endpoints/{name}/status shows "
                 "0 pending lines (or DELETE the endpoint to drop them), then change its type.",
             )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -106,6 +107,7 @@ class EndpointWorker:
         self._retire_sink = False
         self._halted = False
         self._restart: asyncio.TimerHandle | None = None
+        self._credentials: Any = None
 
     # --------------------------------------------------------------------- control
 
@@ -140,6 +142,7 @@ class EndpointWorker:
         fresh sink (and a fresh healthcheck) serves the new ones."""
         self.record, self.model = record, model
         self._retire_sink = True
+        self._credentials = None
         self._failures = 0
         self.notify()
 
@@ -211,6 +214,30 @@ class EndpointWorker:
 
     # --------------------------------------------------------------------- loop
 
+    async def _ensure_credentials(self) -> None:
+        """AssumeRole — and its regional failover, which may wait on dead regions — runs on
+        the STS pool before a step, so a delivery thread never waits for STS."""
+        loop = asyncio.get_running_loop()
+        svc = self.service
+        creds = self._credentials
+        if creds is None:
+            customer = svc.store.get_customer(self.record.customer_id)
+            if customer is None:
+                return  # _make_sink refuses with the reason
+            creds = await loop.run_in_executor(
+                svc.sts_executor,
+                functools.partial(
+                    svc.broker.credentials,
+                    self.model.iam_role,
+                    customer.external_id,
+                    customer_id=self.record.customer_id,
+                ),
+            )
+            self._credentials = creds
+        refresh_needed = getattr(creds, "refresh_needed", None)
+        if callable(refresh_needed) and refresh_needed():
+            await loop.run_in_executor(svc.sts_executor, creds.get_frozen_credentials)
+
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         """Run blocking sink/spool work on the delivery pool; remember it so halt() can wait."""
         future = self.service.delivery_executor.submit(fn, *args)
@@ -226,6 +253,7 @@ class EndpointWorker:
             if stopping and deadline is None:
                 deadline = time.monotonic() + self.service.config.server.shutdown_flush_seconds
             try:
+                await self._ensure_credentials()
                 worked, delay = await self._in_thread(self._step, stopping)
                 self._failures = 0
                 if self.state != "active" and (worked or self.state in ("idle", "retrying")):
@@ -308,6 +336,7 @@ class EndpointWorker:
             self.service.metrics.retries.labels(*self.labels).inc()
         if kind == "setup":
             self._checked = False  # prove the setup again once it works
+            self._credentials = None
         self._needs_open = True  # nothing held only in memory is trusted after a failure
 
     # --------------------------------------------------------------------- one step (thread)

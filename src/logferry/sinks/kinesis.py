@@ -1,9 +1,11 @@
 """The Kinesis delivery engine: chunks of lines in, every line accepted by PutRecords out.
 
-Roles, as in Vector's sinks: the endpoint config (`kinesis_config`), the request builder (lines →
-records, here), the shard map (`shard_map`: where each record goes), pacing (`pacing`: never
-faster than a shard accepts), and the service loop (`KinesisSink.deliver`: send, then re-send
-only the records that failed, for as long as it takes).
+Roles, as in Vector's sinks: the endpoint config (`kinesis_config`), the request builder
+(`kinesis_records`: lines → records), one call's assembly and the records not yet accepted
+(`kinesis_batch`), the shard map (`shard_map`: where each record goes), pacing (`pacing`: never
+faster than a shard accepts), and the service (`KinesisSink`, here: send one call per `pump`,
+re-send only the records that failed, for as long as it takes, and say when to pump again
+instead of sleeping).
 
 Guarantees:
 
@@ -20,10 +22,10 @@ Guarantees:
   DescribeStreamSummary with each shard listing to learn a larger `MaxRecordSizeInKiB`; its
   AccessDenied (the guide's policy) only means the default 1 MiB limit, and it is not asked again.
 
-Partition keys are `<endpoint name>:<byte offset of the line in the endpoint's log>` (packed
-records: `...:<offset>+<lines>`; split pieces `...:<offset>:<i>/<n>`). Kinesis ignores them for
-routing because every record carries an ExplicitHashKey, but they are stable: after a crash the
-service may deliver a chunk again, and a consumer can drop the duplicates by key.
+- At least once, duplicates bounded by what was in flight: `durable` is the first line not yet
+  accepted and the worker commits the spool there after every call; the sink never runs more
+  than `max_outstanding` records ahead of it. Partition keys name positions (see
+  `kinesis_records`) and replays are byte-identical, so a consumer can drop duplicates by key.
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ import random
 import socket
 import threading
 import time
-import zlib
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,23 +47,18 @@ from logferry.errors import AwsError, AwsErrorInfo, LogferryError, SetupError, T
 from logferry.sinks.aws_errors import classify, is_aws_exception
 from logferry.sinks.backoff import Backoff, wait
 from logferry.sinks.base import SinkCounters
-from logferry.sinks.framing import frame, stable_pid
+from logferry.sinks.kinesis_batch import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, Batch, Progress
 from logferry.sinks.kinesis_config import KinesisEndpoint
+from logferry.sinks.kinesis_records import Record, RecordBuilder
 from logferry.sinks.pacing import ShardPacer, ThrottleMonitor
-from logferry.sinks.shard_map import Shard, ShardMap, load_shard_map
+from logferry.sinks.shard_map import ShardMap, load_shard_map
 from logferry.spool.chunk import Chunk
 
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 """Kinesis's default record limit (data + partition key)."""
-MAX_RECORDS_PER_CALL = 500
-MAX_BYTES_PER_CALL = 5 * 1024 * 1024
-"""PutRecords request limit (data + partition keys of all records)."""
 THROTTLED = "ProvisionedThroughputExceededException"
 INTERNAL = "InternalFailure"
 
-_KEY_PREFIX_MAX = 64
-_KEY_RESERVE = 48
-"""Bytes kept free in a packed record for the partition key after the name (":offset+lines")."""
 _WAIT_SLICE = 0.5
 
 
@@ -128,129 +123,6 @@ class KinesisSinkStats:
     last_error_at: float | None = None
 
 
-@dataclass(slots=True, eq=False)
-class _Unit:
-    """Lines [start, end) of the log, done once all its records are accepted (a split line has
-    several records; any other unit has one)."""
-
-    start: int
-    end: int
-    remaining: int = 1
-
-
-@dataclass(slots=True, eq=False)
-class _Record:
-    data: bytes
-    key: str
-    size: int
-    lines: int
-    unit: _Unit
-    sticky: int | None = None
-    oversize: bool = False
-    split: bool = False
-    truncated: int = 0
-    attempts: int = 0
-
-
-class _Progress:
-    """Records fed and not yet accepted, in log order; `durable` is the first unaccepted line.
-
-    Committing the spool there after every PutRecords call bounds what a crash replays to the
-    records sent since (the calls in flight and the records still waiting for a retry).
-    """
-
-    def __init__(self) -> None:
-        self.fresh: deque[_Record] = deque()
-        self.retry: list[tuple[float, int, _Record]] = []
-        self.units: deque[_Unit] = deque()
-        self.fed_end: int | None = None
-        self.outstanding = 0
-        self._seq = 0
-
-    def add(self, records: list[_Record]) -> None:
-        last: _Unit | None = None
-        for record in records:
-            if record.unit is not last:
-                self.units.append(record.unit)
-                last = record.unit
-        self.fresh.extend(records)
-        self.outstanding += len(records)
-
-    def later(self, due: float, record: _Record) -> None:
-        self._seq += 1
-        heapq.heappush(self.retry, (due, self._seq, record))
-
-    def accepted(self, record: _Record) -> None:
-        self.outstanding -= 1
-        record.unit.remaining -= 1
-        units = self.units
-        while units and units[0].remaining <= 0:
-            units.popleft()
-
-    def durable(self, default: int) -> int:
-        if self.units:
-            return self.units[0].start
-        return self.fed_end if self.fed_end is not None else default
-
-
-class _Batch:
-    """One PutRecords request being assembled within the call and per-shard limits."""
-
-    def __init__(
-        self,
-        call_bytes: int,
-        shard_records: int,
-        shard_bytes: int,
-        room: Callable[[str], tuple[int, int]] | None = None,
-    ) -> None:
-        self.items: list[tuple[_Record, Shard, str]] = []
-        self.size = 0
-        self.demand: dict[str, tuple[int, int]] = {}
-        self.paced: tuple[str, tuple[int, int]] | None = None
-        """Set when the next record waits for its shard's window: (shard, its demand)."""
-        self._call_bytes = call_bytes
-        self._shard_records = shard_records
-        self._shard_bytes = shard_bytes
-        self._room = room
-        self._rooms: dict[str, tuple[int, int]] = {}
-        self.taken_fresh: list[_Record] = []
-        self.taken_retry: list[tuple[float, int, _Record]] = []
-
-    def fits(self, record: _Record, shard: Shard) -> bool:
-        if len(self.items) >= MAX_RECORDS_PER_CALL:
-            return False
-        if self.items and self.size + record.size > self._call_bytes:
-            return False
-        records, size = self.demand.get(shard.shard_id, (0, 0))
-        if records >= self._shard_records:
-            return False
-        # A shard takes at most one second's worth per call (one oversized record alone).
-        if records and size + record.size > self._shard_bytes:
-            return False
-        if self._room is None:
-            return True
-        # Take only what the shard's window has room for now, so calls stream at the quota
-        # instead of a second's worth per shard followed by a second of waiting.
-        room = self._rooms.get(shard.shard_id)
-        if room is None:
-            room = self._rooms[shard.shard_id] = self._room(shard.shard_id)
-        room_records, room_bytes = room
-        whole = room_records >= self._shard_records and room_bytes >= self._shard_bytes
-        if records + 1 <= room_records and (
-            size + record.size <= room_bytes or (records == 0 and whole)
-        ):
-            return True
-        if not self.items:
-            self.paced = (shard.shard_id, (records + 1, size + record.size))
-        return False
-
-    def add(self, record: _Record, shard: Shard, hash_key: str) -> None:
-        self.items.append((record, shard, hash_key))
-        self.size += record.size
-        records, size = self.demand.get(shard.shard_id, (0, 0))
-        self.demand[shard.shard_id] = (records + 1, size + record.size)
-
-
 class KinesisSink:
     """Delivers chunks to one Kinesis endpoint. One `deliver` runs at a time (calls from several
     threads are serialised); `status`, `stats` and `healthcheck` may be used from any thread."""
@@ -304,11 +176,8 @@ class KinesisSink:
         self._error: AwsError | None = None
         self._retrying = False
         self._last_record_error: str | None = None
-        self._key_prefix = endpoint.name[:_KEY_PREFIX_MAX]
-        self._key_prefix_bytes = len(self._key_prefix.encode())
-        # A real pid changes on restart; a replayed record must be byte-identical.
-        self._pid = stable_pid(uid_prefix or endpoint.name)
-        self._progress = _Progress()
+        self._builder = RecordBuilder(endpoint, hostname=hostname, uid_prefix=uid_prefix)
+        self._progress = Progress()
         self._max_outstanding = max_outstanding
         self._committed = 0
 
@@ -367,7 +236,7 @@ class KinesisSink:
         position, which is the first line not yet accepted when it was written."""
         self._committed = committed
         if self._progress.fed_end is None or self._progress.outstanding == 0:
-            self._progress = _Progress()
+            self._progress = Progress()
             self._progress.fed_end = committed
         return self._progress.fed_end if self._progress.fed_end is not None else committed
 
@@ -386,7 +255,8 @@ class KinesisSink:
                 )
             tail = chunk.data[cut:]
             chunk = Chunk(fed, chunk.end, chunk.accepted_at, tail, tail.count(b"\n"))
-        progress.add(self._records(chunk))
+        self._builder.max_record_bytes = self._max_record_bytes
+        progress.add(self._builder.build(chunk))
         progress.fed_end = chunk.end
 
     def wants_data(self) -> bool:
@@ -447,7 +317,7 @@ class KinesisSink:
     def discard(self) -> None:
         """Records already accepted stay in the stream (they are the customer's); unsent ones
         are dropped with the endpoint."""
-        self._progress = _Progress()
+        self._progress = Progress()
 
     def counters(self) -> SinkCounters:
         s = self.stats
@@ -513,103 +383,12 @@ class KinesisSink:
             "stats": asdict(self.stats),
         }
 
-    # --- records ------------------------------------------------------------------------------
-
-    def _records(self, chunk: Chunk) -> list[_Record]:
-        """Frame one chunk and turn its lines into records (one line each, or packed).
-
-        Records never span chunks and packing is greedy from the chunk's first line, so the
-        records a position starts are a pure function of the log: a replay from any record
-        boundary rebuilds the same records, with the same keys and bytes.
-        """
-        out: list[_Record] = []
-        packer = _Packer(self, out) if self.endpoint.packing else None
-        framed = frame(
-            chunk.data,
-            self.endpoint.format,
-            hostname=self._hostname,
-            service=self.endpoint.name,
-            accepted_at=chunk.accepted_at,
-            pid=self._pid,
-        )
-        lines = framed.split(b"\n")
-        if lines and not lines[-1]:
-            lines.pop()
-        originals = lines
-        if framed is not chunk.data:
-            originals = chunk.data.split(b"\n")
-        offset = chunk.start
-        for line, original in zip(lines, originals, strict=False):
-            end = offset + len(original) + 1
-            if packer is not None:
-                packer.add(line, offset, end)
-            else:
-                self._single(line, offset, end, out)
-            offset = end
-        if packer is not None:
-            packer.flush()
-        return out
-
-    def _single(self, line: bytes, offset: int, end: int, out: list[_Record]) -> None:
-        key = f"{self._key_prefix}:{offset}"
-        size = len(line) + self._key_prefix_bytes + len(key) - len(self._key_prefix)
-        if size <= self._max_record_bytes:
-            out.append(_Record(line, key, size, 1, _Unit(offset, end)))
-        else:
-            self._oversize(line, offset, end, out, newline=False)
-
-    def _oversize(
-        self, data: bytes, offset: int, end: int, out: list[_Record], *, newline: bool
-    ) -> None:
-        """A line that does not fit in one record: split (default) or truncate, never silently.
-
-        `data` includes the trailing newline when `newline` (packing mode), so that the pieces
-        of a split line concatenate back to exactly what a packed record would have held.
-        """
-        limit = self._max_record_bytes
-        if self.endpoint.oversize == "truncate":
-            key = f"{self._key_prefix}:{offset}:truncated-from-{len(data)}"
-            budget = limit - len(key.encode())
-            kept = data[: budget - 1] + b"\n" if newline else data[:budget]
-            out.append(
-                _Record(
-                    kept,
-                    key,
-                    len(kept) + len(key.encode()),
-                    1,
-                    _Unit(offset, end),
-                    oversize=True,
-                    truncated=len(data) - len(kept),
-                )
-            )
-            return
-        digits = len(str(len(data)))
-        budget = limit - (self._key_prefix_bytes + len(f":{offset}:") + 2 * digits + 1)
-        count = -(-len(data) // budget)
-        sticky = zlib.crc32(b"%d" % offset)
-        unit = _Unit(offset, end, remaining=count)
-        for i in range(count):
-            piece = data[i * budget : (i + 1) * budget]
-            key = f"{self._key_prefix}:{offset}:{i + 1}/{count}"
-            out.append(
-                _Record(
-                    piece,
-                    key,
-                    len(piece) + len(key.encode()),
-                    1 if i == count - 1 else 0,
-                    unit,
-                    sticky=sticky,
-                    oversize=i == 0,
-                    split=True,
-                )
-            )
-
     # --- one call ---------------------------------------------------------------------------
 
-    def _next_batch(self, state: _Progress) -> _Batch:
+    def _next_batch(self, state: Progress) -> Batch:
         shards = self._map
         assert shards is not None
-        batch = _Batch(
+        batch = Batch(
             max(MAX_BYTES_PER_CALL, self._max_record_bytes),
             self._pacer.records_per_second,
             self._pacer.bytes_per_second,
@@ -632,13 +411,13 @@ class KinesisSink:
             room -= 1
         return batch
 
-    def _unwind(self, batch: _Batch, state: _Progress) -> None:
+    def _unwind(self, batch: Batch, state: Progress) -> None:
         """Put a batch that must wait back where its records came from (order kept)."""
         state.fresh.extendleft(reversed(batch.taken_fresh))
         for item in batch.taken_retry:
             heapq.heappush(state.retry, item)
 
-    def _place(self, batch: _Batch, shards: ShardMap, record: _Record) -> bool:
+    def _place(self, batch: Batch, shards: ShardMap, record: Record) -> bool:
         shard = shards.peek() if record.sticky is None else shards.sticky(record.sticky)
         if not batch.fits(record, shard):
             return False
@@ -659,7 +438,7 @@ class KinesisSink:
         self._note_transient(error)
         return error
 
-    def _send(self, batch: _Batch, state: _Progress) -> None:
+    def _send(self, batch: Batch, state: Progress) -> None:
         entries = [
             {"Data": record.data, "PartitionKey": record.key, "ExplicitHashKey": hash_key}
             for record, _, hash_key in batch.items
@@ -688,10 +467,10 @@ class KinesisSink:
             return
         self._settle(batch, results, state)
 
-    def _settle(self, batch: _Batch, results: list[dict[str, Any]], state: _Progress) -> None:
+    def _settle(self, batch: Batch, results: list[dict[str, Any]], state: Progress) -> None:
         """Count accepted records; queue only the failed ones for a re-send."""
         throttled = accepted = misrouted = 0
-        failed: list[_Record] = []
+        failed: list[Record] = []
         setup: SetupError | None = None
         for (record, shard, _), result in zip(batch.items, results, strict=True):
             code = result.get("ErrorCode")
@@ -728,7 +507,7 @@ class KinesisSink:
             self._set_error(setup)
             raise setup
 
-    def _accept(self, record: _Record, state: _Progress) -> None:
+    def _accept(self, record: Record, state: Progress) -> None:
         state.accepted(record)
         stats = self.stats
         stats.records += 1
@@ -740,7 +519,7 @@ class KinesisSink:
             stats.split_records += 1
         stats.truncated_bytes += record.truncated
 
-    def _retry_later(self, records: list[_Record], state: _Progress, *, backoff: bool) -> None:
+    def _retry_later(self, records: list[Record], state: Progress, *, backoff: bool) -> None:
         """Queue failed records for a re-send after one shared full-jitter delay (growing with
         their attempts), so they travel together instead of as many one-record calls."""
         if not records:
@@ -897,58 +676,3 @@ _KINESIS_TRANSIENT: dict[str, str] = {
     "ExpiredNextTokenException": "None needed: logferry lists the shards again from the start.",
 }
 """Kinesis codes the shared classifier treats as setup errors but that pass by themselves."""
-
-
-PACKED_RECORD_BYTES = 64 * 1024
-
-
-class _Packer:
-    """Packs consecutive lines (each newline-terminated) into records up to the size limit.
-
-    Packed records aim at PACKED_RECORD_BYTES (64 KiB), far under a shard's 1 MB/s: with
-    ~1 MiB records a shard's one-second window held one record and then sat idle waiting for
-    its byte budget (bench/kinesis_throughput.py: 55 % of the byte quota; 53 % with 256 KiB);
-    small records let the pacer fill each window to within one record of the limit.
-    """
-
-    def __init__(self, sink: KinesisSink, out: list[_Record]) -> None:
-        self._sink = sink
-        self._out = out
-        overhead = sink._key_prefix_bytes + _KEY_RESERVE
-        self._limit = sink.max_record_bytes - overhead
-        self._budget = min(sink.max_record_bytes, PACKED_RECORD_BYTES) - overhead
-        self._lines: list[bytes] = []
-        self._size = 0
-        self._first = 0
-        self._end = 0
-
-    def add(self, line: bytes, offset: int, end: int) -> None:
-        size = len(line) + 1
-        if size > self._limit:
-            self.flush()
-            self._sink._oversize(line + b"\n", offset, end, self._out, newline=True)
-            return
-        if self._lines and self._size + size > self._budget:
-            self.flush()
-        if not self._lines:
-            self._first = offset
-        self._lines.append(line)
-        self._size += size
-        self._end = end
-
-    def flush(self) -> None:
-        if not self._lines:
-            return
-        data = b"\n".join(self._lines) + b"\n"
-        key = f"{self._sink._key_prefix}:{self._first}+{len(self._lines)}"
-        self._out.append(
-            _Record(
-                data,
-                key,
-                len(data) + len(key.encode()),
-                len(self._lines),
-                _Unit(self._first, self._end),
-            )
-        )
-        self._lines = []
-        self._size = 0
