@@ -68,11 +68,13 @@ def test_encrypted_compressed_file_round_trip(tsk: pysequoia.Tsk, public_armored
     assert codec.decompress(_decrypt_with_sequoia(tsk, message)) == PAYLOAD
 
 
-def test_wrong_private_key_cannot_decrypt(public_armored: str) -> None:
+def test_wrong_private_key_cannot_decrypt(tsk: pysequoia.Tsk, public_armored: str) -> None:
     message = pgp.encrypt(PAYLOAD, pgp.load_public_key(public_armored))
     other = pysequoia.Tsk.generate("Someone Else <x@example.com>")
-    with pytest.raises(Exception):  # noqa: B017 - pysequoia raises a plain RuntimeError
+    with pytest.raises(RuntimeError, match="No key to decrypt message"):
         pysequoia.decrypt(message, decryptor=other.decryptor())
+    # ...while the intended key still opens it: the failure above is the key, not the message.
+    assert _decrypt_with_sequoia(tsk, message) == PAYLOAD
 
 
 def test_key_expiring_later_is_accepted_and_reported() -> None:

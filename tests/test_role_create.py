@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
 from logferry.aws.names import FASTLY_ACCOUNT_ID, parse_stream_arn
-from logferry.aws.policies import KinesisDestination, S3Destination, trust_policy
+from logferry.aws.policies import KinesisDestination, S3Destination
 from logferry.aws.provision import (
     LIFECYCLE_RULE_ID,
     RoleProvisioner,
@@ -448,11 +448,33 @@ def test_stream_resource_policy_is_merged(emulator: Emulator, unique) -> None:
     assert provision_role(emulator.clients(), request).changes == []
 
 
-def test_trust_written_is_the_guide_document(emulator: Emulator, unique) -> None:
-    stream_arn, role = _stream(emulator, unique("s")), unique("role")
-    create(emulator, "--stream-arn", stream_arn, "--external-id", "ext-k", "--role-name", role)
+def _guide_trust(sid: str, external_id: str) -> dict[str, Any]:
+    """The trust policy of Fastly's guide, written out literally (not built by our code)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": {
+            "Sid": sid,
+            "Effect": "Allow",
+            "Principal": {"AWS": "717331877981"},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
+        },
+    }
+
+
+@pytest.mark.parametrize("kind", ["s3", "kinesis"])
+def test_trust_written_is_the_guide_document(emulator: Emulator, unique, kind: str) -> None:
+    role = unique("role")
+    if kind == "s3":
+        bucket = unique("bkt")
+        emulator.client("s3").create_bucket(Bucket=bucket)
+        target, sid = ["--bucket", bucket], "S3LoggingTrustPolicy"
+    else:
+        target, sid = ["--stream-arn", _stream(emulator, unique("s"))], "KinesisLoggingTrustPolicy"
+    code, doc = create(emulator, *target, "--external-id", "ext-k", "--role-name", role)
+    assert code == 0, doc
     stored = emulator.client("iam").get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
-    assert stored == trust_policy("kinesis", "ext-k")
+    assert stored == _guide_trust(sid, "ext-k")
 
 
 class _Http:

@@ -457,11 +457,11 @@ def _emulator_reports_no_such_upload(emulator: Emulator, bucket: str) -> bool:
 def test_upload_that_vanished_is_rewritten_from_its_start(
     emulator: Emulator, shared_role: S3Role, tmp_path: Path
 ) -> None:
-    if not _emulator_reports_no_such_upload(emulator, shared_role.bucket):
-        pytest.skip(
-            "emulator answers UploadPart on an unknown UploadId with HTTP 500, not 404 "
-            "NoSuchUpload (moto 5.2.5 gap; needs an emulator patch)"
-        )
+    # A missing emulator patch must fail this test, never skip it silently.
+    assert _emulator_reports_no_such_upload(emulator, shared_role.bucket), (
+        "the emulator answers UploadPart on an unknown UploadId without 404 NoSuchUpload: the "
+        "S3 unknown-upload patch in logferry.local.patches is missing or broken (moto 5.2.5 gap)"
+    )
     h = Harness(emulator, shared_role, tmp_path)
     ep = h.endpoint()
     lines = hex_lines(60_000)
