@@ -641,7 +641,7 @@ def test_a_changed_endpoint_completes_parts_the_spool_already_released(
     incarnation (changed settings) completes them as an object instead of aborting them."""
     h = Harness(emulator, shared_role, tmp_path)
     ep = h.endpoint()
-    chunks = list(make_chunks(hex_lines(50_000), per_chunk=2000, accepted_at=T0))
+    chunks = list(make_chunks(hex_lines(80_000), per_chunk=2000, accepted_at=T0))  # 1 part + rest
     first = h.sink(ep, part_size=5 * MIB, member_size=MIB)
     first.recover()
     for chunk in chunks:
