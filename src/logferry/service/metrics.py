@@ -52,6 +52,14 @@ class _StateCollector(Collector):
             pending_lines.add_metric([customer, endpoint], n)
         yield pending_bytes
         yield pending_lines
+        lag = GaugeMetricFamily(
+            "logferry_endpoint_oldest_undelivered_seconds",
+            "Age of the oldest accepted line not yet delivered (0: caught up), active endpoints",
+            labels=["customer", "endpoint"],
+        )
+        for (customer, endpoint), age in sorted(snap.get("lag", {}).items()):
+            lag.add_metric([customer, endpoint], age)
+        yield lag
         yield GaugeMetricFamily(
             "logferry_spool_disk_bytes", "Bytes the spool uses on disk", value=snap.get("disk", 0)
         )

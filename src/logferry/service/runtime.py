@@ -400,10 +400,14 @@ class Service:
 
     def snapshot(self) -> dict[str, Any]:
         pending = {}
+        lag = {}
         for key, worker in list(self.workers.items()):
             spool = self.spools.get(worker.record.uid_prefix)
             if spool is not None:
                 pending[key] = (spool.pending_bytes, spool.pending_lines)
+            if worker.running:
+                age = worker.oldest_undelivered_age(read_disk=False)
+                lag[key] = 0.0 if age is None else age
         states: Counter[tuple[str, str]] = Counter()
         for key, (record, _) in list(self.endpoints.items()):
             worker = self.workers.get(key)
@@ -412,6 +416,7 @@ class Service:
             "sts": dict(self.broker.outcomes),
             "regions": self.broker.region_health(),
             "pending": pending,
+            "lag": lag,
             "disk": self.spools.total_bytes,
             "states": dict(states),
             "syslog": {

@@ -24,6 +24,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,10 @@ class EndpointWorker:
         self._halted = False
         self._restart: asyncio.TimerHandle | None = None
         self._credentials: Any = None
+        self._fed: deque[tuple[int, float]] = deque()
+        """(end position, accepted_at) of chunks fed and not yet committed: the lag gauge."""
+        self.last_lag: float | None = None
+        """Seconds from acceptance to delivery of the last line committed."""
 
     # --------------------------------------------------------------------- control
 
@@ -383,7 +388,21 @@ class EndpointWorker:
                 self._checked = True
         return sink
 
+    def oldest_undelivered_age(self, *, read_disk: bool = True) -> float | None:
+        """Seconds the oldest accepted, undelivered line has waited (None: nothing waits).
+
+        Lines read but not yet delivered are known exactly; lines still only in the spool
+        are at least as old as the spool's oldest record the worker has not reached."""
+        if self._fed:
+            return max(0.0, time.time() - self._fed[0][1])
+        spool = self.service.spools.get(self.record.uid_prefix)
+        if spool is None or spool.pending_bytes <= 0 or not read_disk:
+            return None
+        first = spool.first_pending_accepted_at()
+        return None if first is None else max(0.0, time.time() - first)
+
     def _drop_sink(self) -> None:
+        self._fed.clear()
         self._sink = None
         self._read_pos = None
         self._needs_open = False
@@ -420,6 +439,7 @@ class EndpointWorker:
             for chunk in chunks:
                 sink.feed(chunk)
                 self._read_pos = chunk.end
+                self._fed.append((chunk.end, chunk.accepted_at))
             if chunks:
                 worked = True
                 self._last_data = time.monotonic()
@@ -506,6 +526,9 @@ class EndpointWorker:
             return False
         spool.commit(durable)
         sink.committed(durable)
+        fed = self._fed
+        while fed and fed[0][0] <= durable:
+            self.last_lag = max(0.0, time.time() - fed.popleft()[1])
         self._delivered(spool.committed_line - before_line, durable - before)
         self._count_units(sink)
         for start, end, why in getattr(sink, "lost", [])[self._lost_seen :]:
@@ -617,9 +640,17 @@ class EndpointWorker:
             ),
             "last_success": self.stats.last_success,
             "last_error": self.last_error,
+            "lag": {
+                "oldest_undelivered_seconds": _round(self.oldest_undelivered_age()),
+                "last_delivered_seconds": _round(self.last_lag),
+            },
             "quarantine": quarantine,
             "sink": extra,
         }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 QUARANTINE_FIX = (

@@ -522,6 +522,23 @@ class Spool:
     def end_line(self) -> int:
         return self._end_line
 
+    def first_pending_accepted_at(self) -> float | None:
+        """When the oldest uncommitted line was accepted (one header read; None if none)."""
+        with self._rd:
+            with self._mu:
+                if self._closed or self._committed >= self._end:
+                    return None
+            try:
+                seg, pos, _, _ = self._locate(self._committed)
+            except ValueError:
+                return None
+            if seg is None:
+                return None
+            hdr = _pread_full(self._rfd(seg.base), REC_HEADER_BYTES, pos)
+        if len(hdr) < REC_HEADER_BYTES:
+            return None
+        return float(_REC_HDR.unpack(hdr)[6])
+
     @property
     def pending_lines(self) -> int:
         """Lines durable but not yet committed (exact: records carry running line numbers)."""
