@@ -161,7 +161,7 @@ class CredentialBroker:
         read_timeout: float = 10.0,
         negative_cache_seconds: float = 10.0,
         max_cached_clients: int = 4096,
-        client_idle_seconds: float = 600.0,
+        client_idle_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not MIN_DURATION <= duration_seconds <= MAX_DURATION:
