@@ -58,6 +58,7 @@ __all__ = [
     "machine_info",
     "make_kinesis_role",
     "make_s3_role",
+    "make_s3_tenants",
     "post_bodies",
     "print_table",
     "serve_config",
@@ -264,6 +265,35 @@ def make_s3_role(
         ),
     )
     return result.role_arn
+
+
+def make_s3_tenants(
+    emulator: Emulator, n: int, tag: str, *, threads: int = 8
+) -> list[tuple[str, str, str]]:
+    """`n` customers, each with its own bucket and S3 role (external ID = customer id), made by
+    our own `role create` code on `threads` threads → [(customer, bucket, role ARN)]."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    admin = emulator.clients()  # one set of cached clients for every call, on every thread
+
+    def one(i: int) -> tuple[str, str, str]:
+        customer = f"{tag}-c{i:05d}"
+        bucket = f"{tag}-b{i:05d}"
+        admin.client("s3", "us-east-1").create_bucket(Bucket=bucket)
+        result = provision_role(
+            admin,
+            RoleRequest(
+                dest=S3Destination(bucket=bucket),
+                role_name=f"{tag}-r{i:05d}",
+                external_id=customer,
+                policy_name=f"{tag}-r{i:05d}-policy",
+                vendor_account=emulator.vendor.account_id,
+            ),
+        )
+        return customer, bucket, result.role_arn
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(n)))
 
 
 def make_kinesis_role(

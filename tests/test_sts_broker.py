@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from botocore.exceptions import ClientError
 
 from aws_helpers import REGION_DISABLED_BODY, canned_server, free_port, make_s3_role
 from logferry.aws.sts_broker import CredentialBroker, role_session_name
@@ -126,6 +127,37 @@ def test_refresh_ahead_of_expiry_while_clients_keep_working(emulator: Emulator, 
     assert first.get_frozen_credentials().access_key != key_before
     keys = {o["Key"] for o in emulator.client("s3").list_objects_v2(Bucket=bucket)["Contents"]}
     assert keys == {"before.log", "still.log", "after.log"}
+
+
+def test_identities_keep_their_own_credentials_on_shared_models(emulator: Emulator, unique) -> None:
+    """Clients of every identity come from one model session: each must still sign as its own
+    role (role A cannot write to B's bucket), and cached clients are reused until released."""
+    bucket_a, bucket_b = unique("bkt"), unique("bkt")
+    role_a = make_s3_role(emulator, unique("role"), bucket_a, "cust-a")
+    role_b = make_s3_role(emulator, unique("role"), bucket_b, "cust-b")
+    now = [time.time()]
+    broker = _broker(
+        emulator, {"us-east-1": emulator.url}, client_idle_seconds=60, clock=lambda: now[0]
+    )
+    a = broker.clients(role_a, "cust-a", customer_id="cust-a")
+    b = broker.clients(role_b, "cust-b", customer_id="cust-b")
+    a.client("s3", "us-east-1").put_object(Bucket=bucket_a, Key="a.log", Body=b"a\n")
+    b.client("s3", "us-east-1").put_object(Bucket=bucket_b, Key="b.log", Body=b"b\n")
+    with pytest.raises(ClientError) as denied:
+        a.client("s3", "us-east-1").put_object(Bucket=bucket_b, Key="x.log", Body=b"x\n")
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    # Reused while in use; released on demand; expired after the idle time; no new AssumeRole.
+    assert broker.clients(role_a, "cust-a", customer_id="cust-a") is a
+    assert broker.cached_clients() == 2
+    assert broker.release(role_a, "cust-a") == 1
+    again = broker.clients(role_a, "cust-a", customer_id="cust-a")
+    assert again is not a
+    again.client("s3", "us-east-1").put_object(Bucket=bucket_a, Key="a2.log", Body=b"a\n")
+    now[0] += 61
+    assert broker.cached_clients() == 0
+    assert _calls(broker) == 2
+    keys = {o["Key"] for o in emulator.client("s3").list_objects_v2(Bucket=bucket_a)["Contents"]}
+    assert keys == {"a.log", "a2.log"}
 
 
 def test_session_name_and_duration_limits() -> None:

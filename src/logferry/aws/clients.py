@@ -1,15 +1,21 @@
-"""botocore clients built from one set of credentials, with endpoint URLs as pure configuration.
+"""botocore clients for many identities, with endpoint URLs as pure configuration.
 
 The same code talks to real AWS and to the local emulator: the only difference is `endpoint_url`.
-Clients are cached per (service, region) because creating one costs ~10 ms and a few hundred KiB.
+
+Why one shared model session: a botocore Session parses the service models (JSON) on first use
+and keeps them; a session per identity therefore cost ~13 MiB per customer role with an S3 and
+a Kinesis client (bench/identity_memory.py). Every identity now creates its clients from one
+process-wide session that owns the loader, the endpoint data and the exception classes, and
+passes its own (static or refreshable) credentials: what remains per identity is the clients
+themselves (their event hooks, method table, endpoint ruleset and connection pool).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
-import boto3
 import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
@@ -24,6 +30,64 @@ DEFAULT_CONFIG = Config(
     max_pool_connections=16,
 )
 
+# Components whose content depends only on botocore's data files, never on an identity.
+_SHARED_COMPONENTS = ("data_loader",)
+_SHARED_INTERNAL = ("endpoint_resolver", "exceptions_factory")
+
+
+class _ModelSession(botocore.session.Session):
+    """The process-wide session: models, endpoint data and exception classes, parsed once.
+
+    `create_client` takes the credentials of the identity being served (botocore itself only
+    takes static keys there), so no identity ever needs a Session of its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._creating_for = threading.local()
+        self.creation_lock = threading.Lock()  # botocore sessions are not thread-safe
+
+    def get_credentials(self) -> Any:
+        return getattr(self._creating_for, "credentials", None)
+
+    def client_for(
+        self,
+        credentials: Any,
+        service: str,
+        region: str | None,
+        endpoint_url: str | None,
+        config: Config | None,
+    ) -> BaseClient:
+        with self.creation_lock:
+            self._creating_for.credentials = credentials
+            try:
+                return self.create_client(
+                    service, region_name=region, endpoint_url=endpoint_url, config=config
+                )
+            finally:
+                self._creating_for.credentials = None
+
+    def share_with(self, other: botocore.session.Session) -> botocore.session.Session:
+        """Give `other` (e.g. a profile's session) this session's parsed models."""
+        for name in _SHARED_COMPONENTS:
+            other.register_component(name, self.get_component(name))
+        for name in _SHARED_INTERNAL:
+            other._internal_components.register_component(name, self._get_internal_component(name))
+        return other
+
+
+_model_session: _ModelSession | None = None
+_model_lock = threading.Lock()
+
+
+def model_session() -> _ModelSession:
+    """The one session whose loader every client of this process shares."""
+    global _model_session
+    with _model_lock:
+        if _model_session is None:
+            _model_session = _ModelSession()
+        return _model_session
+
 
 @dataclass
 class AwsTarget:
@@ -37,8 +101,39 @@ class AwsTarget:
         return self.service_endpoints.get(service, self.endpoint_url)
 
 
+class IdentitySession:
+    """What callers used from a boto3 Session: `client()`, `get_credentials()`, `region_name`,
+    without a Session per identity."""
+
+    def __init__(self, owner: AwsClients) -> None:
+        self._owner = owner
+
+    @property
+    def region_name(self) -> str | None:
+        return self._owner.default_region
+
+    def get_credentials(self) -> Any:
+        return self._owner.credentials
+
+    def client(
+        self,
+        service: str,
+        region_name: str | None = None,
+        *,
+        endpoint_url: str | None = None,
+        config: Config | None = None,
+    ) -> BaseClient:
+        return self._owner.make_client(
+            service, region_name, endpoint_url=endpoint_url, config=config
+        )
+
+
 class AwsClients:
-    """Clients for one identity (static, or refreshable credentials from the STS broker)."""
+    """Clients for one identity (static, or refreshable credentials from the STS broker).
+
+    With credentials, clients come from the shared model session; without (the CLI), the
+    standard chain of `profile` resolves them in a session of its own that borrows the models.
+    """
 
     def __init__(
         self,
@@ -52,31 +147,68 @@ class AwsClients:
         self._config = config or DEFAULT_CONFIG
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], BaseClient] = {}
-        core = botocore.session.Session(profile=profile)
-        if credentials is not None:
-            # Refreshable credentials are shared by reference: every client sees each refresh.
-            core._credentials = credentials
-        self._session = boto3.Session(botocore_session=core)
+        # Refreshable credentials are shared by reference: every client sees each refresh.
+        self._credentials: Any = credentials
+        self._chain: botocore.session.Session | None = None
+        if credentials is None or profile is not None:
+            self._chain = model_session().share_with(botocore.session.Session(profile=profile))
+            if credentials is not None:
+                self._chain._credentials = credentials
 
     @property
-    def session(self) -> boto3.Session:
-        return self._session
+    def session(self) -> IdentitySession:
+        return IdentitySession(self)
+
+    @property
+    def credentials(self) -> Any:
+        if self._chain is not None:
+            return self._chain.get_credentials()
+        return self._credentials
+
+    @property
+    def default_region(self) -> str | None:
+        core = self._chain or model_session()
+        region = core.get_config_variable("region")
+        return str(region) if region else None
 
     def client(self, service: str, region: str, *, config: Config | None = None) -> BaseClient:
         """A cached client; pass `config` for a one-off client with other timeouts/retries."""
         if config is not None:
-            return self._make(service, region, config)
+            return self.make_client(service, region, config=config)
         key = (service, region)
         with self._lock:
             cached = self._cache.get(key)
             if cached is None:
-                self._cache[key] = cached = self._make(service, region, self._config)
+                self._cache[key] = cached = self.make_client(service, region)
             return cached
 
-    def _make(self, service: str, region: str, config: Config) -> BaseClient:
-        return self._session.client(
-            service,  # type: ignore[call-overload]
-            region_name=region,
-            endpoint_url=self._target.url_for(service),
-            config=config,
-        )
+    def cached_clients(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+    def close(self) -> None:
+        """Drop the cached clients and their connection pools (the identity went idle)."""
+        with self._lock:
+            clients, self._cache = list(self._cache.values()), {}
+        for client in clients:
+            client.close()
+
+    def make_client(
+        self,
+        service: str,
+        region: str | None,
+        *,
+        endpoint_url: str | None = None,
+        config: Config | None = None,
+    ) -> BaseClient:
+        """A new, uncached client; `endpoint_url` defaults to the target's URL for `service`."""
+        url = endpoint_url or self._target.url_for(service)
+        config = config or self._config
+        if self._chain is not None:
+            return self._chain.create_client(
+                service,  # type: ignore[call-overload]
+                region_name=region,
+                endpoint_url=url,
+                config=config,
+            )
+        return model_session().client_for(self._credentials, service, region, url, config)

@@ -14,11 +14,10 @@ import datetime as dt
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
@@ -161,6 +160,8 @@ class CredentialBroker:
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         negative_cache_seconds: float = 10.0,
+        max_cached_clients: int = 4096,
+        client_idle_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not MIN_DURATION <= duration_seconds <= MAX_DURATION:
@@ -188,10 +189,16 @@ class CredentialBroker:
         self._cache: dict[RoleKey, RefreshableCredentials] = {}
         self._failures: dict[RoleKey, tuple[float, Exception]] = {}
         self._sts_clients: dict[str, BaseClient] = {}
-        core = botocore.session.Session(profile=profile)
-        if vendor_credentials is not None:
-            core._credentials = vendor_credentials
-        self._core = core
+        # The vendor's own identity; its STS clients share the process-wide service models.
+        self._vendor = AwsClients(vendor_credentials, profile=profile)  # type: ignore[arg-type]
+        # Clients per (role, external ID, target), least recently used first. Bounded, and
+        # dropped after `client_idle_seconds` unused (or by `release`), so memory follows the
+        # identities that are active, not every identity ever served.
+        self.max_cached_clients = max_cached_clients
+        self.client_idle_seconds = client_idle_seconds
+        self._clients: OrderedDict[tuple[str, str | None, str], tuple[AwsClients, float]] = (
+            OrderedDict()
+        )
         self._sts_config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -207,11 +214,8 @@ class CredentialBroker:
         with self._lock:
             client = self._sts_clients.get(region)
             if client is None:
-                client = self._core.create_client(
-                    "sts",
-                    region_name=region,
-                    endpoint_url=self.endpoint_for(region),
-                    config=self._sts_config,
+                client = self._vendor.make_client(
+                    "sts", region, endpoint_url=self.endpoint_for(region), config=self._sts_config
                 )
                 self._sts_clients[region] = client
             return client
@@ -452,9 +456,56 @@ class CredentialBroker:
         customer_id: str | None = None,
         target: AwsTarget | None = None,
     ) -> AwsClients:
-        """boto3 clients acting as the customer's role, sharing the refreshable credentials."""
+        """Clients acting as the customer's role, sharing the refreshable credentials.
+
+        Cached per (role, external ID, target) so an endpoint whose sink is rebuilt (idle exit,
+        error) reuses them; `release` or `client_idle_seconds` without use drops them.
+        """
         creds = self.credentials(role_arn, external_id, customer_id=customer_id)
-        return AwsClients(creds, target or self.target)
+        target = target or self.target
+        cache_key = (role_arn, external_id, repr(target))
+        now = self.clock()
+        with self._lock:
+            self._expire_clients(now)
+            entry = self._clients.get(cache_key)
+            if entry is not None and entry[0].credentials is creds:
+                self._clients[cache_key] = (entry[0], now)
+                self._clients.move_to_end(cache_key)
+                return entry[0]
+            made = AwsClients(creds, target)
+            self._clients[cache_key] = (made, now)
+            while len(self._clients) > self.max_cached_clients:
+                self._clients.popitem(last=False)
+            return made
+
+    def _expire_clients(self, now: float) -> None:
+        """Drop clients unused for `client_idle_seconds` (caller holds the lock)."""
+        while self._clients:
+            key, (_, used) = next(iter(self._clients.items()))
+            if now - used < self.client_idle_seconds:
+                break
+            del self._clients[key]
+
+    def release(self, role_arn: str, external_id: str | None = None) -> int:
+        """Drop the cached clients of a role (its endpoints went idle); credentials stay cached,
+        so the next use costs new clients but no AssumeRole. Returns how many were dropped.
+
+        Clients still held by a sink keep working; they are freed once the sink lets go."""
+        with self._lock:
+            keys = [
+                k
+                for k in self._clients
+                if k[0] == role_arn and (external_id is None or k[1] == external_id)
+            ]
+            for key in keys:
+                del self._clients[key]
+        return len(keys)
+
+    def cached_clients(self) -> int:
+        """Identities (role, external ID, target) that currently have cached clients."""
+        with self._lock:
+            self._expire_clients(self.clock())
+            return len(self._clients)
 
     def forget(self, role_arn: str, external_id: str | None = None) -> None:
         """Drop cached credentials (e.g. after the customer fixed their role)."""
@@ -467,6 +518,7 @@ class CredentialBroker:
                 del self._cache[key]
             for key in [k for k in self._failures if k.role_arn == role_arn]:
                 del self._failures[key]
+        self.release(role_arn, external_id)
 
     def cached_roles(self) -> int:
         with self._lock:

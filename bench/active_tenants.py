@@ -1,0 +1,503 @@
+"""Many small active tenants: N customers, each with its own role and S3 endpoint, each sending a
+few lines every second to a real `logferry serve` — the traffic shape a vendor really has.
+
+Setup: the emulator; N customers, each with its own bucket and IAM role made by our own
+`role create` code (external ID = customer id); one `logferry serve` with the N customers and
+one S3 endpoint each (period P) in its config, one ingest token per customer.
+Load: every customer POSTs L lines once a second for D seconds (customers spread evenly over the
+second), from `--senders` processes each running an asyncio loop, one keep-alive connection
+per customer (a minimal HTTP/1.1 client: httpx would make the sender the bottleneck).
+Each line names its customer, request and index, so what lands is counted by content.
+Then: wait until /metrics says every line was delivered (at most P + `--drain` s), stop serve,
+download every object, and report:
+- serve peak RSS (VmHWM and 10 Hz samples) and RSS per active customer (minus RSS at ready),
+- serve CPU seconds (send + drain) and µs per line; sender CPU separately,
+- lines sent (202) / landed / duplicated / missing (exactly once = 0 and 0),
+- lag per line: the object's LastModified (1 s resolution, rounded up) minus the time the
+  request that carried the line was accepted; median / p99 / max,
+- requests/s achieved, and how late the senders ran behind their schedule.
+`--profile` attaches `py-spy record` (raw, --threads, non-blocking) to serve during the load
+and folds the stacks as bench/profile_s3.py does.
+
+    .venv/bin/python bench/active_tenants.py                      # 200 × 20 lines/s × 40 s, P 5
+    .venv/bin/python bench/active_tenants.py --customers 1000 --period 30 --seconds 180 --senders 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from common import (
+    RESULTS,
+    Emulator,
+    ProcSampler,
+    Serve,
+    _decompress,
+    machine_info,
+    make_s3_tenants,
+    mib,
+    note,
+    print_table,
+    read_rss,
+    serve_config,
+    start_emulator,
+    write_results,
+)
+
+PAD = "GET /assets/img/logo.png HTTP/1.1 200 5123 Mozilla/5.0 (X11; Linux x86_64)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--customers", type=int, default=200)
+    p.add_argument("--period", type=int, default=5, help="S3 endpoint period, seconds")
+    p.add_argument("--lines", type=int, default=20, help="lines per customer per second")
+    p.add_argument("--seconds", type=int, default=40, help="how long every customer sends")
+    p.add_argument("--senders", type=int, default=1, help="sender processes")
+    p.add_argument("--drain", type=float, default=90.0, help="extra seconds to wait for delivery")
+    p.add_argument("--delivery-threads", type=int, default=8)
+    p.add_argument("--profile", action="store_true", help="py-spy the serve process")
+    p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument(
+        "--compare-src",
+        type=Path,
+        help="also run the same load (same emulator and customers, a fresh serve and prefix) "
+        "with serve importing logferry from this src/ directory, e.g. a worktree at main",
+    )
+    p.add_argument("--name", default="active_tenants", help="results file name")
+    return p.parse_args(argv)
+
+
+def line(customer: str, seq: int, j: int, run: str = "r0") -> str:
+    return f"{customer} {run} {seq:05d} {j:02d} {PAD}"
+
+
+# ----------------------------------------------------------------------------- senders
+
+
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams.
+
+    Why not httpx: its async client costs ~5-10 ms of CPU per request here (and httpcore retries
+    `import sniffio` on every request when sniffio is absent), so at 200-1,000 requests/s the
+    sender, not serve, would be measured. This costs ~0.1 ms per request.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, token: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            self.writer.write(head.encode() + body)
+            await self.writer.drain()
+            status = int((await self.reader.readline()).split()[1])
+            headers: dict[str, str] = {}
+            while (raw := await self.reader.readline()) not in (b"\r\n", b"\n", b""):
+                name, _, value = raw.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            payload = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        except (OSError, IndexError, ValueError, asyncio.IncompleteReadError):
+            self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def send_all(
+    url: str, tenants: list[tuple[int, str, str]], args: argparse.Namespace, start: float
+) -> dict[str, Any]:
+    """Each (index, customer, token): one POST of `lines` lines per second, at its own phase,
+    on its own keep-alive connection (a customer's agent keeps one open)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    accepted: list[tuple[int, int, float]] = []
+    late: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors: list[str] = []
+
+    async def customer_loop(index: int, customer: str, token: str) -> None:
+        phase = (index % 1000) / 1000.0
+        conn = Connection(host, int(port))
+        path = f"/v1/ingest/{customer}/s3"
+        for seq in range(args.seconds):
+            due = start + seq + phase
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                late.append(-delay)
+            body = "".join(line(customer, seq, j, args.run) + "\n" for j in range(args.lines))
+            while True:
+                try:
+                    status, headers, payload = await conn.post(path, token, body.encode())
+                except (OSError, IndexError, ValueError, asyncio.IncompleteReadError) as exc:
+                    errors.append(repr(exc)[:200])
+                    await asyncio.sleep(0.5)
+                    continue
+                statuses[status] += 1
+                if status == 429:
+                    await asyncio.sleep(float(headers.get("retry-after", "1")))
+                    continue
+                if status != 202:
+                    errors.append(f"HTTP {status}: {payload[:200]!r}")
+                else:
+                    accepted.append((index, seq, time.time()))
+                break
+        conn.close()
+
+    await asyncio.gather(*(customer_loop(*t) for t in tenants))
+    return {
+        "accepted": accepted,
+        "late_max": max(late, default=0.0),
+        "late_over_1s": sum(1 for x in late if x > 1.0),
+        "statuses": dict(statuses),
+        "errors": errors[:20],
+        "error_count": len(errors),
+        "cpu_seconds": time.process_time(),
+    }
+
+
+def sender_main(
+    url: str, tenants: list[tuple[int, str, str]], args: Any, start: float, out: Any
+) -> None:
+    out.put(asyncio.run(send_all(url, tenants, args, start)))
+
+
+# ----------------------------------------------------------------------------- what landed
+
+
+def landed_lines(
+    emulator: Emulator, buckets: list[str], prefix: str
+) -> tuple[Counter[str], dict[str, float]]:
+    """Every line in every bucket (by content) and, per line, when its object became visible."""
+    s3 = emulator.client("s3")
+    counts: Counter[str] = Counter()
+    visible: dict[str, float] = {}
+    for bucket in buckets:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = s3.list_objects_v2(**kwargs)
+            for item in page.get("Contents", []):
+                seen = item["LastModified"].timestamp() + 1.0  # second resolution: round up
+                body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                for raw in _decompress(item["Key"], body).decode().splitlines():
+                    counts[raw] += 1
+                    visible.setdefault(raw, seen)
+            token = page.get("NextContinuationToken")
+            if not token:
+                break
+    return counts, visible
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(
+    args: argparse.Namespace,
+    emulator: Emulator,
+    tenants: list[tuple[str, str, str]],
+    tokens: dict[str, str],
+    label: str,
+    src: Path | None,
+) -> dict[str, Any]:
+    """One serve, one load, one count; objects under `<label>/`, lines tagged with `label`."""
+    args.run = label
+    workdir = Path(tempfile.mkdtemp(prefix=f"logferry-bench-active-{label}-"))
+    serve: Serve | None = None
+    env = dict(tokens)
+    if src is not None:
+        env["PYTHONPATH"] = str(src.resolve())
+    try:
+        customers = [
+            {
+                "id": customer,
+                "token_env": f"TENANT_TOKEN_{i}",
+                "endpoints": [
+                    {
+                        "type": "s3",
+                        "name": "s3",
+                        "bucket_name": bucket,
+                        "iam_role": role,
+                        "path": f"{label}/",
+                        "period": args.period,
+                    }
+                ],
+            }
+            for i, (customer, bucket, role) in enumerate(tenants)
+        ]
+        config = serve_config(
+            emulator,
+            workdir,
+            customers=customers,
+            server={"delivery_threads": args.delivery_threads},
+            log={"level": "warning"},
+        )
+        serve = Serve(emulator, config, workdir, env=env).spawn()
+        sampler = ProcSampler({"serve": serve.pid}, interval=0.1).start()
+        serve.wait_ready(timeout=300)
+        time.sleep(2.0)
+        ready_rss = read_rss(serve.pid)[0]
+        profiler: subprocess.Popen[bytes] | None = None
+        collapsed = RESULTS / f"{args.name}.collapsed.txt"
+        if args.profile and src is None:
+            py_spy = str(Path(sys.executable).parent / "py-spy")
+            cmd = [
+                py_spy, "record", "--pid", str(serve.pid), "--rate", str(args.rate),
+                "--format", "raw", "--nonblocking", "--threads", "-o", str(collapsed),
+            ]  # fmt: skip
+            profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(1.0)
+        note(
+            f"sending: {args.customers} customers × {args.lines} lines/s × {args.seconds}s "
+            f"from {args.senders} sender process(es)"
+        )
+        start = time.time() + 1.0
+        t_send = time.monotonic() + 1.0
+        shares = [
+            [
+                (i, c[0], tokens[f"TENANT_TOKEN_{i}"])
+                for i, c in enumerate(tenants)
+                if i % args.senders == k
+            ]
+            for k in range(args.senders)
+        ]
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        procs = [
+            ctx.Process(target=sender_main, args=(serve.url, share, args, start, queue))
+            for share in shares
+        ]
+        for proc in procs:
+            proc.start()
+        results = [queue.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+        t_sent = time.monotonic()
+        profile: dict[str, Any] = {}
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.communicate(timeout=120)
+        accepted = [a for r in results for a in r["accepted"]]
+        sent_lines = len(accepted) * args.lines
+        note(f"sent {sent_lines:,} lines in {t_sent - t_send:.1f}s; waiting for delivery")
+        deadline = time.monotonic() + args.period + args.drain
+        delivered = 0.0
+        while time.monotonic() < deadline:
+            delivered = serve.metric_sum("logferry_delivered_lines_total")
+            if delivered >= sent_lines:
+                break
+            time.sleep(1.0)
+        t_done = time.monotonic()
+        window = sampler.window("serve", t_send, t_done)
+        sampler.stop()
+        peak = sampler.peak_rss("serve")
+        serve.terminate()
+        serve = None
+        note("counting what landed")
+        counts, visible = landed_lines(emulator, [b for _, b, _ in tenants], f"{label}/")
+    finally:
+        if serve is not None:
+            serve.terminate()
+    if profiler is not None:
+        from profile_s3 import summarize
+
+        profile = summarize(collapsed)
+        profile["rate_hz"] = args.rate
+        packed = collapsed.with_name(collapsed.name + ".gz")
+        import gzip
+
+        packed.write_bytes(gzip.compress(collapsed.read_bytes()))
+        collapsed.unlink()
+        profile["busy_cores_avg"] = round(
+            profile["busy_samples"] / args.rate / max(1.0, t_sent - t_send), 2
+        )
+    accepted_at = {(i, seq): t for i, seq, t in accepted}
+    expected = Counter()
+    lags: list[float] = []
+    missing = 0
+    for (i, seq), t in accepted_at.items():
+        customer = tenants[i][0]
+        for j in range(args.lines):
+            text = line(customer, seq, j, label)
+            expected[text] += 1
+            if text in visible:
+                lags.append(visible[text] - t)
+            else:
+                missing += 1
+    duplicated = sum(n - 1 for text, n in counts.items() if n > 1 and text in expected)
+    unexpected = sum(n for text, n in counts.items() if text not in expected)
+    cpu = window["cpu_seconds"] or 0.0
+    sender_cpu = sum(r["cpu_seconds"] for r in results)
+    requests = sum(sum(r["statuses"].values()) for r in results)
+    send_seconds = t_sent - t_send
+    return {
+        "customers": args.customers,
+        "period": args.period,
+        "lines_per_customer_per_s": args.lines,
+        "seconds": args.seconds,
+        "senders": args.senders,
+        "delivery_threads": args.delivery_threads,
+        "serve_src": str(src) if src else "this worktree",
+        "serve_ready_rss_mib": mib(ready_rss),
+        "serve_peak_rss_mib": mib(peak),
+        "serve_peak_rss_kib_per_customer_over_ready": round(
+            (peak - ready_rss) / 1024 / args.customers, 1
+        ),
+        "serve_peak_rss_kib_per_customer": round(peak / 1024 / args.customers, 1),
+        "serve_cpu_seconds": cpu,
+        "serve_cpu_us_per_line": round(cpu * 1e6 / max(1, sent_lines), 1),
+        "serve_window_seconds": window.get("seconds"),
+        "sender_cpu_seconds": round(sender_cpu, 1),
+        "sender_cpu_us_per_line": round(sender_cpu * 1e6 / max(1, sent_lines), 1),
+        "requests": requests,
+        "requests_per_s": round(requests / max(0.001, send_seconds), 1),
+        "send_seconds": round(send_seconds, 1),
+        "sender_late_max_s": round(max(r["late_max"] for r in results), 2),
+        "sender_late_over_1s": sum(r["late_over_1s"] for r in results),
+        "statuses": dict(sum((Counter(r["statuses"]) for r in results), Counter())),
+        "sender_errors": [e for r in results for e in r["errors"]][:20],
+        "lines_sent": sent_lines,
+        "lines_delivered_metric": int(delivered),
+        "lines_landed": sum(n for text, n in counts.items() if text in expected),
+        "lines_duplicated": duplicated,
+        "lines_missing": missing,
+        "lines_unexpected": unexpected,
+        "exactly_once": duplicated == 0 and missing == 0 and unexpected == 0,
+        "drain_seconds_after_send": round(t_done - t_sent, 1),
+        "lag_s": {
+            "median": round(statistics.median(lags), 2) if lags else None,
+            "p99": round(pct(lags, 0.99), 2),
+            "max": round(max(lags), 2) if lags else None,
+            "resolution": "object LastModified (1 s, rounded up) minus the 202 time",
+        },
+        "lag_within_period_plus_5s": bool(lags) and pct(lags, 0.99) <= args.period + 5,
+        "profile": profile,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    machine = machine_info()
+    emulator = start_emulator()
+    try:
+        note(f"provisioning {args.customers} customers (bucket + role each, role create code)")
+        t0 = time.monotonic()
+        tag = f"at{uuid.uuid4().hex[:5]}"
+        tenants = make_s3_tenants(emulator, args.customers, tag)
+        provision_seconds = round(time.monotonic() - t0, 1)
+        tokens = {
+            f"TENANT_TOKEN_{i}": f"tok-{tag}-{i:05d}-{uuid.uuid4().hex}"
+            for i in range(len(tenants))
+        }
+        doc = run(args, emulator, tenants, tokens, "new", None)
+        doc["provision_seconds"] = provision_seconds
+        if args.compare_src is not None:
+            note(f"the same load against serve from {args.compare_src}")
+            doc["compare"] = run(args, emulator, tenants, tokens, "old", args.compare_src)
+    finally:
+        emulator.stop()
+    path = write_results(args.name, doc, machine)
+    lag = doc["lag_s"]
+    rows: list[tuple[str, Any]] = [
+        (
+            "customers × lines/s × s (period)",
+            f"{args.customers} × {args.lines} × {args.seconds} ({args.period} s)",
+        ),
+        ("serve RSS at ready MiB", doc["serve_ready_rss_mib"]),
+        ("serve peak RSS MiB", doc["serve_peak_rss_mib"]),
+        (
+            "  KiB per active customer (peak − ready)",
+            doc["serve_peak_rss_kib_per_customer_over_ready"],
+        ),
+        ("serve CPU s (send + drain)", doc["serve_cpu_seconds"]),
+        ("  µs per line", doc["serve_cpu_us_per_line"]),
+        (
+            "sender CPU s / µs per line",
+            f"{doc['sender_cpu_seconds']} / {doc['sender_cpu_us_per_line']}",
+        ),
+        ("requests/s", doc["requests_per_s"]),
+        (
+            "sender late: max s / requests > 1 s late",
+            f"{doc['sender_late_max_s']} / {doc['sender_late_over_1s']}",
+        ),
+        ("lines sent / landed", f"{doc['lines_sent']:,} / {doc['lines_landed']:,}"),
+        (
+            "  duplicated / missing / unexpected",
+            f"{doc['lines_duplicated']} / {doc['lines_missing']} / {doc['lines_unexpected']}",
+        ),
+        ("lag s median / p99 / max", f"{lag['median']} / {lag['p99']} / {lag['max']}"),
+        ("p99 lag ≤ period + 5 s", doc["lag_within_period_plus_5s"]),
+    ]
+    print_table("Many small active tenants", rows)
+    if "compare" in doc:
+        old = doc["compare"]
+        print_table(
+            f"the same load, serve from {args.compare_src}",
+            [
+                ("serve peak RSS MiB", old["serve_peak_rss_mib"]),
+                (
+                    "  KiB per active customer (peak − ready)",
+                    old["serve_peak_rss_kib_per_customer_over_ready"],
+                ),
+                (
+                    "serve CPU s / µs per line",
+                    f"{old['serve_cpu_seconds']} / {old['serve_cpu_us_per_line']}",
+                ),
+                ("lines sent / landed", f"{old['lines_sent']:,} / {old['lines_landed']:,}"),
+                ("  duplicated / missing", f"{old['lines_duplicated']} / {old['lines_missing']}"),
+                (
+                    "lag s median / p99 / max",
+                    f"{old['lag_s']['median']} / {old['lag_s']['p99']} / {old['lag_s']['max']}",
+                ),
+            ],
+        )
+    if doc["profile"]:
+        prof = doc["profile"]
+        print_table(
+            f"serve profile ({prof['busy_samples']} busy samples, ≈{prof['busy_cores_avg']} cores)",
+            [(r["frame"], f"{r['pct']}%") for r in prof["by_thread_kind"][:8]]
+            + [(r["frame"], f"{r['pct']}%") for r in prof["top_inclusive_logferry"][:20]],
+        )
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
