@@ -52,6 +52,9 @@ PRESSURE_FRACTION = 0.75
 """Above this share of the spool limit, open files close early (before anyone gets a 429)."""
 PRESSURE_FLUSH_GAP = 5.0
 """...at most this often per endpoint, so pressure does not turn into a flood of tiny files."""
+RECHECK_SECONDS = 3600.0
+"""A rebuilt sink skips the write probe if one passed within this time (a probe is a
+CreateMultipartUpload + Abort in the customer's bucket: not on every idle restart)."""
 MAX_WAIT = 5.0
 """Longest sleep between steps while the sink holds data (re-checks stop and pressure)."""
 
@@ -96,6 +99,7 @@ class EndpointWorker:
         self._sink: Sink | None = None
         self._needs_open = False
         self._checked = False
+        self._checked_at = 0.0
         self._read_pos: int | None = None
         self._corrupt: SpoolCorrupt | None = None
         self._failures = 0
@@ -299,7 +303,10 @@ class EndpointWorker:
                 idle_since = time.monotonic()
                 continue
             if not holds and not pending and time.monotonic() - idle_since > IDLE_EXIT_SECONDS:
-                break  # idle: free the sink and clients; the next ingest restarts us
+                # Idle: free the sink and this role's clients; the next ingest restarts us.
+                with contextlib.suppress(Exception):
+                    self.service.broker.release(self.model.iam_role)
+                break
             timeout = IDLE_EXIT_SECONDS if delay is None else delay
             if holds:
                 timeout = min(timeout, MAX_WAIT)
@@ -381,11 +388,12 @@ class EndpointWorker:
         if self._needs_open:
             self._read_pos = sink.open(spool.committed_offset)
             self._needs_open = False
-            if not self._checked:
+            if not self._checked or time.monotonic() - self._checked_at > RECHECK_SECONDS:
                 # Files may stay open for a whole period: prove now that the destination
                 # takes writes, so a setup error shows within seconds, not at the period's end.
                 sink.healthcheck()
                 self._checked = True
+                self._checked_at = time.monotonic()
         return sink
 
     def oldest_undelivered_age(self, *, read_disk: bool = True) -> float | None:
