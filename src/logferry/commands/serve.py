@@ -61,6 +61,40 @@ def serve_command(
     run_service(cfg)
 
 
+async def _check_vendor_account(cfg: ServiceConfig, service: Any) -> None:
+    """The vendor account is whatever sts:GetCallerIdentity says, never a default.
+
+    Customers are told to trust this account in their roles' trust policies; a wrong value
+    would point them at a third party. A configured `vendor.account_id` that differs from the
+    credentials' account is a misconfiguration: exit 2. No answer from STS: exit 1.
+    """
+    from logferry.errors import AwsError
+
+    try:
+        actual = await asyncio.to_thread(service.broker.caller_account)
+    except AwsError as exc:
+        err.print(f"[bold red]error:[/] cannot determine the vendor account: {exc}")
+        if exc.fix:
+            err.print(f"  fix: {exc.fix}")
+        service.close_quietly()
+        raise typer.Exit(1) from None
+    expected = cfg.vendor.account_id
+    if expected is not None and expected != actual:
+        err.print(
+            f"[bold red]error:[/] vendor.account_id is {expected} but the vendor credentials "
+            f"belong to account {actual} (sts:GetCallerIdentity)."
+        )
+        err.print(
+            "  fix: set vendor.account_id to the account of the credentials `logferry serve` "
+            "runs with (or remove it), or run with that account's credentials."
+        )
+        service.close_quietly()
+        raise typer.Exit(2)
+    cfg.vendor.account_id = actual
+    service.broker.vendor_account_id = actual
+    log(logger, logging.INFO, "vendor account", account_id=actual)
+
+
 class _Server:
     """uvicorn's Server, but SIGTERM/SIGINT end it cleanly (exit 0) instead of re-raising."""
 
@@ -98,7 +132,9 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
     from logferry.service.api import create_app
     from logferry.service.runtime import Service
 
+    os.umask(0o077)  # spool segments, state, journals, the SQLite file: owner only (0600/0700)
     service = Service(cfg, vendor_credentials=credentials)
+    await _check_vendor_account(cfg, service)
     if service.admin_token is None:
         log(
             logger,

@@ -168,7 +168,9 @@ See what landed (S3 files are written every 10 s):
 
 Status:  curl -sS -H 'Authorization: Bearer {token}' \\
     {base}/v1/customers/{DEMO_CUSTOMER}/endpoints/s3-demo/status
-API:     {base}/docs   metrics: {base}/metrics        Ctrl-C stops (open files are flushed).
+API:     {base}/docs   metrics (admin token): curl -sS -H 'Authorization: Bearer {admin_token}' \\
+    {base}/metrics
+Ctrl-C stops (open files are flushed).
 """,
         highlight=False,
     )

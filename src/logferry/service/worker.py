@@ -219,7 +219,7 @@ class EndpointWorker:
     def _make_sink(self, spool: Spool) -> None:
         svc = self.service
         customer = svc.store.get_customer(self.record.customer_id)
-        external_id = customer.external_id if customer else self.record.customer_id
+        external_id = customer.external_id if customer else svc.no_customer(self.record)
         target = svc.aws_target
         if self.kind == "s3" and getattr(self.model, "domain", None):
             from logferry.aws.clients import AwsTarget
