@@ -112,11 +112,13 @@ def normalize(body: bytes, *, max_line_bytes: int) -> Normalized:
         before = len(data)
         cr_left = data.count(b"\r")
         for _ in range(_CR_PASSES):  # each pass removes one CR from every run before an LF
-            parts = data.split(b"\r\n")
-            if len(parts) == 1:
+            # bytes.replace builds the result directly: no object per line, whatever the count.
+            shorter = data.replace(b"\r\n", b"\n")
+            removed = len(data) - len(shorter)
+            data = shorter
+            if not removed:
                 break
-            data = b"\n".join(parts)
-            cr_left -= len(parts) - 1
+            cr_left -= removed
             if not cr_left:
                 break
         else:
@@ -164,25 +166,59 @@ def normalize(body: bytes, *, max_line_bytes: int) -> Normalized:
 
 # -- rule 4 ------------------------------------------------------------------------------------
 
-_ESCAPED_LINE = re.compile("(?m)^[^\n\udc80-\udcff]*+[\udc80-\udcff][^\n]*+")
-"""A line holding at least one surrogate-escaped byte; possessive, so O(line) per line start."""
+REPAIR_WINDOW = 1 << 20
+"""Invalid UTF-8 is repaired per window of about this many bytes: each C call (and so each GIL
+hold, when normalising in a thread beside the event loop) is bounded, and so is scratch memory."""
+_KEEP_NUL_LF = bytes(b for b in range(256) if b not in (0x00, 0x0A))
+
+
+def _window_end(data: bytes, start: int, size: int) -> int:
+    """An end for the window from `start` where decoding can stop and resume unchanged.
+
+    A byte that is not a continuation byte (10xxxxxx) always starts a fresh sequence; after
+    four continuation bytes in a row, the fourth can belong to no sequence before it.
+    """
+    end = start + size
+    if end >= len(data):
+        return len(data)
+    for i in range(end, min(end + 4, len(data))):
+        if data[i] & 0xC0 != 0x80:
+            return i
+    return min(end + 3, len(data))
 
 
 def _repair_utf8(data: bytes) -> tuple[bytes, int]:
     """Replace invalid sequences with U+FFFD; count the lines touched. C speed whatever the input.
 
-    `data` ends with b"\\n". Two decodes with CPython's built-in fast paths and no Python callback
-    (a per-byte callback made 16 MiB of 0xFF cost ~0.7 GB and seconds of CPU): "replace" gives
-    the output, "surrogateescape" marks every invalid byte with a lone surrogate, and one regex
-    `subn` counts the marked lines. A U+FFFD that was valid in the input is not a surrogate, so
-    it is never miscounted. Peak memory is a few bytes per input byte.
+    `data` ends with b"\n". No Python callback (a per-byte callback made 16 MiB of 0xFF cost
+    ~0.7 GB and seconds of CPU). Per window: "replace" gives the output; "surrogateescape" turns
+    each invalid byte into a lone surrogate, which "surrogatepass" encodes as ED B2 xx / ED B3 xx
+    — bytes no valid character produces — so marking those as NUL (after dropping real NULs) and
+    deleting everything but NUL and LF leaves one "\0\n" per touched line: `count` does the
+    rest. Every step is a bytes/str method in C; memory is a few bytes per window byte.
     """
-    text = data.decode("utf-8", "replace")
-    repaired = text.encode("utf-8")
-    del text
-    escaped = data.decode("utf-8", "surrogateescape")
-    lines = _ESCAPED_LINE.subn("", escaped)[1]
-    return repaired, lines
+    out: list[bytes] = []
+    lines = 0
+    carry = b""  # b"\0": the current line already holds a repair from an earlier window
+    start = 0
+    n = len(data)
+    while start < n:
+        end = _window_end(data, start, REPAIR_WINDOW)
+        window = data[start:end]
+        out.append(window.decode("utf-8", "replace").encode("utf-8"))
+        marks = (
+            window.decode("utf-8", "surrogateescape")
+            .encode("utf-8", "surrogatepass")
+            .replace(b"\x00", b"")
+            .replace(b"\xed\xb2", b"\x00")
+            .replace(b"\xed\xb3", b"\x00")
+            .translate(None, _KEEP_NUL_LF)
+        )
+        marks = carry + marks
+        lines += marks.count(b"\x00\n")
+        carry = b"\x00" if marks.endswith(b"\x00") else b""
+        start = end
+    return (out[0] if len(out) == 1 else b"".join(out)), lines
 
 
 # -- rule 5 ------------------------------------------------------------------------------------
