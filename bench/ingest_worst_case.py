@@ -40,9 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from loggen import generate_bytes  # noqa: E402
-
 from logferry.ingest import lines as current  # noqa: E402
+from loggen import generate_bytes  # noqa: E402
 
 MAX_LINE = 256 * 1024
 
