@@ -285,13 +285,13 @@ def test_static_tokens_follow_the_config(emulator: Emulator, unique, tmp_path: P
 
     old_c, new_c, token_d = "token-c-old-0000000000", "token-c-new-1111111111", "token-d-22222"
     env = {"TOKEN_C": old_c, "TOKEN_D": token_d}
-    first = ServeProcess(emulator, config(True), tmp_path / "one", env=env).start()
+    first = ServeProcess(emulator, config(True), tmp_path / "one", env=env).start(180)
     for token, customer in ((old_c, c), (token_d, d)):
         with first.as_token(token) as client:
             assert client.post(f"/v1/ingest/{customer}/s3", content=b"ok\n").status_code == 202
     assert first.terminate() == 0
     env = {"TOKEN_C": new_c, "TOKEN_D": token_d}
-    second = ServeProcess(emulator, config(False), tmp_path / "two", env=env).start()
+    second = ServeProcess(emulator, config(False), tmp_path / "two", env=env).start(180)
     with second.as_token(new_c) as client:
         assert client.post(f"/v1/ingest/{c}/s3", content=b"ok\n").status_code == 202
     _assert_refused(second, c, f"Bearer {old_c}".encode(), role_c.bucket)  # rotated
