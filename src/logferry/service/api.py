@@ -514,7 +514,9 @@ def create_app(service: Service) -> FastAPI:
     async def endpoint_status(
         customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
     ) -> dict[str, Any]:
-        service.endpoint(customer_id, name)  # 404 before any file-system work
+        service.worker(
+            customer_id, name
+        )  # on the loop: 404, or the worker exists before the thread
         return await asyncio.to_thread(service.endpoint_status, customer_id, name)
 
     return app
