@@ -514,9 +514,8 @@ def create_app(service: Service) -> FastAPI:
     async def endpoint_status(
         customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
     ) -> dict[str, Any]:
-        service.worker(
-            customer_id, name
-        )  # on the loop: 404, or the worker exists before the thread
+        # On the loop: a 404 for an unknown endpoint, or its worker made here, not in the thread.
+        service.worker(customer_id, name)
         return await asyncio.to_thread(service.endpoint_status, customer_id, name)
 
     return app
