@@ -8,6 +8,7 @@ parsed twice and the 413 limit is enforced while reading, not after.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from typing import Any
@@ -264,36 +265,43 @@ def create_app(service: Service) -> FastAPI:
             parts.append(piece)
         body = b"".join(parts)
         encoding = request.headers.get("content-encoding", "").strip().lower()
-        if encoding in ("gzip", "x-gzip"):
-            try:
-                body = gunzip_limited(body, max_body)
-            except BodyTooLarge:
-                service.metrics.ingest_rejected.labels("too_large").inc()
+        gzipped = encoding in ("gzip", "x-gzip")
+        heavy = gzipped or len(body) > NORMALIZE_INLINE_BYTES
+        # CPU-heavy bodies take a slot: one per customer, few in all, so a tenant's flood
+        # queues behind itself and the event loop keeps most of the GIL for everybody else.
+        async with service.heavy_slot(customer_id) if heavy else contextlib.nullcontext():
+            if gzipped:
+                try:
+                    body = await asyncio.to_thread(gunzip_limited, body, max_body)
+                except BodyTooLarge:
+                    service.metrics.ingest_rejected.labels("too_large").inc()
+                    return _problem(
+                        413,
+                        f"decompressed body exceeds {max_body} bytes",
+                        "split the lines into several requests",
+                    )
+                except BadGzip as exc:
+                    service.metrics.ingest_rejected.labels("bad_gzip").inc()
+                    return _problem(400, str(exc), "send valid gzip or drop Content-Encoding")
+            elif encoding not in ("", "identity"):
+                service.metrics.ingest_rejected.labels("bad_encoding").inc()
                 return _problem(
-                    413,
-                    f"decompressed body exceeds {max_body} bytes",
-                    "split the lines into several requests",
+                    415,
+                    f"Content-Encoding {encoding!r} is not supported",
+                    "use gzip or no encoding",
                 )
-            except BadGzip as exc:
-                service.metrics.ingest_rejected.labels("bad_gzip").inc()
-                return _problem(400, str(exc), "send valid gzip or drop Content-Encoding")
-        elif encoding not in ("", "identity"):
-            service.metrics.ingest_rejected.labels("bad_encoding").inc()
-            return _problem(
-                415, f"Content-Encoding {encoding!r} is not supported", "use gzip or no encoding"
-            )
-        wait = service.ingest_wait(customer_id, len(body))
-        if wait > 0:
-            service.metrics.ingest_rejected.labels("rate_limited").inc()
-            return _too_many(
-                f"customer {customer_id!r} is over its ingest rate; nothing was kept",
-                wait,
-                "send slower or ask for a higher ingest_rate_bytes / ingest_rate_lines",
-            )
-        if len(body) > NORMALIZE_INLINE_BYTES:
-            norm = await asyncio.to_thread(normalize, body, max_line_bytes=max_line)
-        else:
-            norm = normalize(body, max_line_bytes=max_line)
+            wait = service.ingest_wait(customer_id, len(body))
+            if wait > 0:
+                service.metrics.ingest_rejected.labels("rate_limited").inc()
+                return _too_many(
+                    f"customer {customer_id!r} is over its ingest rate; nothing was kept",
+                    wait,
+                    "send slower or ask for a higher ingest_rate_bytes / ingest_rate_lines",
+                )
+            if len(body) > NORMALIZE_INLINE_BYTES:
+                norm = await asyncio.to_thread(normalize, body, max_line_bytes=max_line)
+            else:
+                norm = normalize(body, max_line_bytes=max_line)
         service.charge_lines(customer_id, norm.lines)
         result = IngestResult(
             accepted=norm.lines,

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 from collections import Counter
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,6 +33,8 @@ from logferry.spool.log import SpoolBudget
 logger = logging.getLogger("logferry.service")
 
 EndpointKey = tuple[str, str]
+HEAVY_SLOTS = 2
+"""Concurrent CPU-heavy ingest jobs (threads competing with the event loop for the GIL)."""
 
 
 class UnknownEndpoint(InputError):
@@ -58,6 +61,8 @@ class Service:
         self.ingest_bytes_buckets = KeyedBuckets()
         self.ingest_lines_buckets = KeyedBuckets()
         self.verify_buckets = KeyedBuckets()
+        self._heavy_per_customer: dict[str, asyncio.Semaphore] = {}
+        self._heavy_all: asyncio.Semaphore | None = None
         self.spools = SpoolManager(
             config.spool.dir / "data",
             max_bytes=config.spool.max_bytes,
@@ -272,6 +277,16 @@ class Service:
         if record is not None and record.ingest_rate_lines and lines:
             self.ingest_lines_buckets.get(customer_id, record.ingest_rate_lines).charge(lines)
 
+    @contextlib.asynccontextmanager
+    async def heavy_slot(self, customer_id: str) -> AsyncIterator[None]:
+        """A slot for CPU-heavy ingest work (gunzip, normalisation of a large body): one per
+        customer and HEAVY_SLOTS in all, so one tenant's flood waits for itself."""
+        mine = self._heavy_per_customer.setdefault(customer_id, asyncio.Semaphore(1))
+        if self._heavy_all is None:
+            self._heavy_all = asyncio.Semaphore(HEAVY_SLOTS)
+        async with mine, self._heavy_all:
+            yield
+
     def verify_wait(self, customer_id: str) -> float:
         """Per-customer verify budget (each verify costs up to 6 AssumeRole calls)."""
         per_minute = self.config.server.verify_per_minute
@@ -284,6 +299,7 @@ class Service:
         for uid in await asyncio.to_thread(self.store.delete_customer, customer_id):
             await asyncio.to_thread(self.spools.drop, uid)
         self.customer_limits.pop(customer_id, None)
+        self._heavy_per_customer.pop(customer_id, None)
         for buckets in (self.ingest_bytes_buckets, self.ingest_lines_buckets, self.verify_buckets):
             buckets.forget(customer_id)
 
