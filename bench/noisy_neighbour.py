@@ -173,7 +173,7 @@ def main() -> int:
             t_end = time.monotonic()
             total = sent_alone + sent_flooded
             while time.monotonic() - t_end < 30:
-                landed = sum(count_bucket_lines(emulator, "bench-noisy-good").values())
+                landed = count_bucket_lines(emulator, "bench-noisy-good")["lines"]
                 if landed >= total:
                     break
                 time.sleep(0.5)
