@@ -365,7 +365,8 @@ class Serve(ServeProcess):
 
     def metrics(self) -> list[tuple[str, dict[str, str], float]]:
         """Every sample of /metrics as (name, labels, value)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        with self.admin() as client:  # /metrics needs the admin token
+            text = client.get("/metrics", timeout=30).text
         return [
             (s.name, dict(s.labels), float(s.value))
             for family in text_string_to_metric_families(text)

@@ -376,3 +376,52 @@ def test_bad_gzip_checksum() -> None:
     good[-5] ^= 0xFF  # CRC32 of the member
     with pytest.raises(BadGzip, match="corrupt in member 1"):
         gunzip_limited(bytes(good), 10_000)
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 7, 64, 1 << 20])
+def test_repair_is_the_same_whatever_the_window(window: int, monkeypatch) -> None:
+    """The repair works per window (bounded C calls); windows must never change the result."""
+    from logferry.ingest import lines as module
+
+    monkeypatch.setattr(module, "REPAIR_WINDOW", window)
+    rng = random.Random(window)
+    alphabet = [
+        b"a",
+        b"\n",
+        b"\x00",
+        b"\xff",
+        b"\xc3",
+        b"\xa9",
+        b"\xe2\x82\xac",
+        b"\xe2\x82",
+        b"\xf0\x9f\x98\x80",
+        b"\xf0\x9f",
+        b"\xef\xbf\xbd",
+        b"\xed\xb2\x80",
+        b"\x80",
+    ]
+    for _ in range(200):
+        body = b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) + b"\n"
+        data, count = module._repair_utf8(body)
+        assert data == body.decode("utf-8", "replace").encode()
+        expected = 0
+        for line in body.split(b"\n"):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                expected += 1
+        assert count == expected, body
+
+
+def test_worst_case_bodies_normalise_to_valid_lines() -> None:
+    """All-invalid, all-newline and one-giant-line bodies: right counts, valid UTF-8, cut."""
+    size = 1 << 20
+    bad = normalize(b"\xff" * size, max_line_bytes=1024)
+    assert (bad.lines, bad.invalid_utf8, bad.truncated) == (1, 1, 1)
+    assert bad.data == "\ufffd".encode() * 341 + b"\n"
+    lines = normalize(b"\xff\n" * (size // 2), max_line_bytes=1024)
+    assert (lines.lines, lines.invalid_utf8) == (size // 2, size // 2)
+    empty = normalize(b"\n" * size, max_line_bytes=1024)
+    assert (empty.data, empty.lines, empty.empty_skipped) == (b"", 0, size)
+    giant = normalize(b"a" * size, max_line_bytes=1024)
+    assert (giant.data, giant.truncated) == (b"a" * 1024 + b"\n", 1)

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+)
 
 from logferry.aws.clients import AwsClients, AwsTarget
 from logferry.errors import AwsErrorInfo, InputError, SetupError, TransientError
@@ -163,6 +169,7 @@ class CredentialBroker:
         max_cached_clients: int = 4096,
         client_idle_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
+        source_identity: str | None = None,
     ) -> None:
         if not MIN_DURATION <= duration_seconds <= MAX_DURATION:
             raise InputError(
@@ -172,6 +179,8 @@ class CredentialBroker:
             )
         self.vendor_name = vendor_name
         self.vendor_account_id = vendor_account_id
+        self.source_identity = source_identity
+        """Default SourceIdentity of every AssumeRole (shows in the customer's CloudTrail)."""
         self.regions = list(regions)
         if not self.regions:
             raise InputError("sts regions", "at least one STS region is needed.")
@@ -219,6 +228,58 @@ class CredentialBroker:
                 )
                 self._sts_clients[region] = client
             return client
+
+    def caller_account(self) -> str:
+        """The vendor's own account, from sts:GetCallerIdentity (regions in preference order).
+
+        Raises TransientError when no region answers and SetupError when the vendor's
+        credentials are missing or rejected.
+        """
+        last: Exception | None = None
+        for region in self.regions:
+            try:
+                return str(self._sts(region).get_caller_identity()["Account"])
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                info = AwsErrorInfo(
+                    code=str(error.get("Code") or "Unknown"),
+                    message=str(error.get("Message", "")),
+                    service="sts",
+                    operation="GetCallerIdentity",
+                    region=region,
+                )
+                raise SetupError(
+                    f"sts:GetCallerIdentity via {region} failed: {info.code}: {info.message}",
+                    info,
+                    fix="Give `logferry serve` valid vendor AWS credentials (AWS_ACCESS_KEY_ID, "
+                    "a profile or an instance role).",
+                ) from None
+            except NoCredentialsError:
+                raise SetupError(
+                    "no vendor AWS credentials for sts:GetCallerIdentity",
+                    AwsErrorInfo(
+                        code="NoCredentials",
+                        message="",
+                        service="sts",
+                        operation="GetCallerIdentity",
+                        region=region,
+                    ),
+                    fix="Give `logferry serve` vendor AWS credentials (AWS_ACCESS_KEY_ID, "
+                    "a profile or an instance role).",
+                ) from None
+            except (BotoCoreError, OSError) as exc:
+                last = exc
+        raise TransientError(
+            f"sts:GetCallerIdentity failed in every region ({', '.join(self.regions)}): {last}",
+            AwsErrorInfo(
+                code="Unreachable",
+                message=str(last),
+                service="sts",
+                operation="GetCallerIdentity",
+                region=self.regions[-1],
+            ),
+            fix="Check the network path to STS (vendor.sts_endpoints).",
+        )
 
     def region_order(self) -> list[str]:
         """Healthy regions in configured order, then cooling ones by soonest recovery."""
@@ -382,7 +443,7 @@ class CredentialBroker:
             external_id=external_id,
             session_name=role_session_name(self.vendor_name, customer_id, role_arn),
             duration=duration_seconds or self.duration_seconds,
-            source_identity=source_identity,
+            source_identity=source_identity or self.source_identity,
         )
 
     def credentials(

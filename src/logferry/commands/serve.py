@@ -25,6 +25,10 @@ SERVE_HELP = (
     "Kinesis streams through their roles.\n\n"
     "Lines are acknowledged (202) only once durable in the spool; SIGTERM flushes open files "
     "within server.shutdown_flush_seconds and leaves the rest spooled for the next start.\n\n"
+    "The vendor account is read from sts:GetCallerIdentity; a configured vendor.account_id that "
+    "differs exits 2. /metrics needs the admin token (or auth.metrics_token_env's). Per-customer "
+    "spool_max_bytes, ingest_rate_bytes and ingest_rate_lines answer 429 for that customer only. "
+    "Files are created 0600 (umask 077). See docs/security.md.\n\n"
     "--local starts an embedded AWS emulator on loopback, provisions a demo customer exactly as "
     "the guide does (through `logferry role create`), creates an S3 and a Kinesis endpoint, and "
     "prints a token and a curl command to try it."
@@ -59,6 +63,40 @@ def serve_command(
             return
         cfg = load_config(config, overrides)
     run_service(cfg)
+
+
+async def _check_vendor_account(cfg: ServiceConfig, service: Any) -> None:
+    """The vendor account is whatever sts:GetCallerIdentity says, never a default.
+
+    Customers are told to trust this account in their roles' trust policies; a wrong value
+    would point them at a third party. A configured `vendor.account_id` that differs from the
+    credentials' account is a misconfiguration: exit 2. No answer from STS: exit 1.
+    """
+    from logferry.errors import AwsError
+
+    try:
+        actual = await asyncio.to_thread(service.broker.caller_account)
+    except AwsError as exc:
+        err.print(f"[bold red]error:[/] cannot determine the vendor account: {exc}")
+        if exc.fix:
+            err.print(f"  fix: {exc.fix}")
+        service.close_quietly()
+        raise typer.Exit(1) from None
+    expected = cfg.vendor.account_id
+    if expected is not None and expected != actual:
+        err.print(
+            f"[bold red]error:[/] vendor.account_id is {expected} but the vendor credentials "
+            f"belong to account {actual} (sts:GetCallerIdentity)."
+        )
+        err.print(
+            "  fix: set vendor.account_id to the account of the credentials `logferry serve` "
+            "runs with (or remove it), or run with that account's credentials."
+        )
+        service.close_quietly()
+        raise typer.Exit(2)
+    cfg.vendor.account_id = actual
+    service.broker.vendor_account_id = actual
+    log(logger, logging.INFO, "vendor account", account_id=actual)
 
 
 class _Server:
@@ -98,7 +136,9 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
     from logferry.service.api import create_app
     from logferry.service.runtime import Service
 
+    os.umask(0o077)  # spool segments, state, journals, the SQLite file: owner only (0600/0700)
     service = Service(cfg, vendor_credentials=credentials)
+    await _check_vendor_account(cfg, service)
     if service.admin_token is None:
         log(
             logger,

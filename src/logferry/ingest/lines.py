@@ -34,9 +34,7 @@ it stops as soon as the output would exceed the limit (zip-bomb safe).
 
 from __future__ import annotations
 
-import codecs
 import re
-import threading
 import zlib
 from dataclasses import dataclass
 
@@ -54,6 +52,7 @@ _GZIP_WBITS = 16 + 15  # gzip header + trailer, 32 KiB window
 _GZIP_MAGIC = b"\x1f\x8b"
 _CRS_LF = re.compile(rb"\r+\n")
 _CR_PASSES = 3
+_LF_RUN = re.compile(rb"\n\n+")
 _LF_LF = re.compile(rb"\n\n")
 """An empty line inside the body. sre's literal search runs ~2x faster than `b"\n\n" in data`."""
 
@@ -113,11 +112,13 @@ def normalize(body: bytes, *, max_line_bytes: int) -> Normalized:
         before = len(data)
         cr_left = data.count(b"\r")
         for _ in range(_CR_PASSES):  # each pass removes one CR from every run before an LF
-            parts = data.split(b"\r\n")
-            if len(parts) == 1:
+            # bytes.replace builds the result directly: no object per line, whatever the count.
+            shorter = data.replace(b"\r\n", b"\n")
+            removed = len(data) - len(shorter)
+            data = shorter
+            if not removed:
                 break
-            data = b"\n".join(parts)
-            cr_left -= len(parts) - 1
+            cr_left -= removed
             if not cr_left:
                 break
         else:
@@ -132,12 +133,11 @@ def normalize(body: bytes, *, max_line_bytes: int) -> Normalized:
     # Rule 2: empty lines are a leading LF or an LF right after another. Splitting and
     # filtering run in C (no Python code per line) and beat repeated bytes.replace.
     if data[:1] == b"\n" or _LF_LF.search(data) is not None:
-        lines = data.split(b"\n")
-        tail = lines.pop()  # after the last LF: an unterminated last line, or b""
-        kept = list(filter(None, lines))
-        empty += len(lines) - len(kept)
-        kept.append(tail)
-        data = b"\n".join(kept)
+        # Collapse each run of LFs to one and drop leading ones: work and memory per *run*, so
+        # a body of nothing but LFs costs one C pass (splitting it made a list entry per byte).
+        before = data.count(b"\n")
+        data = _LF_RUN.sub(b"\n", data).lstrip(b"\n")
+        empty += before - data.count(b"\n")
         if not data:
             return Normalized(b"", 0, empty_skipped=empty, crlf=crlf)
     # Rule 3.
@@ -166,39 +166,59 @@ def normalize(body: bytes, *, max_line_bytes: int) -> Normalized:
 
 # -- rule 4 ------------------------------------------------------------------------------------
 
-_tls = threading.local()
-_ERRORS_NAME = "logferry-replace-and-record"
+REPAIR_WINDOW = 1 << 20
+"""Invalid UTF-8 is repaired per window of about this many bytes: each C call (and so each GIL
+hold, when normalising in a thread beside the event loop) is bounded, and so is scratch memory."""
+_KEEP_NUL_LF = bytes(b for b in range(256) if b not in (0x00, 0x0A))
 
 
-def _replace_and_record(exc: UnicodeError) -> tuple[str, int]:
-    """Like the "replace" handler, but remembers where each invalid sequence started."""
-    if not isinstance(exc, UnicodeDecodeError):  # pragma: no cover - only used for decoding
-        raise exc
-    _tls.positions.append(exc.start)
-    return "\ufffd", exc.end
+def _window_end(data: bytes, start: int, size: int) -> int:
+    """An end for the window from `start` where decoding can stop and resume unchanged.
 
-
-codecs.register_error(_ERRORS_NAME, _replace_and_record)
+    A byte that is not a continuation byte (10xxxxxx) always starts a fresh sequence; after
+    four continuation bytes in a row, the fourth can belong to no sequence before it.
+    """
+    end = start + size
+    if end >= len(data):
+        return len(data)
+    for i in range(end, min(end + 4, len(data))):
+        if data[i] & 0xC0 != 0x80:
+            return i
+    return min(end + 3, len(data))
 
 
 def _repair_utf8(data: bytes) -> tuple[bytes, int]:
-    """Replace invalid sequences with U+FFFD in one C-speed decode; count the lines touched.
+    """Replace invalid sequences with U+FFFD; count the lines touched. C speed whatever the input.
 
-    `data` ends with b"\\n". The error handler records positions (work per invalid sequence, not
-    per line); a line is counted once however many bad sequences it holds.
+    `data` ends with b"\n". No Python callback (a per-byte callback made 16 MiB of 0xFF cost
+    ~0.7 GB and seconds of CPU). Per window: "replace" gives the output; "surrogateescape" turns
+    each invalid byte into a lone surrogate, which "surrogatepass" encodes as ED B2 xx / ED B3 xx
+    — bytes no valid character produces — so marking those as NUL (after dropping real NULs) and
+    deleting everything but NUL and LF leaves one "\0\n" per touched line: `count` does the
+    rest. Every step is a bytes/str method in C; memory is a few bytes per window byte.
     """
-    _tls.positions = positions = []
-    try:
-        text = data.decode("utf-8", _ERRORS_NAME)
-    finally:
-        _tls.positions = []
+    out: list[bytes] = []
     lines = 0
-    line_end = -1
-    for pos in positions:
-        if pos > line_end:
-            lines += 1
-            line_end = data.find(b"\n", pos)  # never -1: data ends with b"\n"
-    return text.encode("utf-8"), lines
+    carry = b""  # b"\0": the current line already holds a repair from an earlier window
+    start = 0
+    n = len(data)
+    while start < n:
+        end = _window_end(data, start, REPAIR_WINDOW)
+        window = data[start:end]
+        out.append(window.decode("utf-8", "replace").encode("utf-8"))
+        marks = (
+            window.decode("utf-8", "surrogateescape")
+            .encode("utf-8", "surrogatepass")
+            .replace(b"\x00", b"")
+            .replace(b"\xed\xb2", b"\x00")
+            .replace(b"\xed\xb3", b"\x00")
+            .translate(None, _KEEP_NUL_LF)
+        )
+        marks = carry + marks
+        lines += marks.count(b"\x00\n")
+        carry = b"\x00" if marks.endswith(b"\x00") else b""
+        start = end
+    return (out[0] if len(out) == 1 else b"".join(out)), lines
 
 
 # -- rule 5 ------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ parsed twice and the 413 limit is enforced while reading, not after.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 from typing import Any
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from logferry import __version__
 from logferry.aws.policies import trust_policy
 from logferry.ingest.lines import normalize
+from logferry.service.config import CustomerLimits
 from logferry.service.endpoints import (
     FieldError,
     check_customer_id,
@@ -26,10 +29,12 @@ from logferry.service.endpoints import (
     endpoint_document,
     parse_endpoint,
 )
-from logferry.service.ingest_body import BodyRefused, read_body
+from logferry.service.ingest_body import BodyRefused, decode_body, is_gzip, read_raw
+from logferry.service.limits import retry_after_header
 from logferry.service.logs import log
 from logferry.service.otlp import otlp_router
 from logferry.service.runtime import EndpointConflict, Service, UnknownEndpoint
+from logferry.service.store import ExternalIdTaken
 from logferry.service.timestamps import rfc3339, shape_times
 from logferry.spool import SpoolFull
 
@@ -41,7 +46,7 @@ class Principal(BaseModel):
     customer_id: str | None = None
 
 
-class CustomerBody(BaseModel):
+class CustomerBody(CustomerLimits):
     model_config = ConfigDict(extra="forbid")
     external_id: str | None = Field(
         None,
@@ -57,6 +62,9 @@ class CustomerOut(BaseModel):
     id: str
     external_id: str
     created: str = Field(description="RFC 3339 UTC, e.g. 2026-11-30T05:01:02.123Z")
+    spool_max_bytes: int | None = Field(None, description="This customer's spool quota.")
+    ingest_rate_bytes: float | None = None
+    ingest_rate_lines: float | None = None
     endpoints: list[str] = []
     trust_policies: dict[str, Any] = Field(
         default_factory=dict,
@@ -83,6 +91,17 @@ def _problem(status: int, message: str, fix: str | None = None, **extra: Any) ->
         body["fix"] = fix
     body.update(extra)
     return JSONResponse(body, status_code=status)
+
+
+NORMALIZE_INLINE_BYTES = 64 * 1024
+"""Bodies above this are normalised in a worker thread so the event loop keeps serving."""
+
+
+def _too_many(message: str, wait: float, fix: str) -> JSONResponse:
+    retry = retry_after_header(wait)
+    response = _problem(429, message, f"{fix}; retry after {retry} s", retry_after=int(retry))
+    response.headers["Retry-After"] = retry
+    return response
 
 
 def create_app(service: Service) -> FastAPI:
@@ -125,9 +144,15 @@ def create_app(service: Service) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         token = token.strip()
+        if not token.isascii() or not token.isprintable():  # ours are ASCII: never a 500
+            raise HTTPException(
+                401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
+            )
         if service.admin_token and hmac.compare_digest(token, service.admin_token):
             return Principal(admin=True)
-        customer = service.store.customer_for_token(token)
+        customer = service.store.cached_customer_for_token(token)
+        if customer is None:  # SQLite (synchronous=FULL) stays off the event loop
+            customer = await asyncio.to_thread(service.store.customer_for_token, token)
         if customer is None:
             raise HTTPException(
                 401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
@@ -158,9 +183,37 @@ def create_app(service: Service) -> FastAPI:
             )
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["probes"], response_class=PlainTextResponse)
-    async def metrics() -> Response:
-        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+    def metrics_allowed(request: Request) -> bool:
+        if service.config.auth.metrics_public:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or not token.isascii():
+            return False
+        return any(
+            secret and hmac.compare_digest(token.encode(), secret.encode())
+            for secret in (service.admin_token, service.metrics_token)
+        )
+
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        response_class=PlainTextResponse,
+        summary="Prometheus metrics; needs the admin token (or auth.metrics_token_env's token).",
+    )
+    async def metrics(request: Request) -> Response:
+        if not metrics_allowed(request):
+            return JSONResponse(
+                {
+                    "error": "/metrics needs the admin token or the metrics token",
+                    "fix": "scrape with 'Authorization: Bearer <token>' "
+                    "(auth.metrics_token_env gives scrapers a token of their own)",
+                },
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        text = await asyncio.to_thread(service.metrics.render)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ ingest
 
@@ -172,7 +225,11 @@ def create_app(service: Service) -> FastAPI:
         summary="Append newline-delimited log lines; 202 only once they are durable.",
         responses={
             413: {"description": "body over the limit"},
-            429: {"description": "spool full; retry after Retry-After seconds"},
+            429: {
+                "description": "this customer's quota (spool_max_bytes), its ingest rate "
+                "(ingest_rate_bytes / ingest_rate_lines) or the shared spool is at its limit; "
+                "retry after Retry-After seconds"
+            },
         },
     )
     async def ingest(
@@ -185,12 +242,46 @@ def create_app(service: Service) -> FastAPI:
             service.endpoint(customer_id, name)
         except UnknownEndpoint as exc:
             return _problem(404, exc.message, exc.fix)
+        wait = service.ingest_wait(customer_id)
+        if wait > 0:  # refused before reading the body: a flood costs its sender, not the loop
+            service.metrics.ingest_rejected.labels("rate_limited").inc()
+            return _too_many(
+                f"customer {customer_id!r} is over its ingest rate; nothing was kept",
+                wait,
+                "send slower or ask for a higher ingest_rate_bytes / ingest_rate_lines",
+            )
         try:
-            body = await read_body(request, max_body)
+            body = await read_raw(request, max_body)
         except BodyRefused as exc:
             service.metrics.ingest_rejected.labels(exc.reason).inc()
             return _problem(exc.status, exc.message, exc.fix)
-        norm = normalize(body, max_line_bytes=max_line)
+        gzipped = is_gzip(request)
+        heavy = gzipped or len(body) > NORMALIZE_INLINE_BYTES
+        # CPU-heavy bodies take a slot: one per customer, few in all, so a tenant's flood
+        # queues behind itself and the event loop keeps most of the GIL for everybody else.
+        async with service.heavy_slot(customer_id) if heavy else contextlib.nullcontext():
+            try:
+                encoding = request.headers.get("content-encoding", "")
+                if gzipped:
+                    body = await asyncio.to_thread(decode_body, body, encoding, max_body)
+                else:
+                    body = decode_body(body, encoding, max_body)
+            except BodyRefused as exc:
+                service.metrics.ingest_rejected.labels(exc.reason).inc()
+                return _problem(exc.status, exc.message, exc.fix)
+            wait = service.ingest_wait(customer_id, len(body))
+            if wait > 0:
+                service.metrics.ingest_rejected.labels("rate_limited").inc()
+                return _too_many(
+                    f"customer {customer_id!r} is over its ingest rate; nothing was kept",
+                    wait,
+                    "send slower or ask for a higher ingest_rate_bytes / ingest_rate_lines",
+                )
+            if len(body) > NORMALIZE_INLINE_BYTES:
+                norm = await asyncio.to_thread(normalize, body, max_line_bytes=max_line)
+            else:
+                norm = normalize(body, max_line_bytes=max_line)
+        service.charge_lines(customer_id, norm.lines)
         result = IngestResult(
             accepted=norm.lines,
             empty_skipped=norm.empty_skipped,
@@ -202,15 +293,11 @@ def create_app(service: Service) -> FastAPI:
                 await service.ingest(customer_id, name, norm.data, norm.lines, "http")
             except SpoolFull as exc:
                 service.metrics.ingest_rejected.labels("spool_full").inc()
-                retry = max(1, round(exc.retry_after))
-                response = _problem(
-                    429,
-                    "the spool is full; nothing of this request was kept",
-                    f"retry after {retry} s",
-                    retry_after=retry,
+                return _too_many(
+                    f"{exc.message}; nothing of this request was kept",
+                    exc.retry_after,
+                    "wait for delivery to catch up",
                 )
-                response.headers["Retry-After"] = str(retry)
-                return response
         adjusted = service.metrics.ingest_adjusted
         for kind, count in (
             ("empty_skipped", norm.empty_skipped),
@@ -226,6 +313,7 @@ def create_app(service: Service) -> FastAPI:
     # ------------------------------------------------------------------ customers
 
     def _customer_out(customer_id: str) -> CustomerOut:
+        """Reads SQLite: call it through asyncio.to_thread."""
         record = service.store.get_customer(customer_id)
         if record is None:
             raise HTTPException(404, f"no customer {customer_id!r}")
@@ -239,6 +327,9 @@ def create_app(service: Service) -> FastAPI:
             kind: trust_policy(kind, record.external_id, vendor) for kind in ("s3", "kinesis")
         }
         return CustomerOut(
+            spool_max_bytes=record.spool_max_bytes,
+            ingest_rate_bytes=record.ingest_rate_bytes,
+            ingest_rate_lines=record.ingest_rate_lines,
             trust_policies=policies,
             id=record.id,
             external_id=record.external_id,
@@ -252,21 +343,34 @@ def create_app(service: Service) -> FastAPI:
         customer_id: str, body: CustomerBody | None = Body(None), _: Principal = Depends(admin)
     ) -> Any:
         check_customer_id(customer_id)
-        record, new = service.put_customer(customer_id, body.external_id if body else None)
-        out = _customer_out(record.id)
+        limits = body.limits() if body else {}
+        try:
+            record, new = await asyncio.to_thread(
+                service.put_customer, customer_id, body.external_id if body else None, limits
+            )
+        except ExternalIdTaken as exc:
+            return _problem(
+                409,
+                str(exc),
+                "choose another external_id (or leave it out to get a fresh one)",
+            )
+        out = await asyncio.to_thread(_customer_out, record.id)
         return JSONResponse(out.model_dump(), status_code=201 if new else 200)
 
     @app.get("/v1/customers", tags=["customers"])
     async def list_customers(_: Principal = Depends(admin)) -> list[CustomerOut]:
-        return [_customer_out(c.id) for c in service.store.list_customers()]
+        def listing() -> list[CustomerOut]:
+            return [_customer_out(c.id) for c in service.store.list_customers()]
+
+        return await asyncio.to_thread(listing)
 
     @app.get("/v1/customers/{customer_id}", response_model=CustomerOut, tags=["customers"])
     async def get_customer(customer_id: str, _: Principal = Depends(admin)) -> Any:
-        return _customer_out(customer_id)
+        return await asyncio.to_thread(_customer_out, customer_id)
 
     @app.delete("/v1/customers/{customer_id}", status_code=204, tags=["customers"])
     async def delete_customer(customer_id: str, _: Principal = Depends(admin)) -> Response:
-        if service.store.get_customer(customer_id) is None:
+        if await asyncio.to_thread(service.store.get_customer, customer_id) is None:
             raise HTTPException(404, f"no customer {customer_id!r}")
         await service.delete_customer(customer_id)
         return Response(status_code=204)
@@ -278,14 +382,14 @@ def create_app(service: Service) -> FastAPI:
         tags=["customers"],
     )
     async def issue_token(customer_id: str, _: Principal = Depends(admin)) -> Any:
-        if service.store.get_customer(customer_id) is None:
+        if await asyncio.to_thread(service.store.get_customer, customer_id) is None:
             raise HTTPException(404, f"no customer {customer_id!r}")
-        token_id, token = service.store.issue_token(customer_id)
+        token_id, token = await asyncio.to_thread(service.store.issue_token, customer_id)
         return TokenOut(id=token_id, token=token)
 
     @app.get("/v1/customers/{customer_id}/tokens", tags=["customers"])
     async def list_tokens(customer_id: str, _: Principal = Depends(admin)) -> list[dict[str, Any]]:
-        return shape_times(service.store.list_tokens(customer_id))
+        return shape_times(await asyncio.to_thread(service.store.list_tokens, customer_id))
 
     @app.delete(
         "/v1/customers/{customer_id}/tokens/{token_id}", status_code=204, tags=["customers"]
@@ -293,7 +397,7 @@ def create_app(service: Service) -> FastAPI:
     async def revoke_token(
         customer_id: str, token_id: str, _: Principal = Depends(admin)
     ) -> Response:
-        if not service.store.revoke_token(customer_id, token_id):
+        if not await asyncio.to_thread(service.store.revoke_token, customer_id, token_id):
             raise HTTPException(404, f"no active token {token_id!r} for {customer_id!r}")
         return Response(status_code=204)
 
@@ -325,14 +429,12 @@ def create_app(service: Service) -> FastAPI:
     ) -> Any:
         check_customer_id(customer_id)
         check_endpoint_name(name)
-        if service.store.get_customer(customer_id) is None:
+        if await asyncio.to_thread(service.store.get_customer, customer_id) is None:
             raise HTTPException(
                 404, f"no customer {customer_id!r}: PUT /v1/customers/{customer_id} first"
             )
-        type_, model = parse_endpoint(name, body)
+        type_, model = parse_endpoint(name, body, **service.endpoint_rules)
         if verify and service.config.server.verify_on_change:
-            import asyncio
-
             report = await asyncio.to_thread(service.verify, customer_id, type_, model)
             if not report.ok:
                 return _problem(
@@ -381,10 +483,16 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/customers/{customer_id}/endpoints/{name}/verify", tags=["endpoints"])
     async def verify_endpoint(
         customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
-    ) -> dict[str, Any]:
-        import asyncio
-
+    ) -> Any:
         record, model = service.endpoint(customer_id, name)
+        wait = service.verify_wait(customer_id)
+        if wait > 0:
+            return _too_many(
+                f"customer {customer_id!r} called verify too often "
+                f"(server.verify_per_minute = {service.config.server.verify_per_minute:g})",
+                wait,
+                "each verify assumes the role in every STS region",
+            )
         report = await asyncio.to_thread(service.verify, customer_id, record.type, model)
         if report.ok:
             service.broker.forget(model.iam_role)
@@ -395,6 +503,9 @@ def create_app(service: Service) -> FastAPI:
     async def endpoint_status(
         customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
     ) -> dict[str, Any]:
-        return shape_times(service.endpoint_status(customer_id, name))
+        # On the loop: a 404 for an unknown endpoint, or its worker made here, not in the thread.
+        if (customer_id, name) not in service.invalid:
+            service.worker(customer_id, name)
+        return shape_times(await asyncio.to_thread(service.endpoint_status, customer_id, name))
 
     return app

@@ -26,17 +26,28 @@ class _Strict(BaseModel):
 
 class VendorConfig(_Strict):
     name: str = Field("logferry", min_length=1, max_length=32, description="Shown in CloudTrail.")
-    account_id: str = "717331877981"
+    account_id: str | None = Field(
+        None,
+        description="Expected vendor account. `serve` reads the real one from "
+        "sts:GetCallerIdentity and refuses to start when this is set and differs.",
+    )
     external_id_mode: Literal["customer_id", "generated"] = "customer_id"
     sts_regions: list[str] = Field(default_factory=lambda: list(DEFAULT_STS_REGIONS))
     sts_endpoints: dict[str, str] = Field(default_factory=dict)
     session_duration_seconds: int = Field(3600, ge=MIN_DURATION, le=MAX_DURATION)
-    source_identity: str | None = None
+    source_identity: str | None = Field(
+        None,
+        min_length=2,
+        max_length=64,
+        pattern=r"^[\w+=,.@-]+$",
+        description="Sent as SourceIdentity with every AssumeRole (shows in the customer's "
+        "CloudTrail; their trust policy must allow sts:SetSourceIdentity).",
+    )
 
     @field_validator("account_id")
     @classmethod
-    def _account(cls, value: str) -> str:
-        return validate_account_id(value)
+    def _account(cls, value: str | None) -> str | None:
+        return None if value is None else validate_account_id(value)
 
     @field_validator("sts_regions")
     @classmethod
@@ -58,6 +69,8 @@ class VendorConfig(_Strict):
 class AwsConfig(_Strict):
     endpoint_url: str | None = None
     """Every AWS service at one URL (the emulator); unset for real AWS."""
+    allow_http_domain: bool = False
+    """Accept `http://` in an S3 endpoint's `domain` (an emulator on loopback); off: https only."""
 
 
 class ServerConfig(_Strict):
@@ -73,6 +86,13 @@ class ServerConfig(_Strict):
     )
     delivery_threads: int = Field(8, ge=1, le=256)
     verify_on_change: bool = True
+    verify_per_minute: float = Field(
+        6.0,
+        gt=0,
+        le=600,
+        description="POST .../verify calls allowed per customer per minute (each costs up to "
+        "6 AssumeRole calls); over it: 429 + Retry-After.",
+    )
 
     @field_validator("max_body_bytes", "max_line_bytes")
     @classmethod
@@ -100,6 +120,13 @@ class SpoolConfig(_Strict):
 class AuthConfig(_Strict):
     admin_token_env: str | None = "LOGFERRY_ADMIN_TOKEN"
     admin_token_file: Path | None = None
+    metrics_token_env: str | None = None
+    """Optional read-only token for GET /metrics (a scraper need not hold the admin token)."""
+    metrics_public: bool = False
+    """Serve /metrics without a token (it lists customer ids and endpoint names)."""
+
+    def metrics_token(self) -> str | None:
+        return (os.environ.get(self.metrics_token_env) or None) if self.metrics_token_env else None
 
     def admin_token(self) -> str | None:
         if self.admin_token_file is not None:
@@ -123,12 +150,47 @@ class StaticEndpoint(BaseModel):
     name: str
 
 
-class StaticCustomer(_Strict):
+class CustomerLimits(_Strict):
+    """A tenant's own limits, checked before the service-wide ones (None: no own limit)."""
+
+    spool_max_bytes: int | str | None = Field(
+        None, description='This customer\'s spool quota, e.g. "64MiB"; over it: 429.'
+    )
+    ingest_rate_bytes: int | str | None = Field(
+        None, description='Ingest bytes per second, e.g. "1MiB"; over it: 429 + Retry-After.'
+    )
+    ingest_rate_lines: float | None = Field(
+        None, gt=0, description="Ingest lines per second; over it: 429 + Retry-After."
+    )
+
+    @field_validator("spool_max_bytes", "ingest_rate_bytes")
+    @classmethod
+    def _size(cls, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        size = parse_size(value)
+        if size <= 0:
+            raise ValueError("must be > 0 (leave it out for no limit)")
+        return size
+
+    def limits(self) -> dict[str, Any]:
+        """The fields that were given (for the store)."""
+        return {k: getattr(self, k) for k in self.model_fields_set if k in _LIMIT_FIELDS}
+
+
+_LIMIT_FIELDS = ("spool_max_bytes", "ingest_rate_bytes", "ingest_rate_lines")
+
+
+class StaticCustomer(CustomerLimits):
     id: str
     external_id: str | None = None
     token_env: str | None = None
     token_file: Path | None = None
     endpoints: list[StaticEndpoint] = Field(default_factory=list)
+
+    def limits(self) -> dict[str, Any]:
+        """Config is the source of truth for static customers: unset fields clear the limit."""
+        return {k: getattr(self, k) for k in _LIMIT_FIELDS}
 
 
 class StateConfig(_Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -58,7 +59,30 @@ def check_endpoint_name(name: str) -> str:
     return name
 
 
-def parse_endpoint(name: str, body: dict[str, Any]) -> tuple[str, EndpointModel]:
+def check_domain(domain: Any, *, allow_http: bool) -> None:
+    """An S3 `domain` is an https:// host name (or a bare one); http:// only when allowed.
+
+    Plain http would send the customer's data and SigV4-signed requests in clear text; the
+    emulator on loopback is the one place it is needed (`aws.allow_http_domain = true`).
+    """
+    if not isinstance(domain, str) or "://" not in domain:
+        return  # a bare host: the sink model validates it and adds https://
+    scheme = domain.partition("://")[0]
+    host = urlsplit(domain).hostname
+    if scheme.lower() == "https" and host:
+        return
+    if scheme.lower() == "http" and host and allow_http:
+        return
+    msg = (
+        "must be an https:// host name (e.g. https://storage.example.com); http:// is refused "
+        "unless the operator sets aws.allow_http_domain = true (an emulator on loopback)"
+    )
+    raise FieldError([{"loc": ["body", "domain"], "msg": msg, "type": "value_error"}])
+
+
+def parse_endpoint(
+    name: str, body: dict[str, Any], *, allow_http_domain: bool = False
+) -> tuple[str, EndpointModel]:
     """Validate an endpoint body; the URL's name wins and must match a `name` in the body."""
     if not isinstance(body, dict):
         raise FieldError([{"loc": ["body"], "msg": "must be a JSON object", "type": "type_error"}])
@@ -85,6 +109,8 @@ def parse_endpoint(name: str, body: dict[str, Any]) -> tuple[str, EndpointModel]
             ]
         )
     fields["name"] = name
+    if type_ == "s3" and fields.get("domain") is not None:
+        check_domain(fields["domain"], allow_http=allow_http_domain)
     try:
         model = ENDPOINT_TYPES[type_].model_validate(fields)
     except ValidationError as exc:

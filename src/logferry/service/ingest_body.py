@@ -8,6 +8,7 @@ google.rpc.Status for OTLP); the status, the reason (the metric label) and the t
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -30,8 +31,8 @@ class BodyRefused(Exception):
         return self.message
 
 
-async def read_body(request: Request, max_body: int, *, fix: str = SPLIT_FIX) -> bytes:
-    """The request body, decompressed when `Content-Encoding: gzip`; raises BodyRefused."""
+async def read_raw(request: Request, max_body: int, *, fix: str = SPLIT_FIX) -> bytes:
+    """The request body as sent (still compressed), within the limit; raises BodyRefused."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_body:
         raise BodyRefused(
@@ -44,11 +45,19 @@ async def read_body(request: Request, max_body: int, *, fix: str = SPLIT_FIX) ->
         if size > max_body:
             raise BodyRefused(413, "too_large", f"body exceeds the limit of {max_body} bytes", fix)
         parts.append(piece)
-    body = b"".join(parts)
-    encoding = request.headers.get("content-encoding", "").strip().lower()
+    return b"".join(parts)
+
+
+def is_gzip(request: Request) -> bool:
+    return request.headers.get("content-encoding", "").strip().lower() in ("gzip", "x-gzip")
+
+
+def decode_body(raw: bytes, encoding: str, max_body: int, *, fix: str = SPLIT_FIX) -> bytes:
+    """Gunzip when `encoding` says so (CPU-heavy: call it in a thread); raises BodyRefused."""
+    encoding = encoding.strip().lower()
     if encoding in ("gzip", "x-gzip"):
         try:
-            return gunzip_limited(body, max_body)
+            return gunzip_limited(raw, max_body)
         except BodyTooLarge:
             raise BodyRefused(
                 413, "too_large", f"decompressed body exceeds {max_body} bytes", fix
@@ -64,4 +73,13 @@ async def read_body(request: Request, max_body: int, *, fix: str = SPLIT_FIX) ->
             f"Content-Encoding {encoding!r} is not supported",
             "use gzip or no encoding",
         )
-    return body
+    return raw
+
+
+async def read_body(request: Request, max_body: int, *, fix: str = SPLIT_FIX) -> bytes:
+    """The request body, decompressed (in a thread) when `Content-Encoding: gzip`."""
+    raw = await read_raw(request, max_body, fix=fix)
+    encoding = request.headers.get("content-encoding", "")
+    if not is_gzip(request):
+        return decode_body(raw, encoding, max_body, fix=fix)
+    return await asyncio.to_thread(decode_body, raw, encoding, max_body, fix=fix)

@@ -170,7 +170,9 @@ See what landed (S3 files are written every 10 s):
   logferry local ls
 
 Status:  LOGFERRY_ADMIN_TOKEN={admin_token} logferry admin status{url}
-API:     {base}/docs   metrics: {base}/metrics        Ctrl-C stops (open files are flushed).
+API:     {base}/docs   metrics (admin token): curl -sS -H 'Authorization: Bearer {admin_token}' \\
+    {base}/metrics
+Ctrl-C stops (open files are flushed).
 """,
         highlight=False,
     )

@@ -9,6 +9,7 @@ import logging
 import secrets
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,16 +23,21 @@ from logferry.errors import InputError, LogferryError
 from logferry.ingest.syslog import SyslogServer
 from logferry.service.config import ServiceConfig
 from logferry.service.endpoints import EndpointModel, endpoint_document, parse_endpoint
+from logferry.service.limits import KeyedBuckets
 from logferry.service.logs import log
 from logferry.service.metrics import Metrics
 from logferry.service.store import CustomerRecord, EndpointRecord, Store
 from logferry.service.worker import EndpointWorker, model_for
 from logferry.sinks.registry import SinkContext, factory
 from logferry.spool import Chunk, SpoolManager
+from logferry.spool.budget import LayeredBudget
+from logferry.spool.log import SpoolBudget
 
 logger = logging.getLogger("logferry.service")
 
 EndpointKey = tuple[str, str]
+HEAVY_SLOTS = 2
+"""Concurrent CPU-heavy ingest jobs (threads competing with the event loop for the GIL)."""
 
 
 class UnknownEndpoint(InputError):
@@ -48,14 +54,28 @@ class Service:
     def __init__(self, config: ServiceConfig, *, vendor_credentials: Credentials | None = None):
         self.config = config
         self.stopping = False
-        config.spool.dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(config.spool.dir)
         self.state_dir = config.spool.dir / "state"
+        for sub in (self.state_dir, config.spool.dir / "data"):
+            if sub.exists():
+                _private_dir(sub)
         self.store = Store(config.db_path)
+        # Tenant quotas: one budget per customer, layered over the shared one (see spool.budget).
+        self._quotas: dict[str, SpoolBudget] = {}
+        self._layered: dict[str, LayeredBudget] = {}
+        self._uid_customer: dict[str, str] = {}
+        self.customer_limits: dict[str, CustomerRecord] = {}
+        self.ingest_bytes_buckets = KeyedBuckets()
+        self.ingest_lines_buckets = KeyedBuckets()
+        self.verify_buckets = KeyedBuckets()
+        self._heavy_per_customer: dict[str, asyncio.Semaphore] = {}
+        self._heavy_all: asyncio.Semaphore | None = None
         self.spools = SpoolManager(
             config.spool.dir / "data",
             max_bytes=config.spool.max_bytes,
             segment_bytes=config.spool.segment_bytes,
             quarantine_dir=config.spool.dir / "quarantine",
+            budget_for=self._budget_for,
         )
         _raise_fd_limit()
         self.aws_target = AwsTarget(endpoint_url=config.aws.endpoint_url)
@@ -67,6 +87,7 @@ class Service:
             target=self.aws_target,
             vendor_credentials=vendor_credentials,
             duration_seconds=config.vendor.session_duration_seconds,
+            source_identity=config.vendor.source_identity,
         )
         self.delivery_executor = ThreadPoolExecutor(
             max_workers=config.server.delivery_threads, thread_name_prefix="deliver"
@@ -76,6 +97,7 @@ class Service:
         self.sts_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sts")
         self.metrics = Metrics(self.snapshot)
         self.admin_token = config.auth.admin_token()
+        self.metrics_token = config.auth.metrics_token()
         self.endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]] = {}
         self.workers: dict[EndpointKey, EndpointWorker] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -89,6 +111,7 @@ class Service:
 
     async def start(self) -> None:
         for record in self.store.list_endpoints():
+            self._uid_customer[record.uid_prefix] = record.customer_id
             try:
                 self.endpoints[(record.customer_id, record.name)] = (record, model_for(record))
             except Exception as exc:  # a stored endpoint no longer validates: keep its data
@@ -102,21 +125,23 @@ class Service:
                     customer=record.customer_id,
                     error=str(exc),
                 )
+        for customer in self.store.list_customers():
+            self._apply_limits(customer)
+        # Seed each tenant's quota with what its spools already hold (before any spool opens:
+        # an opening spool only reports changes against the bytes on disk).
+        seeds = await asyncio.to_thread(
+            lambda: {uid: self.spools.key_disk_bytes(uid) for uid in self._uid_customer}
+        )
+        for uid, used in seeds.items():
+            if used:
+                self._quota(self._uid_customer[uid]).adjust(used)
         self._apply_static_config()
-        # Resume delivery of whatever a previous run left in the spool.
+        # Resume delivery of whatever a previous run left in the spool (file-system work: off
+        # the loop, a crash may leave segments to scan).
         live = {record.uid_prefix: key for key, (record, _) in self.endpoints.items()}
-        kept = {record.uid_prefix for record, _ in self.invalid.values()}
-        for uid in self.spools.keys_on_disk():
-            key = live.get(uid)
-            if uid in kept:
-                continue
-            if key is None:
-                log(logger, logging.WARNING, "spool of a deleted endpoint removed", uid=uid)
-                self.spools.drop(uid)
-                continue
-            spool = self.spools.open(uid)
-            if spool.end_offset > spool.committed_offset or (self.state_dir / "s3" / uid).exists():
-                self.worker(*key).notify()
+        resume = await asyncio.to_thread(self._reopen_spools, live)
+        for key in resume:
+            self.worker(*key).notify()
         for listener_config in self.config.listeners:
             key = (listener_config.customer_id, listener_config.endpoint)
             if key not in self.endpoints:
@@ -135,22 +160,66 @@ class Service:
             self.listeners.append(server)
         self.ready = True
 
+    def _reopen_spools(self, live: dict[str, EndpointKey]) -> list[EndpointKey]:
+        """Open the spools left on disk (drop those of deleted endpoints); keys to resume."""
+        resume = []
+        kept = {record.uid_prefix for record, _ in self.invalid.values()}
+        for uid in self.spools.keys_on_disk():
+            key = live.get(uid)
+            if uid in kept:
+                continue  # an invalid endpoint keeps its accepted lines until fixed or deleted
+            if key is None:
+                log(logger, logging.WARNING, "spool of a deleted endpoint removed", uid=uid)
+                self.spools.drop(uid)
+                continue
+            spool = self.spools.open(uid)
+            if spool.end_offset > spool.committed_offset or (self.state_dir / "s3" / uid).exists():
+                resume.append(key)
+        return resume
+
     def _apply_static_config(self) -> None:
         import os
 
+        from logferry.service.store import ExternalIdTaken
+
+        wanted: dict[str, list[str]] = {}
         for customer in self.config.customers:
-            self.put_customer(customer.id, customer.external_id)
+            try:
+                self.put_customer(customer.id, customer.external_id, customer.limits())
+            except ExternalIdTaken as exc:
+                raise InputError(
+                    f"customers[{customer.id}].external_id",
+                    str(exc) + ".",
+                    fix="Give this customer a new external ID (and its role a matching trust "
+                    "policy); a deleted customer's ID is never reused.",
+                ) from None
             token = None
             if customer.token_env:
                 token = os.environ.get(customer.token_env)
             elif customer.token_file:
                 token = customer.token_file.read_text().strip()
-            if token:
-                self.store.put_static_token(customer.id, token)
+            wanted[customer.id] = [token] if token else []
             for endpoint in customer.endpoints:
                 body = endpoint.model_dump()
-                type_, model = parse_endpoint(endpoint.name, body)
+                type_, model = parse_endpoint(endpoint.name, body, **self.endpoint_rules)
                 self.put_endpoint(customer.id, endpoint.name, type_, model)
+        # The config is the truth for static tokens: removed or rotated ones stop working.
+        revoked = self.store.reconcile_static_tokens(wanted)
+        if revoked:
+            log(
+                logger, logging.INFO, "static tokens no longer in the config revoked", count=revoked
+            )
+
+    @property
+    def endpoint_rules(self) -> dict[str, Any]:
+        """Service-level rules for endpoint bodies (on top of the sink's own validation)."""
+        return {"allow_http_domain": self.config.aws.allow_http_domain}
+
+    def close_quietly(self) -> None:
+        """Release the spool lock and the database when the service never started."""
+        self.delivery_executor.shutdown(wait=False, cancel_futures=True)
+        self.spools.close()
+        self.store.close()
 
     async def stop(self) -> None:
         self.stopping = True
@@ -167,22 +236,97 @@ class Service:
     # ------------------------------------------------------------------ customers / endpoints
 
     def new_external_id(self, customer_id: str) -> str:
-        if self.config.vendor.external_id_mode == "generated":
-            return f"{self.config.vendor.name[:16]}-{secrets.token_urlsafe(24)}"
-        return customer_id
+        """The default external ID; never one that was ever bound before (tombstones)."""
+        if self.config.vendor.external_id_mode == "customer_id":
+            if not self.store.external_id_bound(customer_id):
+                return customer_id
+            # A re-created customer id: the deleted tenant's roles still trust the old ID.
+            return f"{customer_id[:64]}-{secrets.token_urlsafe(12)}"
+        return f"{self.config.vendor.name[:16]}-{secrets.token_urlsafe(24)}"
 
     def put_customer(
-        self, customer_id: str, external_id: str | None = None
+        self,
+        customer_id: str,
+        external_id: str | None = None,
+        limits: dict[str, Any] | None = None,
     ) -> tuple[CustomerRecord, bool]:
-        return self.store.put_customer(
-            customer_id, external_id or self.new_external_id(customer_id)
-        )
+        """Create (or update the limits of) a customer; raises ExternalIdTaken on reuse."""
+        if external_id is None and self.store.get_customer(customer_id) is None:
+            external_id = self.new_external_id(customer_id)
+        record, new = self.store.put_customer(customer_id, external_id or "", limits)
+        self._apply_limits(record)
+        return record, new
+
+    # ------------------------------------------------------------------ tenant limits
+
+    def _quota(self, customer_id: str) -> SpoolBudget:
+        quota = self._quotas.get(customer_id)
+        if quota is None:
+            quota = self._quotas[customer_id] = SpoolBudget(None, 0)
+            self._layered[customer_id] = LayeredBudget(
+                [
+                    (f"customer {customer_id!r}'s spool quota (spool_max_bytes)", quota),
+                    ("the spool directory (spool.max_bytes)", self.spools.budget),
+                ]
+            )
+        return quota
+
+    def _budget_for(self, uid: str) -> SpoolBudget | None:
+        customer_id = self._uid_customer.get(uid)
+        if customer_id is None:
+            return None
+        self._quota(customer_id)
+        return self._layered[customer_id]
+
+    def _apply_limits(self, record: CustomerRecord) -> None:
+        self._quota(record.id).max_bytes = record.spool_max_bytes
+        self.customer_limits[record.id] = record
+
+    def ingest_wait(self, customer_id: str, nbytes: int | None = None) -> float:
+        """Seconds the customer must wait under its ingest rate (0.0: go ahead). With `nbytes`,
+        an admitted request is charged for them."""
+        record = self.customer_limits.get(customer_id)
+        if record is None:
+            return 0.0
+        waits = []
+        if record.ingest_rate_bytes:
+            bucket = self.ingest_bytes_buckets.get(customer_id, record.ingest_rate_bytes)
+            waits.append(bucket.wait() if nbytes is None else bucket.take(nbytes))
+        if record.ingest_rate_lines:
+            bucket = self.ingest_lines_buckets.get(customer_id, record.ingest_rate_lines)
+            waits.append(bucket.wait())
+        return max(waits, default=0.0)
+
+    def charge_lines(self, customer_id: str, lines: int) -> None:
+        record = self.customer_limits.get(customer_id)
+        if record is not None and record.ingest_rate_lines and lines:
+            self.ingest_lines_buckets.get(customer_id, record.ingest_rate_lines).charge(lines)
+
+    @contextlib.asynccontextmanager
+    async def heavy_slot(self, customer_id: str) -> AsyncIterator[None]:
+        """A slot for CPU-heavy ingest work (gunzip, normalisation of a large body): one per
+        customer and HEAVY_SLOTS in all, so one tenant's flood waits for itself."""
+        mine = self._heavy_per_customer.setdefault(customer_id, asyncio.Semaphore(1))
+        if self._heavy_all is None:
+            self._heavy_all = asyncio.Semaphore(HEAVY_SLOTS)
+        async with mine, self._heavy_all:
+            yield
+
+    def verify_wait(self, customer_id: str) -> float:
+        """Per-customer verify budget (each verify costs up to 6 AssumeRole calls)."""
+        per_minute = self.config.server.verify_per_minute
+        bucket = self.verify_buckets.get(customer_id, per_minute / 60.0, max(1.0, per_minute))
+        return bucket.take(1.0, debt=False)
 
     async def delete_customer(self, customer_id: str) -> None:
         for key in [k for k in self.endpoints if k[0] == customer_id]:
             await self._retire(key)
-        for uid in self.store.delete_customer(customer_id):
+        for uid in await asyncio.to_thread(self.store.delete_customer, customer_id):
             await asyncio.to_thread(self.spools.drop, uid)
+        self.customer_limits.pop(customer_id, None)
+        self._heavy_per_customer.pop(customer_id, None)
+        for buckets in (self.ingest_bytes_buckets, self.ingest_lines_buckets, self.verify_buckets):
+            buckets.forget(customer_id)
 
     def put_endpoint(
         self, customer_id: str, name: str, type_: str, model: EndpointModel
@@ -202,6 +346,7 @@ class Service:
                 "0 pending lines (or DELETE the endpoint to drop them), then change its type.",
             )
         record, new = self.store.put_endpoint(customer_id, name, type_, document)
+        self._uid_customer[record.uid_prefix] = customer_id
         if broken is not None:
             self.invalid.pop(key, None)
             if broken[0].uid_prefix != record.uid_prefix:
@@ -271,9 +416,9 @@ class Service:
         if not sink_factory.journaled or not state.exists():
             return
         customer = self.store.get_customer(record.customer_id)
-        if customer is None:
-            return
         try:
+            if customer is None:  # fail closed: never guess an external ID
+                raise LogferryError(f"customer {record.customer_id!r} has no record")
             clients = self.broker.clients(
                 model.iam_role,
                 customer.external_id,
@@ -293,6 +438,15 @@ class Service:
                 fix="an AbortIncompleteMultipartUpload lifecycle rule on the bucket removes it "
                 "(logferry role create --abort-incomplete-multipart-days 1)",
             )
+
+    def no_customer(self, record: EndpointRecord) -> str:
+        """Fail closed when an endpoint's customer record is missing: never guess the ID."""
+        raise InputError(
+            "customer",
+            f"customer {record.customer_id!r} of endpoint {record.name!r} has no record: "
+            "no external ID, so no role is assumed.",
+            fix=f"Re-create the endpoint under PUT /v1/customers/{record.customer_id}.",
+        )
 
     def endpoint(self, customer_id: str, name: str) -> tuple[EndpointRecord, EndpointModel]:
         found = self.endpoints.get((customer_id, name))
@@ -346,7 +500,13 @@ class Service:
 
     def verify(self, customer_id: str, type_: str, model: EndpointModel) -> Report:
         customer = self.store.get_customer(customer_id)
-        external_id = customer.external_id if customer else customer_id
+        if customer is None:  # fail closed: never guess an external ID
+            raise UnknownEndpoint(
+                "customer",
+                f"no customer {customer_id!r}.",
+                fix=f"Create it: PUT /v1/customers/{customer_id}",
+            )
+        external_id = customer.external_id
         target: S3Target | KinesisTarget
         if type_ == "s3":
             path = getattr(model, "path", "") or ""
@@ -423,6 +583,14 @@ class Service:
                 f"{ln.config.protocol}://{ln.config.listen}": ln.counters for ln in self.listeners
             },
         }
+
+
+def _private_dir(path: Any) -> None:
+    """Create `path` (0700) or tighten it: spool data and state are the customers' logs."""
+    import os
+
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
 
 
 def _raise_fd_limit() -> None:

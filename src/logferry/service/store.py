@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -55,7 +56,22 @@ CREATE TABLE IF NOT EXISTS endpoint_errors (
     fix TEXT
 );
 CREATE INDEX IF NOT EXISTS endpoint_errors_by_endpoint ON endpoint_errors(uid_prefix, seq);
+CREATE TABLE IF NOT EXISTS external_ids (
+    external_id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    deleted REAL
+);
 """
+# Every external ID ever bound, kept after its customer is deleted (a tombstone): the old
+# tenant's roles still trust it, so it must never be handed to anybody again.
+
+CUSTOMER_LIMITS = ("spool_max_bytes", "ingest_rate_bytes", "ingest_rate_lines")
+_MIGRATIONS = (
+    "ALTER TABLE customers ADD COLUMN spool_max_bytes INTEGER",
+    "ALTER TABLE customers ADD COLUMN ingest_rate_bytes REAL",
+    "ALTER TABLE customers ADD COLUMN ingest_rate_lines REAL",
+)
 
 ERRORS_KEPT = 100
 TOKEN_PREFIX = "lft"
@@ -66,6 +82,34 @@ class CustomerRecord:
     id: str
     external_id: str
     created: float
+    spool_max_bytes: int | None = None
+    ingest_rate_bytes: float | None = None
+    ingest_rate_lines: float | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> CustomerRecord:
+        return cls(
+            row["id"],
+            row["external_id"],
+            row["created"],
+            row["spool_max_bytes"],
+            row["ingest_rate_bytes"],
+            row["ingest_rate_lines"],
+        )
+
+
+class ExternalIdTaken(Exception):
+    """The external ID belongs (or belonged, before a delete) to a customer: never reuse it."""
+
+    def __init__(self, external_id: str, owner: str, deleted: bool) -> None:
+        state = "a deleted customer" if deleted else "customer"
+        super().__init__(
+            f"external ID {external_id!r} is already bound to {state} {owner!r}; "
+            "external IDs are unique and never reused"
+        )
+        self.external_id = external_id
+        self.owner = owner
+        self.deleted = deleted
 
 
 @dataclass(frozen=True)
@@ -87,7 +131,10 @@ class Store:
     """Thread-safe; every method is one short transaction."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # never world-readable, even briefly
+        os.close(fd)
+        os.chmod(path, 0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
@@ -97,6 +144,15 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(customers)")}
+            for statement in _MIGRATIONS:
+                if statement.split()[5] not in columns:
+                    self._db.execute(statement)
+            # Databases from before the tombstones: bind their customers' IDs now.
+            self._db.execute(
+                "INSERT OR IGNORE INTO external_ids(external_id, customer_id, created) "
+                "SELECT external_id, id, created FROM customers"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -115,28 +171,58 @@ class Store:
 
     # ------------------------------------------------------------------ customers
 
-    def put_customer(self, customer_id: str, external_id: str) -> tuple[CustomerRecord, bool]:
-        """Create the customer if new; an existing one keeps its external ID. Returns (rec, new)."""
+    def put_customer(
+        self, customer_id: str, external_id: str, limits: dict[str, Any] | None = None
+    ) -> tuple[CustomerRecord, bool]:
+        """Create the customer if new (its external ID must never have been bound before); an
+        existing one keeps its external ID and gets the `limits` given. Returns (rec, new)."""
+        limits = {k: v for k, v in (limits or {}).items() if k in CUSTOMER_LIMITS}
         with self._tx() as db:
             row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
             if row is not None:
-                return CustomerRecord(row["id"], row["external_id"], row["created"]), False
+                for key, value in limits.items():
+                    db.execute(f"UPDATE customers SET {key}=? WHERE id=?", (value, customer_id))
+                row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
+                return CustomerRecord.from_row(row), False
+            bound = db.execute(
+                "SELECT customer_id, deleted FROM external_ids WHERE external_id=?",
+                (external_id,),
+            ).fetchone()
+            if bound is not None:
+                raise ExternalIdTaken(
+                    external_id, bound["customer_id"], bound["deleted"] is not None
+                )
             now = time.time()
             db.execute(
                 "INSERT INTO customers(id, external_id, created) VALUES (?,?,?)",
                 (customer_id, external_id, now),
             )
-            return CustomerRecord(customer_id, external_id, now), True
+            db.execute(
+                "INSERT INTO external_ids(external_id, customer_id, created) VALUES (?,?,?)",
+                (external_id, customer_id, now),
+            )
+            for key, value in limits.items():
+                db.execute(f"UPDATE customers SET {key}=? WHERE id=?", (value, customer_id))
+            row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
+            return CustomerRecord.from_row(row), True
+
+    def external_id_bound(self, external_id: str) -> bool:
+        """True if `external_id` was ever bound (live or tombstoned)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM external_ids WHERE external_id=?", (external_id,)
+            ).fetchone()
+        return row is not None
 
     def get_customer(self, customer_id: str) -> CustomerRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
-        return CustomerRecord(row["id"], row["external_id"], row["created"]) if row else None
+        return CustomerRecord.from_row(row) if row else None
 
     def list_customers(self) -> list[CustomerRecord]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM customers ORDER BY id").fetchall()
-        return [CustomerRecord(r["id"], r["external_id"], r["created"]) for r in rows]
+        return [CustomerRecord.from_row(r) for r in rows]
 
     def delete_customer(self, customer_id: str) -> list[str]:
         """Delete the customer, its tokens and endpoints; returns the endpoints' uid prefixes."""
@@ -148,6 +234,10 @@ class Store:
                     "SELECT uid_prefix FROM endpoints WHERE customer_id=?", (customer_id,)
                 )
             ]
+            db.execute(
+                "UPDATE external_ids SET deleted=? WHERE customer_id=? AND deleted IS NULL",
+                (time.time(), customer_id),
+            )
             db.execute("DELETE FROM customers WHERE id=?", (customer_id,))
             for uid in uids:
                 db.execute("DELETE FROM endpoint_stats WHERE uid_prefix=?", (uid,))
@@ -169,13 +259,42 @@ class Store:
 
     def put_static_token(self, customer_id: str, token: str) -> None:
         """A token from the config file (env/file): stored hashed under a stable id."""
-        token_id = "static-" + _hash(token)[:12]
+        self.reconcile_static_tokens({customer_id: [token]}, only=[customer_id])
+
+    def reconcile_static_tokens(
+        self, wanted: dict[str, list[str]], *, only: list[str] | None = None
+    ) -> int:
+        """Make the config's tokens the only live static tokens (of the customers in `only`,
+        default all): removed or rotated ones are revoked, listed ones (re)activated.
+        Returns how many were revoked."""
+        self._token_cache.clear()
+        now = time.time()
+        keep: set[str] = set()
         with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO tokens(id, customer_id, secret_hash, created) "
-                "VALUES (?,?,?,?)",
-                (token_id, customer_id, _hash(token), time.time()),
-            )
+            for customer_id, tokens in wanted.items():
+                for token in tokens:
+                    token_id = "static-" + _hash(token)[:12]
+                    keep.add(token_id)
+                    db.execute(
+                        "INSERT INTO tokens(id, customer_id, secret_hash, created) "
+                        "VALUES (?,?,?,?) ON CONFLICT(id) DO UPDATE SET revoked=NULL "
+                        "WHERE tokens.customer_id=excluded.customer_id",
+                        (token_id, customer_id, _hash(token), now),
+                    )
+            rows = db.execute(
+                "SELECT id, customer_id FROM tokens WHERE id LIKE 'static-%' AND revoked IS NULL"
+            ).fetchall()
+            revoked = 0
+            for row in rows:
+                if row["id"] in keep or (only is not None and row["customer_id"] not in only):
+                    continue
+                db.execute("UPDATE tokens SET revoked=? WHERE id=?", (now, row["id"]))
+                revoked += 1
+        return revoked
+
+    def cached_customer_for_token(self, token: str) -> str | None:
+        """The customer of a token seen (valid) before; None means "ask customer_for_token"."""
+        return self._token_cache.get(_hash(token))
 
     def customer_for_token(self, token: str) -> str | None:
         """The customer a token belongs to; valid tokens are cached in memory (by hash)."""

@@ -234,6 +234,15 @@ class SpoolBudget:
         with self._lock:
             self._used += delta
 
+    def refusal(self, n: int) -> SpoolFull:
+        """The error for a refused `try_reserve(n)` (a layered budget names the layer)."""
+        over = self._used + n - (self.max_bytes or 0)
+        return SpoolFull(
+            f"spool directory is full ({self._used} of {self.max_bytes} bytes)",
+            retry_after=self.rate.eta(over),
+            fix="Wait for delivery to catch up, or raise the spool max_bytes.",
+        )
+
 
 # ---------------------------------------------------------------------------------------------
 # Small file helpers
@@ -938,13 +947,7 @@ class Spool:
                     fix="Wait for delivery to catch up, or raise the endpoint's spool limit.",
                 )
         if self._budget is not None and not self._budget.try_reserve(n):
-            b = self._budget
-            over = b.used + n - (b.max_bytes or 0)
-            return SpoolFull(
-                f"spool directory is full ({b.used} of {b.max_bytes} bytes)",
-                retry_after=b.rate.eta(over),
-                fix="Wait for delivery to catch up, or raise the spool max_bytes.",
-            )
+            return self._budget.refusal(n)
         self._reserved += n
         return None
 

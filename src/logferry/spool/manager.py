@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, unquote
 
@@ -76,7 +77,10 @@ class SpoolManager:
         max_open_spools: int | None = None,
         janitor: bool = True,
         quarantine_dir: str | os.PathLike[str] | None = None,
+        budget_for: Callable[[str], SpoolBudget | None] | None = None,
     ) -> None:
+        self._budget_for = budget_for
+        """Per-key budget (e.g. a tenant's quota layered over the shared one); None: shared."""
         self._root = os.path.abspath(os.fspath(directory))
         self._quarantine_root = (
             os.path.abspath(os.fspath(quarantine_dir))
@@ -151,6 +155,13 @@ class SpoolManager:
     def max_bytes(self) -> int | None:
         return self._budget.max_bytes
 
+    def _key_budget(self, key: str) -> SpoolBudget:
+        return (self._budget_for(key) if self._budget_for else None) or self._budget
+
+    def key_disk_bytes(self, key: str) -> int:
+        """Segment bytes on disk for `key` (to seed a per-key budget at start)."""
+        return segment_files_bytes(os.path.join(self._root, encode_key(key)))
+
     def _dir_names(self) -> list[str]:
         try:
             return [
@@ -186,7 +197,7 @@ class SpoolManager:
                     os.path.join(self._root, encode_key(key)),
                     segment_bytes=self._segment_bytes,
                     max_bytes=self._limits.get(key, self._endpoint_max),
-                    budget=self._budget,
+                    budget=self._key_budget(key),
                     executor=self._executor,
                     name=key,
                     on_activate=self._activate,
@@ -270,7 +281,7 @@ class SpoolManager:
             os.rename(path, grave)
             fsync_dir(self._root)
             shutil.rmtree(grave, ignore_errors=True)
-        self._budget.adjust(-freed)
+        self._key_budget(key).adjust(-freed)
         log.info("spool %s dropped (%d bytes freed)", key, freed)
 
     # -- idling ------------------------------------------------------------------------------
