@@ -45,14 +45,6 @@ def _landed(emulator: Emulator, bucket: str) -> set[bytes]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=False,
-    reason="B's lines land later than period + 5 s while A floods: measured 12-41 s on the "
-    "shared 2-core machine (load ~14), with each of B's requests taking seconds. Delivery "
-    "still holds a worker slot while it waits (STS/backoff/pacing: the lead's scheduling "
-    "part of issue 11) and A's normalisation threads compete with the loop for the GIL. "
-    "Everything else here (B only 202s, A 429 at its quota, all of B landed) passes.",
-)
 def test_noisy_neighbour_does_not_harm_another_customer(
     emulator: Emulator, unique, tmp_path: Path
 ) -> None:

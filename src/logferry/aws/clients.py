@@ -152,6 +152,8 @@ class AwsClients:
         self._chain: botocore.session.Session | None = None
         if credentials is None or profile is not None:
             self._chain = model_session().share_with(botocore.session.Session(profile=profile))
+            if profile is not None:
+                self._chain.get_scoped_config()  # a missing profile fails here (ProfileNotFound)
             if credentials is not None:
                 self._chain._credentials = credentials
 
