@@ -1,4 +1,4 @@
-"""Layered spool budgets: a tenant's quota checked before the shared directory limit.
+"""Spool byte budgets: the shared directory limit, and layered per-tenant quotas in front of it.
 
 A `Spool` takes one budget object; `LayeredBudget` is that object for a spool that belongs to a
 tenant: it reserves in every layer (quota first, shared last) or in none, so a tenant at its
@@ -8,7 +8,72 @@ frees are given back to both layers.
 
 from __future__ import annotations
 
-from logferry.spool.log import SpoolBudget, SpoolFull, _Rate
+import threading
+import time
+
+from logferry.spool.errors import SpoolFull
+
+
+class _Rate:
+    """Bytes/s of commits, smoothed over >= 1 s windows; feeds SpoolFull.retry_after."""
+
+    __slots__ = ("_acc", "_t0", "value")
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+        self._acc = 0
+        self.value = 0.0
+
+    def add(self, n: int) -> None:
+        now = time.monotonic()
+        self._acc += n
+        dt = now - self._t0
+        if dt >= 1.0:
+            inst = self._acc / dt
+            self.value = inst if self.value == 0.0 else 0.5 * self.value + 0.5 * inst
+            self._t0 = now
+            self._acc = 0
+
+    def eta(self, need: int) -> float:
+        """Seconds until `need` bytes are likely freed (1 s when no rate is known yet)."""
+        if self.value <= 0.0:
+            return 1.0
+        return min(60.0, max(0.05, need / self.value))
+
+
+class SpoolBudget:
+    """Disk bytes shared by every spool of a directory; `max_bytes=None` means unbounded."""
+
+    def __init__(self, max_bytes: int | None = None, used: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self._used = used
+        self._lock = threading.Lock()
+        self.rate = _Rate()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def try_reserve(self, n: int) -> bool:
+        with self._lock:
+            if self.max_bytes is not None and self._used + n > self.max_bytes:
+                return False
+            self._used += n
+            return True
+
+    def adjust(self, delta: int) -> None:
+        """Account bytes that appear or disappear regardless of the limit (headers, deletes)."""
+        with self._lock:
+            self._used += delta
+
+    def refusal(self, n: int) -> SpoolFull:
+        """The error for a refused `try_reserve(n)` (a layered budget names the layer)."""
+        over = self._used + n - (self.max_bytes or 0)
+        return SpoolFull(
+            f"spool directory is full ({self._used} of {self.max_bytes} bytes)",
+            retry_after=self.rate.eta(over),
+            fix="Wait for delivery to catch up, or raise the spool max_bytes.",
+        )
 
 
 class _Rates(_Rate):

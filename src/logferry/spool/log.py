@@ -55,7 +55,6 @@ import errno
 import itertools
 import logging
 import os
-import struct
 import threading
 import time
 import zlib
@@ -64,8 +63,45 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import NoReturn
 
-from logferry.errors import LogferryError
+from logferry.spool.budget import SpoolBudget as SpoolBudget
+from logferry.spool.budget import _Rate
 from logferry.spool.chunk import Chunk
+from logferry.spool.errors import Quarantined as Quarantined
+from logferry.spool.errors import SpoolBroken as SpoolBroken
+from logferry.spool.errors import SpoolClosed as SpoolClosed
+from logferry.spool.errors import SpoolCorrupt as SpoolCorrupt
+from logferry.spool.errors import SpoolError as SpoolError
+from logferry.spool.errors import SpoolFull as SpoolFull
+from logferry.spool.files import _O_CLOEXEC, _fdatasync, _pread_full, _pwrite_all
+from logferry.spool.files import fsync_dir as fsync_dir
+from logferry.spool.files import segment_files_bytes as segment_files_bytes
+from logferry.spool.files import write_atomic as write_atomic
+from logferry.spool.format import (
+    _CLEAN,
+    _CLEAN_MAGIC,
+    _COMMIT,
+    _COMMIT2,
+    _COMMIT2_MAGIC,
+    _COMMIT_MAGIC,
+    _REC_FIELDS,
+    _REC_HDR,
+    _REC_MAGIC,
+    _REC_PREFIX,
+    _SEG_HDR,
+    _SEG_MAGIC,
+    CLEAN_SUFFIX,
+    COMMITTED_NAME,
+    TMP_SUFFIX,
+)
+from logferry.spool.format import MAX_CHUNK_BYTES as MAX_CHUNK_BYTES
+from logferry.spool.format import REC_HEADER_BYTES as REC_HEADER_BYTES
+from logferry.spool.format import SEG_HEADER_BYTES as SEG_HEADER_BYTES
+from logferry.spool.format import SEG_SUFFIX as SEG_SUFFIX
+from logferry.spool.format import check_crc as _check_crc
+from logferry.spool.format import parse_segment_name as _parse_segment_name
+from logferry.spool.format import segment_name as segment_name
+from logferry.spool.format import validate_chunk_data as validate_chunk_data
+from logferry.spool.format import with_crc as _with_crc
 
 log = logging.getLogger(__name__)
 
@@ -75,258 +111,10 @@ STORAGE_REASON = (
 )
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-MAX_CHUNK_BYTES = 256 * 1024 * 1024
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 """One group-commit write covers at most this much (bounds the join copy and fsync latency)."""
 INDEX_INTERVAL = 256 * 1024
 """A sparse (offset -> file position) entry every this many bytes, to find an offset quickly."""
-
-SEG_SUFFIX = ".seg"
-CLEAN_SUFFIX = ".clean"
-COMMITTED_NAME = "committed"
-TMP_SUFFIX = ".tmp"
-
-_SEG_MAGIC = b"LFSEG\x00\x00\x01"
-_SEG_HDR = struct.Struct("<8sQQd")  # magic, base offset, first line number, accepted_at floor
-SEG_HEADER_BYTES = 40  # _SEG_HDR + crc32 + 4 reserved bytes
-_REC_MAGIC = b"LFR1"
-_REC_FIELDS = struct.Struct("<QQIId")  # start offset, first line, length, lines, accepted_at
-_REC_HDR = struct.Struct("<4sIQQIId")  # magic, crc32(fields + payload), fields
-_REC_PREFIX = struct.Struct("<4sI")  # magic, crc: the CRC'd bytes (fields + payload) are contiguous
-REC_HEADER_BYTES = _REC_HDR.size  # 40
-_COMMIT = struct.Struct("<8sQQQQd")  # magic, offset, line, segment base, position, accepted floor
-_COMMIT_MAGIC = b"LFCOMMIT"
-_COMMIT2 = struct.Struct("<8sQQQQQQd")
-"""magic, offset, line, segment base, record position, record start, record line, accepted floor:
-the committed position may fall inside a record (a sink cut a file or a batch mid-request)."""
-_COMMIT2_MAGIC = b"LFCOMIT2"
-_CLEAN = struct.Struct("<8sQQQQd")  # magic, base, valid size, end offset, end line, last accepted
-_CLEAN_MAGIC = b"LFCLEAN1"
-_U32 = struct.Struct("<I")
-
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
-class SpoolError(LogferryError):
-    """Root of spool failures."""
-
-
-class SpoolFull(SpoolError):
-    """The spool (or the whole spool directory) is at its byte limit: back off and retry.
-
-    Nothing was written; the caller still owns the data (HTTP ingest answers 503 + Retry-After).
-    """
-
-    def __init__(self, message: str, *, retry_after: float, fix: str | None = None) -> None:
-        super().__init__(message, fix=fix)
-        self.retry_after = retry_after
-
-
-class SpoolClosed(SpoolError):
-    """The spool was closed or dropped; nothing more can be appended."""
-
-
-class SpoolBroken(SpoolError):
-    """A write or fsync failed in a way that leaves the file state unknown; reopen to recover."""
-
-
-class SpoolCorrupt(SpoolError):
-    """Stored bytes fail their checksum: storage damage, not a torn tail (those are cut on open).
-
-    `next_offset` is the first offset after the damaged segment (None if it is the last one); a
-    consumer that accepts the loss may `commit(next_offset)` to move past it.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        offset: int,
-        next_offset: int | None,
-        segment: int | None = None,
-        position: int | None = None,
-    ) -> None:
-        super().__init__(
-            message,
-            fix="Check the disk; `Spool.quarantine(error)` moves the damaged bytes aside and "
-            "delivery goes on after them.",
-        )
-        self.offset = offset
-        self.next_offset = next_offset
-        self.segment = segment
-        """Base offset of the segment holding the damage (None: unknown)."""
-        self.position = position
-        """File position in that segment where the damaged record starts."""
-
-
-class Quarantined:
-    """What `Spool.quarantine` moved aside: the damaged byte range and where it went."""
-
-    __slots__ = ("end", "lines", "nbytes", "path", "start")
-
-    def __init__(self, start: int, end: int, nbytes: int, lines: int, path: str) -> None:
-        self.start = start
-        self.end = end
-        self.nbytes = nbytes
-        self.lines = lines
-        """Lines skipped (exact when the damaged records' headers were readable, else 0)."""
-        self.path = path
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared byte budget and throughput estimate
-
-
-class _Rate:
-    """Bytes/s of commits, smoothed over >= 1 s windows; feeds SpoolFull.retry_after."""
-
-    __slots__ = ("_acc", "_t0", "value")
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-        self._acc = 0
-        self.value = 0.0
-
-    def add(self, n: int) -> None:
-        now = time.monotonic()
-        self._acc += n
-        dt = now - self._t0
-        if dt >= 1.0:
-            inst = self._acc / dt
-            self.value = inst if self.value == 0.0 else 0.5 * self.value + 0.5 * inst
-            self._t0 = now
-            self._acc = 0
-
-    def eta(self, need: int) -> float:
-        """Seconds until `need` bytes are likely freed (1 s when no rate is known yet)."""
-        if self.value <= 0.0:
-            return 1.0
-        return min(60.0, max(0.05, need / self.value))
-
-
-class SpoolBudget:
-    """Disk bytes shared by every spool of a directory; `max_bytes=None` means unbounded."""
-
-    def __init__(self, max_bytes: int | None = None, used: int = 0) -> None:
-        self.max_bytes = max_bytes
-        self._used = used
-        self._lock = threading.Lock()
-        self.rate = _Rate()
-
-    @property
-    def used(self) -> int:
-        return self._used
-
-    def try_reserve(self, n: int) -> bool:
-        with self._lock:
-            if self.max_bytes is not None and self._used + n > self.max_bytes:
-                return False
-            self._used += n
-            return True
-
-    def adjust(self, delta: int) -> None:
-        """Account bytes that appear or disappear regardless of the limit (headers, deletes)."""
-        with self._lock:
-            self._used += delta
-
-    def refusal(self, n: int) -> SpoolFull:
-        """The error for a refused `try_reserve(n)` (a layered budget names the layer)."""
-        over = self._used + n - (self.max_bytes or 0)
-        return SpoolFull(
-            f"spool directory is full ({self._used} of {self.max_bytes} bytes)",
-            retry_after=self.rate.eta(over),
-            fix="Wait for delivery to catch up, or raise the spool max_bytes.",
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Small file helpers
-
-
-def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view = view[n:]
-        pos += n
-
-
-def _pread_full(fd: int, n: int, pos: int) -> bytes:
-    data = os.pread(fd, n, pos)
-    if len(data) == n or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        more = os.pread(fd, n - got, pos + got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def fsync_dir(path: str) -> None:
-    """Make creations, renames and deletions in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
-    """Replace `path` with `data` so a crash leaves either the old or the new content."""
-    tmp = path + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
-    try:
-        _pwrite_all(fd, data, 0)
-        if durable:
-            _fdatasync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(os.path.dirname(path) or ".")
-
-
-def _with_crc(payload: bytes) -> bytes:
-    return payload + _U32.pack(zlib.crc32(payload))
-
-
-def _check_crc(blob: bytes, size: int) -> bytes | None:
-    if len(blob) != size + 4 or _U32.unpack_from(blob, size)[0] != zlib.crc32(blob[:size]):
-        return None
-    return blob[:size]
-
-
-def segment_name(base: int) -> str:
-    return f"{base:020d}{SEG_SUFFIX}"
-
-
-def _parse_segment_name(name: str) -> int | None:
-    if len(name) == 20 + len(SEG_SUFFIX) and name.endswith(SEG_SUFFIX) and name[:20].isdigit():
-        return int(name[:20])
-    return None
-
-
-def segment_files_bytes(directory: str) -> int:
-    """Bytes held by segment files in `directory` (what the spool budget counts)."""
-    total = 0
-    try:
-        with os.scandir(directory) as it:
-            for entry in it:
-                if _parse_segment_name(entry.name) is not None:
-                    total += entry.stat().st_size
-    except FileNotFoundError:
-        return 0
-    return total
-
 
 _default_executor: ThreadPoolExecutor | None = None
 _default_executor_lock = threading.Lock()
@@ -401,31 +189,6 @@ def _resolve_many(items: list[_Outcome]) -> None:
 def _wake(fut: asyncio.Future[bool]) -> None:
     if not fut.done():
         fut.set_result(True)
-
-
-def validate_chunk_data(data: bytes, lines: int) -> None:
-    """Enforce Chunk's contract: newline-terminated lines, no empty line, `lines` exact."""
-    if (
-        type(data) is not bytes
-        or not data
-        or data[-1] != 10
-        or data[0] == 10
-        or len(data) > MAX_CHUNK_BYTES
-        or data.count(b"\n") != lines
-        or b"\n\n" in data
-    ):
-        _explain_bad_chunk(data, lines)
-
-
-def _explain_bad_chunk(data: bytes, lines: int) -> None:
-    if not isinstance(data, bytes):
-        raise TypeError(f"data must be bytes, not {type(data).__name__}")
-    if len(data) > MAX_CHUNK_BYTES:
-        raise ValueError(f"chunk of {len(data)} bytes exceeds {MAX_CHUNK_BYTES}; split it")
-    if not data or data[-1] != 10 or data[0] == 10 or b"\n\n" in data:
-        raise ValueError("chunk data must be non-empty lines, each terminated by b'\\n'")
-    counted = data.count(b"\n")
-    raise ValueError(f"chunk says {lines} lines but holds {counted}")
 
 
 # ---------------------------------------------------------------------------------------------
