@@ -13,12 +13,14 @@ from typing import Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from logferry import __version__
 from logferry.aws.policies import trust_policy
 from logferry.ingest.lines import normalize
+from logferry.service.console_api import CONSOLE_DIR, console_router
 from logferry.service.endpoints import (
     FieldError,
     check_customer_id,
@@ -63,6 +65,7 @@ class CustomerOut(BaseModel):
         description="The trust policy the customer's role needs, per destination type.",
     )
     trust_policy_hint: str = ""
+    vendor_account: str = Field("", description="The AWS account the role must trust.")
 
 
 class TokenOut(BaseModel):
@@ -245,6 +248,7 @@ def create_app(service: Service) -> FastAPI:
             created=rfc3339(record.created),
             endpoints=names,
             trust_policy_hint=hint,
+            vendor_account=vendor,
         )
 
     @app.put("/v1/customers/{customer_id}", response_model=CustomerOut, tags=["customers"])
@@ -261,7 +265,7 @@ def create_app(service: Service) -> FastAPI:
         return [_customer_out(c.id) for c in service.store.list_customers()]
 
     @app.get("/v1/customers/{customer_id}", response_model=CustomerOut, tags=["customers"])
-    async def get_customer(customer_id: str, _: Principal = Depends(admin)) -> Any:
+    async def get_customer(customer_id: str, _: Principal = Depends(customer_or_admin)) -> Any:
         return _customer_out(customer_id)
 
     @app.delete("/v1/customers/{customer_id}", status_code=204, tags=["customers"])
@@ -302,7 +306,8 @@ def create_app(service: Service) -> FastAPI:
     @app.put(
         "/v1/customers/{customer_id}/endpoints/{name}",
         tags=["endpoints"],
-        summary="Create or replace an endpoint; runs the role check first unless verify=false.",
+        summary="Create or replace an endpoint (admin, or the customer's own token); runs the role "
+        "check first; only the admin may skip it with verify=false.",
     )
     async def put_endpoint(
         customer_id: str,
@@ -320,9 +325,13 @@ def create_app(service: Service) -> FastAPI:
                 }
             ],
         ),
-        verify: bool = Query(True, description="Run `role check` before accepting."),
-        _: Principal = Depends(admin),
+        verify: bool = Query(
+            True, description="Run `role check` before accepting (only the admin may skip it)."
+        ),
+        who: Principal = Depends(customer_or_admin),
     ) -> Any:
+        if not who.admin and not verify:
+            raise HTTPException(403, "only the admin token may skip the role check (verify=false)")
         check_customer_id(customer_id)
         check_endpoint_name(name)
         if service.store.get_customer(customer_id) is None:
@@ -330,7 +339,7 @@ def create_app(service: Service) -> FastAPI:
                 404, f"no customer {customer_id!r}: PUT /v1/customers/{customer_id} first"
             )
         type_, model = parse_endpoint(name, body)
-        if verify and service.config.server.verify_on_change:
+        if (verify and service.config.server.verify_on_change) or not who.admin:
             import asyncio
 
             report = await asyncio.to_thread(service.verify, customer_id, type_, model)
@@ -372,7 +381,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.delete("/v1/customers/{customer_id}/endpoints/{name}", status_code=204, tags=["endpoints"])
     async def delete_endpoint(
-        customer_id: str, name: str, _: Principal = Depends(admin)
+        customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
     ) -> Response:
         if not await service.delete_endpoint(customer_id, name):
             raise HTTPException(404, f"customer {customer_id!r} has no endpoint {name!r}")
@@ -397,4 +406,11 @@ def create_app(service: Service) -> FastAPI:
     ) -> dict[str, Any]:
         return shape_times(service.endpoint_status(customer_id, name))
 
+    app.include_router(console_router(service, principal, admin, customer_or_admin))
+
+    @app.get("/console", include_in_schema=False)
+    async def console_redirect() -> Response:
+        return RedirectResponse("/console/", status_code=308)
+
+    app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
     return app
