@@ -2,12 +2,12 @@
 for the last hour, in memory.
 
 Why sampled rather than recorded at delivery time: the delivery worker is being rewritten, so
-this module only *observes* what already exists: each worker's cumulative `stats`
-(lines/bytes delivered) and the `logferry_delivery_errors` Prometheus counter. A background
-task (and every history request) takes the difference since the previous sample and adds it to
-the current minute's bucket. A counter that goes down (the worker was replaced) counts from zero
-again. History is lost on restart, by design: it is a glance at the last hour, not a record
-(Prometheus is the record).
+this module only *observes* what already exists: the service's Prometheus counters
+`logferry_delivered_lines`, `logferry_delivered_bytes` and `logferry_delivery_errors`. They
+live as long as the process and start at zero, so the first sample of an endpoint needs no
+baseline guess. A background task (and every history request) takes the difference since the
+previous sample and adds it to the current minute's bucket. History is lost on restart, by
+design: it is a glance at the last hour, not a record (Prometheus is the record).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -40,11 +40,8 @@ class Bucket:
     errors: int = 0
 
 
-@dataclass
-class _Ring:
-    buckets: deque[Bucket] = field(default_factory=lambda: deque(maxlen=BUCKETS))
-    last: tuple[int, int, int] | None = None
-    """(lines delivered, bytes delivered, errors) at the previous sample."""
+Counters = tuple[int, int, int]
+"""(lines delivered, bytes delivered, delivery errors), cumulative since the process started."""
 
 
 def _delta(now: int, before: int) -> int:
@@ -56,7 +53,9 @@ class EndpointHistory:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._rings: dict[Key, _Ring] = {}
+        self._rings: dict[Key, deque[Bucket]] = {}
+        self._last: dict[Key, Counters] = {}
+        """Kept after an endpoint is deleted: a re-created one continues the same counters."""
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -65,36 +64,32 @@ class EndpointHistory:
     def record(self, key: Key, lines: int, bytes_: int, errors: int) -> None:
         """Take cumulative counters for `key`; add what changed since last time."""
         with self._lock:
-            ring = self._rings.setdefault(key, _Ring())
-            if ring.last is None:
-                # First sight (service start or new endpoint): what was delivered before is
-                # not attributable to a minute, so it is not charted.
-                ring.last = (lines, bytes_, errors)
-                return
-            d_lines = _delta(lines, ring.last[0])
-            d_bytes = _delta(bytes_, ring.last[1])
-            d_errors = _delta(errors, ring.last[2])
-            ring.last = (lines, bytes_, errors)
+            last = self._last.get(key, (0, 0, 0))
+            d_lines = _delta(lines, last[0])
+            d_bytes = _delta(bytes_, last[1])
+            d_errors = _delta(errors, last[2])
+            self._last[key] = (lines, bytes_, errors)
             if not (d_lines or d_bytes or d_errors):
                 return
             start = int(self.clock() // BUCKET_SECONDS) * BUCKET_SECONDS
-            if not ring.buckets or ring.buckets[-1].start != start:
-                ring.buckets.append(Bucket(start))
-            bucket = ring.buckets[-1]
+            ring = self._rings.setdefault(key, deque(maxlen=BUCKETS))
+            if not ring or ring[-1].start != start:
+                ring.append(Bucket(start))
+            bucket = ring[-1]
             bucket.lines += d_lines
             bucket.bytes += d_bytes
             bucket.errors += d_errors
 
     def sample(self, service: Service) -> None:
-        """Read every live worker's counters and the error counter once."""
-        errors = _error_counts(service)
-        live = set()
-        for key, worker in list(service.workers.items()):
-            live.add(key)
-            stats = worker.stats
-            self.record(key, stats.lines_delivered, stats.bytes_delivered, errors.get(key, 0))
+        """Read the delivery counters of every endpoint once."""
+        metrics = service.metrics
+        lines = _totals(metrics.delivered_lines)
+        bytes_ = _totals(metrics.delivered_bytes)
+        errors = _totals(metrics.delivery_errors)
+        for key in set(lines) | set(bytes_) | set(errors):
+            self.record(key, lines.get(key, 0), bytes_.get(key, 0), errors.get(key, 0))
         with self._lock:
-            for key in [k for k in self._rings if k not in service.endpoints and k not in live]:
+            for key in [k for k in self._rings if k not in service.endpoints]:
                 del self._rings[key]  # deleted endpoint: its history goes with it
 
     # ------------------------------------------------------------------ reading
@@ -103,8 +98,7 @@ class EndpointHistory:
         """The last hour, oldest first, one entry per minute (zero-filled)."""
         now = int(self.clock() // BUCKET_SECONDS) * BUCKET_SECONDS
         with self._lock:
-            ring = self._rings.get(key)
-            known = {b.start: b for b in ring.buckets} if ring else {}
+            known = {b.start: b for b in self._rings.get(key, ())}
         out = []
         for i in range(BUCKETS - 1, -1, -1):
             start = now - i * BUCKET_SECONDS
@@ -133,10 +127,10 @@ class EndpointHistory:
             self._task = None
 
 
-def _error_counts(service: Service) -> dict[Key, int]:
-    """Delivery errors per endpoint, summed over code and kind, from the Prometheus counter."""
+def _totals(counter: Any) -> dict[Key, int]:
+    """A labelled Prometheus counter summed per (customer, endpoint) over its other labels."""
     counts: dict[Key, int] = {}
-    for metric in service.metrics.delivery_errors.collect():
+    for metric in counter.collect():
         for sample in metric.samples:
             if not sample.name.endswith("_total"):
                 continue

@@ -41,7 +41,7 @@ function announce(message) {
 
 function show(title, ...content) {
   document.title = `${title} · logferry console`;
-  main.replaceChildren(h("h1", { text: title }), ...content);
+  main.replaceChildren(h("h1", { text: title }), ...content.filter((c) => c !== null && c !== undefined && c !== false));
   if (!quietRender) main.focus();
 }
 
@@ -107,7 +107,7 @@ function downloadLink(text, filename, label, type = "application/json") {
 function docBlock(id, title, hint, text, extra = []) {
   return h("section", { class: "doc", "aria-labelledby": `${id}-h` },
     h("div", { class: "doc-head" }, h("h3", { id: `${id}-h`, text: title }),
-      h("div", { class: "actions" }, copyButton(text, title.toLowerCase()), ...extra)),
+      h("div", { class: "actions" }, copyButton(text, /^[A-Z][a-z]/.test(title) ? title[0].toLowerCase() + title.slice(1) : title), ...extra)),
     hint ? h("p", { class: "hint", text: hint }) : null,
     h("pre", { id, tabindex: "0" }, h("code", { text })));
 }
