@@ -332,8 +332,12 @@ def test_admin_overview_sorts_and_drills_down(
             assert r.status_code == 201, r.text
         with served.as_token(admin.headers["Authorization"].split()[1]) as as_admin:
             ingest(as_admin, customers[0], "ep0", b"a\nb\nc\n")
+    empty = unique("empty")
+    new_customer(served, empty)
     sign_in(page, served, served.admin_token)
     page.get_by_role("heading", name="All customers and endpoints").wait_for()
+    setup_link = page.get_by_role("link", name=empty, exact=True)
+    assert setup_link.get_attribute("href") == f"#/c/{empty}/setup"
     table = page.locator("#all-endpoints")
     for customer in customers:
         assert table.get_by_role("link", name=customer).count() == 1
