@@ -354,3 +354,39 @@ def test_admin_overview_sorts_and_drills_down(
     page.get_by_role("heading", name="Endpoint ep0").wait_for()
     wait_for(lambda: page.locator("#lines-accepted").inner_text() == "3", timeout=30)
     shot(page, "admin-drill-down")
+
+
+def test_status_page_shows_delivery_errors_with_code_and_fix(
+    served: ServeProcess, emulator: Emulator, page: Any, unique: Callable[[str], str]
+) -> None:
+    customer = unique("denied")
+    token, external_id = new_customer(served, customer)
+    role = make_s3_role(
+        emulator, unique, external_id=external_id, actions=["s3:AbortMultipartUpload"]
+    )
+    with served.admin() as admin:  # the admin skips the check: delivery then fails
+        r = admin.put(
+            f"/v1/customers/{customer}/endpoints/cdn?verify=false",
+            json={"type": "s3", "bucket_name": role.bucket, "iam_role": role.role_arn},
+        )
+        assert r.status_code == 201, r.text
+    with served.as_token(token) as client:
+        ingest(client, customer, "cdn", b"one\ntwo\n")
+        wait_for(
+            lambda: client.get(f"/v1/customers/{customer}/endpoints/cdn/status").json()["errors"],
+            timeout=60,
+        )
+    sign_in(page, served, token)
+    page.get_by_role("heading", name=f"Customer {customer}").wait_for()
+    page.get_by_role("link", name="cdn", exact=True).click()
+    page.get_by_role("heading", name="Endpoint cdn").wait_for()
+    row = page.locator("#errors tbody tr").first
+    cells = [row.locator("td").nth(i).inner_text() for i in range(4)]
+    assert cells[0].endswith("Z") and "T" in cells[0]  # RFC 3339 time
+    assert cells[1] == "AccessDenied"
+    assert "s3:PutObject" in cells[3]  # the fix names the missing permission
+    assert page.locator("#lines-pending").inner_text() == "2"
+    title = page.locator("#chart title").text_content() or ""
+    assert "0 delivery errors" not in title and "delivery errors" in title
+    assert page.locator("#chart rect[fill='#b3261e']").count() >= 1
+    shot(page, "endpoint-status-errors")

@@ -331,12 +331,13 @@ function checksList(report) {
 function chart(history) {
   const W = 600, H = 160, pad = 28;
   const buckets = history.buckets;
-  const maxLines = Math.max(1, ...buckets.map((b) => b.lines));
+  const peak = Math.max(0, ...buckets.map((b) => b.lines));
+  const maxLines = Math.max(1, peak); // scale only
   const maxErrors = Math.max(1, ...buckets.map((b) => b.errors));
   const totalLines = buckets.reduce((a, b) => a + b.lines, 0);
   const totalErrors = buckets.reduce((a, b) => a + b.errors, 0);
   const step = (W - pad) / buckets.length;
-  const label = `Last hour: ${fmt(totalLines)} lines delivered, ${fmt(totalErrors)} delivery errors; peak ${fmt(maxLines)} lines per minute.`;
+  const label = `Last hour: ${fmt(totalLines)} lines delivered, ${fmt(totalErrors)} delivery errors; peak ${fmt(peak)} lines per minute.`;
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "chart-title", id: "chart" });
   svg.append(s("title", { id: "chart-title" }, label));
   svg.append(s("line", { x1: pad, y1: H - 18, x2: W, y2: H - 18, stroke: "#767676" }));
@@ -353,7 +354,7 @@ function chart(history) {
   });
   svg.append(s("text", { x: pad, y: H - 4, "font-size": 11, fill: "#1b1b1b" }, "60 min ago"));
   svg.append(s("text", { x: W - 4, y: H - 4, "font-size": 11, fill: "#1b1b1b", "text-anchor": "end" }, "now"));
-  svg.append(s("text", { x: 2, y: 12, "font-size": 11, fill: "#1b1b1b" }, `${fmt(maxLines)}/min`));
+  svg.append(s("text", { x: 2, y: 12, "font-size": 11, fill: "#1b1b1b" }, `${fmt(peak)}/min`));
   return h("figure", { class: "chart" }, svg,
     h("figcaption", { class: "legend" }, h("span", { class: "lines", text: "■ delivered lines" }), "  ",
       h("span", { class: "errors", text: "■ errors" }), ` · ${label}`));
