@@ -15,13 +15,15 @@ from typing import Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from logferry import __version__
 from logferry.aws.policies import trust_policy
 from logferry.ingest.lines import normalize
 from logferry.service.config import CustomerLimits
+from logferry.service.console_api import CONSOLE_DIR, console_router
 from logferry.service.endpoints import (
     FieldError,
     check_customer_id,
@@ -71,6 +73,7 @@ class CustomerOut(BaseModel):
         description="The trust policy the customer's role needs, per destination type.",
     )
     trust_policy_hint: str = ""
+    vendor_account: str = Field("", description="The AWS account the role must trust.")
 
 
 class TokenOut(BaseModel):
@@ -336,6 +339,7 @@ def create_app(service: Service) -> FastAPI:
             created=rfc3339(record.created),
             endpoints=names,
             trust_policy_hint=hint,
+            vendor_account=vendor,
         )
 
     @app.put("/v1/customers/{customer_id}", response_model=CustomerOut, tags=["customers"])
@@ -365,7 +369,7 @@ def create_app(service: Service) -> FastAPI:
         return await asyncio.to_thread(listing)
 
     @app.get("/v1/customers/{customer_id}", response_model=CustomerOut, tags=["customers"])
-    async def get_customer(customer_id: str, _: Principal = Depends(admin)) -> Any:
+    async def get_customer(customer_id: str, _: Principal = Depends(customer_or_admin)) -> Any:
         return await asyncio.to_thread(_customer_out, customer_id)
 
     @app.delete("/v1/customers/{customer_id}", status_code=204, tags=["customers"])
@@ -406,7 +410,8 @@ def create_app(service: Service) -> FastAPI:
     @app.put(
         "/v1/customers/{customer_id}/endpoints/{name}",
         tags=["endpoints"],
-        summary="Create or replace an endpoint; runs the role check first unless verify=false.",
+        summary="Create or replace an endpoint (admin, or the customer's own token); runs the role "
+        "check first; only the admin may skip it with verify=false.",
     )
     async def put_endpoint(
         customer_id: str,
@@ -424,9 +429,13 @@ def create_app(service: Service) -> FastAPI:
                 }
             ],
         ),
-        verify: bool = Query(True, description="Run `role check` before accepting."),
-        _: Principal = Depends(admin),
+        verify: bool = Query(
+            True, description="Run `role check` before accepting (only the admin may skip it)."
+        ),
+        who: Principal = Depends(customer_or_admin),
     ) -> Any:
+        if not who.admin and not verify:
+            raise HTTPException(403, "only the admin token may skip the role check (verify=false)")
         check_customer_id(customer_id)
         check_endpoint_name(name)
         if await asyncio.to_thread(service.store.get_customer, customer_id) is None:
@@ -434,7 +443,16 @@ def create_app(service: Service) -> FastAPI:
                 404, f"no customer {customer_id!r}: PUT /v1/customers/{customer_id} first"
             )
         type_, model = parse_endpoint(name, body, **service.endpoint_rules)
-        if verify and service.config.server.verify_on_change:
+        if not who.admin:  # a customer's own change runs the role check: rate-limited
+            wait = service.verify_wait(customer_id)
+            if wait > 0:
+                return _too_many(
+                    f"customer {customer_id!r} ran the role check too often "
+                    f"(server.verify_per_minute = {service.config.server.verify_per_minute:g})",
+                    wait,
+                    "each check assumes the role in every STS region",
+                )
+        if (verify and service.config.server.verify_on_change) or not who.admin:
             report = await asyncio.to_thread(service.verify, customer_id, type_, model)
             if not report.ok:
                 return _problem(
@@ -474,7 +492,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.delete("/v1/customers/{customer_id}/endpoints/{name}", status_code=204, tags=["endpoints"])
     async def delete_endpoint(
-        customer_id: str, name: str, _: Principal = Depends(admin)
+        customer_id: str, name: str, _: Principal = Depends(customer_or_admin)
     ) -> Response:
         if not await service.delete_endpoint(customer_id, name):
             raise HTTPException(404, f"customer {customer_id!r} has no endpoint {name!r}")
@@ -508,4 +526,11 @@ def create_app(service: Service) -> FastAPI:
             service.worker(customer_id, name)
         return shape_times(await asyncio.to_thread(service.endpoint_status, customer_id, name))
 
+    app.include_router(console_router(service, principal, admin, customer_or_admin))
+
+    @app.get("/console", include_in_schema=False)
+    async def console_redirect() -> Response:
+        return RedirectResponse("/console/", status_code=308)
+
+    app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
     return app

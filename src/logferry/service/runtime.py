@@ -23,6 +23,7 @@ from logferry.errors import InputError, LogferryError
 from logferry.ingest.syslog import SyslogServer
 from logferry.service.config import ServiceConfig
 from logferry.service.endpoints import EndpointModel, endpoint_document, parse_endpoint
+from logferry.service.history import EndpointHistory
 from logferry.service.limits import KeyedBuckets
 from logferry.service.logs import log
 from logferry.service.metrics import Metrics
@@ -105,6 +106,8 @@ class Service:
         """Stored endpoints that no longer validate: their spools are kept until they are
         fixed (PUT) or deleted; status shows `invalid` with the reason."""
         self.listeners: list[SyslogServer] = []
+        self.history = EndpointHistory()
+        """Per-minute delivered lines and errors for the console's chart (last hour)."""
         self.ready = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -158,6 +161,7 @@ class Service:
             )
             await server.start()
             self.listeners.append(server)
+        self.history.start(self)
         self.ready = True
 
     def _reopen_spools(self, live: dict[str, EndpointKey]) -> list[EndpointKey]:
@@ -224,6 +228,7 @@ class Service:
     async def stop(self) -> None:
         self.stopping = True
         self.ready = False
+        await self.history.stop()
         for listener in self.listeners:
             await listener.stop()
         flush = self.config.server.shutdown_flush_seconds
