@@ -157,11 +157,13 @@ def test_kinesis_kill9_mid_delivery_replays_at_most_what_was_in_flight(
     emulator: Emulator, unique, tmp_path: Path
 ) -> None:
     customer = unique("cust")
-    stream = make_stream(emulator, unique("stream"), shards=2)
+    # One shard: the sink paces it at 1,000 records/s, so delivering `total` takes >= 12 s on any
+    # machine and the kill below lands in the middle of it.
+    stream = make_stream(emulator, unique("stream"), shards=1)
     role = kinesis_role(emulator, unique("role"), stream, customer)
     serve = _serve(emulator, tmp_path)
     serve.start()
-    total = 8_000  # ~1.6 MB in one request; the emulator reads a stream in O(records)
+    total = 12_000  # ~2.4 MB in one request; the emulator reads a stream in O(records)
     bound = RECORDS_PER_CALL * MAX_CALLS_IN_FLIGHT
     lines = make_lines("kin", total, size=200)
     tail = StreamTail(emulator, stream)
