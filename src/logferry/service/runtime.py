@@ -537,14 +537,7 @@ class Service:
             return self._invalid_status(*broken)
         record, _ = self.endpoint(customer_id, name)
         worker = self.worker(customer_id, name)
-        status = worker.status()
-        if worker.last_error is None:
-            spool = self.spools.get(record.uid_prefix)
-            if spool is None and self.spools.keys_on_disk().count(record.uid_prefix):
-                spool = self.spools.open(record.uid_prefix)
-            if spool is not None:
-                status["lines"]["pending"] = spool.pending_lines
-                status["bytes"]["pending"] = spool.pending_bytes
+        status = worker.status()  # pending and delivered read together (spools.get opens it)
         status["errors"] = self.store.errors(record.uid_prefix)
         return status
 

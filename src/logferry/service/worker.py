@@ -112,6 +112,7 @@ class EndpointWorker:
         self._retire_sink = False
         self._halted = False
         self._restart: asyncio.TimerHandle | None = None
+        self._progress_lock = threading.Lock()
         self._credentials: Any = None
         self._fed: deque[tuple[int, float]] = deque()
         """(end position, accepted_at) of chunks fed and not yet committed: the lag gauge."""
@@ -532,12 +533,13 @@ class EndpointWorker:
         if durable <= before:
             self._count_units(sink)
             return False
-        spool.commit(durable)
+        with self._progress_lock:  # status never sees the commit without its counters
+            spool.commit(durable)
+            self._delivered(spool.committed_line - before_line, durable - before)
         sink.committed(durable)
         fed = self._fed
         while fed and fed[0][0] <= durable:
             self.last_lag = max(0.0, time.time() - fed.popleft()[1])
-        self._delivered(spool.committed_line - before_line, durable - before)
         self._count_units(sink)
         for start, end, why in getattr(sink, "lost", [])[self._lost_seen :]:
             self._record_error(
@@ -613,8 +615,11 @@ class EndpointWorker:
 
     def status(self) -> dict[str, Any]:
         spool = self.service.spools.get(self.record.uid_prefix)
-        pending_bytes = spool.pending_bytes if spool else 0
-        pending_lines = spool.pending_lines if spool else 0
+        with self._progress_lock:
+            pending_bytes = spool.pending_bytes if spool else 0
+            pending_lines = spool.pending_lines if spool else 0
+            delivered_lines = self.stats.lines_delivered
+            delivered_bytes = self.stats.bytes_delivered
         extra: dict[str, Any] = {}
         if self._sink is not None:
             with contextlib.suppress(Exception):
@@ -635,12 +640,12 @@ class EndpointWorker:
             "state": self.state,
             "lines": {
                 "accepted": self.stats.lines_accepted,
-                "delivered": self.stats.lines_delivered,
+                "delivered": delivered_lines,
                 "pending": pending_lines,
             },
             "bytes": {
                 "accepted": self.stats.bytes_accepted,
-                "delivered": self.stats.bytes_delivered,
+                "delivered": delivered_bytes,
                 "pending": pending_bytes,
             },
             "objects" if self.factory.unit == "objects" else "records": (
