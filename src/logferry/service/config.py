@@ -85,6 +85,13 @@ class ServerConfig(_Strict):
         "(0 = only at the period's end, as Fastly does).",
     )
     delivery_threads: int = Field(8, ge=1, le=256)
+    aws_io_threads: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="Threads for AWS calls kept in flight (parallel S3 parts, several "
+        "PutRecords per endpoint); each sink bounds its own share.",
+    )
     verify_on_change: bool = True
     verify_per_minute: float = Field(
         6.0,

@@ -96,6 +96,10 @@ class Service:
         # AssumeRole and its regional failover (which can wait on a dead region's connect
         # timeout) run here, never on a delivery thread other customers need.
         self.sts_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sts")
+        # Calls a sink keeps in flight wait on the network here, not on a delivery thread.
+        self.io_executor = ThreadPoolExecutor(
+            max_workers=config.server.aws_io_threads, thread_name_prefix="aws-io"
+        )
         self.metrics = Metrics(self.snapshot)
         self.admin_token = config.auth.admin_token()
         self.metrics_token = config.auth.metrics_token()
@@ -222,6 +226,7 @@ class Service:
     def close_quietly(self) -> None:
         """Release the spool lock and the database when the service never started."""
         self.delivery_executor.shutdown(wait=False, cancel_futures=True)
+        self.io_executor.shutdown(wait=False, cancel_futures=True)
         self.spools.close()
         self.store.close()
 
@@ -235,6 +240,7 @@ class Service:
         await asyncio.gather(*(w.stop(flush) for w in list(self.workers.values())))
         self.delivery_executor.shutdown(wait=False, cancel_futures=True)
         self.sts_executor.shutdown(wait=False, cancel_futures=True)
+        self.io_executor.shutdown(wait=False, cancel_futures=True)
         self.spools.close()
         self.store.close()
 

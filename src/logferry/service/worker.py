@@ -95,6 +95,7 @@ class EndpointWorker:
         self.stop_event = threading.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._busy: concurrent.futures.Future[Any] | None = None
         self._sink: Sink | None = None
         self._needs_open = False
@@ -255,6 +256,7 @@ class EndpointWorker:
         return await asyncio.wrap_future(future)
 
     async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         spool = await self._in_thread(self.spool)
         idle_since = time.monotonic()
         deadline: float | None = None
@@ -376,8 +378,17 @@ class EndpointWorker:
             state_dir=svc.state_dir / "s3" / self.record.uid_prefix,
             uid_prefix=self.record.uid_prefix,
             stop=self.stop_event,
+            wake=self._wake_from_thread,
+            io_executor=svc.io_executor,
         )
         return self.factory.build(self.model, clients, context)
+
+    def _wake_from_thread(self) -> None:
+        """A call the sink left in flight finished: pump again now (any thread)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
+                loop.call_soon_threadsafe(self._wake.set)
 
     def _open_sink(self, spool: Spool) -> Sink:
         sink = self._sink

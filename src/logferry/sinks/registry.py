@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,13 @@ class SinkContext:
     """This endpoint incarnation's private directory for journals and temp files."""
     uid_prefix: str
     stop: threading.Event
+    wake: Callable[[], None] = field(default=lambda: None)
+    """Thread-safe: call when an AWS call the sink left in flight has finished, so the worker
+    pumps again at once instead of waiting for its next timer."""
+    io_executor: Executor | None = None
+    """The service's shared pool for AWS calls that only wait on the network. A sink may keep
+    several calls in flight here (bounded per sink) and must never block a delivery thread
+    waiting for them in `pump`; None = make every call inline (tools and tests)."""
 
 
 @dataclass(frozen=True)
