@@ -126,14 +126,18 @@ class _Server:
 
 
 def run_service(cfg: ServiceConfig, *, on_ready: Any = None, credentials: Any = None) -> None:
+    from logferry.service.http_protocol import loop_factory
+
     setup_logging(cfg.log.level, cfg.log.format)
-    asyncio.run(serve_async(cfg, on_ready=on_ready, credentials=credentials))
+    with asyncio.Runner(loop_factory=loop_factory(cfg.server.event_loop)) as runner:
+        runner.run(serve_async(cfg, on_ready=on_ready, credentials=credentials))
 
 
 async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: Any = None) -> None:
     import uvicorn
 
     from logferry.service.api import create_app
+    from logferry.service.http_protocol import http_protocol
     from logferry.service.runtime import Service
 
     os.umask(0o077)  # spool segments, state, journals, the SQLite file: owner only (0600/0700)
@@ -158,6 +162,10 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
             listen=cfg.server.listen,
             endpoints=len(service.endpoints),
             pid=os.getpid(),
+            event_loop="uvloop"
+            if "uvloop" in type(asyncio.get_running_loop()).__module__
+            else "asyncio",
+            http_parser="h11" if http == "h11" else "httptools",
         )
         if on_ready is not None:
             await on_ready(service)
@@ -173,6 +181,7 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
             await service.stop()
             log(logger, logging.INFO, "stopped")
 
+    http = http_protocol(cfg.server.http_parser)
     app.router.lifespan_context = lifespan
     host, port = split_listen(cfg.server.listen)
     server = _Server(
@@ -184,6 +193,7 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
             access_log=False,
             timeout_graceful_shutdown=max(5, int(cfg.server.shutdown_flush_seconds) + 5),
             limit_concurrency=4096,
+            http=http,
             backlog=2048,
             h11_max_incomplete_event_size=64 * 1024,
         )

@@ -1,0 +1,101 @@
+"""`serve` on either event loop and HTTP parser: lines land, and an oversized request head is
+refused without harming the next request (httptools has no head bound of its own)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from logferry.local.emulator import Emulator
+from s3_helpers import make_s3_role, pending_uploads, read_objects
+from service_helpers import ServeProcess, base_config, reap_all, wait_for
+
+TOKEN = "token-of-the-parser-customer-0000"
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_behind():
+    yield
+    reap_all()
+
+
+def _raw_request(url: str, head: bytes, piece: int | None = None) -> bytes:
+    """Send `head` at once or in `piece`-byte writes (a head growing over many reads)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        try:
+            for start in range(0, len(head), piece or len(head)):
+                sock.sendall(head[start : start + (piece or len(head))])
+                if piece:
+                    time.sleep(0.01)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the whole head was sent: the answer is still readable
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("event_loop", "http_parser", "status"),
+    [("uvloop", "httptools", b"431"), ("asyncio", "h11", b"400")],
+)
+def test_lines_land_and_an_oversized_head_is_refused(
+    emulator: Emulator, unique, tmp_path: Path, event_loop: str, http_parser: str, status: bytes
+) -> None:
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    config = base_config(
+        emulator,
+        tmp_path / "spool",
+        server={"event_loop": event_loop, "http_parser": http_parser},
+        customers=[
+            {
+                "id": customer,
+                "token_env": "PARSER_TOKEN",
+                "endpoints": [
+                    {
+                        "type": "s3",
+                        "name": "s3",
+                        "bucket_name": role.bucket,
+                        "iam_role": role.role_arn,
+                        "period": 1,
+                    }
+                ],
+            }
+        ],
+    )
+    serve = ServeProcess(emulator, config, tmp_path, env={"PARSER_TOKEN": TOKEN}).start()
+    assert "logferry ready" in serve.logs()
+    assert f'"event_loop": "{event_loop}"' in serve.logs()
+
+    huge = b"x-padding: " + b"a" * 100_000 + b"\r\n"
+    head = b"POST /v1/ingest/" + customer.encode() + b"/s3 HTTP/1.1\r\nhost: x\r\n" + huge + b"\r\n"
+    answer = _raw_request(serve.url, head, piece=8192)
+    assert answer.split(b" ", 2)[1] == status, answer[:200]
+    if http_parser == "httptools":  # stricter than h11: also a whole oversized head in one read
+        answer = _raw_request(serve.url, head)
+        assert answer.split(b" ", 2)[1] == b"431", answer[:200]
+        assert b"exceed 65536 bytes" in answer
+
+    lines = [f"line {i} of a request after the refused one".encode() for i in range(2000)]
+    body = b"\n".join(lines) + b"\n"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    r = httpx.post(f"{serve.url}/v1/ingest/{customer}/s3", content=body, headers=headers)
+    assert r.status_code == 202, r.text
+
+    def landed() -> Counter[bytes]:
+        got: Counter[bytes] = Counter()
+        for obj in read_objects(emulator, role.bucket).values():
+            assert obj.key.endswith(".log"), obj.key  # no compression by default
+            got.update(obj.body.splitlines())
+        return got
+
+    got = wait_for(lambda: (c := landed()) and sum(c.values()) >= 2000 and c, timeout=60)
+    assert got == Counter(lines)
+    assert pending_uploads(emulator, role.bucket) == []
