@@ -19,7 +19,7 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 EndReason = Literal["clean", "fin_without_close_notify", "reset", "tls_error", "local"]
 """How a stream ended: `clean` is a FIN on plain TCP or a close_notify on TLS; `local` means
@@ -50,8 +50,8 @@ class RawConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else None
         self._on_made(self)
