@@ -223,6 +223,8 @@ class KinesisSink:
         self._max_outstanding = max_outstanding or (self._max_in_flight + 2) * MAX_RECORDS_PER_CALL
         self._max_held_bytes = max_held_bytes
         self._in_flight: list[_InFlight] = []
+        self._shard_in_flight: dict[str, tuple[int, int]] = {}
+        """Shard id → (records, bytes) in calls still in flight."""
         self._answered = threading.Event()
         self._committed = 0
 
@@ -387,7 +389,10 @@ class KinesisSink:
         if not batch.items:
             if batch.paced is not None:
                 shard_id, demand = batch.paced  # the next record waits for its shard's window
-                return max(self._pacer.delay({shard_id: demand}), 0.001)
+                delay = self._pacer.delay({shard_id: demand})
+                if delay <= 0 and shard_id in self._shard_in_flight:
+                    return IN_FLIGHT_POLL  # held by its calls in flight: their answer wakes us
+                return max(delay, 0.001)
             if progress.retry:
                 return max(progress.retry[0][0] - self._clock(), 0.001)
             assert self._in_flight, "records outstanding but neither sent nor queued"
@@ -408,6 +413,8 @@ class KinesisSink:
         if not done:
             return
         self._in_flight = [c for c in self._in_flight if c not in done]
+        for call in done:
+            self._count_in_flight(call.batch, -1)
         self.stats.in_flight_calls = len(self._in_flight)
         first: BaseException | None = None
         # Newest first: a failed call's records go back to the front of the queue, so the
@@ -422,6 +429,16 @@ class KinesisSink:
                     first = exc
         if first is not None:
             raise first
+
+    def _count_in_flight(self, batch: Batch, sign: int) -> None:
+        busy = self._shard_in_flight
+        for shard_id, (records, size) in batch.demand.items():
+            had_records, had_bytes = busy.get(shard_id, (0, 0))
+            now_records, now_bytes = had_records + sign * records, had_bytes + sign * size
+            if now_records <= 0:
+                busy.pop(shard_id, None)
+            else:
+                busy[shard_id] = (now_records, now_bytes)
 
     def _call_done(self, _future: Future[dict[str, Any]]) -> None:
         """On the I/O thread: a call finished; have the sink pumped again now."""
@@ -447,6 +464,7 @@ class KinesisSink:
         are dropped with the endpoint (calls in flight finish unobserved)."""
         self._progress = Progress()
         self._in_flight = []
+        self._shard_in_flight = {}
         self.stats.in_flight_calls = 0
 
     def counters(self) -> SinkCounters:
@@ -523,7 +541,7 @@ class KinesisSink:
             max(MAX_BYTES_PER_CALL, self._max_record_bytes),
             self._pacer.records_per_second,
             self._pacer.bytes_per_second,
-            room=self._pacer.room,
+            room=self._room,
         )
         now = self._clock()
         while state.retry and state.retry[0][0] <= now:
@@ -541,6 +559,18 @@ class KinesisSink:
             batch.taken_fresh.append(state.fresh.popleft())
             room -= 1
         return batch
+
+    def _room(self, shard_id: str) -> tuple[int, int]:
+        """What a shard takes now: its pacing window's room, and never more than one second's
+        quota in flight. A call slower than a second would otherwise let the window send more
+        behind it, and a crash replays whatever was in flight."""
+        records, size = self._pacer.room(shard_id)
+        busy_records, busy_bytes = self._shard_in_flight.get(shard_id, (0, 0))
+        pacer = self._pacer
+        return (
+            min(records, max(0, pacer.records_per_second - busy_records)),
+            min(size, max(0, pacer.bytes_per_second - busy_bytes)),
+        )
 
     def _unwind(self, batch: Batch, state: Progress) -> None:
         """Put a batch that must wait back where its records came from (order kept)."""
@@ -600,6 +630,7 @@ class KinesisSink:
                 AwsErrorInfo("ShuttingDown", service="kinesis", operation="PutRecords"),
             ) from exc
         self._in_flight.append(_InFlight(batch, future))
+        self._count_in_flight(batch, 1)
         self.stats.in_flight_calls = len(self._in_flight)
         self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, len(self._in_flight))
         future.add_done_callback(self._call_done)
