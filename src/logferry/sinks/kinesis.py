@@ -25,7 +25,7 @@ Guarantees:
 
 - At least once, duplicates bounded by what was in flight: `durable` is the first line not yet
   accepted and the worker commits the spool there after every pump; the sink never runs more
-  than `max_outstanding` records (default `(max_in_flight_calls + 2) × 500`) ahead of it.
+  than `max_outstanding` records (default `2 × max_in_flight_calls × 500`) ahead of it.
   Partition keys name positions (see `kinesis_records`) and replays are byte-identical, so a
   consumer can drop duplicates by key.
 - Several calls in flight, throttled records retried alone: a call's records are booked in the
@@ -220,7 +220,9 @@ class KinesisSink:
         self._max_in_flight = max_in_flight or endpoint.max_in_flight_calls
         if io_executor is None:
             self._max_in_flight = 1
-        self._max_outstanding = max_outstanding or (self._max_in_flight + 2) * MAX_RECORDS_PER_CALL
+        # Twice what the calls in flight carry: calls answered out of order (a slow head) still
+        # leave room for full 500-record calls; inline this is the historical 1,000.
+        self._max_outstanding = max_outstanding or 2 * self._max_in_flight * MAX_RECORDS_PER_CALL
         self._max_held_bytes = max_held_bytes
         self._in_flight: list[_InFlight] = []
         self._shard_in_flight: dict[str, tuple[int, int]] = {}

@@ -53,7 +53,7 @@ class KinesisEndpoint(EndpointBase):
     carries at most 500 records, so at a 30 ms round trip one call at a time moves at most
     ~16,000 records/s; 8 calls reach ~130,000 records/s, more than a 64-shard stream takes
     (the shared pacer holds the rate at the stream's quota anyway). A crash replays at most
-    `(max_in_flight_calls + 2) × 500` records (see `KinesisSink`). 1 = one call at a time."""
+    `2 × max_in_flight_calls × 500` records (see `KinesisSink`). 1 = one call at a time."""
     oversize: OversizePolicy = "split"
     """A line over the record size limit (1 MiB including the partition key, or the stream's
     MaxRecordSizeInKiB when DescribeStreamSummary is allowed) is never dropped silently:
