@@ -13,13 +13,16 @@ What runs, in one process tree on this machine:
   `--concurrency`) on a real I/O thread pool, driven like the worker drives it (feed while it
   wants data, pump, wait for its wake-up or its delay), for `--seconds`;
 - phase "two endpoints": two sinks (two endpoints, one role) on one stream, each on its own
-  driver thread, sharing the stream's pacer; their sum, and throttles after `--warmup` seconds.
+  driver thread, sharing the stream's pacer; their sum, and throttles after `--warmup` seconds;
+- with `--serve-lines N`, phase "serve": a real `logferry serve` whose `aws.endpoint_url` is the
+  proxy, one Kinesis endpoint, N lines posted over HTTP; lines/s from the first request until
+  /metrics counts every line delivered (the worker, its wake-ups and the shared I/O pool included).
 
 Ratio = logferry records/s ÷ bare records/s (same concurrency, same emulator and proxy, same
 run). Share of quota = records/s ÷ (1,000 × shards).
 
     .venv/bin/python bench/kinesis_latency.py [--shards 32] [--delay-ms 30] [--jitter-ms 3]
-        [--concurrency 8] [--seconds 20] [--warmup 3] [--no-quota]
+        [--concurrency 8] [--seconds 20] [--warmup 3] [--no-quota] [--serve-lines 20000]
 """
 
 from __future__ import annotations
@@ -40,12 +43,15 @@ from typing import Any
 from common import (
     Emulator,
     MiB,
+    Serve,
     assumed_clients,
     loggen_bodies,
     machine_info,
     make_kinesis_role,
     note,
+    post_bodies,
     print_table,
+    serve_config,
     start_emulator,
     write_results,
 )
@@ -56,6 +62,7 @@ from logferry.sinks.kinesis_config import KinesisEndpoint
 from logferry.spool.chunk import Chunk
 
 CUSTOMER = "bench-customer-kinesis-latency"
+TOKEN = "bench-customer-token-kinesis-latency-0"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--warmup", type=float, default=3.0, help="not counted at a phase's start")
     p.add_argument("--no-quota", action="store_true", help="latency only, no shard quotas")
+    p.add_argument("--serve-lines", type=int, default=0, help="also run logferry serve (N lines)")
     p.add_argument("--name", default="kinesis_latency")
     return p.parse_args(argv)
 
@@ -261,6 +269,49 @@ def sink_phase(
     }
 
 
+def serve_phase(
+    emulator: Emulator, proxy_url: str, stream_arn: str, role_arn: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """`logferry serve` with every AWS call through the proxy; one endpoint, N lines."""
+    bodies = loggen_bodies(args.serve_lines, MiB)
+    total = sum(n for _, n in bodies)
+    endpoint = {
+        "type": "kinesis",
+        "name": "kin",
+        "topic": stream_arn.rsplit("/", 1)[1],
+        "region": "us-east-1",
+        "iam_role": role_arn,
+        "max_in_flight_calls": args.concurrency,
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="kinesis-latency-serve-"))
+    config = serve_config(
+        emulator,
+        workdir,
+        aws={"endpoint_url": proxy_url},
+        customers=[{"id": CUSTOMER, "token_env": "BENCH_TOKEN", "endpoints": [endpoint]}],
+    )
+    serve = Serve(emulator, config, workdir, env={"BENCH_TOKEN": TOKEN}).start()
+    try:
+        load = post_bodies(f"{serve.url}/v1/ingest/{CUSTOMER}/kin", TOKEN, bodies, connections=2)
+        if load.errors or load.accepted_lines != total:
+            raise RuntimeError(f"load failed: {load.statuses} {load.errors[:3]}")
+        deadline = time.monotonic() + 300
+        while serve.metric_sum("logferry_delivered_lines_total") < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError("serve did not deliver within 300 s")
+            time.sleep(0.25)
+        seconds = time.monotonic() - load.first_request
+        status = serve.status(CUSTOMER, "kin")
+    finally:
+        serve.terminate()
+    return {
+        "lines": total,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(total / seconds),
+        "status_records": status.get("records"),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     machine = machine_info()
@@ -270,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     with start_emulator() as emulator:
         tag = uuid.uuid4().hex[:6]
         streams: dict[str, tuple[str, str]] = {}
-        for phase in ("bare", "one", "two"):
+        phases = ("bare", "one", "two", "serve") if args.serve_lines else ("bare", "one", "two")
+        for phase in phases:
             note(f"stream + role for phase {phase} ({args.shards} shards)")
             streams[phase] = make_kinesis_role(
                 emulator, f"lat-{phase}-{tag}", args.shards, CUSTOMER, f"lat-{phase}-{tag}"
@@ -285,13 +337,16 @@ def main(argv: list[str] | None = None) -> None:
         try:
             results: dict[str, Any] = {}
             with ThreadPoolExecutor(64, thread_name_prefix="aws-io") as pool:
-                for phase in ("bare", "one", "two"):
+                for phase in phases:
                     arn, role = streams[phase]
                     direct = assumed_clients(emulator, role, CUSTOMER)
                     clients = AwsClients(direct.credentials, AwsTarget(endpoint_url=proxy.url))
                     note(f"phase {phase}: {args.seconds:.0f} s")
                     if phase == "bare":
                         results[phase] = bare_phase(clients, arn, lines, args)
+                        continue
+                    if phase == "serve":
+                        results[phase] = serve_phase(emulator, proxy.url, arn, role, args)
                         continue
                     names = ["kin-a"] if phase == "one" else ["kin-a", "kin-b"]
                     endpoints = [
@@ -322,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         "ratio_one_to_bare": round(ratio, 3) if ratio else None,
         "one_share_of_quota": round(one["records_per_s"] / quota, 3),
         "two_share_of_quota": round(two["records_per_s"] / quota, 3),
+        "serve": results.get("serve"),
         "proxy": proxy_stats,
     }
     print_table(
@@ -338,6 +394,11 @@ def main(argv: list[str] | None = None) -> None:
             ("two endpoints: share of quota", figures["two_share_of_quota"]),
             ("two endpoints: throttled after warm-up", two["throttled_after_warmup"]),
             ("quota proxy: records throttled (all phases)", proxy_stats["quota"]["throttled"]),
+            *(
+                [("logferry serve, one endpoint, lines/s", results["serve"]["records_per_s"])]
+                if "serve" in results
+                else []
+            ),
         ],
     )
     path = write_results(args.name, figures, machine)
