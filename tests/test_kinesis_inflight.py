@@ -26,6 +26,7 @@ from kinesis_helpers import (
     read_stream,
     sample_lines,
 )
+from logferry.errors import TransientError
 from logferry.local.emulator import Emulator
 from logferry.sinks.kinesis import KinesisSink
 from logferry.sinks.pacing import shared_pacer
@@ -249,3 +250,37 @@ def test_two_endpoints_on_one_stream_stay_within_each_shards_quota_together(
         for i, t in enumerate(times):
             in_window = bisect.bisect_left(times, t + 1.0) - i
             assert in_window <= 1000, (shard_id, t, in_window)
+
+
+def test_calls_cancelled_by_a_pool_shutdown_keep_their_records(
+    emulator: Emulator, unique: Unique
+) -> None:
+    """The service shuts its I/O pool down with cancel_futures: queued calls never run, the
+    sink says so as a transient error and keeps every record (nothing is marked durable)."""
+    setup = kinesis_setup(emulator, unique, shards=4, max_in_flight_calls=4)
+    pool = ThreadPoolExecutor(max_workers=1)
+    sink = KinesisSink(setup.endpoint, setup.clients, hostname="node-1", io_executor=pool)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hold(**_: Any) -> None:
+        entered.set()
+        assert release.wait(60)
+
+    sink.client.meta.events.register("before-call.kinesis.PutRecords", hold)
+    chunks = make_chunks(sample_lines(2000, size=40), 500)
+    sink.open(0)
+    for chunk in chunks:
+        sink.feed(chunk)
+    sink.pump(caught_up=True)  # 4 calls: one runs (held), three wait in the pool's queue
+    assert entered.wait(60) and sink.stats.in_flight_calls == 4
+    pool.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    with pytest.raises(TransientError) as info:
+        while True:
+            sink.pump(caught_up=True)
+            time.sleep(0.05)
+    assert info.value.code == "ShuttingDown"
+    assert sink.holds_data()
+    assert sink.durable <= chunks[1].start  # at most the one call that ran was accepted
+    pool.shutdown(wait=True)

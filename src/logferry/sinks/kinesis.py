@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -641,6 +641,13 @@ class KinesisSink:
         """Settle one finished call: count what was accepted, queue what failed."""
         try:
             response = future.result()
+        except CancelledError as exc:  # the I/O pool was shut down before the call ran
+            self._unwind(batch, state)
+            raise TransientError(
+                "a PutRecords call was cancelled (the service is stopping); its records stay "
+                "spooled.",
+                AwsErrorInfo("ShuttingDown", service="kinesis", operation="PutRecords"),
+            ) from exc
         except Exception as exc:
             # Nothing is known to be written: the records wait for the next pump, in order;
             # the worker's backoff (it gets the error) is the wait.
