@@ -37,6 +37,7 @@ def test_defaults_and_stream_arn_from_role_account_and_region() -> None:
     assert endpoint.format == "blank"
     assert endpoint.packing is False
     assert endpoint.oversize == "split"
+    assert endpoint.max_in_flight_calls == 8
     assert endpoint.stream_arn() == "arn:aws:kinesis:eu-west-2:123456789012:stream/my-logs"
     stream = endpoint.stream()
     assert (stream.partition, stream.account_id, stream.name) == ("aws", "123456789012", "my-logs")
@@ -81,6 +82,8 @@ def test_access_keys_are_refused_with_the_alternative() -> None:
         ("name", "a/b", "contains a control character or '/'"),
         ("format", "json", "'classic', 'loggly', 'logplex' or 'blank'"),
         ("oversize", "drop", "'split' or 'truncate'"),
+        ("max_in_flight_calls", 0, "greater than or equal to 1"),
+        ("max_in_flight_calls", 65, "less than or equal to 64"),
     ],
 )
 def test_field_errors_name_the_field_and_the_fix(field: str, value: str, expected: str) -> None:

@@ -3,9 +3,10 @@
 Roles, as in Vector's sinks: the endpoint config (`kinesis_config`), the request builder
 (`kinesis_records`: lines → records), one call's assembly and the records not yet accepted
 (`kinesis_batch`), the shard map (`shard_map`: where each record goes), pacing (`pacing`: never
-faster than a shard accepts), and the service (`KinesisSink`, here: send one call per `pump`,
-re-send only the records that failed, for as long as it takes, and say when to pump again
-instead of sleeping).
+faster than a shard accepts), and the service (`KinesisSink`, here: keep up to `max_in_flight_calls`
+PutRecords calls in flight on the service's shared I/O pool, harvest the finished ones on the
+next `pump`, re-send only the records that failed, for as long as it takes, and say when to pump
+again instead of sleeping).
 
 Guarantees:
 
@@ -23,9 +24,15 @@ Guarantees:
   AccessDenied (the guide's policy) only means the default 1 MiB limit, and it is not asked again.
 
 - At least once, duplicates bounded by what was in flight: `durable` is the first line not yet
-  accepted and the worker commits the spool there after every call; the sink never runs more
-  than `max_outstanding` records ahead of it. Partition keys name positions (see
-  `kinesis_records`) and replays are byte-identical, so a consumer can drop duplicates by key.
+  accepted and the worker commits the spool there after every pump; the sink never runs more
+  than `max_outstanding` records (default `2 × max_in_flight_calls × 500`) ahead of it.
+  Partition keys name positions (see `kinesis_records`) and replays are byte-identical, so a
+  consumer can drop duplicates by key.
+- Several calls in flight, throttled records retried alone: a call's records are booked in the
+  stream's shared pacer when it is sent, and a record Kinesis refuses waits for its own backoff
+  while later records keep going (up to `max_outstanding` ahead of the first one not accepted).
+  So records reach a shard roughly, not strictly, in log order; the partition key's position is
+  the order (docs/performance.md, "Kinesis ordering").
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,7 +58,7 @@ from logferry.sinks.base import SinkCounters
 from logferry.sinks.kinesis_batch import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, Batch, Progress
 from logferry.sinks.kinesis_config import KinesisEndpoint
 from logferry.sinks.kinesis_records import Record, RecordBuilder
-from logferry.sinks.pacing import ShardPacer, ThrottleMonitor
+from logferry.sinks.pacing import ShardPacer, ThrottleMonitor, shared_pacer
 from logferry.sinks.shard_map import ShardMap, load_shard_map
 from logferry.spool.chunk import Chunk
 
@@ -60,6 +68,19 @@ THROTTLED = "ProvisionedThroughputExceededException"
 INTERNAL = "InternalFailure"
 
 _WAIT_SLICE = 0.5
+DEFAULT_MAX_HELD_BYTES = 16 * 1024 * 1024
+"""Record bytes one sink holds (fed, not yet accepted) before it stops asking for data."""
+IN_FLIGHT_POLL = 0.05
+"""While calls are in flight, `pump` asks to be called again after at most this long even if
+no completion wakes the worker (a wake that races with the worker's own wait is not lost)."""
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """A PutRecords call running on the I/O pool."""
+
+    batch: Batch
+    future: Future[dict[str, Any]]
 
 
 class DeliveryInterrupted(LogferryError):
@@ -85,6 +106,11 @@ class KinesisSetupError(SetupError):
 @dataclass
 class KinesisSinkStats:
     """Counters since the sink was created (records = what Kinesis accepted)."""
+
+    in_flight_calls: int = 0
+    """PutRecords calls sent and not yet answered (a gauge)."""
+    max_in_flight_seen: int = 0
+    """The most calls this sink had in flight at once."""
 
     records: int = 0
     """Records accepted by Kinesis."""
@@ -125,7 +151,13 @@ class KinesisSinkStats:
 
 class KinesisSink:
     """Delivers chunks to one Kinesis endpoint. One `deliver` runs at a time (calls from several
-    threads are serialised); `status`, `stats` and `healthcheck` may be used from any thread."""
+    threads are serialised); `status`, `stats` and `healthcheck` may be used from any thread.
+
+    With an `io_executor`, PutRecords calls run there, up to `max_in_flight` at once, and `pump`
+    only harvests finished ones and sends more (it never waits for the network); `wake` is
+    called from the I/O thread when a call finishes. Without one, each `pump` makes one call
+    inline (tools and tests).
+    """
 
     refresh_interval = 60.0
     """Seconds between periodic ListShards (besides the ones a stale map triggers)."""
@@ -149,7 +181,12 @@ class KinesisSink:
         hostname: str = socket.gethostname(),
         rng: random.Random | None = None,
         uid_prefix: str | None = None,
-        max_outstanding: int = 2 * MAX_RECORDS_PER_CALL,
+        max_outstanding: int | None = None,
+        io_executor: Executor | None = None,
+        wake: Callable[[], None] | None = None,
+        max_in_flight: int | None = None,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        pacer: ShardPacer | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.stream_arn = endpoint.stream_arn()
@@ -162,7 +199,7 @@ class KinesisSink:
         self._rng = rng or random.Random()
         self._record_backoff = Backoff(*self.record_backoff, rng=self._rng)
         self._call_backoff = Backoff(*self.call_backoff, rng=self._rng)
-        self._pacer = ShardPacer(clock=clock)
+        self._pacer_given = pacer
         self._monitor = ThrottleMonitor(clock=clock)
         self._deliver_lock = threading.Lock()
         self._map: ShardMap | None = None
@@ -178,7 +215,19 @@ class KinesisSink:
         self._last_record_error: str | None = None
         self._builder = RecordBuilder(endpoint, hostname=hostname, uid_prefix=uid_prefix)
         self._progress = Progress()
-        self._max_outstanding = max_outstanding
+        self._executor = io_executor
+        self._wake = wake
+        self._max_in_flight = max_in_flight or endpoint.max_in_flight_calls
+        if io_executor is None:
+            self._max_in_flight = 1
+        # Twice what the calls in flight carry: calls answered out of order (a slow head) still
+        # leave room for full 500-record calls; inline this is the historical 1,000.
+        self._max_outstanding = max_outstanding or 2 * self._max_in_flight * MAX_RECORDS_PER_CALL
+        self._max_held_bytes = max_held_bytes
+        self._in_flight: list[_InFlight] = []
+        self._shard_in_flight: dict[str, tuple[int, int]] = {}
+        """Shard id → (records, bytes) in calls still in flight."""
+        self._answered = threading.Event()
         self._committed = 0
 
     # --- public API -----------------------------------------------------------------------------
@@ -191,6 +240,20 @@ class KinesisSink:
     @property
     def max_record_bytes(self) -> int:
         return self._max_record_bytes
+
+    @property
+    def _pacer(self) -> ShardPacer:
+        """The stream's process-wide pacer (`shared_pacer`): shared with every other endpoint
+        and every earlier sink object writing to the same stream through the same API URL."""
+        pacer = self._pacer_given
+        if pacer is None:
+            key = (str(self.client.meta.endpoint_url), self.stream_arn)
+            pacer = self._pacer_given = shared_pacer(key, clock=self._clock)
+        return pacer
+
+    @property
+    def pacer(self) -> ShardPacer:
+        return self._pacer
 
     def deliver(self, chunks: list[Chunk]) -> None:
         """Feed `chunks` and return once Kinesis has accepted every line (a blocking driver
@@ -224,6 +287,12 @@ class KinesisSink:
                     delay = self._call_backoff.delay(failures - 1)
                 if delay is None:
                     return
+                if self._in_flight and not failures:
+                    # Calls on the I/O pool: wait for an answer (or the pacing delay).
+                    if self._stop is not None and self._stop.is_set():
+                        raise self._interrupted(chunks)
+                    self._answered.wait(delay)
+                    continue
                 counter = "backoff_seconds" if failures else "paced_seconds"
                 self._wait(delay, chunks, counter)
 
@@ -260,13 +329,19 @@ class KinesisSink:
         progress.fed_end = chunk.end
 
     def wants_data(self) -> bool:
-        return self._progress.outstanding < self._max_outstanding
+        progress = self._progress
+        return (
+            progress.outstanding < self._max_outstanding
+            and progress.held_bytes < self._max_held_bytes
+        )
 
     def pump(self, *, caught_up: bool = True) -> float | None:
-        """Send one PutRecords call if one is due; never sleeps.
+        """Harvest finished calls, then send what is due (inline: one call; with an I/O pool:
+        up to `max_in_flight` calls in flight); never sleeps or waits for the network.
 
         Returns 0.0 when more can go at once, the seconds until the next record may go (shard
-        pacing or a record's retry backoff), or None when every record fed was accepted.
+        pacing, a record's retry backoff, or at most IN_FLIGHT_POLL while calls are in flight:
+        their completion also calls `wake`), or None when every record fed was accepted.
         A whole-call failure raises TransientError (its records wait for the next pump).
         """
         try:
@@ -277,29 +352,101 @@ class KinesisSink:
 
     def _pump(self) -> float | None:
         progress = self._progress
+        self._answered.clear()
+        self._harvest(progress)
         if not progress.outstanding:
             return None
         if self._map is None:
             self._refresh()
         self._refresh_if_due()
-        batch = self._next_batch(progress)
-        if not batch.items:
-            if batch.paced is not None:
-                shard_id, demand = batch.paced  # the next record waits for its shard's window
-                return max(self._pacer.delay({shard_id: demand}), 0.001)
-            assert progress.retry, "records outstanding but neither fresh nor queued for retry"
-            return max(progress.retry[0][0] - self._clock(), 0.001)
-        delay = self._pacer.delay(batch.demand)
-        if delay > 0:
-            self._unwind(batch, progress)
+        if self._executor is None:
+            return self._pump_inline(progress)
+        delay: float | None = None
+        while len(self._in_flight) < self._max_in_flight:
+            delay = self._next_delay_or_send(progress)
+            if delay is not None:
+                break
+        if self._in_flight:
+            # A completion wakes the worker; the poll only bounds a missed wake-up.
+            return IN_FLIGHT_POLL if delay is None else min(delay, IN_FLIGHT_POLL)
+        if not progress.outstanding:
+            return None
+        return delay
+
+    def _pump_inline(self, progress: Progress) -> float | None:
+        """One call per pump, made on the calling thread (no I/O pool)."""
+        delay = self._next_delay_or_send(progress)
+        if delay is not None:
             return delay
-        self._pacer.commit(batch.demand)
-        self._send(batch, progress)
         if not progress.outstanding:
             return None
         if progress.fresh or (progress.retry and progress.retry[0][0] <= self._clock()):
             return 0.0
         return max(progress.retry[0][0] - self._clock(), 0.001)
+
+    def _next_delay_or_send(self, progress: Progress) -> float | None:
+        """Build and send one call; None when it was sent, else the seconds until one can go
+        (None too when nothing is left to send but calls are in flight)."""
+        batch = self._next_batch(progress)
+        if not batch.items:
+            if batch.paced is not None:
+                shard_id, demand = batch.paced  # the next record waits for its shard's window
+                delay = self._pacer.delay({shard_id: demand})
+                if delay <= 0 and shard_id in self._shard_in_flight:
+                    return IN_FLIGHT_POLL  # held by its calls in flight: their answer wakes us
+                return max(delay, 0.001)
+            if progress.retry:
+                return max(progress.retry[0][0] - self._clock(), 0.001)
+            assert self._in_flight, "records outstanding but neither sent nor queued"
+            return IN_FLIGHT_POLL
+        delay = self._pacer.reserve(batch.demand)
+        if delay > 0:
+            self._unwind(batch, progress)
+            return delay
+        self._send(batch, progress)
+        return None
+
+    def _harvest(self, progress: Progress) -> None:
+        """Settle every call that has finished; raise the first failure once all are settled
+        (records of a failed call wait for the next pump, so nothing is lost by raising)."""
+        if not self._in_flight:
+            return
+        done = [c for c in self._in_flight if c.future.done()]
+        if not done:
+            return
+        self._in_flight = [c for c in self._in_flight if c not in done]
+        for call in done:
+            self._count_in_flight(call.batch, -1)
+        self.stats.in_flight_calls = len(self._in_flight)
+        first: BaseException | None = None
+        # Newest first: a failed call's records go back to the front of the queue, so the
+        # oldest failed call ends up first and log order is kept among them.
+        for call in reversed(done):
+            try:
+                self._finish(call.batch, call.future, progress)
+            except Exception as exc:
+                if first is None or (
+                    isinstance(exc, SetupError) and not isinstance(first, SetupError)
+                ):
+                    first = exc
+        if first is not None:
+            raise first
+
+    def _count_in_flight(self, batch: Batch, sign: int) -> None:
+        busy = self._shard_in_flight
+        for shard_id, (records, size) in batch.demand.items():
+            had_records, had_bytes = busy.get(shard_id, (0, 0))
+            now_records, now_bytes = had_records + sign * records, had_bytes + sign * size
+            if now_records <= 0:
+                busy.pop(shard_id, None)
+            else:
+                busy[shard_id] = (now_records, now_bytes)
+
+    def _call_done(self, _future: Future[dict[str, Any]]) -> None:
+        """On the I/O thread: a call finished; have the sink pumped again now."""
+        self._answered.set()
+        if self._wake is not None:
+            self._wake()
 
     def flush(self) -> None:
         """Records go out as fast as the shards allow anyway; nothing to close."""
@@ -316,8 +463,11 @@ class KinesisSink:
 
     def discard(self) -> None:
         """Records already accepted stay in the stream (they are the customer's); unsent ones
-        are dropped with the endpoint."""
+        are dropped with the endpoint (calls in flight finish unobserved)."""
         self._progress = Progress()
+        self._in_flight = []
+        self._shard_in_flight = {}
+        self.stats.in_flight_calls = 0
 
     def counters(self) -> SinkCounters:
         s = self.stats
@@ -380,6 +530,7 @@ class KinesisSink:
             "stream": dict(self._stream_summary),
             "under_provisioned": estimate.message() if estimate else None,
             "last_record_error": self._last_record_error,
+            "max_in_flight_calls": self._max_in_flight,
             "stats": asdict(self.stats),
         }
 
@@ -392,7 +543,7 @@ class KinesisSink:
             max(MAX_BYTES_PER_CALL, self._max_record_bytes),
             self._pacer.records_per_second,
             self._pacer.bytes_per_second,
-            room=self._pacer.room,
+            room=self._room,
         )
         now = self._clock()
         while state.retry and state.retry[0][0] <= now:
@@ -410,6 +561,18 @@ class KinesisSink:
             batch.taken_fresh.append(state.fresh.popleft())
             room -= 1
         return batch
+
+    def _room(self, shard_id: str) -> tuple[int, int]:
+        """What a shard takes now: its pacing window's room, and never more than one second's
+        quota in flight. A call slower than a second would otherwise let the window send more
+        behind it, and a crash replays whatever was in flight."""
+        records, size = self._pacer.room(shard_id)
+        busy_records, busy_bytes = self._shard_in_flight.get(shard_id, (0, 0))
+        pacer = self._pacer
+        return (
+            min(records, max(0, pacer.records_per_second - busy_records)),
+            min(size, max(0, pacer.bytes_per_second - busy_bytes)),
+        )
 
     def _unwind(self, batch: Batch, state: Progress) -> None:
         """Put a batch that must wait back where its records came from (order kept)."""
@@ -439,13 +602,52 @@ class KinesisSink:
         return error
 
     def _send(self, batch: Batch, state: Progress) -> None:
+        """Send one call: inline (settled before returning) or on the I/O pool (settled by the
+        `_harvest` of a later pump)."""
         entries = [
             {"Data": record.data, "PartitionKey": record.key, "ExplicitHashKey": hash_key}
             for record, _, hash_key in batch.items
         ]
         self.stats.calls += 1
+        client = self.client
+        future: Future[dict[str, Any]]
+        if self._executor is None:
+            future = Future()
+            try:
+                future.set_result(client.put_records(StreamARN=self.stream_arn, Records=entries))
+            except Exception as exc:
+                future.set_exception(exc)
+            self._finish(batch, future, state)
+            return
         try:
-            response = self.client.put_records(StreamARN=self.stream_arn, Records=entries)
+            future = self._executor.submit(
+                client.put_records, StreamARN=self.stream_arn, Records=entries
+            )
+        except RuntimeError as exc:  # the pool was shut down: the service is stopping
+            self.stats.calls -= 1
+            self._unwind(batch, state)
+            raise TransientError(
+                "the AWS I/O pool is shut down (the service is stopping); the records stay "
+                "spooled.",
+                AwsErrorInfo("ShuttingDown", service="kinesis", operation="PutRecords"),
+            ) from exc
+        self._in_flight.append(_InFlight(batch, future))
+        self._count_in_flight(batch, 1)
+        self.stats.in_flight_calls = len(self._in_flight)
+        self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, len(self._in_flight))
+        future.add_done_callback(self._call_done)
+
+    def _finish(self, batch: Batch, future: Future[dict[str, Any]], state: Progress) -> None:
+        """Settle one finished call: count what was accepted, queue what failed."""
+        try:
+            response = future.result()
+        except CancelledError as exc:  # the I/O pool was shut down before the call ran
+            self._unwind(batch, state)
+            raise TransientError(
+                "a PutRecords call was cancelled (the service is stopping); its records stay "
+                "spooled.",
+                AwsErrorInfo("ShuttingDown", service="kinesis", operation="PutRecords"),
+            ) from exc
         except Exception as exc:
             # Nothing is known to be written: the records wait for the next pump, in order;
             # the worker's backoff (it gets the error) is the wait.

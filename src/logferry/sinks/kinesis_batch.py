@@ -32,6 +32,8 @@ class Progress:
         self.units: deque[Unit] = deque()
         self.fed_end: int | None = None
         self.outstanding = 0
+        self.held_bytes = 0
+        """Bytes of the records not yet accepted (the sink's memory bound)."""
         self._seq = 0
 
     def add(self, records: list[Record]) -> None:
@@ -42,6 +44,7 @@ class Progress:
                 last = record.unit
         self.fresh.extend(records)
         self.outstanding += len(records)
+        self.held_bytes += sum(r.size for r in records)
 
     def later(self, due: float, record: Record) -> None:
         self._seq += 1
@@ -49,6 +52,7 @@ class Progress:
 
     def accepted(self, record: Record) -> None:
         self.outstanding -= 1
+        self.held_bytes -= record.size
         record.unit.remaining -= 1
         units = self.units
         while units and units[0].remaining <= 0:

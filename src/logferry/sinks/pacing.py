@@ -9,6 +9,11 @@ limit in any second. A single record larger than the byte limit (up to 10 MiB on
 streams) is let through alone on an idle shard and then holds the shard for as many seconds as
 it is worth, so the average stays within the limit.
 
+Several calls are kept in flight, and several endpoints (and every sink object an endpoint gets
+across rebuilds) may write to one stream, so the pacer is shared: `shared_pacer` returns the one
+`ShardPacer` of a stream (keyed by the Kinesis endpoint URL and the stream ARN, which names the
+account and region), and `reserve` checks and books a call's demand atomically under its lock.
+
 `ThrottleMonitor` turns persistent `ProvisionedThroughputExceededException` answers into the
 status line "stream under-provisioned: N open shards, ≈M needed for the observed rate".
 """
@@ -78,7 +83,11 @@ class _Window:
 
 
 class ShardPacer:
-    """Keeps every shard within `records_per_second` and `bytes_per_second` in any window."""
+    """Keeps every shard within `records_per_second` and `bytes_per_second` in any window.
+
+    Thread-safe: every method takes the pacer's lock, so sinks on several delivery threads can
+    share one pacer per stream (`shared_pacer`).
+    """
 
     def __init__(
         self,
@@ -92,6 +101,7 @@ class ShardPacer:
         self._limits = (records_per_second, bytes_per_second)
         self._span = span
         self._windows: dict[str, _Window] = {}
+        self._lock = threading.Lock()
 
     @property
     def records_per_second(self) -> int:
@@ -103,7 +113,10 @@ class ShardPacer:
 
     def delay(self, demand: Mapping[str, tuple[int, int]]) -> float:
         """Seconds to wait before sending `demand` (shard id → (records, bytes))."""
-        now = self._clock()
+        with self._lock:
+            return self._delay(self._clock(), demand)
+
+    def _delay(self, now: float, demand: Mapping[str, tuple[int, int]]) -> float:
         worst = 0.0
         for shard_id, (records, size) in demand.items():
             window = self._windows.get(shard_id)
@@ -115,18 +128,22 @@ class ShardPacer:
 
     def room(self, shard_id: str) -> tuple[int, int]:
         """(records, bytes) the shard can take right now without exceeding its window."""
-        window = self._windows.get(shard_id)
-        if window is None:
-            return self._limits
-        window.expire(self._clock())
-        return (
-            max(0, self._limits[0] - window.records),
-            max(0, self._limits[1] - window.bytes),
-        )
+        with self._lock:
+            window = self._windows.get(shard_id)
+            if window is None:
+                return self._limits
+            window.expire(self._clock())
+            return (
+                max(0, self._limits[0] - window.records),
+                max(0, self._limits[1] - window.bytes),
+            )
 
     def commit(self, demand: Mapping[str, tuple[int, int]]) -> None:
         """Account for a call that is being sent now."""
-        now = self._clock()
+        with self._lock:
+            self._commit(self._clock(), demand)
+
+    def _commit(self, now: float, demand: Mapping[str, tuple[int, int]]) -> None:
         for shard_id, (records, size) in demand.items():
             window = self._windows.get(shard_id)
             if window is None:
@@ -134,12 +151,47 @@ class ShardPacer:
             window.expire(now)
             window.add(now, records, size, self._span, self._limits)
 
+    def reserve(self, demand: Mapping[str, tuple[int, int]]) -> float:
+        """Book `demand` if every shard has room now and return 0.0; else book nothing and
+        return the seconds to wait. Atomic, so two sinks sharing the pacer never both take the
+        last room of a shard (`room` alone is only a hint)."""
+        with self._lock:
+            now = self._clock()
+            delay = self._delay(now, demand)
+            if delay <= 0:
+                self._commit(now, demand)
+            return delay
+
     def retain(self, shard_ids: Iterable[str]) -> None:
         """Forget shards that are no longer open (after a reshard)."""
         keep = set(shard_ids)
-        for shard_id in list(self._windows):
-            if shard_id not in keep:
-                del self._windows[shard_id]
+        with self._lock:
+            for shard_id in list(self._windows):
+                if shard_id not in keep:
+                    del self._windows[shard_id]
+
+
+PacerKey = tuple[str, str]
+"""(Kinesis endpoint URL, stream ARN): one stream as seen through one API endpoint."""
+
+_PACERS: dict[tuple[PacerKey, Callable[[], float]], ShardPacer] = {}
+_PACERS_LOCK = threading.Lock()
+
+
+def shared_pacer(key: PacerKey, *, clock: Callable[[], float]) -> ShardPacer:
+    """The process-wide pacer of one stream: every endpoint writing to it, and every sink object
+    an endpoint gets across rebuilds, books its calls in the same windows.
+
+    Keyed by the endpoint URL and the stream ARN (account, region, name) — and by `clock`, so
+    that tests driving a fake clock never share windows with real time. A pacer is a few
+    bytes per open shard; entries are kept for the life of the process (a rebuilt sink must
+    find the windows its predecessor filled).
+    """
+    with _PACERS_LOCK:
+        pacer = _PACERS.get((key, clock))
+        if pacer is None:
+            pacer = _PACERS[(key, clock)] = ShardPacer(clock=clock)
+        return pacer
 
 
 @dataclass(frozen=True)

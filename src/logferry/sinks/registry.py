@@ -62,7 +62,14 @@ def _s3_target(model: Any, base: AwsTarget) -> AwsTarget:
 def _kinesis(model: Any, clients: AwsClients, ctx: SinkContext) -> Sink:
     from logferry.sinks.kinesis import KinesisSink
 
-    return KinesisSink(model, clients, stop=ctx.stop, uid_prefix=ctx.uid_prefix)
+    return KinesisSink(
+        model,
+        clients,
+        stop=ctx.stop,
+        uid_prefix=ctx.uid_prefix,
+        io_executor=ctx.io_executor,
+        wake=ctx.wake,
+    )
 
 
 FACTORIES: dict[str, SinkFactory] = {
