@@ -350,6 +350,10 @@ class S3Sink:
         return any(f.futures() or f.queued for f in self._files)
 
     def holds_data(self) -> bool:
+        """Lines not yet durable, or a closed file whose last calls are still running (the
+        worker must keep pumping until its completion is taken in and journaled)."""
+        if any(f.closed for f in self._files):
+            return True
         return self._pos is not None and self.durable < self._pos
 
     def counters(self) -> SinkCounters:
@@ -369,6 +373,11 @@ class S3Sink:
             "aborted_uploads": self.stats.aborted_uploads,
             "lost_ranges": list(self.lost),
         }
+
+    @property
+    def journal_fsyncs(self) -> int:
+        """fsync calls the journal made so far (benchmarks and tests count them per object)."""
+        return self._journal.fsyncs
 
     @property
     def open_file(self) -> str | None:
