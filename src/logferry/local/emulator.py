@@ -58,9 +58,17 @@ class LocalAccount:
 class Emulator:
     """A running emulator process; `stop()` (or the context manager) ends it."""
 
-    def __init__(self, process: subprocess.Popen[str], url: str, accounts: list[LocalAccount]):
+    def __init__(
+        self,
+        process: subprocess.Popen[str],
+        url: str,
+        accounts: list[LocalAccount],
+        rewrite_token: str = "",
+    ):
         self._process = process
         self.url = url
+        self.rewrite_token = rewrite_token
+        """Lets `latency_proxy` forward a rewritten body (see `patches.trust_rewritten_bodies`)."""
         self.accounts = accounts
         self.vendor = next(a for a in accounts if a.role == "vendor")
         self.customer = next(a for a in accounts if a.role == "admin")
@@ -183,4 +191,4 @@ def start_emulator(
         _, stderr = process.communicate(timeout=5)
         raise RuntimeError(f"the local AWS emulator did not start:\n{stderr[-4000:]}")
     accounts = [LocalAccount.from_json(a) for a in ready["accounts"]]
-    return Emulator(process, ready["url"], accounts)
+    return Emulator(process, ready["url"], accounts, ready.get("rewrite_token", ""))

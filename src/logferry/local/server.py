@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 import threading
 from typing import Any
@@ -93,9 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     from werkzeug.serving import make_server
 
-    from logferry.local.patches import apply_all
+    from logferry.local.patches import apply_all, trust_rewritten_bodies
 
     apply_all()
+    # Known only to our parent: a test proxy that rewrites a body (so its SigV4 payload hash no
+    # longer matches) proves with it that the caller's signature was valid when it arrived.
+    rewrite_token = secrets.token_hex(16)
+    trust_rewritten_bodies(rewrite_token)
     accounts = []
     for spec in args.account:
         account_id, user_name, role = spec.split(":")
@@ -110,7 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host
-    sys.stdout.write(json.dumps({"url": f"http://{shown}:{port}", "accounts": accounts}) + "\n")
+    sys.stdout.write(
+        json.dumps(
+            {"url": f"http://{shown}:{port}", "accounts": accounts, "rewrite_token": rewrite_token}
+        )
+        + "\n"
+    )
     sys.stdout.flush()
     try:
         server.serve_forever()
