@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, Field
+from yarl import URL
 
 from logferry.spool.size import parse_size
 
@@ -264,7 +265,7 @@ class LatencyProxy:
         proxy_request = ProxyRequest(
             service=service,
             method=request.method,
-            path=request.path_qs,
+            path=request.raw_path,  # as signed: path_qs would decode %3A in S3 keys
             # Content-Encoding is end to end and signed (S3 PutObject of a .gz file): kept.
             headers=[(k, v) for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP],
             body=body,
@@ -298,7 +299,7 @@ class LatencyProxy:
         headers = [(k, v) for k, v in request.headers if k.lower() != "content-length"]
         async with self._session.request(
             request.method,
-            self.upstream + request.path,
+            URL(self.upstream + request.path, encoded=True),
             headers=headers,
             data=request.body if request.body or request.method in ("POST", "PUT") else None,
             allow_redirects=False,
