@@ -100,6 +100,7 @@ class Endpoint:
         self.chunks = chunks
         self.woken = woken
         self.done_at = 0.0
+        self.timeouts = 0
         self.error: BaseException | None = None
 
     def run(self, delivery: threading.Semaphore) -> None:
@@ -130,7 +131,8 @@ class Endpoint:
                     return
             if fed < len(chunks) and wants():
                 continue
-            self.woken.wait(delay if delay else 1.0)
+            if not self.woken.wait(delay if delay else 1.0):
+                self.timeouts += 1  # slept the whole delay: no wake came
             self.woken.clear()
 
 
@@ -206,6 +208,7 @@ def run_case(
         "lines_per_s": total_lines / seconds,
         "raw_mb_per_s": raw / 1e6 / seconds,
         "journal_fsyncs": fsyncs,
+        "waits_without_wake": sum(w.timeouts for w in workers),
         "loadavg_1m_before": load0,
         "loadavg_1m_after": load1,
     }
