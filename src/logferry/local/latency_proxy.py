@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, Field
+from yarl import URL
 
 from logferry.spool.size import parse_size
 
@@ -46,6 +47,7 @@ _HOP_BY_HOP = {
     "upgrade",
     "proxy-connection",
 }
+_REQUEST_DROP = _HOP_BY_HOP - {"content-encoding"}
 
 
 class LinkProfile(BaseModel):
@@ -216,7 +218,11 @@ class LatencyProxy:
         )
         app = web.Application(client_max_size=1 << 31)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # auto_decompress=False: a signed body with Content-Encoding (S3 PutObject of a .gz
+        # file) must reach the emulator byte for byte, not decoded by aiohttp.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, auto_decompress=False
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port, backlog=1024)
         await site.start()
@@ -259,8 +265,9 @@ class LatencyProxy:
         proxy_request = ProxyRequest(
             service=service,
             method=request.method,
-            path=request.path_qs,
-            headers=[(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP],
+            path=request.raw_path,  # as signed: path_qs would decode %3A in S3 keys
+            # Content-Encoding is end to end and signed (S3 PutObject of a .gz file): kept.
+            headers=[(k, v) for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP],
             body=body,
         )
         answer = await self._chain(proxy_request, 0)
@@ -292,7 +299,7 @@ class LatencyProxy:
         headers = [(k, v) for k, v in request.headers if k.lower() != "content-length"]
         async with self._session.request(
             request.method,
-            self.upstream + request.path,
+            URL(self.upstream + request.path, encoded=True),
             headers=headers,
             data=request.body if request.body or request.method in ("POST", "PUT") else None,
             allow_redirects=False,

@@ -48,7 +48,15 @@ class SinkFactory:
 def _s3(model: Any, clients: AwsClients, ctx: SinkContext) -> Sink:
     from logferry.sinks.s3 import S3Sink
 
-    return S3Sink(model, clients, ctx.state_dir, uid_prefix=ctx.uid_prefix, stop=ctx.stop)
+    return S3Sink(
+        model,
+        clients,
+        ctx.state_dir,
+        uid_prefix=ctx.uid_prefix,
+        stop=ctx.stop,
+        io_executor=ctx.io_executor,
+        wake=ctx.wake,
+    )
 
 
 def _s3_target(model: Any, base: AwsTarget) -> AwsTarget:

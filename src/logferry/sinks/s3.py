@@ -40,7 +40,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -57,6 +58,7 @@ from logferry.sinks.aws_errors import REFRESH_CODES, classify
 from logferry.sinks.backoff import Backoff, retry_call
 from logferry.sinks.base import SinkCounters
 from logferry.sinks.framing import frame, stable_pid
+from logferry.sinks.s3_budget import InflightBudget, shared_budget
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.sinks.s3_journal import ActiveFile, Journal, JournalState, Part
 from logferry.spool.chunk import Chunk
@@ -66,6 +68,10 @@ MIN_PART_SIZE: Final = 5 * MIB  # S3: every part but the last
 MAX_PARTS: Final = 10_000
 DEFAULT_PART_SIZE: Final = 8 * MIB
 DEFAULT_MEMBER_SIZE: Final = 2 * MIB
+DEFAULT_PARTS_IN_FLIGHT: Final = 4
+IN_FLIGHT_POLL: Final = 1.0
+"""While calls are in flight `pump` asks to be called again after at most this long, a safety
+net should a `wake` be missed; endpoints with nothing in flight never poll."""
 _NEWLINE: Final = 0x0A
 _SPILL_SUFFIX: Final = ".spill"
 _ENCRYPTED_SUFFIX: Final = ".pgp-out"
@@ -123,8 +129,19 @@ def _compress_pool() -> ThreadPoolExecutor:
 
 
 @dataclass
+class _Flight:
+    """One UploadPart submitted to the io pool."""
+
+    future: Future[dict[str, Any]]
+    end: int
+    framed: int
+    size: int
+
+
+@dataclass
 class _OpenFile:
-    """The file being built (in memory: at most one member of framed lines + one part)."""
+    """A file being built or uploaded (in memory: one member of framed lines, one part being
+    filled, and the parts queued or in flight, bounded by `parts_in_flight`)."""
 
     key: str
     start: int
@@ -146,6 +163,35 @@ class _OpenFile:
     must_close: bool = False
     pending: deque[tuple[Future[bytes], int, int]] = field(default_factory=deque)
     """Members being compressed on the shared pool: (future, data end, framed bytes)."""
+    pgp: bool = False
+    next_number: int = 1
+    """Part number of the next part cut from `buf`."""
+    queued: deque[tuple[int, bytearray, int, int]] = field(default_factory=deque)
+    """Full parts waiting for a slot: (number, body, data end, framed bytes)."""
+    flights: dict[int, _Flight] = field(default_factory=dict)
+    done: dict[int, Part] = field(default_factory=dict)
+    """Uploaded parts not yet journaled: they wait for every lower part (no gaps)."""
+    create: Future[dict[str, Any]] | None = None
+    final: Future[dict[str, Any]] | None = None
+    """The PutObject or CompleteMultipartUpload that finishes the file."""
+    final_size: int = 0
+    closed: bool = False
+    """The file's end is decided (`end`); it only uploads from here on."""
+    end: int = 0
+    implied: bool = False
+    """The end follows from the data alone (period change, file_max): a replay cuts it at the
+    same line without the journal, so it needs no journal write of its own."""
+    end_saved: bool = False
+    """The journal's active entry holds this file's end."""
+
+    @property
+    def multipart(self) -> bool:
+        return bool(self.upload_id or self.create or self.queued or self.flights or self.parts)
+
+    def futures(self) -> list[Future[Any]]:
+        found: list[Future[Any]] = [fl.future for fl in self.flights.values()]
+        found += [x for x in (self.create, self.final) if x is not None]
+        return found
 
 
 def _line_cut(data: bytes, start: int, target: int) -> int:
@@ -161,7 +207,10 @@ def _line_cut(data: bytes, start: int, target: int) -> int:
 class S3Sink:
     """Delivers one endpoint's spool to S3 files (see the module docstring); a `Sink`.
 
-    Not thread-safe: one worker thread uses it at a time.
+    Not thread-safe: one worker thread uses it at a time. With an `io_executor`, AWS calls run
+    there (up to `parts_in_flight` parts at once, within the process-wide `budget`) and their
+    results are taken in by the next `feed`/`pump`/`flush`; `wake` is called (from an io thread)
+    whenever one finishes. Without one, every call is made inline (tools and tests).
     """
 
     kind = "s3"
@@ -181,11 +230,17 @@ class S3Sink:
         member_size: int = DEFAULT_MEMBER_SIZE,
         backoff: Backoff | None = None,
         pid: int | None = None,
+        io_executor: Executor | None = None,
+        wake: Callable[[], None] | None = None,
+        parts_in_flight: int = DEFAULT_PARTS_IN_FLIGHT,
+        budget: InflightBudget | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         if not 1024 <= member_size <= part_size:
             raise ValueError("member_size must be from 1 KiB to part_size")
+        if parts_in_flight < 1:
+            raise ValueError("parts_in_flight must be at least 1")
         self.endpoint = endpoint
         self.state_dir = Path(state_dir)
         self.uid_prefix = uid_prefix
@@ -211,7 +266,15 @@ class S3Sink:
             (uid_prefix + "\n" + endpoint.model_dump_json()).encode()
         ).hexdigest()[:32]
         self._state = JournalState(incarnation=self._incarnation)
+        self._io = io_executor
+        self._wake = wake or (lambda: None)
+        self.parts_in_flight = parts_in_flight
+        self._budget = budget or shared_budget()
         self._file: _OpenFile | None = None
+        """The file lines are added to (None between files)."""
+        self._files: deque[_OpenFile] = deque()
+        """Files not yet complete, in order; only the first (the one the journal describes)
+        makes AWS calls, the others build in memory behind it."""
         self._plan: ActiveFile | None = None
         self._pos: int | None = None
         self._recovered = False
@@ -251,23 +314,46 @@ class S3Sink:
         return max(self.recover(), committed)
 
     def wants_data(self) -> bool:
-        return True
+        """False while this endpoint holds `parts_in_flight` parts (or their bytes) that are
+        queued or in flight: the worker stops reading until `wake` says one finished."""
+        if self._io is None:
+            return True
+        parts = 0
+        held = 0
+        for f in self._files:
+            parts += len(f.queued) + len(f.flights)
+            held += sum(len(q[1]) for q in f.queued) + sum(x.size for x in f.flights.values())
+            if f.closed:
+                held += len(f.buf)
+        return parts < self.parts_in_flight and held < self.parts_in_flight * self.part_size
 
     def pump(self, *, caught_up: bool) -> float | None:
-        """Close the open file once its period has ended (only when caught up: while a backlog
-        drains, files close at the data's own period boundaries). Returns the seconds until
-        the open file's period ends, so the worker sleeps instead of polling."""
+        """Take in finished calls, start what may start, and close the open file once its
+        period has ended (only when caught up: while a backlog drains, files close at the
+        data's own period boundaries). Returns the seconds until the open file's period ends
+        (or `IN_FLIGHT_POLL` while calls are in flight; they `wake` the worker when they
+        finish), so the worker sleeps instead of polling."""
         self._ready()
+        self._guarded(self._advance)
         f = self._file
-        if f is None or f.boundary is not None or not caught_up:
-            return None
-        remaining = f.period_start + self.endpoint.period - self._clock()
-        if remaining <= 0:
-            self._guarded(lambda: self._close(f))
-            return None
+        remaining: float | None = None
+        if f is not None and f.boundary is None and caught_up:
+            remaining = f.period_start + self.endpoint.period - self._clock()
+            if remaining <= 0:
+                self._guarded(lambda: self._close(f, implied=False))
+                remaining = None
+        if self._in_flight():
+            remaining = IN_FLIGHT_POLL if remaining is None else min(remaining, IN_FLIGHT_POLL)
         return remaining
 
+    def _in_flight(self) -> bool:
+        return any(f.futures() or f.queued for f in self._files)
+
     def holds_data(self) -> bool:
+        """Lines not yet durable, or a closed file whose last calls are still running (the
+        worker must keep pumping until its completion is taken in and journaled)."""
+        if any(f.closed for f in self._files):
+            return True
         return self._pos is not None and self.durable < self._pos
 
     def counters(self) -> SinkCounters:
@@ -279,12 +365,19 @@ class S3Sink:
             "state": self.stats.state,
             "open_file": f.key if f else None,
             "open_file_parts": len(f.parts) if f else 0,
+            "files_uploading": sum(1 for x in self._files if x.closed),
+            "parts_in_flight": sum(len(x.flights) for x in self._files),
             "last_key": self.stats.last_key,
             "parts_uploaded": self.stats.parts,
             "bytes_uploaded": self.stats.bytes_out,
             "aborted_uploads": self.stats.aborted_uploads,
             "lost_ranges": list(self.lost),
         }
+
+    @property
+    def journal_fsyncs(self) -> int:
+        """fsync calls the journal made so far (benchmarks and tests count them per object)."""
+        return self._journal.fsyncs
 
     @property
     def open_file(self) -> str | None:
@@ -298,6 +391,7 @@ class S3Sink:
         it is fine: its prefix is skipped). Raises SetupError (e.g. AbortMultipartUpload denied)
         with the journal untouched, so a later call can finish the job.
         """
+        self._quiesce()
         self._discard_memory()
         self._failed = True  # until this succeeds
         self._remove_temp_files()
@@ -350,6 +444,7 @@ class S3Sink:
         self._ready()
         try:
             self._feed(chunk)
+            self._advance()
         except BaseException:
             self._failed = True
             raise
@@ -361,15 +456,18 @@ class S3Sink:
         if f is None or f.boundary is not None:
             return
         if self._clock() >= f.period_start + self.endpoint.period:
-            self._guarded(lambda: self._close(f))
+            self._guarded(lambda: self._close(f, implied=False))
 
     def flush(self) -> None:
         """Close the open file now (shutdown, idle flush). A file being rebuilt to a journaled
-        boundary stays open: closing it early would change its byte range."""
+        boundary stays open: closing it early would change its byte range. With an io pool
+        the uploads finish in the background: pump until `holds_data()` is False."""
         self._ready()
         f = self._file
         if f is not None and f.boundary is None:
-            self._guarded(lambda: self._close(f))
+            self._guarded(lambda: self._close(f, implied=False))
+        else:
+            self._guarded(self._advance)
 
     def committed(self, offset: int) -> None:
         """The caller persisted its spool commit up to `offset` (kept in memory; written with
@@ -380,6 +478,7 @@ class S3Sink:
         """The endpoint is being deleted: abort its open multipart upload (never leave one
         billing in the customer's bucket) and forget the journal. Unsent data is dropped with
         the endpoint. Raises (journal kept) when the abort fails, so it can be retried."""
+        self._quiesce()
         self._discard_memory()
         self._remove_temp_files()
         state = self._journal.load()
@@ -444,7 +543,7 @@ class S3Sink:
             off = chunk.start + i
             f = self._file
             if f is not None and f.boundary is None and f.period_start != period_start:
-                self._close(f)
+                self._close(f, implied=True)
                 f = None
             if f is None:
                 f = self._open(off, period_start)
@@ -461,7 +560,7 @@ class S3Sink:
             if f.boundary is None and file_max and f.framed + len(framed) > file_max:
                 cut = self._fit(piece, file_max - f.framed, chunk.accepted_at)
                 if cut == 0 and f.framed > 0:
-                    self._close(f)
+                    self._close(f, implied=True)
                     continue
                 cut = cut or piece.index(b"\n") + 1  # one oversized line: a file of its own
                 piece = piece[:cut]
@@ -471,7 +570,7 @@ class S3Sink:
             self.stats.bytes_in += len(piece)
             i += len(piece)
             if full or f.must_close or (f.boundary is not None and f.data_end >= f.boundary):
-                self._close(f)
+                self._close(f, implied=True)
 
     def _frame(self, piece: bytes, accepted_at: float) -> bytes:
         return frame(
@@ -523,7 +622,9 @@ class S3Sink:
             f.spill_path = self.state_dir / f"{f.start:016x}{_SPILL_SUFFIX}"
             self.state_dir.mkdir(parents=True, exist_ok=True)
             f.spill = open(f.spill_path, "w+b")  # noqa: SIM115 - closed in _close/_discard
+            f.pgp = True
         self._file = f
+        self._files.append(f)
         return f
 
     def _add(self, f: _OpenFile, framed: bytes, end: int) -> None:
@@ -534,10 +635,10 @@ class S3Sink:
         if f.raw_size >= self.member_size:
             self._seal(f)
             if f.spill is None and len(f.buf) >= self.part_size:
-                if len(f.parts) >= MAX_PARTS - 1:
+                if f.next_number >= MAX_PARTS:
                     f.must_close = True  # the rest becomes the final part
                 else:
-                    self._upload_part(f)
+                    self._cut_part(f)
 
     def _seal(self, f: _OpenFile) -> None:
         """Compress the pending lines into one member, on the shared compression pool.
@@ -587,67 +688,183 @@ class S3Sink:
             end=end,
             upload_id=f.upload_id,
             parts=list(f.parts),
-            pgp=f.spill is not None,
+            pgp=f.pgp,
         )
 
-    def _save(self, state: JournalState | None = None) -> None:
-        self._journal.save(state or self._state)
+    def _save(self, state: JournalState | None = None, *, sync: bool = True) -> None:
+        self._journal.save(state or self._state, sync=sync)
 
-    def _create_upload(self, f: _OpenFile, end: int | None) -> None:
-        f.upload_id = self._call("CreateMultipartUpload", Key=f.key, **self._put_args)["UploadId"]
-        self._state.active = self._active(f, end)
-        self._save()  # before any part: a crash from here on can abort or resume it
-
-    def _upload_part(self, f: _OpenFile, end: int | None = None) -> None:
-        if f.upload_id is None:
-            self._create_upload(f, end if end is not None else f.boundary)
-        assert f.upload_id is not None
-        number = len(f.parts) + 1
-        body = f.buf
-        etag = self._call(
-            "UploadPart", Key=f.key, UploadId=f.upload_id, PartNumber=number, Body=body
-        )["ETag"]
-        f.parts.append(Part(number, etag, f.sealed_end, f.sealed_framed))
-        f.buf = bytearray()
-        self.stats.parts += 1
-        self.stats.bytes_out += len(body)
-        self._state.active = self._active(f, end if end is not None else f.boundary)
+    def _journal_file(self, f: _OpenFile) -> None:
+        """Journal `f` as the active file (fsynced): its upload, parts and decided end."""
+        self._state.active = self._active(f, f.end if f.closed else f.boundary)
         self._save()
+        if f.closed:
+            f.end_saved = True
 
-    def _close(self, f: _OpenFile) -> None:
-        """Finish `f` at its data end: journal the boundary, upload, complete, mark durable."""
+    def _cut_part(self, f: _OpenFile) -> None:
+        """`buf` is a full part: queue it (it goes up once it is first in line and a slot and
+        the budget allow; inline without an io pool)."""
+        f.queued.append((f.next_number, f.buf, f.sealed_end, f.sealed_framed))
+        f.next_number += 1
+        f.buf = bytearray()
+        self._advance()
+
+    def _close(self, f: _OpenFile, *, implied: bool) -> None:
+        """Decide `f`'s end at its data end; its last part / PutObject and the completion go up
+        once every earlier file is complete. `implied`: the data alone decides this end."""
         self._seal(f)
         self._drain(f)
-        end = f.data_end
-        if f.spill is not None:
-            self._close_pgp(f, end)
-        elif f.upload_id is None:
-            self._state.active = self._active(f, end)
-            self._save()
-            body = bytes(f.buf)
-            self._call("PutObject", Key=f.key, Body=body, **self._put_args)
-            self.stats.bytes_out += len(body)
-        else:
-            self._state.active = self._active(f, end)
-            self._save()
-            if f.buf:
-                self._upload_part(f, end)
-            self._complete(f.key, f.upload_id, f.parts)
-        self._file = None
-        self._finish(f.key, end)
+        f.closed = True
+        f.end = f.data_end
+        f.implied = implied or f.boundary is not None
+        f.end_saved = f.boundary is not None  # a journaled boundary: already in the journal
+        if f.multipart and f.buf:
+            f.queued.append((f.next_number, f.buf, f.sealed_end, f.sealed_framed))
+            f.next_number += 1
+            f.buf = bytearray()
+        if self._file is f:
+            self._file = None
+        self._advance()
 
-    def _complete(self, key: str, upload_id: str, parts: list[Part]) -> None:
-        self._call(
+    def _advance(self) -> None:
+        """Move the first file's uploads forward without waiting: take in finished calls
+        (journal, in part order), start what may start, finish files whose last call is done."""
+        while self._files:
+            f = self._files[0]
+            while self._step_file(f):
+                pass
+            if f.final is None or not f.final.done():
+                return
+            f.final.result()  # raises the call's error
+            if not f.upload_id:
+                self.stats.bytes_out += f.final_size
+            self._files.popleft()
+            # A single PutObject needs no fsync here: the worker's spool commit (fsynced) at
+            # `durable` is what a restart resumes from, and a replay before it rewrites the
+            # same key with the same lines. A multipart completion is journaled durably (a
+            # restart must not try to resume an upload that no longer exists).
+            self._finish(f.key, f.end, sync=bool(f.upload_id))
+
+    def _step_file(self, f: _OpenFile) -> bool:
+        """One move for the first file; True when something changed (try again)."""
+        if f.final is not None:
+            return False
+        if f.pgp:
+            if f.closed:
+                self._close_pgp(f, f.end)
+                f.final = _done_future({})
+            return False
+        changed = False
+        if f.create is not None and f.create.done():
+            future, f.create = f.create, None
+            f.upload_id = future.result()["UploadId"]
+            self._journal_file(f)  # before any part: a crash from here on aborts or resumes it
+            changed = True
+        for number, flight in list(f.flights.items()):
+            if flight.future.done():
+                del f.flights[number]
+                etag = flight.future.result()["ETag"]
+                f.done[number] = Part(number, etag, flight.end, flight.framed)
+                self.stats.parts += 1
+                self.stats.bytes_out += flight.size
+        moved = False
+        while len(f.parts) + 1 in f.done:  # `durable` never passes a part still in flight
+            f.parts.append(f.done.pop(len(f.parts) + 1))
+            moved = True
+        if moved:
+            self._journal_file(f)  # one journal write for every part finished since the last
+            changed = True
+        if f.queued and f.create is None:
+            if f.upload_id is None:
+                f.create = self._submit(
+                    lambda: self._call("CreateMultipartUpload", Key=f.key, **self._put_args)
+                )
+                return True
+            while f.queued and len(f.flights) < self.parts_in_flight:
+                number, body, end, framed = f.queued[0]
+                if self._io is not None and not self._budget.acquire(len(body), self._wake):
+                    break
+                f.queued.popleft()
+                f.flights[number] = _Flight(
+                    self._submit(self._part_call(f, number, body), budget=len(body)),
+                    end,
+                    framed,
+                    len(body),
+                )
+                changed = True
+        if not f.closed or f.create is not None or f.queued or f.flights or f.done:
+            return changed
+        if not f.end_saved and (f.upload_id or not f.implied):
+            # An end the data does not imply (flush, period over by the clock) is journaled
+            # before the upload that ends the file: a replay then cuts the file at the same
+            # line, so the object is rewritten byte for byte, never with more lines.
+            self._journal_file(f)
+        if f.upload_id:
+            upload_id, parts = f.upload_id, list(f.parts)
+            f.final = self._submit(lambda: self._complete(f.key, upload_id, parts))
+        else:
+            body = bytes(f.buf)
+            f.buf = bytearray()
+            f.final_size = len(body)
+            f.final = self._submit(
+                lambda: self._call("PutObject", Key=f.key, Body=body, **self._put_args)
+            )
+        return True
+
+    def _part_call(
+        self, f: _OpenFile, number: int, body: bytearray
+    ) -> Callable[[], dict[str, Any]]:
+        key, upload_id = f.key, f.upload_id
+
+        def upload() -> dict[str, Any]:
+            return self._call(
+                "UploadPart", Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            )
+
+        return upload
+
+    def _submit(
+        self, call: Callable[[], dict[str, Any]], *, budget: int = 0
+    ) -> Future[dict[str, Any]]:
+        """Run `call` on the io pool (inline without one); its errors surface when taken in."""
+        if self._io is None:
+            future: Future[dict[str, Any]] = Future()
+            try:
+                future.set_result(call())
+            except BaseException as exc:
+                future.set_exception(exc)
+            return future
+        self._client()  # created here, not concurrently in io threads
+        future = self._io.submit(call)
+        budget_obj, wake = self._budget, self._wake
+
+        def finished(_: Future[dict[str, Any]]) -> None:
+            if budget:
+                budget_obj.release(budget)  # wakes sinks waiting for room, this one included
+            wake()
+
+        future.add_done_callback(finished)
+        return future
+
+    def _quiesce(self) -> None:
+        """Wait for calls still in flight (after a failure, before recovery or discard): a late
+        UploadPart must not land after its part number was uploaded again."""
+        pending = [x for f in self._files for x in f.futures()]
+        if pending:
+            wait_futures(pending)
+
+    def _complete(self, key: str, upload_id: str, parts: list[Part]) -> dict[str, Any]:
+        return self._call(
             "CompleteMultipartUpload",
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
         )
 
-    def _finish(self, key: str, end: int) -> None:
+    def _finish(self, key: str, end: int, *, sync: bool = True) -> None:
         self._state.durable = end
         self._state.active = None
-        self._save()
+        self._save(sync=sync)
         self.stats.objects += 1
         self._success(key)
 
@@ -703,9 +920,10 @@ class S3Sink:
     # --- recovery -----------------------------------------------------------------------------
 
     def _discard_memory(self) -> None:
-        f = self._file
-        if f is not None and f.spill is not None:
-            f.spill.close()
+        for f in self._files:
+            if f.spill is not None:
+                f.spill.close()
+        self._files.clear()
         self._file = None
         self._plan = None
         self._pos = None
@@ -780,8 +998,10 @@ class S3Sink:
             sealed_framed=active.framed,
             upload_id=active.upload_id,
             parts=list(active.parts),
+            next_number=len(active.parts) + 1,
         )
         self._file = f
+        self._files.append(f)
         return active.resume_offset
 
     # --- AWS calls ----------------------------------------------------------------------------
@@ -876,6 +1096,12 @@ class S3Sink:
         self.stats.last_success = self._clock()
         if key is not None:
             self.stats.last_key = key
+
+
+def _done_future(result: dict[str, Any]) -> Future[dict[str, Any]]:
+    future: Future[dict[str, Any]] = Future()
+    future.set_result(result)
+    return future
 
 
 def _snake(operation: str) -> str:

@@ -7,9 +7,10 @@ is rebuilt with the same byte range on replay), and the end of the last complete
 restart does not re-send what is already in S3).
 
 Writes are write-temp → fsync → rename → fsync(dir): after a crash the file is either the old or
-the new document, never a torn mix. One sink writes it (the service serialises calls per
-endpoint), so there is no locking. The document stays small: at most one active file, plus one
-short entry per uploaded part.
+the new document, never a torn mix. Updates a restart can do without (the end of a single-part
+object, which the spool's own commit records) skip the two fsyncs. One sink writes it (the
+service serialises calls per endpoint), so there is no locking. The document stays small: at
+most one active file, plus one short entry per uploaded part.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class Journal:
         self.directory = directory
         self.path = directory / JOURNAL_NAME
         self.writes = 0
+        self.fsyncs = 0
+        """fsync calls made (file + directory per synced save), for tests and benchmarks."""
 
     def load(self) -> JournalState | None:
         """The saved state, or None when there is none. A corrupt file raises ValueError
@@ -118,18 +121,24 @@ class Journal:
                 "rule aborts it)."
             ) from exc
 
-    def save(self, state: JournalState) -> None:
+    def save(self, state: JournalState, *, sync: bool = True) -> None:
+        """Replace the document atomically. `sync=False` skips both fsyncs: the new document
+        survives a process crash (it is in the page cache) but after a power loss the old one
+        may come back — only for updates whose loss a restart tolerates (see `S3Sink`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         data = json.dumps(state.to_json(), separators=(",", ":")).encode()
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as out:
             out.write(data)
             out.flush()
-            os.fsync(out.fileno())
+            if sync:
+                os.fsync(out.fileno())
         os.replace(tmp, self.path)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if sync:
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            self.fsyncs += 2
         self.writes += 1
