@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, unquote
 
 from logferry.errors import InputError
+from logferry.spool.group_sync import GroupSync
 from logferry.spool.log import (
     DEFAULT_SEGMENT_BYTES,
     Spool,
@@ -36,7 +37,6 @@ from logferry.spool.log import (
     fsync_dir,
     segment_files_bytes,
 )
-from logferry.spool.group_sync import GroupSync
 from logferry.spool.size import parse_size
 
 log = logging.getLogger(__name__)
