@@ -127,6 +127,10 @@ class SpoolConfig(_Strict):
     dir: Path = Path("./spool")
     max_bytes: int | str = "10GiB"
     segment_bytes: int | str = "64MiB"
+    group_sync: Literal["syncfs", "fdatasync"] = "syncfs"
+    """How acknowledged appends become durable: "syncfs" (one syncfs(2) per round covers every
+    endpoint's appends; also writes back other dirty data on that filesystem, so give the spool
+    its own filesystem if something else writes heavily there) or "fdatasync" (one per file)."""
 
     @field_validator("max_bytes", "segment_bytes")
     @classmethod

@@ -61,6 +61,22 @@ class _StateCollector(Collector):
             lag.add_metric([customer, endpoint], age)
         yield lag
         yield GaugeMetricFamily(
+            "logferry_endpoints_late",
+            "Active endpoints whose oldest undelivered line is older than their period + 5 s "
+            "(above 0 for long: delivery cannot keep up)",
+            value=snap.get("late", 0),
+        )
+        yield GaugeMetricFamily(
+            "logferry_delivery_queue_wait_seconds",
+            "How long the oldest delivery step has waited for a free delivery thread",
+            value=snap.get("delivery_queue_wait", 0.0),
+        )
+        yield GaugeMetricFamily(
+            "logferry_delivery_queued_steps",
+            "Delivery steps waiting for a free delivery thread",
+            value=snap.get("delivery_queued", 0),
+        )
+        yield GaugeMetricFamily(
             "logferry_spool_disk_bytes", "Bytes the spool uses on disk", value=snap.get("disk", 0)
         )
         yield from _syslog_families(snap.get("syslog", {}))

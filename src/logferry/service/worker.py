@@ -56,7 +56,13 @@ RECHECK_SECONDS = 3600.0
 """A rebuilt sink skips the write probe if one passed within this time (a probe is a
 CreateMultipartUpload + Abort in the customer's bucket: not on every idle restart)."""
 MAX_WAIT = 5.0
-"""Longest sleep between steps while the sink holds data (re-checks stop and pressure)."""
+"""Longest sleep between steps while the sink holds data and named no time it is due."""
+LAG_SLACK_SECONDS = 5.0
+"""An endpoint is late when its oldest undelivered line is older than its period plus this."""
+LAZY_READ_BYTES = 1024 * 1024
+"""While an S3 file is open and not yet due, new data wakes the worker only once this much
+waits in the spool: a small tenant's requests are read once per period, not once each (the
+spool holds them durably meanwhile). Big streams still flow in 1 MiB steps."""
 
 
 @dataclass
@@ -88,6 +94,8 @@ class EndpointWorker:
         self.record = record
         self.model = model
         self.kind = record.type
+        self.lazy = record.type == "s3"
+        """Files built over a period: new data need not be read before the file is due."""
         self.factory: SinkFactory = factory(record.type)
         self.stats = EndpointStats.from_dict(service.store.load_stats(record.uid_prefix))
         self.state = "idle"
@@ -105,7 +113,6 @@ class EndpointWorker:
         self._corrupt: SpoolCorrupt | None = None
         self._failures = 0
         self._stats_dirty = False
-        self._stats_saved = 0.0
         self._seen_units = 0
         self._seen_records = 0
         self._last_data = 0.0
@@ -115,6 +122,7 @@ class EndpointWorker:
         self._restart: asyncio.TimerHandle | None = None
         self._progress_lock = threading.Lock()
         self._credentials: Any = None
+        self._ingest_counters: dict[str, tuple[Any, Any]] = {}
         self._fed: deque[tuple[int, float]] = deque()
         """(end position, accepted_at) of chunks fed and not yet committed: the lag gauge."""
         self.last_lag: float | None = None
@@ -127,17 +135,45 @@ class EndpointWorker:
         return (self.record.customer_id, self.record.name)
 
     @property
+    def halted(self) -> bool:
+        """The endpoint is being deleted: nothing of it is saved any more."""
+        return self._halted
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
     def spool(self) -> Spool:
         return self.service.spools.open(self.record.uid_prefix)
 
+    def ingest_counters(self, source: str) -> tuple[Any, Any]:
+        """The (lines, bytes) ingest counters of this endpoint and `source`, looked up once
+        (prometheus' labels() costs a lock and a dict build per call, i.e. per request)."""
+        found = self._ingest_counters.get(source)
+        if found is None:
+            m = self.service.metrics
+            customer, name = self.labels
+            found = (
+                m.ingest_lines.labels(customer, name, source),
+                m.ingest_bytes.labels(customer, name, source),
+            )
+            self._ingest_counters[source] = found
+        return found
+
+    def lag_budget(self) -> float:
+        """How old an undelivered line may be before this endpoint counts as late: its
+        period (S3) plus LAG_SLACK_SECONDS."""
+        return float(getattr(self.model, "period", 0) or 0) + LAG_SLACK_SECONDS
+
     def accepted(self, lines: int, nbytes: int) -> None:
+        """Count an acknowledged append. A running worker is not woken: it waits on the spool
+        itself (at once without an open file, after LAZY_READ_BYTES or the period end with
+        one), so a stream of small requests costs no wake-up storm."""
         self.stats.lines_accepted += lines
         self.stats.bytes_accepted += nbytes
-        self._stats_dirty = True
-        self.notify()
+        self._mark_dirty()
+        if not self.running:
+            self.notify()
 
     def notify(self) -> None:
         """New data or new configuration: wake the worker (start it if idle)."""
@@ -250,8 +286,11 @@ class EndpointWorker:
             await loop.run_in_executor(svc.sts_executor, creds.get_frozen_credentials)
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
-        """Run blocking sink/spool work on the delivery pool; remember it so halt() can wait."""
-        future = self.service.delivery_executor.submit(fn, *args)
+        """Run blocking sink/spool work on the delivery pool; remember it so halt() can wait.
+        The endpoint whose oldest undelivered line is oldest gets the next free thread."""
+        fed = self._fed
+        priority = fed[0][1] if fed else None
+        future = self.service.delivery_executor.submit(fn, *args, priority=priority)
         self._busy = future
         return await asyncio.wrap_future(future)
 
@@ -289,7 +328,6 @@ class EndpointWorker:
                     break
                 await self._sleep(self._next_delay(SETUP_RETRY_POLICY))
                 continue
-            self._save_stats()
             sink = self._sink
             holds = sink is not None and sink.holds_data()
             if stopping:
@@ -311,12 +349,18 @@ class EndpointWorker:
                     self.service.broker.release(self.model.iam_role)
                 break
             timeout = IDLE_EXIT_SECONDS if delay is None else delay
+            data_after: int | None = read_pos if wants else None
             if holds:
-                timeout = min(timeout, MAX_WAIT)
+                if delay is None:
+                    timeout = min(timeout, MAX_WAIT)
+                elif self.lazy and data_after is not None and not pending:
+                    # An open file, due at its period end (a timer, not a poll): read new
+                    # data then, or earlier once a part's worth of it waits.
+                    data_after = read_pos + LAZY_READ_BYTES - 1
                 idle = self.service.config.server.idle_flush_seconds
                 if idle:
                     timeout = min(timeout, max(0.05, self._last_data + idle - time.monotonic()))
-            await self._wait_for(spool, read_pos if wants else None, timeout)
+            await self._wait_for(spool, data_after, timeout)
         self._drop_sink()
         self.state = "idle" if self.state == "active" else self.state
         self._save_stats(force=True)
@@ -513,7 +557,7 @@ class EndpointWorker:
         self.stats.quarantined_bytes += found.nbytes
         self.stats.quarantined_lines += found.lines
         self.stats.last_quarantine = found.path
-        self._stats_dirty = True
+        self._mark_dirty()
         self.service.metrics.quarantined.labels(*self.labels).inc(found.nbytes)
         message = (
             f"{found.nbytes} damaged spool bytes (positions {found.start}..{found.end}, "
@@ -576,7 +620,7 @@ class EndpointWorker:
         if self.factory.unit == "objects":
             self.stats.objects += units
         self.stats.records += records
-        self._stats_dirty = True
+        self._mark_dirty()
         if units:
             self.service.metrics.delivered_units.labels(*self.labels, self.kind).inc(units)
 
@@ -584,7 +628,7 @@ class EndpointWorker:
         self.stats.lines_delivered += lines
         self.stats.bytes_delivered += nbytes
         self.stats.last_success = time.time()
-        self._stats_dirty = True
+        self._mark_dirty()
         m = self.service.metrics
         m.delivered_lines.labels(*self.labels, self.kind).inc(lines)
         m.delivered_bytes.labels(*self.labels, self.kind).inc(nbytes)
@@ -615,14 +659,29 @@ class EndpointWorker:
             error=message,
             fix=fix,
         )
-        self._stats_dirty = True
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        """Stats changed (any thread): the service saves every dirty endpoint's stats in one
+        transaction every few seconds, not one SQLite commit per endpoint per step."""
+        if not self._stats_dirty:
+            with self.service.stats_lock:
+                self._stats_dirty = True
+                self.service.stats_dirty.add(self)
+
+    def stats_row(self) -> tuple[str, dict[str, Any]]:
+        """(uid, stats) to save; the caller holds service.stats_lock and clears the flag."""
+        self._stats_dirty = False
+        return self.record.uid_prefix, asdict(self.stats)
 
     def _save_stats(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self._stats_dirty and (force or now - self._stats_saved > 2.0):
-            self.service.store.save_stats(self.record.uid_prefix, asdict(self.stats))
-            self._stats_dirty = False
-            self._stats_saved = now
+        """Save now (worker exit, shutdown); otherwise the service's batch saves them."""
+        if self._stats_dirty and force:
+            with self.service.stats_lock:
+                self._stats_dirty = False
+                self.service.stats_dirty.discard(self)
+                row = asdict(self.stats)
+            self.service.store.save_stats(self.record.uid_prefix, row)
 
     def status(self) -> dict[str, Any]:
         spool = self.service.spools.get(self.record.uid_prefix)
@@ -644,6 +703,7 @@ class EndpointWorker:
                 "path": self.stats.last_quarantine,
                 "fix": QUARANTINE_FIX,
             }
+        age = self.oldest_undelivered_age()
         return {
             "customer_id": self.record.customer_id,
             "name": self.record.name,
@@ -665,8 +725,10 @@ class EndpointWorker:
             "last_success": self.stats.last_success,
             "last_error": self.last_error,
             "lag": {
-                "oldest_undelivered_seconds": _round(self.oldest_undelivered_age()),
+                "oldest_undelivered_seconds": _round(age),
                 "last_delivered_seconds": _round(self.last_lag),
+                "budget_seconds": self.lag_budget(),
+                "late": age is not None and age > self.lag_budget(),
             },
             "quarantine": quarantine,
             "sink": extra,

@@ -102,6 +102,7 @@ from logferry.spool.format import parse_segment_name as _parse_segment_name
 from logferry.spool.format import segment_name as segment_name
 from logferry.spool.format import validate_chunk_data as validate_chunk_data
 from logferry.spool.format import with_crc as _with_crc
+from logferry.spool.group_sync import GroupSync
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,45 @@ class _Pending:
         self.error: BaseException | None = None
 
 
+class _Written:
+    """A batch written to its segment, waiting for its sync before it is published."""
+
+    __slots__ = (
+        "end",
+        "end_line",
+        "fd",
+        "first_line",
+        "first_off",
+        "nbytes",
+        "pos",
+        "seg",
+        "size",
+        "ts",
+    )
+
+    def __init__(
+        self,
+        seg: _Segment,
+        fd: int,
+        pos: int,
+        size: int,
+        first_off: int,
+        first_line: int,
+        end: int,
+        end_line: int,
+        ts: float,
+        nbytes: int,
+    ) -> None:
+        self.seg, self.fd, self.pos, self.size = seg, fd, pos, size
+        self.first_off, self.first_line, self.end, self.end_line = (
+            first_off,
+            first_line,
+            end,
+            end_line,
+        )
+        self.ts, self.nbytes = ts, nbytes
+
+
 _Outcome = tuple["asyncio.Future[Chunk]", Chunk | None, BaseException | None]
 
 
@@ -216,6 +256,7 @@ class Spool:
         name: str | None = None,
         on_activate: Callable[[Spool], None] | None = None,
         quarantine_dir: str | os.PathLike[str] | None = None,
+        group_sync: GroupSync | None = None,
     ) -> None:
         if segment_bytes < SEG_HEADER_BYTES + REC_HEADER_BYTES + 2:
             raise ValueError(f"segment_bytes={segment_bytes} is too small")
@@ -229,6 +270,8 @@ class Spool:
             retire_bytes if retire_bytes is not None else min(segment_bytes, 1024 * 1024)
         )
         self._on_activate = on_activate
+        self._group_sync = group_sync
+        """Shared sync thread (one syncfs for many spools' batches); None: own fdatasync."""
         self._quarantine_dir = (
             os.fspath(quarantine_dir) if quarantine_dir is not None else self._dir + ".quarantine"
         )
@@ -734,11 +777,13 @@ class Spool:
             self._resolve(batch, SpoolClosed(f"spool {self.name}: flush pool is shut down ({e})"))
 
     def _flush_task(self) -> None:
-        """One group commit: everything queued (up to MAX_BATCH_BYTES), one write, one fsync."""
-        batch: list[_Pending] = []
-        err: BaseException | None = None
-        again = False
-        with self._io:
+        """One group commit: everything queued (up to MAX_BATCH_BYTES), one write, one sync.
+
+        With a GroupSync the sync is shared with other spools' batches: `_io` stays held from
+        the write until the sync thread published the batch (`_finish_batch`), so nothing can
+        close or rewrite the file in between, and the flush thread is free meanwhile."""
+        self._io.acquire()
+        try:
             with self._mu:
                 total = 0
                 i = 0
@@ -750,18 +795,57 @@ class Spool:
                 batch = self._queue[:i]
                 del self._queue[:i]
                 self._queued_bytes -= total
-            if batch:
-                try:
-                    self._write_batch(batch, total)
-                except BaseException as e:
-                    err = e
-                    with self._mu:
-                        self._unreserve(total)
+            if not batch:
+                self._finish_batch(None, [], 0, None)
+                return
+            try:
+                written = self._write_batch(batch, total)
+            except BaseException as e:
+                self._finish_batch(None, batch, total, e)
+                return
+        except BaseException:
+            self._io.release()
+            raise
+        group = self._group_sync
+        if group is None:
+            try:
+                _fdatasync(written.fd)
+            except OSError as e:
+                self._finish_batch(written, batch, total, e)
+            else:
+                self._finish_batch(written, batch, total, None)
+        else:
+            group.submit(written.fd, lambda err: self._finish_batch(written, batch, total, err))
+
+    def _finish_batch(
+        self,
+        written: _Written | None,
+        batch: list[_Pending],
+        total: int,
+        err: BaseException | None,
+    ) -> None:
+        """Caller holds _io (any thread: the flush or the sync thread); releases it. Publishes a
+        synced batch (or fails it), acknowledges its appenders, starts the next batch."""
+        try:
+            if written is not None and err is None:
+                self._publish(written)
+            elif written is not None and isinstance(err, OSError):
+                self._broken = f"fsync failed: {err}"
+                err = SpoolBroken(
+                    f"spool {self.name}: fsync failed ({err}); the last batch may or may not "
+                    "be on disk",
+                    fix="Check the disk, then reopen the spool.",
+                )
+            if err is not None and batch:
+                with self._mu:
+                    self._unreserve(total)
             with self._mu:
                 again = bool(self._queue)
                 if not again:
                     self._flushing = False
                 self._cond.notify_all()
+        finally:
+            self._io.release()
         self._resolve(batch, err)
         if again:
             self._submit()
@@ -781,8 +865,9 @@ class Spool:
             except RuntimeError:  # loop closed: nobody is waiting any more
                 pass
 
-    def _write_batch(self, batch: list[_Pending], nbytes: int) -> None:
-        """Caller holds _io. Writes the batch at the durable end and fsyncs it once."""
+    def _write_batch(self, batch: list[_Pending], nbytes: int) -> _Written:
+        """Caller holds _io. Writes the batch at the durable end (not yet synced, not yet
+        visible to readers: `_publish` does that after the sync)."""
         if self._broken is not None:
             raise SpoolBroken(f"spool {self.name} stopped after a storage error: {self._broken}")
         self._maybe_retire_locked()
@@ -813,29 +898,27 @@ class Spool:
         except OSError as e:
             self._rollback(fd, pos, e)
             raise self._io_error(e) from e
-        try:
-            _fdatasync(fd)
-        except OSError as e:
-            self._broken = f"fsync failed: {e}"
-            raise SpoolBroken(
-                f"spool {self.name}: fsync failed ({e}); the last batch may or may not be on disk",
-                fix="Check the disk, then reopen the spool.",
-            ) from e
+        return _Written(seg, fd, pos, len(buf), first_off, first_line, off, line, ts, nbytes)
+
+    def _publish(self, w: _Written) -> None:
+        """Caller holds _io; the batch is durable: readers and waiters may see it now."""
+        seg = w.seg
         waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool], int]] = []
         with self._mu:
-            if pos - (seg.index[-1][1] if seg.index else SEG_HEADER_BYTES) >= INDEX_INTERVAL:
-                seg.index.append((first_off, pos, first_line))
-            seg.size = pos + len(buf)
-            seg.end = off
-            self._end = off
-            self._end_line = line
-            self._last_accepted = ts
-            self._disk_bytes += len(buf)
-            self._reserved -= nbytes
+            if w.pos - (seg.index[-1][1] if seg.index else SEG_HEADER_BYTES) >= INDEX_INTERVAL:
+                seg.index.append((w.first_off, w.pos, w.first_line))
+            seg.size = w.pos + w.size
+            seg.end = w.end
+            self._end = w.end
+            self._end_line = w.end_line
+            self._last_accepted = w.ts
+            self._disk_bytes += w.size
+            self._reserved -= w.nbytes
             self._cond.notify_all()
             if self._async_waiters:
-                waiters = [w for w in self._async_waiters if w[2] < off]
-                self._async_waiters = [w for w in self._async_waiters if w[2] >= off]
+                off = w.end
+                waiters = [x for x in self._async_waiters if x[2] < off]
+                self._async_waiters = [x for x in self._async_waiters if x[2] >= off]
         for loop, fut, _ in waiters:
             try:
                 loop.call_soon_threadsafe(_wake, fut)

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, unquote
 
 from logferry.errors import InputError
+from logferry.spool.group_sync import GroupSync
 from logferry.spool.log import (
     DEFAULT_SEGMENT_BYTES,
     Spool,
@@ -78,6 +79,7 @@ class SpoolManager:
         janitor: bool = True,
         quarantine_dir: str | os.PathLike[str] | None = None,
         budget_for: Callable[[str], SpoolBudget | None] | None = None,
+        group_sync: str | None = "syncfs",
     ) -> None:
         self._budget_for = budget_for
         """Per-key budget (e.g. a tenant's quota layered over the shared one); None: shared."""
@@ -123,6 +125,9 @@ class SpoolManager:
         self._executor = ThreadPoolExecutor(
             max_workers=flush_threads, thread_name_prefix="spool-flush"
         )
+        # One sync thread for every spool's batches (see spool.group_sync); None: each spool
+        # fdatasyncs its own file on its flush thread.
+        self._group_sync = GroupSync(group_sync) if group_sync else None
         self._mu = threading.Lock()
         self._all: weakref.WeakValueDictionary[str, Spool] = weakref.WeakValueDictionary()
         self._active: dict[str, Spool] = {}
@@ -199,6 +204,7 @@ class SpoolManager:
                     max_bytes=self._limits.get(key, self._endpoint_max),
                     budget=self._key_budget(key),
                     executor=self._executor,
+                    group_sync=self._group_sync,
                     name=key,
                     on_activate=self._activate,
                     quarantine_dir=os.path.join(self._quarantine_root, encode_key(key)),
@@ -335,6 +341,8 @@ class SpoolManager:
         for spool in spools:
             spool.close()
         self._executor.shutdown(wait=True)
+        if self._group_sync is not None:
+            self._group_sync.close()
         os.close(self._lock_fd)
 
     def __enter__(self) -> SpoolManager:
