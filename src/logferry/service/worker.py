@@ -305,6 +305,9 @@ class EndpointWorker:
                 deadline = time.monotonic() + self.service.config.server.shutdown_flush_seconds
             try:
                 await self._ensure_credentials()
+                # Cleared before the step, not before the wait: a call that finishes while the
+                # step runs must still wake the wait that follows it.
+                self._wake.clear()
                 worked, delay = await self._in_thread(self._step, stopping)
                 self._failures = 0
                 if self.state != "active" and (worked or self.state in ("idle", "retrying")):
@@ -368,7 +371,6 @@ class EndpointWorker:
     async def _wait_for(self, spool: Spool, data_after: int | None, timeout: float) -> None:
         """Until new data (past `data_after`), a wake-up (config, verify) or `timeout`."""
         loop = asyncio.get_running_loop()
-        self._wake.clear()
         waiters = {loop.create_task(self._wake.wait())}
         if data_after is not None:
             waiters.add(loop.create_task(spool.wait_for_data_async(data_after, timeout=timeout)))
@@ -479,7 +481,8 @@ class EndpointWorker:
                 self._sink.flush()
                 delay = self._pump(self._sink, spool, caught_up=True)
                 if self._sink.holds_data():
-                    return True, delay
+                    # Calls still in flight: wait for their wake, do not spin.
+                    return False, delay
             self._retire_sink = False
             self._checked = False
             self._drop_sink()
@@ -550,7 +553,7 @@ class EndpointWorker:
         sink.flush()
         delay = self._pump(sink, spool, caught_up=True)
         if sink.durable < error.offset or spool.committed_offset < error.offset:
-            return True, delay
+            return False, delay  # calls in flight: their wake brings us back
         found = spool.quarantine(error)
         self._corrupt = None
         self.stats.quarantined_records += 1

@@ -70,9 +70,10 @@ INTERNAL = "InternalFailure"
 _WAIT_SLICE = 0.5
 DEFAULT_MAX_HELD_BYTES = 16 * 1024 * 1024
 """Record bytes one sink holds (fed, not yet accepted) before it stops asking for data."""
-IN_FLIGHT_POLL = 0.05
+IN_FLIGHT_POLL = 1.0
 """While calls are in flight, `pump` asks to be called again after at most this long even if
-no completion wakes the worker (a wake that races with the worker's own wait is not lost)."""
+no completion wakes the worker: a safety net only (the worker clears its wake-up before each
+step, so a completion during the step is not lost)."""
 
 
 @dataclass(eq=False)
