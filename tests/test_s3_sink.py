@@ -596,6 +596,27 @@ class _Killed(BaseException):
     """A simulated kill -9 between two AWS calls (not an Exception: nothing catches it)."""
 
 
+def test_a_probe_left_open_by_a_crash_is_aborted_on_the_next_start(
+    emulator: Emulator, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    role = make_s3_role(emulator, unique)
+    h = Harness(emulator, role, tmp_path)
+    ep = h.endpoint()
+
+    def killed(**_: Any) -> None:
+        raise _Killed
+
+    h.s3.meta.events.register("before-call.s3.AbortMultipartUpload", killed)
+    with pytest.raises(_Killed):
+        h.sink(ep).healthcheck()  # the probe is created, the process dies before the abort
+    h.s3.meta.events.unregister("before-call.s3.AbortMultipartUpload", killed)
+    (left,) = pending_uploads(emulator, role.bucket)
+    assert ".logferry-healthcheck-" in left["Key"]
+
+    assert h.sink(ep).recover() == 0  # the restarted endpoint
+    assert pending_uploads(emulator, role.bucket) == []
+
+
 def test_recovery_that_must_abort_names_the_missing_permission(
     emulator: Emulator, unique: Callable[[str], str], tmp_path: Path
 ) -> None:

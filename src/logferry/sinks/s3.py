@@ -32,6 +32,7 @@ in-memory file is discarded: the caller calls `recover()` again and re-feeds fro
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -62,6 +63,7 @@ from logferry.sinks.s3_budget import InflightBudget, shared_budget
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.sinks.s3_journal import ActiveFile, Journal, JournalState, Part
 from logferry.spool.chunk import Chunk
+from logferry.spool.files import write_atomic
 
 MIB: Final = 1024 * 1024
 MIN_PART_SIZE: Final = 5 * MIB  # S3: every part but the last
@@ -74,6 +76,8 @@ IN_FLIGHT_POLL: Final = 1.0
 net should a `wake` be missed; endpoints with nothing in flight never poll."""
 _NEWLINE: Final = 0x0A
 _SPILL_SUFFIX: Final = ".spill"
+PROBE_FILE: Final = "healthcheck-probe.json"
+"""The healthcheck's open multipart upload, until it is aborted (see `healthcheck`)."""
 _ENCRYPTED_SUFFIX: Final = ".pgp-out"
 _NO_RETRY_CODES: Final = frozenset({"NoSuchUpload"})
 # Outcomes the sink handles itself by rewriting the file from the spool (not endpoint errors).
@@ -395,6 +399,7 @@ class S3Sink:
         self._discard_memory()
         self._failed = True  # until this succeeds
         self._remove_temp_files()
+        self._abort_leftover_probe()
         loaded = self._journal.load()
         state = loaded or JournalState(incarnation=self._incarnation)
         changed = state.incarnation != self._incarnation
@@ -481,6 +486,7 @@ class S3Sink:
         self._quiesce()
         self._discard_memory()
         self._remove_temp_files()
+        self._abort_leftover_probe()
         state = self._journal.load()
         if state is not None and state.active is not None and state.active.upload_id:
             self._abort(state.active)
@@ -494,6 +500,11 @@ class S3Sink:
         naming the missing permission."""
         key = f"{self.endpoint.key_prefix}.logferry-healthcheck-{uuid.uuid4().hex[:12]}"
         upload_id = self._call("CreateMultipartUpload", Key=key, **self._put_args)["UploadId"]
+        # Remembered on disk until aborted: a crash in between must not leave the probe open
+        # in the customer's bucket (recover() aborts it on the next start).
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        probe = self.state_dir / PROBE_FILE
+        write_atomic(str(probe), json.dumps({"key": key, "upload_id": upload_id}).encode())
         try:
             self._call("AbortMultipartUpload", Key=key, UploadId=upload_id)
         except SetupError as exc:
@@ -503,7 +514,26 @@ class S3Sink:
             )
             self._error(exc)
             raise
+        probe.unlink(missing_ok=True)
         self._success(None)
+
+    def _abort_leftover_probe(self) -> None:
+        """A healthcheck probe a crash left open: abort it (the guide's permission allows it)."""
+        probe = self.state_dir / PROBE_FILE
+        try:
+            left = json.loads(probe.read_bytes())
+            key, upload_id = str(left["key"]), str(left["upload_id"])
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError):
+            probe.unlink(missing_ok=True)  # torn by the crash: write_atomic never leaves one
+            return
+        try:
+            self._call("AbortMultipartUpload", Key=key, UploadId=upload_id)
+        except TransientError as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+        probe.unlink(missing_ok=True)
 
     # --- feeding ------------------------------------------------------------------------------
 
