@@ -378,8 +378,9 @@ class Spool:
 
     @property
     def is_dormant(self) -> bool:
-        """True after `release()` until the next use: no file handles, no caches."""
-        return self._dormant
+        """True after `release()` until the next use: no file handles, no caches (and not
+        while `release()` is still closing them)."""
+        return self._dormant and self._wfd is None and not self._rfds
 
     @property
     def open_fds(self) -> int:
