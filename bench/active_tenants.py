@@ -53,6 +53,7 @@ from common import (
     mib,
     note,
     print_table,
+    read_cpu_split,
     read_rss,
     serve_config,
     start_emulator,
@@ -71,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--senders", type=int, default=1, help="sender processes")
     p.add_argument("--drain", type=float, default=90.0, help="extra seconds to wait for delivery")
     p.add_argument("--delivery-threads", type=int, default=8)
+    p.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds after the first request that are not steady state (default: period + 10): "
+        "every endpoint's first activation (AssumeRole, client, healthcheck, spool) falls here",
+    )
     p.add_argument("--profile", action="store_true", help="py-spy the serve process")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument(
@@ -142,6 +149,7 @@ async def send_all(
     host, port = url.removeprefix("http://").rsplit(":", 1)
     accepted: list[tuple[int, int, float]] = []
     late: list[float] = []
+    rtts: list[float] = []
     statuses: Counter[int] = Counter()
     errors: list[str] = []
 
@@ -159,7 +167,9 @@ async def send_all(
             body = "".join(line(customer, seq, j, args.run) + "\n" for j in range(args.lines))
             while True:
                 try:
+                    t_post = time.monotonic()
                     status, headers, payload = await conn.post(path, token, body.encode())
+                    rtts.append(time.monotonic() - t_post)
                 except (OSError, IndexError, ValueError, asyncio.IncompleteReadError) as exc:
                     errors.append(repr(exc)[:200])
                     await asyncio.sleep(0.5)
@@ -180,6 +190,7 @@ async def send_all(
         "accepted": accepted,
         "late_max": max(late, default=0.0),
         "late_over_1s": sum(1 for x in late if x > 1.0),
+        "rtts": rtts,
         "statuses": dict(statuses),
         "errors": errors[:20],
         "error_count": len(errors),
@@ -311,6 +322,7 @@ def run(
         threading.Thread(target=sample_load, daemon=True).start()
         start = time.time() + 1.0
         t_send = time.monotonic() + 1.0
+        user_start, sys_start = read_cpu_split(serve.pid)
         shares = [
             [
                 (i, c[0], tokens[f"TENANT_TOKEN_{i}"])
@@ -348,6 +360,10 @@ def run(
         t_done = time.monotonic()
         load_stop.set()
         window = sampler.window("serve", t_send, t_done)
+        warm = args.warmup if args.warmup is not None else args.period + 10.0
+        steady = sampler.window("serve", t_send + warm, t_sent)
+        activation = sampler.window("serve", t_send, t_send + warm)
+        user_end, sys_end = read_cpu_split(serve.pid)
         sampler.stop()
         peak = sampler.peak_rss("serve")
         serve.terminate()
@@ -386,6 +402,10 @@ def run(
     duplicated = sum(n - 1 for text, n in counts.items() if n > 1 and text in expected)
     unexpected = sum(n for text, n in counts.items() if text not in expected)
     cpu = window["cpu_seconds"] or 0.0
+    steady_from = start + warm
+    steady_lines = sum(1 for _, _, t in accepted if t >= steady_from) * args.lines
+    steady_cpu = steady["cpu_seconds"] or 0.0
+    rtts = [x for r in results for x in r["rtts"]]
     sender_cpu = sum(r["cpu_seconds"] for r in results)
     requests = sum(sum(r["statuses"].values()) for r in results)
     send_seconds = t_sent - t_send
@@ -405,6 +425,16 @@ def run(
         "serve_peak_rss_kib_per_customer": round(peak / 1024 / args.customers, 1),
         "serve_cpu_seconds": cpu,
         "serve_cpu_us_per_line": round(cpu * 1e6 / max(1, sent_lines), 1),
+        "serve_steady_window": {
+            "from_s_after_first_request": warm,
+            "seconds": steady.get("seconds"),
+            "cpu_seconds": steady_cpu,
+            "lines_accepted": steady_lines,
+            "cpu_us_per_line": round(steady_cpu * 1e6 / max(1, steady_lines), 1),
+        },
+        "serve_activation_cpu_seconds": activation["cpu_seconds"],
+        "serve_cpu_user_seconds": round(user_end - user_start, 2),
+        "serve_cpu_system_seconds": round(sys_end - sys_start, 2),
         "serve_window_seconds": window.get("seconds"),
         "sender_cpu_seconds": round(sender_cpu, 1),
         "sender_cpu_us_per_line": round(sender_cpu * 1e6 / max(1, sent_lines), 1),
@@ -413,6 +443,11 @@ def run(
         "send_seconds": round(send_seconds, 1),
         "sender_late_max_s": round(max(r["late_max"] for r in results), 2),
         "sender_late_over_1s": sum(r["late_over_1s"] for r in results),
+        "ack_seconds": {
+            "median": round(pct(rtts, 0.5), 4),
+            "p99": round(pct(rtts, 0.99), 4),
+            "max": round(max(rtts, default=0.0), 4),
+        },
         "statuses": dict(sum((Counter(r["statuses"]) for r in results), Counter())),
         "sender_errors": [e for r in results for e in r["errors"]][:20],
         "lines_sent": sent_lines,
@@ -483,6 +518,15 @@ def main(argv: list[str] | None = None) -> int:
         ("serve CPU s (send + drain)", doc["serve_cpu_seconds"]),
         ("  µs per line", doc["serve_cpu_us_per_line"]),
         (
+            "  steady state (after warm-up) µs per line",
+            doc["serve_steady_window"]["cpu_us_per_line"],
+        ),
+        ("  warm-up (first activations) CPU s", doc["serve_activation_cpu_seconds"]),
+        (
+            "  user / system s",
+            f"{doc['serve_cpu_user_seconds']} / {doc['serve_cpu_system_seconds']}",
+        ),
+        (
             "sender CPU s / µs per line",
             f"{doc['sender_cpu_seconds']} / {doc['sender_cpu_us_per_line']}",
         ),
@@ -490,6 +534,10 @@ def main(argv: list[str] | None = None) -> int:
         (
             "sender late: max s / requests > 1 s late",
             f"{doc['sender_late_max_s']} / {doc['sender_late_over_1s']}",
+        ),
+        (
+            "202 round trip s median / p99 / max",
+            " / ".join(str(doc["ack_seconds"][k]) for k in ("median", "p99", "max")),
         ),
         ("lines sent / landed", f"{doc['lines_sent']:,} / {doc['lines_landed']:,}"),
         (

@@ -179,12 +179,18 @@ def read_rss(pid: int) -> tuple[int, int]:
 
 def read_cpu(pid: int) -> float:
     """utime + stime of `pid` in seconds (all its threads)."""
+    user, system = read_cpu_split(pid)
+    return user + system
+
+
+def read_cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of `pid` in seconds: kernel time (fsync, page faults, sockets) apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
 class ProcSampler:
