@@ -7,7 +7,8 @@ and keeps them; a session per identity therefore cost ~13 MiB per customer role 
 a Kinesis client (bench/identity_memory.py). Every identity now creates its clients from one
 process-wide session that owns the loader, the endpoint data and the exception classes, and
 passes its own (static or refreshable) credentials: what remains per identity is the clients
-themselves (their event hooks, method table, endpoint ruleset and connection pool).
+themselves (their event hooks, signer, config and connection pool); `client_sharing` lets them
+share the parsed endpoint ruleset and the generated class of their service as well.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import Credentials
+
+from logferry.aws import client_sharing
 
 # Retries are ours (sinks retry only what failed, with jitter); botocore's own standard mode
 # still absorbs a few connection blips per call without duplicating anything.
@@ -81,10 +84,12 @@ _model_lock = threading.Lock()
 
 
 def model_session() -> _ModelSession:
-    """The one session whose loader every client of this process shares."""
+    """The one session whose loader every client of this process shares (and, through
+    `client_sharing`, its parsed endpoint rulesets and client classes)."""
     global _model_session
     with _model_lock:
         if _model_session is None:
+            client_sharing.install()
             _model_session = _ModelSession()
         return _model_session
 

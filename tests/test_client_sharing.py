@@ -1,0 +1,89 @@
+"""Clients of different customer roles share their service's ruleset and class, nothing else.
+
+The sharing (logferry.aws.client_sharing) saves memory and CPU per active customer; these tests
+pin what must stay per identity: the credentials a call is signed with, the event hooks, and
+the endpoint resolver's own settings. Real calls against the emulator with IAM enforcement on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from botocore.exceptions import ClientError
+
+from logferry.aws import client_sharing
+from logferry.aws.clients import AwsClients
+from logferry.local.emulator import Emulator
+from s3_helpers import make_s3_role, role_clients
+
+
+def test_sharing_is_active_on_the_installed_botocore() -> None:
+    AwsClients()  # the model session installs it
+    from logferry.aws.clients import model_session
+
+    model_session()
+    assert client_sharing.sharing_active()
+
+
+def test_two_roles_share_ruleset_and_class_but_sign_with_their_own_credentials(
+    emulator: Emulator, unique: Callable[[str], str]
+) -> None:
+    role_a = make_s3_role(emulator, unique)
+    role_b = make_s3_role(emulator, unique)
+    s3_a = role_clients(emulator, role_a).client("s3", "us-east-1")
+    s3_b = role_clients(emulator, role_b).client("s3", "us-east-1")
+
+    assert type(s3_a) is type(s3_b)
+    assert s3_a._ruleset_resolver._provider is s3_b._ruleset_resolver._provider
+    assert s3_a.meta.service_model is s3_b.meta.service_model
+    assert s3_a._request_signer is not s3_b._request_signer
+    assert s3_a.meta.events is not s3_b.meta.events
+
+    s3_a.put_object(Bucket=role_a.bucket, Key="a.log", Body=b"a\n")
+    s3_b.put_object(Bucket=role_b.bucket, Key="b.log", Body=b"b\n")
+    # Each role may write only its own bucket: a call signed with the other's keys is refused.
+    with pytest.raises(ClientError) as refused:
+        s3_a.put_object(Bucket=role_b.bucket, Key="a-in-b.log", Body=b"x\n")
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    with pytest.raises(ClientError) as refused:
+        s3_b.put_object(Bucket=role_a.bucket, Key="b-in-a.log", Body=b"x\n")
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    admin = emulator.client("s3")
+    assert [o["Key"] for o in admin.list_objects_v2(Bucket=role_a.bucket)["Contents"]] == ["a.log"]
+    assert [o["Key"] for o in admin.list_objects_v2(Bucket=role_b.bucket)["Contents"]] == ["b.log"]
+
+
+def test_a_hook_on_one_client_never_fires_for_another(
+    emulator: Emulator, unique: Callable[[str], str]
+) -> None:
+    role_a = make_s3_role(emulator, unique)
+    role_b = make_s3_role(emulator, unique)
+    s3_a = role_clients(emulator, role_a).client("s3", "us-east-1")
+    s3_b = role_clients(emulator, role_b).client("s3", "us-east-1")
+    seen: list[str] = []
+    s3_a.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: seen.append(request.url)
+    )
+    s3_b.put_object(Bucket=role_b.bucket, Key="b.log", Body=b"b\n")
+    assert seen == []
+    s3_a.put_object(Bucket=role_a.bucket, Key="a.log", Body=b"a\n")
+    assert len(seen) == 1 and role_a.bucket in seen[0]
+
+
+def test_clients_with_other_endpoint_settings_keep_their_own_resolution(
+    emulator: Emulator, unique: Callable[[str], str]
+) -> None:
+    """The shared provider resolves from each client's own parameters (region, URL)."""
+    role = make_s3_role(emulator, unique)
+    clients = role_clients(emulator, role)
+    east = clients.client("s3", "us-east-1")
+    west = clients.client("s3", "us-west-2")
+    elsewhere = clients.make_client("s3", "us-east-1", endpoint_url="http://127.0.0.1:9")
+    assert east._ruleset_resolver._provider is west._ruleset_resolver._provider
+    assert east.meta.region_name == "us-east-1" and west.meta.region_name == "us-west-2"
+    assert elsewhere.meta.endpoint_url == "http://127.0.0.1:9"
+    assert east.meta.endpoint_url == emulator.url
+    west.put_object(Bucket=role.bucket, Key="west.log", Body=b"w\n")  # signed for us-west-2
+    got = emulator.client("s3").get_object(Bucket=role.bucket, Key="west.log")["Body"].read()
+    assert got == b"w\n"
