@@ -509,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
             "customers × lines/s × s (period)",
             f"{args.customers} × {args.lines} × {args.seconds} ({args.period} s)",
         ),
+        (
+            "box speed: Python loop CPU s / memcpy MB/s",
+            "{python_loop_cpu_s} / {memcpy_mb_s}".format(**machine["speed"]),
+        ),
         ("serve RSS at ready MiB", doc["serve_ready_rss_mib"]),
         ("serve peak RSS MiB", doc["serve_peak_rss_mib"]),
         (

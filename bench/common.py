@@ -96,7 +96,26 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "loadavg_at_start": os.getloadavg(),
+        "speed": box_speed(),
     }
+
+
+def box_speed() -> dict[str, float]:
+    """Two probes that say how fast this box is *now* (a shared VM varies by the hour): CPU
+    seconds of a fixed pure-Python loop (≈0.2 s on a healthy current x86 core) and memcpy MB/s
+    of 256 MiB (GB/s when healthy). Compare figures from different days through these."""
+    t = time.process_time()
+    total = 0
+    for i in range(3_000_000):
+        total += i * i
+    loop = time.process_time() - t
+    src = bytes(256 * MiB)
+    dst = bytearray(len(src))
+    t = time.perf_counter()
+    dst[:] = src
+    dst[:] = src
+    copy = 2 * 256 / max(1e-9, time.perf_counter() - t)
+    return {"python_loop_cpu_s": round(loop, 3), "memcpy_mb_s": round(copy)}
 
 
 def code_version() -> dict[str, Any]:
