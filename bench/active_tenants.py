@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--senders", type=int, default=1, help="sender processes")
     p.add_argument("--drain", type=float, default=90.0, help="extra seconds to wait for delivery")
     p.add_argument("--delivery-threads", type=int, default=8)
+    p.add_argument("--aws-io-threads", type=int, default=64, help="server.aws_io_threads")
     p.add_argument(
         "--warmup",
         type=float,
@@ -290,7 +291,10 @@ def run(
             emulator,
             workdir,
             customers=customers,
-            server={"delivery_threads": args.delivery_threads},
+            server={
+                "delivery_threads": args.delivery_threads,
+                "aws_io_threads": args.aws_io_threads,
+            },
             log={"level": "warning"},
         )
         serve = Serve(emulator, config, workdir, env=env).spawn()
