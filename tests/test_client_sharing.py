@@ -10,12 +10,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from logferry.aws import client_sharing
 from logferry.aws.clients import AwsClients
 from logferry.local.emulator import Emulator
-from s3_helpers import make_s3_role, role_clients
+from s3_helpers import S3Role, make_s3_role, role_clients
+
+
+def two_customers(
+    emulator: Emulator, unique: Callable[[str], str]
+) -> list[tuple[S3Role, BaseClient]]:
+    """Two customer roles (own bucket each) and an S3 client acting as each."""
+    roles = [make_s3_role(emulator, unique) for _ in range(2)]
+    return [(role, role_clients(emulator, role).client("s3", "us-east-1")) for role in roles]
 
 
 def test_sharing_is_active_on_the_installed_botocore() -> None:
@@ -29,10 +38,7 @@ def test_sharing_is_active_on_the_installed_botocore() -> None:
 def test_two_roles_share_ruleset_and_class_but_sign_with_their_own_credentials(
     emulator: Emulator, unique: Callable[[str], str]
 ) -> None:
-    role_a = make_s3_role(emulator, unique)
-    role_b = make_s3_role(emulator, unique)
-    s3_a = role_clients(emulator, role_a).client("s3", "us-east-1")
-    s3_b = role_clients(emulator, role_b).client("s3", "us-east-1")
+    (role_a, s3_a), (role_b, s3_b) = two_customers(emulator, unique)
 
     assert type(s3_a) is type(s3_b)
     assert s3_a._ruleset_resolver._provider is s3_b._ruleset_resolver._provider
@@ -57,10 +63,7 @@ def test_two_roles_share_ruleset_and_class_but_sign_with_their_own_credentials(
 def test_a_hook_on_one_client_never_fires_for_another(
     emulator: Emulator, unique: Callable[[str], str]
 ) -> None:
-    role_a = make_s3_role(emulator, unique)
-    role_b = make_s3_role(emulator, unique)
-    s3_a = role_clients(emulator, role_a).client("s3", "us-east-1")
-    s3_b = role_clients(emulator, role_b).client("s3", "us-east-1")
+    (role_a, s3_a), (role_b, s3_b) = two_customers(emulator, unique)
     seen: list[str] = []
     s3_a.meta.events.register(
         "before-send.s3.PutObject", lambda request, **_: seen.append(request.url)
