@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import weakref
 from typing import Any
 
 import botocore.client
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _installed = False
 _providers: dict[tuple[int, int, frozenset[str]], tuple[EndpointProvider, Any, Any]] = {}
-_classes: dict[tuple[str, str, int], tuple[type, Any]] = {}
+# Per session emitter, weakly: a short-lived session (a CLI profile chain) takes its classes along.
+_classes: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], type]] = weakref.WeakKeyDictionary()
 
 
 def _shared_provider(
@@ -87,15 +89,14 @@ def _shared_client_class(self: Any, service_name: str, service_model: Any) -> ty
     version = getattr(service_model, "api_version", None)
     if emitter is None or not isinstance(version, str):
         return _original_create_class(self, service_name, service_model)
-    key = (service_name, version, id(emitter))
+    key = (service_name, version)
     with _lock:
-        hit = _classes.get(key)
+        hit = _classes.get(emitter, {}).get(key)
     if hit is not None:
-        return hit[0]
+        return hit
     cls = _original_create_class(self, service_name, service_model)
     with _lock:
-        # The emitter is kept alive with its class, so its id cannot name another emitter.
-        return _classes.setdefault(key, (cls, emitter))[0]
+        return _classes.setdefault(emitter, {}).setdefault(key, cls)
 
 
 def _signatures_match() -> bool:
