@@ -1,11 +1,11 @@
 """Share what botocore rebuilds for every client although it depends only on the service.
 
 Why: serve holds one client per active customer role. botocore builds, for *each* client, the
-parsed endpoint ruleset of its service (thousands of rule objects for S3) and a new client class
-with one function object per operation. Neither depends on the identity: the ruleset is a pure
-function of the service's endpoint data, the class only holds operation methods. Measured with
-`bench/identity_memory.py`-style growth (an S3 and a Kinesis client per identity, this VM):
-629 KiB and 59 ms CPU per identity without sharing, 226 KiB and 32 ms with it.
+parsed endpoint ruleset of its service (thousands of rule objects for S3), a ServiceModel with
+its operation models, and a new client class with one function object per operation. None of
+them depends on the identity. `bench/identity_memory.py --identities 100` (an S3 and a Kinesis
+client per identity, each used once): 769 KiB and 220 ms per identity before, 266 KiB and 170 ms
+with sharing (docs/performance.md).
 
 What stays per client (so isolation is unchanged): credentials and the request signer, the
 event emitter (hooks registered on one client never fire for another), the endpoint resolver
