@@ -138,6 +138,7 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
 
     from logferry.service.api import create_app
     from logferry.service.http_protocol import http_protocol
+    from logferry.service.ingest_route import IngestFastPath
     from logferry.service.runtime import Service
 
     os.umask(0o077)  # spool segments, state, journals, the SQLite file: owner only (0600/0700)
@@ -186,7 +187,7 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
     host, port = split_listen(cfg.server.listen)
     server = _Server(
         uvicorn.Config(
-            app,
+            IngestFastPath(app, service),
             host=host,
             port=port,
             log_config=None,

@@ -2,13 +2,13 @@
 
 FastAPI because the management API is model-driven (pydantic bodies, 422 per-field errors and an
 OpenAPI document for free); ingest reads the raw body stream itself so a large body is never
-parsed twice and the 413 limit is enforced while reading, not after.
+parsed twice and the 413 limit is enforced while reading, not after. `logferry serve` answers the
+ingest route in plain ASGI in front of this app (service/ingest_route.py: a small request's CPU).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 from typing import Any
@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from logferry import __version__
 from logferry.aws.policies import trust_policy
-from logferry.ingest.lines import normalize
 from logferry.service.config import CustomerLimits
 from logferry.service.console_api import CONSOLE_DIR, console_router
 from logferry.service.endpoints import (
@@ -31,21 +30,22 @@ from logferry.service.endpoints import (
     endpoint_document,
     parse_endpoint,
 )
-from logferry.service.ingest_body import BodyRefused, decode_body, is_gzip, read_raw
-from logferry.service.limits import retry_after_header
+from logferry.service.ingest_route import (
+    IngestResult,
+    Principal,
+    authenticate,
+    check_owner,
+    ingest_request,
+    problem,
+    too_many,
+)
 from logferry.service.logs import log
 from logferry.service.otlp import otlp_router
 from logferry.service.runtime import EndpointConflict, Service, UnknownEndpoint
 from logferry.service.store import ExternalIdTaken
 from logferry.service.timestamps import rfc3339, shape_times
-from logferry.spool import SpoolFull
 
 logger = logging.getLogger("logferry.api")
-
-
-class Principal(BaseModel):
-    admin: bool
-    customer_id: str | None = None
 
 
 class CustomerBody(CustomerLimits):
@@ -81,32 +81,6 @@ class TokenOut(BaseModel):
     token: str = Field(description="Shown once; only its hash is stored.")
 
 
-class IngestResult(BaseModel):
-    accepted: int
-    empty_skipped: int = 0
-    truncated: int = 0
-    invalid_utf8: int = 0
-
-
-def _problem(status: int, message: str, fix: str | None = None, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
-    if fix:
-        body["fix"] = fix
-    body.update(extra)
-    return JSONResponse(body, status_code=status)
-
-
-NORMALIZE_INLINE_BYTES = 64 * 1024
-"""Bodies above this are normalised in a worker thread so the event loop keeps serving."""
-
-
-def _too_many(message: str, wait: float, fix: str) -> JSONResponse:
-    retry = retry_after_header(wait)
-    response = _problem(429, message, f"{fix}; retry after {retry} s", retry_after=int(retry))
-    response.headers["Retry-After"] = retry
-    return response
-
-
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(
         title="logferry",
@@ -115,8 +89,6 @@ def create_app(service: Service) -> FastAPI:
         "through a cross-account IAM role with an external ID.",
     )
     app.state.service = service
-    max_body = service.config.server.max_body_bytes
-    max_line = service.config.server.max_line_bytes
 
     @app.exception_handler(FieldError)
     async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
@@ -124,11 +96,11 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(EndpointConflict)
     async def _conflict(_: Request, exc: EndpointConflict) -> JSONResponse:
-        return _problem(409, exc.message, exc.fix)
+        return problem(409, exc.message, exc.fix)
 
     @app.exception_handler(UnknownEndpoint)
     async def _unknown(_: Request, exc: UnknownEndpoint) -> JSONResponse:
-        return _problem(404, exc.message, exc.fix)
+        return problem(404, exc.message, exc.fix)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,29 +110,7 @@ def create_app(service: Service) -> FastAPI:
         )
 
     async def principal(request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(
-                401,
-                "missing bearer token: send 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        token = token.strip()
-        if not token.isascii() or not token.isprintable():  # ours are ASCII: never a 500
-            raise HTTPException(
-                401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
-            )
-        if service.admin_token and hmac.compare_digest(token, service.admin_token):
-            return Principal(admin=True)
-        customer = service.store.cached_customer_for_token(token)
-        if customer is None:  # SQLite (synchronous=FULL) stays off the event loop
-            customer = await asyncio.to_thread(service.store.customer_for_token, token)
-        if customer is None:
-            raise HTTPException(
-                401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return Principal(admin=False, customer_id=customer)
+        return await authenticate(service, request.headers.get("authorization", ""))
 
     async def admin(who: Principal = Depends(principal)) -> Principal:
         if not who.admin:
@@ -168,8 +118,7 @@ def create_app(service: Service) -> FastAPI:
         return who
 
     async def customer_or_admin(customer_id: str, who: Principal = Depends(principal)) -> Principal:
-        if not who.admin and who.customer_id != customer_id:
-            raise HTTPException(403, f"this token does not belong to customer {customer_id!r}")
+        check_owner(who, customer_id)
         return who
 
     # ------------------------------------------------------------------ probes and metrics
@@ -241,75 +190,9 @@ def create_app(service: Service) -> FastAPI:
         request: Request,
         who: Principal = Depends(customer_or_admin),
     ) -> Any:
-        try:
-            service.endpoint(customer_id, name)
-        except UnknownEndpoint as exc:
-            return _problem(404, exc.message, exc.fix)
-        wait = service.ingest_wait(customer_id)
-        if wait > 0:  # refused before reading the body: a flood costs its sender, not the loop
-            service.metrics.ingest_rejected.labels("rate_limited").inc()
-            return _too_many(
-                f"customer {customer_id!r} is over its ingest rate; nothing was kept",
-                wait,
-                "send slower or ask for a higher ingest_rate_bytes / ingest_rate_lines",
-            )
-        try:
-            body = await read_raw(request, max_body)
-        except BodyRefused as exc:
-            service.metrics.ingest_rejected.labels(exc.reason).inc()
-            return _problem(exc.status, exc.message, exc.fix)
-        gzipped = is_gzip(request)
-        heavy = gzipped or len(body) > NORMALIZE_INLINE_BYTES
-        # CPU-heavy bodies take a slot: one per customer, few in all, so a tenant's flood
-        # queues behind itself and the event loop keeps most of the GIL for everybody else.
-        async with service.heavy_slot(customer_id) if heavy else contextlib.nullcontext():
-            try:
-                encoding = request.headers.get("content-encoding", "")
-                if gzipped:
-                    body = await asyncio.to_thread(decode_body, body, encoding, max_body)
-                else:
-                    body = decode_body(body, encoding, max_body)
-            except BodyRefused as exc:
-                service.metrics.ingest_rejected.labels(exc.reason).inc()
-                return _problem(exc.status, exc.message, exc.fix)
-            wait = service.ingest_wait(customer_id, len(body))
-            if wait > 0:
-                service.metrics.ingest_rejected.labels("rate_limited").inc()
-                return _too_many(
-                    f"customer {customer_id!r} is over its ingest rate; nothing was kept",
-                    wait,
-                    "send slower or ask for a higher ingest_rate_bytes / ingest_rate_lines",
-                )
-            if len(body) > NORMALIZE_INLINE_BYTES:
-                norm = await asyncio.to_thread(normalize, body, max_line_bytes=max_line)
-            else:
-                norm = normalize(body, max_line_bytes=max_line)
-        service.charge_lines(customer_id, norm.lines)
-        result = IngestResult(
-            accepted=norm.lines,
-            empty_skipped=norm.empty_skipped,
-            truncated=norm.truncated,
-            invalid_utf8=norm.invalid_utf8,
-        )
-        if norm.lines:
-            try:
-                await service.ingest(customer_id, name, norm.data, norm.lines, "http")
-            except SpoolFull as exc:
-                service.metrics.ingest_rejected.labels("spool_full").inc()
-                return _too_many(
-                    f"{exc.message}; nothing of this request was kept",
-                    exc.retry_after,
-                    "wait for delivery to catch up",
-                )
-        adjusted = service.metrics.ingest_adjusted
-        for kind, count in (
-            ("empty_skipped", norm.empty_skipped),
-            ("truncated", norm.truncated),
-            ("invalid_utf8", norm.invalid_utf8),
-        ):
-            if count:
-                adjusted.labels(customer_id, name, kind).inc(count)
-        return result
+        # Served by IngestFastPath in `logferry serve`; this route documents it and serves
+        # anyone who mounts the FastAPI app alone.
+        return await ingest_request(service, request, customer_id, name)
 
     app.include_router(otlp_router(service, customer_or_admin))
 
@@ -353,7 +236,7 @@ def create_app(service: Service) -> FastAPI:
                 service.put_customer, customer_id, body.external_id if body else None, limits
             )
         except ExternalIdTaken as exc:
-            return _problem(
+            return problem(
                 409,
                 str(exc),
                 "choose another external_id (or leave it out to get a fresh one)",
@@ -446,7 +329,7 @@ def create_app(service: Service) -> FastAPI:
         if not who.admin:  # a customer's own change runs the role check: rate-limited
             wait = service.verify_wait(customer_id)
             if wait > 0:
-                return _too_many(
+                return too_many(
                     f"customer {customer_id!r} ran the role check too often "
                     f"(server.verify_per_minute = {service.config.server.verify_per_minute:g})",
                     wait,
@@ -455,7 +338,7 @@ def create_app(service: Service) -> FastAPI:
         if (verify and service.config.server.verify_on_change) or not who.admin:
             report = await asyncio.to_thread(service.verify, customer_id, type_, model)
             if not report.ok:
-                return _problem(
+                return problem(
                     422,
                     f"the role check failed for {model.iam_role}: {report.summary()}",
                     "fix the role (see `logferry role check`), or retry with ?verify=false",
@@ -505,7 +388,7 @@ def create_app(service: Service) -> FastAPI:
         record, model = service.endpoint(customer_id, name)
         wait = service.verify_wait(customer_id)
         if wait > 0:
-            return _too_many(
+            return too_many(
                 f"customer {customer_id!r} called verify too often "
                 f"(server.verify_per_minute = {service.config.server.verify_per_minute:g})",
                 wait,
