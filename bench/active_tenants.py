@@ -16,11 +16,16 @@ download every object, and report:
 - lag per line: the object's LastModified (1 s resolution, rounded up) minus the time the
   request that carried the line was accepted; median / p99 / max,
 - requests/s achieved, and how late the senders ran behind their schedule.
-`--profile` attaches `py-spy record` (raw, --threads, non-blocking) to serve during the load
-and folds the stacks as bench/profile_s3.py does.
+`--profile` attaches `py-spy record` (raw, --threads, --gil, non-blocking) to serve during the
+load and folds the stacks as bench/profile_s3.py does (--gil: only samples holding the GIL, so a
+thread waiting for it inside a C call is not counted as busy).
+`--ingest-only` measures the request path alone (period 3600 s: no object is written while the
+load runs); a second serve on the same spool with period 1 s then delivers every line, so
+exactly once is still checked.
 
     .venv/bin/python bench/active_tenants.py                      # 200 × 20 lines/s × 40 s, P 5
     .venv/bin/python bench/active_tenants.py --customers 1000 --period 30 --seconds 180 --senders 2
+    .venv/bin/python bench/active_tenants.py --customers 200 --senders 2 --ingest-only
 """
 
 from __future__ import annotations
@@ -78,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         help="seconds after the first request that are not steady state (default: period + 10): "
         "every endpoint's first activation (AssumeRole, client, healthcheck, spool) falls here",
+    )
+    p.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="measure the request path alone: the period is 3600 s, nothing is delivered while "
+        "the load runs, serve's SIGTERM flush delivers it all (exactly once is still checked; "
+        "lag is not meaningful)",
     )
     p.add_argument("--profile", action="store_true", help="py-spy the serve process")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
@@ -254,6 +266,29 @@ def pct(values: list[float], q: float) -> float:
 # ----------------------------------------------------------------------------- run
 
 
+def drain_with_short_period(
+    emulator: Emulator,
+    config: dict[str, Any],
+    customers: list[dict[str, Any]],
+    workdir: Path,
+    env: dict[str, str],
+) -> Serve:
+    """--ingest-only: a shutdown flushes open files but leaves unread lines in the spool (by
+    design), so a second serve on the same spool with period 1 s delivers them before counting."""
+    note("ingest-only: a second serve (same spool, period 1 s) delivers what the spool kept")
+    for customer in customers:
+        for endpoint in customer["endpoints"]:
+            endpoint["period"] = 1
+    serve = Serve(emulator, {**config, "customers": customers}, workdir, env=env).spawn()
+    serve.wait_ready(timeout=300)
+    time.sleep(5.0)
+    deadline = time.monotonic() + 900
+    while serve.metric_sum("logferry_spool_pending_lines") > 0 and time.monotonic() < deadline:
+        time.sleep(2.0)
+    time.sleep(3.0)
+    return serve
+
+
 def run(
     args: argparse.Namespace,
     emulator: Emulator,
@@ -294,6 +329,8 @@ def run(
             server={
                 "delivery_threads": args.delivery_threads,
                 "aws_io_threads": args.aws_io_threads,
+                # --ingest-only: every open file is flushed at the end, however slowly.
+                **({"shutdown_flush_seconds": 600} if args.ingest_only else {}),
             },
             log={"level": "warning"},
         )
@@ -308,7 +345,7 @@ def run(
             py_spy = str(Path(sys.executable).parent / "py-spy")
             cmd = [
                 py_spy, "record", "--pid", str(serve.pid), "--rate", str(args.rate),
-                "--format", "raw", "--nonblocking", "--threads", "-o", str(collapsed),
+                "--format", "raw", "--nonblocking", "--threads", "--gil", "-o", str(collapsed),
             ]  # fmt: skip
             profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)
@@ -354,7 +391,7 @@ def run(
         accepted = [a for r in results for a in r["accepted"]]
         sent_lines = len(accepted) * args.lines
         note(f"sent {sent_lines:,} lines in {t_sent - t_send:.1f}s; waiting for delivery")
-        deadline = time.monotonic() + args.period + args.drain
+        deadline = time.monotonic() + (0.0 if args.ingest_only else args.period + args.drain)
         delivered = 0.0
         while time.monotonic() < deadline:
             delivered = serve.metric_sum("logferry_delivered_lines_total")
@@ -364,14 +401,22 @@ def run(
         t_done = time.monotonic()
         load_stop.set()
         window = sampler.window("serve", t_send, t_done)
-        warm = args.warmup if args.warmup is not None else args.period + 10.0
+        warm = (
+            args.warmup
+            if args.warmup is not None
+            else (15.0 if args.ingest_only else args.period + 10.0)
+        )
         steady = sampler.window("serve", t_send + warm, t_sent)
         activation = sampler.window("serve", t_send, t_send + warm)
         user_end, sys_end = read_cpu_split(serve.pid)
         sampler.stop()
         peak = sampler.peak_rss("serve")
-        serve.terminate()
+        serve.terminate(timeout=700 if args.ingest_only else 90)
         serve = None
+        if args.ingest_only:
+            serve = drain_with_short_period(emulator, config, customers, workdir, env)
+            serve.terminate()
+            serve = None
         note("counting what landed")
         counts, visible = landed_lines(emulator, [b for _, b, _ in tenants], f"{label}/")
     finally:
@@ -468,7 +513,9 @@ def run(
             "max": round(max(lags), 2) if lags else None,
             "resolution": "object LastModified (1 s, rounded up) minus the 202 time",
         },
-        "lag_within_period_plus_5s": bool(lags) and pct(lags, 0.99) <= args.period + 5,
+        "lag_within_period_plus_5s": None
+        if args.ingest_only
+        else bool(lags) and pct(lags, 0.99) <= args.period + 5,
         "load_average_1m": {
             "mean": round(statistics.mean(loads), 2) if loads else None,
             "max": round(max(loads), 2) if loads else None,
@@ -480,6 +527,8 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.ingest_only:
+        args.period = 3600
     machine = machine_info()
     emulator = start_emulator()
     try:
