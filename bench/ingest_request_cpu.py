@@ -37,6 +37,7 @@ from common import (
     start_emulator,
     write_results,
 )
+from logferry.local.asgi_call import asgi_request
 from logferry.local.toml_out import to_toml
 from logferry.service.config import load_config
 
@@ -54,42 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def asgi_call(app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
-    async def call() -> list[dict[str, Any]]:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "server": ("127.0.0.1", 8080),
-            "client": ("127.0.0.1", 40000),
-            "scheme": "http",
-            "method": "POST",
-            "root_path": "",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "headers": headers,
-            "state": {},
-        }
-        pending = [body]
-
-        async def receive() -> dict[str, Any]:
-            if pending:
-                return {"type": "http.request", "body": pending.pop(), "more_body": False}
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-
-        sent: list[dict[str, Any]] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-        return sent
-
-    return call
-
-
 async def measure(args: argparse.Namespace, config_path: Path, customer: str) -> dict[str, Any]:
     from logferry.service.api import create_app
     from logferry.service.ingest_route import IngestFastPath
@@ -105,16 +70,20 @@ async def measure(args: argparse.Namespace, config_path: Path, customer: str) ->
             for i in range(args.lines)
         )
         headers = [
-            (b"host", b"127.0.0.1:8080"),
             (b"authorization", f"Bearer {TOKEN}".encode()),
             (b"content-type", b"text/plain"),
             (b"content-length", str(len(body)).encode()),
         ]
 
         async def turn(app: Any, n: int) -> None:
-            call = asgi_call(app, f"/v1/ingest/{customer}/s3", headers, body)
+            path = f"/v1/ingest/{customer}/s3"
             for _ in range(n // args.concurrency):
-                answers = await asyncio.gather(*(call() for _ in range(args.concurrency)))
+                answers = await asyncio.gather(
+                    *(
+                        asgi_request(app, "POST", path, headers, body)
+                        for _ in range(args.concurrency)
+                    )
+                )
                 for sent in answers:
                     if sent[0]["status"] != 202:
                         raise SystemExit(f"ingest answered {sent}")

@@ -17,6 +17,25 @@ def base_config(emulator: Emulator, spool_dir: Path, **extra: Any) -> dict[str, 
     return serve_config(emulator, spool_dir, **extra)
 
 
+def s3_customer(
+    customer_id: str, token_env: str, bucket: str, role_arn: str, *, period: int = 1
+) -> dict[str, Any]:
+    """A config customer with one S3 endpoint named "s3"."""
+    return {
+        "id": customer_id,
+        "token_env": token_env,
+        "endpoints": [
+            {
+                "type": "s3",
+                "name": "s3",
+                "bucket_name": bucket,
+                "iam_role": role_arn,
+                "period": period,
+            }
+        ],
+    }
+
+
 class ServeProcess(_ServeProcess):
     """The shared runner with the tests' admin token."""
 

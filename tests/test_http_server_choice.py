@@ -13,7 +13,7 @@ import pytest
 
 from logferry.local.emulator import Emulator
 from s3_helpers import make_s3_role, pending_uploads, read_objects
-from service_helpers import ServeProcess, base_config, reap_all, wait_for
+from service_helpers import ServeProcess, base_config, reap_all, s3_customer, wait_for
 
 TOKEN = "token-of-the-parser-customer-0000"
 
@@ -54,21 +54,7 @@ def test_lines_land_and_an_oversized_head_is_refused(
         emulator,
         tmp_path / "spool",
         server={"event_loop": event_loop, "http_parser": http_parser},
-        customers=[
-            {
-                "id": customer,
-                "token_env": "PARSER_TOKEN",
-                "endpoints": [
-                    {
-                        "type": "s3",
-                        "name": "s3",
-                        "bucket_name": role.bucket,
-                        "iam_role": role.role_arn,
-                        "period": 1,
-                    }
-                ],
-            }
-        ],
+        customers=[s3_customer(customer, "PARSER_TOKEN", role.bucket, role.role_arn)],
     )
     serve = ServeProcess(emulator, config, tmp_path, env={"PARSER_TOKEN": TOKEN}).start()
     assert "logferry ready" in serve.logs()

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from logferry.local.asgi_call import asgi_request
 from logferry.local.emulator import Emulator
 from logferry.local.toml_out import to_toml
 from logferry.service.api import create_app
@@ -19,7 +20,14 @@ from logferry.service.config import load_config
 from logferry.service.ingest_route import IngestFastPath, ingest_target
 from logferry.service.runtime import Service
 from s3_helpers import make_s3_role, read_objects
-from service_helpers import ADMIN_TOKEN, ServeProcess, base_config, reap_all, wait_for
+from service_helpers import (
+    ADMIN_TOKEN,
+    ServeProcess,
+    base_config,
+    reap_all,
+    s3_customer,
+    wait_for,
+)
 
 TOKEN_A = "token-of-customer-a-0123456789"
 TOKEN_B = "token-of-customer-b-0123456789"
@@ -40,19 +48,7 @@ def _config(emulator: Emulator, unique: Any, tmp_path: Path) -> tuple[dict[str, 
         tmp_path / "spool",
         server={"max_body_bytes": MAX_BODY},
         customers=[
-            {
-                "id": a,
-                "token_env": "TOKEN_A",
-                "endpoints": [
-                    {
-                        "type": "s3",
-                        "name": "s3",
-                        "bucket_name": role.bucket,
-                        "iam_role": role.role_arn,
-                        "period": 1,
-                    }
-                ],
-            },
+            s3_customer(a, "TOKEN_A", role.bucket, role.role_arn),
             {"id": b, "token_env": "TOKEN_B", "endpoints": []},
         ],
     )
@@ -95,40 +91,6 @@ def _requests(a: str, b: str) -> list[tuple[str, str, list[tuple[bytes, bytes]],
     ]
 
 
-async def _call(app: Any, method: str, path: str, headers: Any, body: bytes) -> list[Any]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "server": ("127.0.0.1", 8080),
-        "client": ("127.0.0.1", 40000),
-        "scheme": "http",
-        "method": method,
-        "root_path": "",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1:8080"), *headers],
-        "state": {},
-    }
-    pieces = [body[i : i + 16384] for i in range(0, len(body), 16384)] or [b""]
-
-    async def receive() -> dict[str, Any]:
-        if pieces:
-            piece = pieces.pop(0)
-            return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    sent: list[Any] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
-
-
 def test_fast_path_answers_exactly_as_the_fastapi_route(
     emulator: Emulator, unique: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,7 +113,7 @@ def test_fast_path_answers_exactly_as_the_fastapi_route(
             plain = create_app(service)
             fast = IngestFastPath(create_app(service), service)
             return [
-                (request, await _call(plain, *request), await _call(fast, *request))
+                (request, await asgi_request(plain, *request), await asgi_request(fast, *request))
                 for request in _requests(a, b)
             ]
         finally:
