@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,21 @@ def test_senders_see_the_documented_answers_through_serve(
     with serve.admin() as admin:
         spec = admin.get("/openapi.json").json()
         assert "post" in spec["paths"]["/v1/ingest/{customer_id}/{name}"]
+    # A sender that dies mid-body: counted and logged in one line, never a traceback, and
+    # nothing of the cut body lands (the lines checked below are exactly the two above).
+    host, port = serve.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall(
+            f"POST /v1/ingest/{a}/s3 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {TOKEN_A}\r\nContent-Length: 1000\r\n\r\n".encode()
+            + b"cut-1\ncut-2\n"
+        )
+    disconnected = 'logferry_ingest_rejected_requests_total{reason="client_disconnected"} 1.0'
+    with serve.admin() as admin:
+        wait_for(lambda: disconnected in admin.get("/metrics").text, timeout=30)
+    logs = serve.logs()
+    assert "the client disconnected after 12 of 1000 body bytes" in logs
+    assert "Traceback" not in logs and "Exception in ASGI application" not in logs
     bucket = config["customers"][0]["endpoints"][0]["bucket_name"]
 
     def landed() -> list[bytes]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from logferry.ingest.lines import BadGzip, BodyTooLarge, gunzip_limited
 
@@ -40,11 +40,25 @@ async def read_raw(request: Request, max_body: int, *, fix: str = SPLIT_FIX) -> 
         )
     parts: list[bytes] = []
     size = 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > max_body:
-            raise BodyRefused(413, "too_large", f"body exceeds the limit of {max_body} bytes", fix)
-        parts.append(piece)
+    try:
+        async for piece in request.stream():
+            size += len(piece)
+            if size > max_body:
+                raise BodyRefused(
+                    413, "too_large", f"body exceeds the limit of {max_body} bytes", fix
+                )
+            parts.append(piece)
+    except ClientDisconnect:
+        # A sender that dies mid-body is ordinary traffic, not a server error: one counted,
+        # logged refusal instead of uvicorn's "Exception in ASGI application" traceback.
+        expected = f" of {declared}" if declared and declared.isdigit() else ""
+        raise BodyRefused(
+            400,
+            "client_disconnected",
+            f"the client disconnected after {size}{expected} body bytes; "
+            "nothing of this request was kept",
+            "resend the whole request: a request is accepted whole or not at all",
+        ) from None
     return b"".join(parts)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 from typing import Any
 
 from fastapi import HTTPException
@@ -28,10 +29,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from logferry.ingest.lines import normalize
 from logferry.service.ingest_body import BodyRefused, decode_body, is_gzip, read_raw
 from logferry.service.limits import retry_after_header
+from logferry.service.logs import log
 from logferry.service.runtime import Service, UnknownEndpoint
 from logferry.spool import SpoolFull
 
 INGEST_PREFIX = "/v1/ingest/"
+
+logger = logging.getLogger("logferry.ingest")
 
 NORMALIZE_INLINE_BYTES = 64 * 1024
 """Bodies above this are normalised in a worker thread so the event loop keeps serving."""
@@ -127,6 +131,8 @@ async def ingest_request(
         body = await read_raw(request, max_body)
     except BodyRefused as exc:
         service.metrics.ingest_rejected.labels(exc.reason).inc()
+        if exc.reason == "client_disconnected":
+            log(logger, logging.WARNING, exc.message, customer=customer_id, endpoint=name)
         return problem(exc.status, exc.message, exc.fix)
     gzipped = is_gzip(request)
     heavy = gzipped or len(body) > NORMALIZE_INLINE_BYTES
