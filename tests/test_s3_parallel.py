@@ -216,9 +216,9 @@ def test_small_objects_fsync_the_journal_only_for_ends_the_data_does_not_imply(
     assert line_counter(decode_object(o.body, ep.codec()) for o in h.objects(ep).values()) == (
         Counter(lines)
     )
-    # Only the flushed file's end is journaled (file + directory fsync); each completion
+    # Only the flushed file's end is journaled (one fdatasync in place); each completion
     # is recorded by the worker's spool commit, not by the journal.
-    assert sink.journal_fsyncs - before == 2
+    assert sink.journal_fsyncs - before == 1
     state = Journal(tmp_path).load()
     assert state is not None and state.active is None and state.durable == chunks[-1].end
 

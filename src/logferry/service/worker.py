@@ -35,6 +35,7 @@ from logferry.sinks.base import RETRY_POLICY, SETUP_RETRY_POLICY, Sink
 from logferry.sinks.kinesis_config import KinesisEndpoint
 from logferry.sinks.registry import SinkContext, SinkFactory, factory
 from logferry.sinks.s3_config import S3Endpoint
+from logferry.sinks.s3_journal import Journal
 from logferry.spool import SpoolCorrupt
 
 if TYPE_CHECKING:
@@ -200,12 +201,11 @@ class EndpointWorker:
             return True
         if self._sink is not None and self._sink.holds_data():
             return True
-        journal = self.service.state_dir / "s3" / self.record.uid_prefix / "s3-journal.json"
+        journal = Journal(self.service.state_dir / "s3" / self.record.uid_prefix)
         if self.factory.journaled and journal.exists():
             with contextlib.suppress(OSError, ValueError):
-                import json
-
-                return json.loads(journal.read_bytes()).get("active") is not None
+                state = journal.load()
+                return state is not None and state.active is not None
         return False
 
     async def halt(self) -> None:

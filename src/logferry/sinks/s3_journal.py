@@ -1,4 +1,4 @@
-"""The S3 sink's crash journal: one small JSON document per endpoint, replaced atomically.
+"""The S3 sink's crash journal: one small JSON document per endpoint, saved crash-atomically.
 
 What it must survive a `kill -9` with (Fluent Bit keeps multipart upload IDs on disk for the same
 reason): the open multipart upload (key, UploadId, each uploaded part's ETag and the spool offset
@@ -6,22 +6,27 @@ where that part's data ends), a file boundary once decided (so a file closed ear
 is rebuilt with the same byte range on replay), and the end of the last completed object (so a
 restart does not re-send what is already in S3).
 
-Writes are write-temp → fsync → rename → fsync(dir): after a crash the file is either the old or
-the new document, never a torn mix. Updates a restart can do without (the end of a single-part
-object, which the spool's own commit records) skip the two fsyncs. One sink writes it (the
-service serialises calls per endpoint), so there is no locking. The document stays small: at
-most one active file, plus one short entry per uploaded part.
+The document lives in a two-slot file overwritten in place (`logferry.spool.slot_file`): a save
+is one pwrite + fdatasync, and after a crash the file holds either the old or the new document,
+never a torn mix. (Until this version it was `s3-journal.json`, replaced with temp + fsync +
+rename + fsync(dir): two device flushes per save. It is still read, and removed after the first
+save.) Updates a restart can do without (the end of a single-part object, which the spool's own
+commit records) skip the fdatasync. One sink writes it (the service serialises calls per
+endpoint), so there is no locking. The document stays small: at most one active file, plus one
+short entry per uploaded part (a document past its slot rewrites the file with bigger slots).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-JOURNAL_NAME: Final = "s3-journal.json"
+from logferry.spool.slot_file import SlotFile
+
+JOURNAL_NAME: Final = "s3-journal"
+LEGACY_JOURNAL_NAME: Final = "s3-journal.json"
 VERSION: Final = 1
 
 
@@ -96,49 +101,54 @@ class JournalState:
 
 
 class Journal:
-    """Atomic load/save of one `JournalState` in `directory`."""
+    """Crash-atomic load/save of one `JournalState` in `directory`."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / JOURNAL_NAME
+        self.legacy_path = directory / LEGACY_JOURNAL_NAME
+        self._file = SlotFile(str(self.path))
+        self._legacy_gone = False
         self.writes = 0
-        self.fsyncs = 0
-        """fsync calls made (file + directory per synced save), for tests and benchmarks."""
+
+    @property
+    def fsyncs(self) -> int:
+        """fsync calls made (1 per synced save in place), for tests and benchmarks."""
+        return self._file.fsyncs
+
+    def exists(self) -> bool:
+        return self.path.exists() or self.legacy_path.exists()
 
     def load(self) -> JournalState | None:
         """The saved state, or None when there is none. A corrupt file raises ValueError
         naming it (never silently ignored: it may describe an upload that must be finished)."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
+        path = self.path
+        raw = self._file.load()
+        if raw is None:
+            path = self.legacy_path
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                return None
         try:
             return JournalState.from_json(json.loads(raw))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(
-                f"S3 journal {self.path} is unreadable ({exc}); move it aside to start over "
+                f"S3 journal {path} is unreadable ({exc}); move it aside to start over "
                 "(a multipart upload it names may then stay pending until a bucket lifecycle "
                 "rule aborts it)."
             ) from exc
 
     def save(self, state: JournalState, *, sync: bool = True) -> None:
-        """Replace the document atomically. `sync=False` skips both fsyncs: the new document
+        """Make `state` the saved document. `sync=False` skips the fdatasync: the new document
         survives a process crash (it is in the page cache) but after a power loss the old one
         may come back — only for updates whose loss a restart tolerates (see `S3Sink`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         data = json.dumps(state.to_json(), separators=(",", ":")).encode()
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            if sync:
-                os.fsync(out.fileno())
-        os.replace(tmp, self.path)
-        if sync:
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-            self.fsyncs += 2
+        self._file.save(data, durable=sync)
         self.writes += 1
+        if sync and not self._legacy_gone:
+            # The new file holds the newest document durably now: the old one can go (after
+            # an unsynced save a power loss could bring back neither, so it waits for this).
+            self.legacy_path.unlink(missing_ok=True)
+            self._legacy_gone = True

@@ -20,7 +20,8 @@ On disk, per endpoint (`<dir>/`):
                      of the segment's first payload byte.
   `<base>.clean`     optional "valid up to byte N" note written when a spool goes idle, so a reopen
                      does not re-verify the whole active segment (checked against the file size).
-  `committed`        the committed offset, replaced atomically (temp + fsync + rename + fsync dir).
+  `committed`        the committed offset: two slots overwritten in turn (one pwrite + fdatasync
+                     per commit), the newest valid one wins (`slot_file.py`).
 
 Offsets are logical *payload* offsets: headers do not count, so `Chunk.end - Chunk.start ==
 len(Chunk.data)`; the next chunk starts where the previous ended; offsets are never reused, even
@@ -103,6 +104,7 @@ from logferry.spool.format import segment_name as segment_name
 from logferry.spool.format import validate_chunk_data as validate_chunk_data
 from logferry.spool.format import with_crc as _with_crc
 from logferry.spool.group_sync import GroupSync
+from logferry.spool.slot_file import SlotFile
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +279,7 @@ class Spool:
         )
 
         self._commit_lock = threading.Lock()
+        self._commit_file = SlotFile(os.path.join(self._dir, COMMITTED_NAME))
         self._io = threading.Lock()
         self._rd = threading.Lock()
         self._mu = threading.Lock()
@@ -473,11 +476,8 @@ class Spool:
 
     def _read_committed(self) -> tuple[int, int, int, int, int, int, float] | None:
         """(offset, line, segment base, record position, record start, record line, floor)."""
-        path = os.path.join(self._dir, COMMITTED_NAME)
-        try:
-            with open(path, "rb") as f:
-                blob = f.read()
-        except FileNotFoundError:
+        blob = self._commit_file.load()
+        if blob is None:
             return None
         body = _check_crc(blob, _COMMIT2.size)
         if body is not None and body[:8] == _COMMIT2_MAGIC:
@@ -989,7 +989,8 @@ class Spool:
     def commit(self, offset: int) -> None:
         """The sink confirmed every line below position `offset` (any line boundary). Blocking.
 
-        Persists the position (atomic replace + fsync), then deletes whole segments below it.
+        Persists the position (one slot of the committed file, fdatasynced), then deletes
+        whole segments below it.
         Raises ValueError when `offset` is not a line boundary of this spool.
         """
         self._touch()
@@ -1022,7 +1023,7 @@ class Spool:
                 rline,
                 self._last_accepted,
             )
-            write_atomic(os.path.join(self._dir, COMMITTED_NAME), _with_crc(data))
+            self._commit_file.save(_with_crc(data))
             with self._mu:
                 self._committed = offset
                 self._committed_line = line
@@ -1393,7 +1394,7 @@ class Spool:
             data = _COMMIT2.pack(
                 _COMMIT2_MAGIC, offset, line, base, pos, offset, line, self._last_accepted
             )
-            write_atomic(os.path.join(self._dir, COMMITTED_NAME), _with_crc(data))
+            self._commit_file.save(_with_crc(data))
             with self._mu:
                 self._committed = offset
                 self._committed_line = line
