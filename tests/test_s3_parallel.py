@@ -263,3 +263,58 @@ def test_parallel_parts_through_the_latency_proxy(
     assert decode_object(obj.body, ep.codec()) == b"".join(c.data for c in chunks)
     assert sink.stats.parts >= 2 and s3_calls >= sink.stats.parts + 2
     assert pending_uploads(emulator, role.bucket) == []
+
+
+def test_objects_and_parts_go_up_without_expect_continue(
+    emulator: Emulator, role: S3Role, tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """A PutObject sends its body with its headers (no `Expect: 100-continue` round trip, no
+    byte-by-byte read of the interim answer), as UploadPart does."""
+    from logferry.aws.clients import AwsClients, AwsTarget
+    from logferry.local.latency_proxy import (
+        ProxyConfig,
+        ProxyRequest,
+        ProxyResponse,
+        latency_proxy,
+    )
+
+    seen: list[tuple[str, str, str]] = []
+
+    async def record(request: ProxyRequest, forward: Any) -> ProxyResponse:
+        expect = next((v for k, v in request.headers if k.lower() == "expect"), "")
+        if request.service == "s3":
+            seen.append((request.method, request.path, expect))
+        return await forward()  # type: ignore[no-any-return]
+
+    with latency_proxy(emulator.url, ProxyConfig(), middlewares=[record]) as proxy:
+        h = Harness(emulator, role, tmp_path)
+        clients = AwsClients(h.clients.session.get_credentials(), AwsTarget(proxy.url))
+        h = Harness(emulator, role, tmp_path, clients=clients)
+        small = h.endpoint(period=60)
+        lines = access_lines(300)
+        chunks = list(make_chunks(lines, per_chunk=100, accepted_at=lambda i: T0 + 60 * i))
+        woken = threading.Event()
+        sink = _sink(h, small, pool, woken)
+        sink.recover()
+        driver = Driver(sink, woken)
+        driver.feed_all(chunks)
+        driver.finish()
+        (tmp_path / "big").mkdir()
+        h_big = Harness(emulator, role, tmp_path / "big", clients=clients)
+        big = h_big.endpoint(compression_codec="gzip")
+        big_chunks = list(make_chunks(hex_lines(120_000), per_chunk=4000, accepted_at=T0))
+        sink = _sink(h_big, big, pool, woken)
+        sink.recover()
+        driver = Driver(sink, woken)
+        driver.feed_all(big_chunks)
+        driver.finish()
+    assert len(h.objects(small)) == 3
+    assert line_counter(
+        decode_object(o.body, small.codec()) for o in h.objects(small).values()
+    ) == Counter(lines)
+    (obj,) = h_big.objects(big).values()
+    assert decode_object(obj.body, big.codec()) == b"".join(c.data for c in big_chunks)
+    puts = [e for m, p, e in seen if m == "PUT" and "uploadId=" not in p and "?" not in p]
+    parts = [e for m, p, e in seen if m == "PUT" and "partNumber=" in p]
+    assert len(puts) == 3 and puts == ["", "", ""], seen
+    assert len(parts) >= 2 and set(parts) == {""}, seen

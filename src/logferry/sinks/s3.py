@@ -1052,6 +1052,9 @@ class S3Sink:
                 self._s3 = self._clients.session.client(
                     "s3", region_name=self._region, endpoint_url=url, config=config
                 )
+            self._s3.meta.events.register_last(
+                "before-call.s3", _put_without_expect, unique_id=_PUT_HANDLER
+            )  # idempotent (unique_id): the sinks of one role may share a client
         return self._s3
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
@@ -1132,6 +1135,24 @@ def _done_future(result: dict[str, Any]) -> Future[dict[str, Any]]:
     future: Future[dict[str, Any]] = Future()
     future.set_result(result)
     return future
+
+
+_PUT_HANDLER: Final = "logferry-put-without-expect"
+
+
+def _put_without_expect(model: Any, params: dict[str, Any], **_: Any) -> None:
+    """Send a PutObject's body with its headers instead of after `100 Continue`.
+
+    botocore asks for `Expect: 100-continue` on a PutObject (it turns a bytes body into a file,
+    and every file-like body gets the header). That costs a round trip to S3 before the body
+    goes out, and botocore reads the interim answer byte by byte on an unbuffered socket file:
+    measured against the emulator, 27 socket reads and a poll per PutObject instead of 1, each a
+    GIL hand-off, and ≈ 6 % of the call's Python work. Our objects are at most one part's size,
+    and our UploadPart bodies (bytearrays, which botocore leaves as they are) never carried
+    the header either.
+    """
+    if model.name == "PutObject":
+        params.get("headers", {}).pop("Expect", None)
 
 
 def _snake(operation: str) -> str:
