@@ -123,6 +123,17 @@ def _sink(h: Harness, ep: Any, pool: ThreadPoolExecutor, woken: threading.Event)
     )
 
 
+def _deliver(h: Harness, ep: Any, pool: ThreadPoolExecutor, chunks: list[Chunk]) -> S3Sink:
+    """A fresh sink (recovered) that takes every chunk and finishes: the worker's whole loop."""
+    woken = threading.Event()
+    sink = _sink(h, ep, pool, woken)
+    sink.recover()
+    driver = Driver(sink, woken)
+    driver.feed_all(chunks)
+    driver.finish()
+    return sink
+
+
 def test_parts_go_up_in_parallel_and_durable_waits_for_the_gap(
     emulator: Emulator, role: S3Role, tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
@@ -251,12 +262,7 @@ def test_parallel_parts_through_the_latency_proxy(
         ep = h.endpoint(compression_codec="gzip")
         lines = hex_lines(120_000)
         chunks = list(make_chunks(lines, per_chunk=4000, accepted_at=T0))
-        woken = threading.Event()
-        sink = _sink(h, ep, pool, woken)
-        sink.recover()
-        driver = Driver(sink, woken)
-        driver.feed_all(chunks)
-        driver.finish()
+        sink = _deliver(h, ep, pool, chunks)
         s3_calls = proxy.stats()["s3"]["calls"]
     (obj,) = h.objects(ep).values()
     assert ":" in obj.key
@@ -293,21 +299,12 @@ def test_objects_and_parts_go_up_without_expect_continue(
         small = h.endpoint(period=60)
         lines = access_lines(300)
         chunks = list(make_chunks(lines, per_chunk=100, accepted_at=lambda i: T0 + 60 * i))
-        woken = threading.Event()
-        sink = _sink(h, small, pool, woken)
-        sink.recover()
-        driver = Driver(sink, woken)
-        driver.feed_all(chunks)
-        driver.finish()
+        _deliver(h, small, pool, chunks)
         (tmp_path / "big").mkdir()
         h_big = Harness(emulator, role, tmp_path / "big", clients=clients)
         big = h_big.endpoint(compression_codec="gzip")
         big_chunks = list(make_chunks(hex_lines(120_000), per_chunk=4000, accepted_at=T0))
-        sink = _sink(h_big, big, pool, woken)
-        sink.recover()
-        driver = Driver(sink, woken)
-        driver.feed_all(big_chunks)
-        driver.finish()
+        _deliver(h_big, big, pool, big_chunks)
     assert len(h.objects(small)) == 3
     assert line_counter(
         decode_object(o.body, small.codec()) for o in h.objects(small).values()
