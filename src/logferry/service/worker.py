@@ -21,6 +21,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -53,9 +55,14 @@ PRESSURE_FRACTION = 0.75
 """Above this share of the spool limit, open files close early (before anyone gets a 429)."""
 PRESSURE_FLUSH_GAP = 5.0
 """...at most this often per endpoint, so pressure does not turn into a flood of tiny files."""
-RECHECK_SECONDS = 3600.0
-"""A rebuilt sink skips the write probe if one passed within this time (a probe is a
-CreateMultipartUpload + Abort in the customer's bucket: not on every idle restart)."""
+RECHECK_SECONDS = 24 * 3600.0
+"""A new sink skips the write probe (CreateMultipartUpload + Abort in the customer's bucket) when
+one passed for the same endpoint settings, role and external ID within this time — in this
+process or, through the stored stats, before a restart. A setup error or a changed endpoint
+forgets the pass. Why a day and not less: every activation assumes the role anyway (a broken
+trust policy shows at once), and a permission removed later shows at the endpoint's next write;
+re-probing on each restart would put two calls per endpoint into every customer's CloudTrail
+and cost a fleet-wide burst of S3 calls at each deploy."""
 MAX_WAIT = 5.0
 """Longest sleep between steps while the sink holds data and named no time it is due."""
 LAG_SLACK_SECONDS = 5.0
@@ -80,6 +87,10 @@ class EndpointStats:
     quarantined_bytes: int = 0
     quarantined_lines: int = 0
     last_quarantine: str | None = None
+    setup_checked_at: float | None = None
+    """Wall time of the last passing write probe (see RECHECK_SECONDS)..."""
+    setup_checked_for: str | None = None
+    """...and the fingerprint of the settings it proved (`setup_fingerprint`)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EndpointStats:
@@ -108,8 +119,7 @@ class EndpointWorker:
         self._busy: concurrent.futures.Future[Any] | None = None
         self._sink: Sink | None = None
         self._needs_open = False
-        self._checked = False
-        self._checked_at = 0.0
+        self._setup_key: str | None = None
         self._read_pos: int | None = None
         self._corrupt: SpoolCorrupt | None = None
         self._failures = 0
@@ -396,7 +406,7 @@ class EndpointWorker:
         if kind != "setup":
             self.service.metrics.retries.labels(*self.labels).inc()
         if kind == "setup":
-            self._checked = False  # prove the setup again once it works
+            self._forget_setup_check()  # prove the setup again once it works
             self._credentials = None
         self._needs_open = True  # nothing held only in memory is trusted after a failure
 
@@ -412,6 +422,7 @@ class EndpointWorker:
                 AwsErrorInfo("UnknownCustomer", service="sts", operation="AssumeRole"),
                 fix="Re-create the customer (PUT /v1/customers/{id}) or delete the endpoint.",
             )
+        self._setup_key = setup_fingerprint(self.record, customer.external_id)
         target = self.factory.target(self.model, svc.aws_target)
         clients = svc.broker.clients(
             self.model.iam_role,
@@ -446,13 +457,30 @@ class EndpointWorker:
         if self._needs_open:
             self._read_pos = sink.open(spool.committed_offset)
             self._needs_open = False
-            if not self._checked or time.monotonic() - self._checked_at > RECHECK_SECONDS:
+            if not self._setup_proven():
                 # Files may stay open for a whole period: prove now that the destination
                 # takes writes, so a setup error shows within seconds, not at the period's end.
                 sink.healthcheck()
-                self._checked = True
-                self._checked_at = time.monotonic()
+                self._setup_checked()
         return sink
+
+    def _setup_proven(self) -> bool:
+        stats = self.stats
+        if stats.setup_checked_at is None or stats.setup_checked_for != self._setup_key:
+            return False
+        return 0.0 <= time.time() - stats.setup_checked_at <= RECHECK_SECONDS
+
+    def _setup_checked(self) -> None:
+        with self._progress_lock:
+            self.stats.setup_checked_at = time.time()
+            self.stats.setup_checked_for = self._setup_key
+        self._mark_dirty()
+
+    def _forget_setup_check(self) -> None:
+        if self.stats.setup_checked_at is not None:
+            with self._progress_lock:
+                self.stats.setup_checked_at = self.stats.setup_checked_for = None
+            self._mark_dirty()
 
     def oldest_undelivered_age(self, *, read_disk: bool = True) -> float | None:
         """Seconds the oldest accepted, undelivered line has waited (None: nothing waits).
@@ -484,7 +512,7 @@ class EndpointWorker:
                     # Calls still in flight: wait for their wake, do not spin.
                     return False, delay
             self._retire_sink = False
-            self._checked = False
+            self._forget_setup_check()
             self._drop_sink()
         if self._sink is None and spool.end_offset <= spool.committed_offset and not stopping:
             journal = self.service.state_dir / "s3" / self.record.uid_prefix
@@ -747,6 +775,15 @@ QUARANTINE_FIX = (
     "records are kept byte for byte in the quarantine file for inspection; nothing else was "
     "lost, and the file can be deleted once inspected."
 )
+
+
+def setup_fingerprint(record: EndpointRecord, external_id: str) -> str:
+    """What a write probe proves: these endpoint settings (bucket, role, path, headers...),
+    assumed with this external ID. Any change asks for a new probe."""
+    doc = json.dumps(
+        [record.type, record.config, external_id], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(doc.encode()).hexdigest()[:32]
 
 
 def model_for(record: EndpointRecord) -> S3Endpoint | KinesisEndpoint:
