@@ -135,3 +135,67 @@ def test_the_probe_runs_once_per_setting_and_again_after_a_setup_error(
         + [b"three"]
         + [b"four-%d" % i for i in range(10)]
     )
+
+
+def test_a_passing_role_check_stands_in_for_the_probe_and_sends_the_endpoints_headers(
+    emulator: Emulator, unique, tmp_path: Path
+) -> None:
+    """Creating an endpoint through the API runs the role check; its write probe uses the
+    endpoint's own headers (here a storage class) and spares the worker a second probe."""
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    log = HeaderLog()
+    with latency_proxy(emulator.url, ProxyConfig(), middlewares=[log]) as proxy:
+        config = base_config(emulator, tmp_path / "spool", aws={"endpoint_url": proxy.url})
+        serve = ServeProcess(emulator, config, tmp_path).start()
+        with serve.admin() as admin:
+            assert admin.put(f"/v1/customers/{customer}", json={}).status_code == 201
+            body = {
+                "type": "s3",
+                "bucket_name": role.bucket,
+                "iam_role": role.role_arn,
+                "path": "logs/",
+                "period": 1,
+                "redundancy": "standard_ia",
+            }
+            created = admin.put(f"/v1/customers/{customer}/endpoints/s3", json=body)
+            assert created.status_code == 201, created.text
+            (check,) = log.creates("logs/logferry-role-check-")
+            assert check["x-amz-storage-class"] == "STANDARD_IA"
+            lines = b"".join(b"line-%d\n" % i for i in range(5))
+            assert admin.post(f"/v1/ingest/{customer}/s3", content=lines).status_code == 202
+            status_url = f"/v1/customers/{customer}/endpoints/s3/status"
+            wait_for(lambda: admin.get(status_url).json()["lines"]["delivered"] == 5, 90)
+            assert log.creates(".logferry-healthcheck-") == []
+
+            # An explicit verify proves it again; a changed endpoint created without the check
+            # (admin, verify=false) is probed by the worker before its first write.
+            assert admin.post(f"/v1/customers/{customer}/endpoints/s3/verify").json()["ok"]
+            body["path"] = "other/"
+            changed = admin.put(f"/v1/customers/{customer}/endpoints/s3?verify=false", json=body)
+            assert changed.status_code == 200
+            assert admin.post(f"/v1/ingest/{customer}/s3", content=lines).status_code == 202
+            wait_for(lambda: admin.get(status_url).json()["lines"]["delivered"] == 10, 90)
+            (probe,) = log.creates(".logferry-healthcheck-")
+            assert probe["x-amz-storage-class"] == "STANDARD_IA"
+        assert serve.terminate() == 0
+    assert not pending_uploads(emulator, role.bucket)
+
+
+class HeaderLog:
+    """CreateMultipartUpload requests serve made, with their headers (lower-case names)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self._lock = threading.Lock()
+
+    async def __call__(self, request: ProxyRequest, forward: Any) -> ProxyResponse:
+        if request.service == "s3" and request.method == "POST" and "uploads" in request.path:
+            with self._lock:
+                headers = {k.lower(): v for k, v in request.headers}
+                self.requests.append((request.path, headers))
+        return await forward()  # type: ignore[no-any-return]
+
+    def creates(self, key_part: str) -> list[dict[str, str]]:
+        with self._lock:
+            return [headers for path, headers in self.requests if key_part in path]

@@ -55,6 +55,14 @@ class Report:
     def add(self, name: str, status: Status, detail: str, fix: str | None = None) -> None:
         self.checks.append(Check(name, status, detail, fix))
 
+    def write_proven(self) -> bool:
+        """No check failed and the write probe passed (S3 write / Kinesis ListShards): the same
+        proof the delivery worker's own probe gives."""
+        return self.ok and any(
+            c.status == "pass" and c.name in ("s3 write", "kinesis list-shards")
+            for c in self.checks
+        )
+
     def failures(self) -> list[Check]:
         return [c for c in self.checks if c.status == "fail"]
 
@@ -78,6 +86,9 @@ class S3Target:
     bucket: str
     prefix: str = ""
     region: str = "us-east-1"
+    put_args: tuple[tuple[str, str], ...] = ()
+    """The headers the endpoint writes with (StorageClass, SSE, KMS key, ACL): the write probe
+    sends them too, so it proves what delivery needs (kms:GenerateDataKey, s3:PutObjectAcl)."""
 
 
 @dataclass(frozen=True)
@@ -210,16 +221,21 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
     key = f"{target.prefix}logferry-role-check-{probe}.probe"
     resource = f"arn:aws:s3:::{target.bucket}/{target.prefix}*"
     upload_id = None
+    headers = dict(target.put_args)
+    shown = sorted(k for k in headers if k not in ("ContentType", "ContentEncoding"))
+    with_headers = f" with {', '.join(shown)}" if shown else ""
     try:
-        upload_id = s3.create_multipart_upload(Bucket=target.bucket, Key=key)["UploadId"]
+        upload_id = s3.create_multipart_upload(Bucket=target.bucket, Key=key, **headers)["UploadId"]
     except ClientError as exc:
         code = _code(exc)
         if _denied(exc):
             report.add(
                 "s3 write",
                 "fail",
-                f"CreateMultipartUpload on s3://{target.bucket}/{key} was denied ({code}).",
-                f"the role's permission policy must allow s3:PutObject on {resource}",
+                f"CreateMultipartUpload{with_headers} on s3://{target.bucket}/{key} was denied "
+                f"({code}).",
+                f"the role's permission policy must allow s3:PutObject on {resource}"
+                + _header_permissions(headers),
             )
         elif code == "NoSuchBucket":
             report.add(
@@ -238,8 +254,8 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
             report.add(
                 "s3 write",
                 "pass",
-                f"CreateMultipartUpload + AbortMultipartUpload under s3://{target.bucket}/"
-                f"{target.prefix} (nothing left behind)",
+                f"CreateMultipartUpload{with_headers} + AbortMultipartUpload under "
+                f"s3://{target.bucket}/{target.prefix} (nothing left behind)",
             )
         except ClientError as exc:
             report.add(
@@ -280,6 +296,17 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
 
         allowed(f"s3:PutObject outside {target.prefix}", write_outside, set())
     _over_privilege(report, extra)
+
+
+def _header_permissions(headers: dict[str, str]) -> str:
+    """What the endpoint's headers need beyond s3:PutObject."""
+    needs = []
+    if headers.get("ServerSideEncryption") == "aws:kms":
+        key = headers.get("SSEKMSKeyId", "the bucket's KMS key")
+        needs.append(f"kms:GenerateDataKey on {key} (the key policy must allow the role too)")
+    if "ACL" in headers:
+        needs.append("s3:PutObjectAcl (or remove the endpoint's acl)")
+    return f"; this endpoint also needs {' and '.join(needs)}" if needs else ""
 
 
 def _over_privilege(report: Report, extra: list[str]) -> None:

@@ -335,6 +335,7 @@ def create_app(service: Service) -> FastAPI:
                     wait,
                     "each check assumes the role in every STS region",
                 )
+        report = None
         if (verify and service.config.server.verify_on_change) or not who.admin:
             report = await asyncio.to_thread(service.verify, customer_id, type_, model)
             if not report.ok:
@@ -344,7 +345,9 @@ def create_app(service: Service) -> FastAPI:
                     "fix the role (see `logferry role check`), or retry with ?verify=false",
                     report=report.as_json(),
                 )
-        _, new = service.put_endpoint(customer_id, name, type_, model)
+        record, new = service.put_endpoint(customer_id, name, type_, model)
+        if report is not None:
+            service.remember_verified(record, report)
         log(
             logger,
             logging.INFO,
@@ -397,6 +400,7 @@ def create_app(service: Service) -> FastAPI:
         report = await asyncio.to_thread(service.verify, customer_id, record.type, model)
         if report.ok:
             service.broker.forget(model.iam_role)
+            service.remember_verified(record, report)
             service.worker(customer_id, name).notify()  # retry now if it was in error
         return report.as_json()
 

@@ -555,7 +555,10 @@ class Service:
             path = getattr(model, "path", "") or ""
             prefix = path.split("%", 1)[0]
             target = S3Target(
-                model.bucket_name, prefix, getattr(model, "region", None) or "us-east-1"
+                model.bucket_name,
+                prefix,
+                getattr(model, "region", None) or "us-east-1",
+                put_args=tuple(sorted(model.put_args().items())),
             )
         else:
             target = KinesisTarget(parse_stream_arn(model.stream_arn()))
@@ -565,7 +568,16 @@ class Service:
             external_id=external_id,
             target=target,
             customer_id=customer_id,
+            # Where delivery writes: an S3 `domain` is probed there, not at AWS.
+            aws_target=factory(type_).target(model, self.aws_target),
         )
+
+    def remember_verified(self, record: EndpointRecord, report: Report) -> None:
+        """A role check whose write probe passed for this stored endpoint stands in for the
+        worker's own probe (the same calls, headers and destination): no second probe."""
+        if report.write_proven():
+            worker = self.worker(record.customer_id, record.name)
+            worker.remember_setup_proof(record, report.external_id)
 
     # ------------------------------------------------------------------ status
 

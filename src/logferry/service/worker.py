@@ -197,7 +197,7 @@ class EndpointWorker:
 
     def reconfigure(self, record: EndpointRecord, model: Any) -> None:
         """A changed endpoint: what the sink holds is flushed under the old settings, then a
-        fresh sink (and a fresh healthcheck) serves the new ones."""
+        fresh sink serves the new ones (with a fresh probe unless these settings were proven)."""
         self.record, self.model = record, model
         self._retire_sink = True
         self._credentials = None
@@ -476,6 +476,13 @@ class EndpointWorker:
             self.stats.setup_checked_for = self._setup_key
         self._mark_dirty()
 
+    def remember_setup_proof(self, record: EndpointRecord, external_id: str) -> None:
+        """A role check proved these settings (see Service.remember_verified)."""
+        with self._progress_lock:
+            self.stats.setup_checked_at = time.time()
+            self.stats.setup_checked_for = setup_fingerprint(record, external_id)
+        self._mark_dirty()
+
     def _forget_setup_check(self) -> None:
         if self.stats.setup_checked_at is not None:
             with self._progress_lock:
@@ -511,8 +518,7 @@ class EndpointWorker:
                 if self._sink.holds_data():
                     # Calls still in flight: wait for their wake, do not spin.
                     return False, delay
-            self._retire_sink = False
-            self._forget_setup_check()
+            self._retire_sink = False  # new settings: their fingerprint asks for a new probe
             self._drop_sink()
         if self._sink is None and spool.end_offset <= spool.committed_offset and not stopping:
             journal = self.service.state_dir / "s3" / self.record.uid_prefix
