@@ -8,6 +8,7 @@ import gc
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from pathlib import Path
@@ -87,6 +88,29 @@ def test_parse_size_rejects(bad: Any) -> None:
 
 
 # -- basic log ----------------------------------------------------------------------------------
+
+
+def test_oldest_pending_acceptance_follows_commits(tmp_path: Path) -> None:
+    """The lag gauge's source: the acceptance time of the oldest uncommitted record, also in
+    the middle of a record, and again right after each commit (it is remembered per position)."""
+    s = Spool(tmp_path / "ep")
+    assert s.first_pending_accepted_at() is None
+    acked = []
+    for i in range(3):
+        acked.append(s.append_sync(*lines_of(f"c{i}", 3)))
+        time.sleep(0.01)  # three distinct acceptance times
+    assert len({c.accepted_at for c in acked}) == 3
+    assert s.first_pending_accepted_at() == acked[0].accepted_at
+    assert s.first_pending_accepted_at() == acked[0].accepted_at  # from memory
+    s.commit(acked[0].start + len(acked[0].data) // 3)  # one line into the first record
+    assert s.first_pending_accepted_at() == acked[0].accepted_at
+    s.commit(acked[0].end)
+    assert s.first_pending_accepted_at() == acked[1].accepted_at
+    s.commit(acked[2].end)
+    assert s.first_pending_accepted_at() is None
+    later = s.append_sync(*lines_of("d", 1))
+    assert s.first_pending_accepted_at() == later.accepted_at
+    s.close()
 
 
 def test_append_read_commit_restart(tmp_path: Path) -> None:

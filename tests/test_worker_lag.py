@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from e2e_helpers import body_of, ingest, make_lines, put_customer, put_endpoint, status
 from logferry.local.emulator import Emulator
@@ -54,5 +55,15 @@ def test_lines_waiting_past_period_plus_5s_show_late(
                 "logferry_delivery_queued_steps",
             ):
                 assert f"\n{family} " in metrics, family
+            # The metrics say what the status says, although no line was ever read from the
+            # spool (the role never worked): the age comes from the spool's oldest record.
+            samples = {
+                (s.name, s.labels.get("customer", "")): s.value
+                for family in text_string_to_metric_families(metrics)
+                for s in family.samples
+            }
+            assert samples[("logferry_endpoints_late", "")] == 1.0
+            age = samples[("logferry_endpoint_oldest_undelivered_seconds", customer)]
+            assert age > 6.0
     finally:
         assert serve.terminate() == 0

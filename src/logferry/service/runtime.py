@@ -615,7 +615,9 @@ class Service:
             if spool is not None:
                 pending[key] = (spool.pending_bytes, spool.pending_lines)
             if worker.running:
-                age = worker.oldest_undelivered_age(read_disk=False)
+                # Lines not yet read count too (a lazy S3 file, a role that never worked):
+                # one cached header read per spool, and /metrics renders off the event loop.
+                age = worker.oldest_undelivered_age()
                 lag[key] = 0.0 if age is None else age
                 if age is not None and age > worker.lag_budget():
                     late += 1

@@ -489,7 +489,7 @@ class EndpointWorker:
                 self.stats.setup_checked_at = self.stats.setup_checked_for = None
             self._mark_dirty()
 
-    def oldest_undelivered_age(self, *, read_disk: bool = True) -> float | None:
+    def oldest_undelivered_age(self) -> float | None:
         """Seconds the oldest accepted, undelivered line has waited (None: nothing waits).
 
         Lines read but not yet delivered are known exactly; lines still only in the spool
@@ -497,7 +497,7 @@ class EndpointWorker:
         if self._fed:
             return max(0.0, time.time() - self._fed[0][1])
         spool = self.service.spools.get(self.record.uid_prefix)
-        if spool is None or spool.pending_bytes <= 0 or not read_disk:
+        if spool is None or spool.pending_bytes <= 0:
             return None
         first = spool.first_pending_accepted_at()
         return None if first is None else max(0.0, time.time() - first)

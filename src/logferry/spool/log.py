@@ -291,6 +291,9 @@ class Spool:
         self._last_accepted = 0.0
         self._committed = 0
         self._committed_line = 0
+        self._first_pending: tuple[int, float] | None = None
+        """(committed offset, acceptance time of the record there): one header read per commit,
+        however often the lag is asked for (every /metrics scrape asks for every endpoint)."""
         self._disk_bytes = 0
         self._reserved = 0
         self._queue: list[_Pending] = []
@@ -341,13 +344,18 @@ class Spool:
         return self._end_line
 
     def first_pending_accepted_at(self) -> float | None:
-        """When the oldest uncommitted line was accepted (one header read; None if none)."""
+        """When the oldest uncommitted line was accepted (None if none): one header read per
+        committed position, remembered until the next commit."""
         with self._rd:
             with self._mu:
-                if self._closed or self._committed >= self._end:
+                committed = self._committed
+                if self._closed or committed >= self._end:
                     return None
+                cached = self._first_pending
+            if cached is not None and cached[0] == committed:
+                return cached[1]
             try:
-                seg, pos, _, _ = self._locate(self._committed)
+                seg, pos, _, _ = self._locate(committed)
             except ValueError:
                 return None
             if seg is None:
@@ -355,7 +363,9 @@ class Spool:
             hdr = _pread_full(self._rfd(seg.base), REC_HEADER_BYTES, pos)
         if len(hdr) < REC_HEADER_BYTES:
             return None
-        return float(_REC_HDR.unpack(hdr)[6])
+        accepted = float(_REC_HDR.unpack(hdr)[6])
+        self._first_pending = (committed, accepted)
+        return accepted
 
     @property
     def pending_lines(self) -> int:
