@@ -413,6 +413,31 @@ class Serve(ServeProcess):
         return dict(r.json())
 
 
+@contextlib.contextmanager
+def proxy_process(upstream: str, **flags: Any) -> Iterator[str]:
+    """`python -m logferry.local.latency_proxy` in its own process (its own GIL, so the proxy's
+    work is not charged to the bench process) in front of `upstream` → its URL. `flags` are the
+    proxy's options without dashes: `s3_delay_ms=50, s3_bandwidth=100e6, default_delay_ms=20`."""
+    argv = [sys.executable, "-m", "logferry.local.latency_proxy", "--upstream", upstream]
+    for key, value in flags.items():
+        argv += [f"--{key.replace('_', '-')}", str(int(value) if "bandwidth" in key else value)]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise SystemExit(f"latency proxy did not start (first line {url!r})")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def wait_until(
     predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition"
 ) -> Any:

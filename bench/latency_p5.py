@@ -3,12 +3,16 @@
 What runs: the patched emulator, the latency proxy (`logferry.local.latency_proxy`) in front of
 it (S3: `--s3-delay-ms` per call and `--s3-bandwidth`; Kinesis: `--kinesis-delay-ms` per call;
 STS/IAM: `--sts-delay-ms`), one `logferry serve` whose every AWS call goes through the proxy, and
-this process sending lines at a steady rate (one body every 100 ms). Each line carries the time
-it was sent; the destination is read directly from the emulator (not through the proxy):
+this process sending lines at a steady rate (one body every 100 ms). The proxy runs in a
+process of its own, so its work does not slow the sender. Each line carries the time it was
+sent; the destination is read directly from the emulator (not through the proxy):
 
-- S3 (`--mode s3`): the bucket is listed every `--poll` s, new objects are downloaded and
-  decompressed, and each line's latency = when its object was first listed − when it was sent
-  (so it includes up to one poll interval). Target: ≤ period + 5 s. The rate is
+- S3 (`--mode s3`): once every line is delivered, every object is downloaded and each line's
+  latency = its object's LastModified rounded up to the next second (the emulator keeps whole
+  seconds) − when it was sent, so the reading adds up to 1 s and costs nothing while the load
+  runs. `--watch poll` lists the bucket every `--poll` s during the load instead (latency = first
+  listed − sent; the downloads then share this process with the sender). Target: ≤ period + 5 s.
+  The rate is
   `--s3-load` × `--s3-capacity` lines/s (capacity: the end-to-end rate of one endpoint,
   bench/s3_latency.py / s3_throughput.py).
 - Kinesis (`--mode kinesis`): latency = the record's ApproximateArrivalTimestamp (set by the
@@ -45,12 +49,12 @@ from common import (
     make_s3_role,
     note,
     print_table,
+    proxy_process,
     serve_config,
     start_emulator,
     wait_until,
     write_results,
 )
-from logferry.local.latency_proxy import LinkProfile, ProxyConfig, latency_proxy
 
 TOKEN = "bench-p5-token-0000000000000000000"
 CUSTOMER = "p5-customer"
@@ -72,7 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kinesis-load", type=float, default=0.5)
     p.add_argument("--kinesis-delay-ms", type=float, default=30.0)
     p.add_argument("--sts-delay-ms", type=float, default=20.0)
-    p.add_argument("--poll", type=float, default=0.5, help="S3 listing interval (s)")
+    p.add_argument(
+        "--watch",
+        choices=("after", "poll"),
+        default="after",
+        help="S3: read LastModified after the run (default) or list the bucket during it",
+    )
+    p.add_argument("--poll", type=float, default=0.5, help="--watch poll: listing interval (s)")
     p.add_argument("--name", default="latency_p5")
     return p.parse_args(argv)
 
@@ -181,6 +191,25 @@ class BucketWatcher:
             self.sent_at.append(line["t"])
 
 
+def read_bucket(emulator: Emulator, bucket: str) -> BucketWatcher:
+    """After the run: every line, its object's LastModified (whole seconds, rounded up) − sent."""
+    found = BucketWatcher(emulator, bucket, 0.0)
+    s3 = found.s3
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = s3.list_objects_v2(**kwargs)
+        for item in page.get("Contents", []):
+            visible = item["LastModified"].timestamp() + 1.0
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            found._lines(_gunzip(body) if item["Key"].endswith(".gz") else body, visible)
+        token = page.get("NextContinuationToken")
+        if not token:
+            return found
+
+
 def _gunzip(body: bytes) -> bytes:
     out = []
     while body:
@@ -278,7 +307,8 @@ def _run(
     else:
         rate = args.shards * 1000 * args.kinesis_load
         target = 1.0
-    watcher = BucketWatcher(emulator, bucket, args.poll) if bucket else None
+    polling = bucket is not None and args.watch == "poll"
+    watcher = BucketWatcher(emulator, bucket, args.poll) if polling else None
     try:
         if watcher:
             watcher.thread.start()
@@ -294,6 +324,9 @@ def _run(
             wait_until(lambda: len(watcher.ids) >= total, 60, interval=0.5, what="all listed")
             watcher.stop.set()
             watcher.thread.join()
+        elif bucket is not None:
+            watcher = read_bucket(emulator, bucket)
+        if watcher:
             latencies, duplicates, landed = watcher.latencies, watcher.duplicates, len(watcher.ids)
             sent_at = watcher.sent_at
         else:
@@ -308,6 +341,7 @@ def _run(
         serve.terminate()
     result = {
         "mode": mode,
+        "watch": args.watch if bucket else None,
         "target_s": target,
         "rate_lines_per_s": round(rate),
         **load,
@@ -338,24 +372,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     machine = machine_info()
     results: dict[str, Any] = {"args": vars(args)}
-    config = ProxyConfig(
-        services={
-            "s3": LinkProfile(delay_ms=args.s3_delay_ms, bandwidth_bytes_per_s=args.s3_bandwidth),
-            "kinesis": LinkProfile(delay_ms=args.kinesis_delay_ms),
-            "default": LinkProfile(delay_ms=args.sts_delay_ms),
-        }
-    )
     with (
         tempfile.TemporaryDirectory(prefix="lf-p5-") as tmp,
         start_emulator() as emulator,
-        latency_proxy(emulator.url, config) as proxy,
+        proxy_process(
+            emulator.url,
+            s3_delay_ms=args.s3_delay_ms,
+            s3_bandwidth=args.s3_bandwidth,
+            kinesis_delay_ms=args.kinesis_delay_ms,
+            default_delay_ms=args.sts_delay_ms,  # STS and IAM
+        ) as proxy_url,
     ):
         work = Path(tmp)
         if args.mode in ("s3", "both"):
-            results["s3"] = run_s3(emulator, proxy.url, work, args)
+            results["s3"] = run_s3(emulator, proxy_url, work, args)
         if args.mode in ("kinesis", "both"):
-            results["kinesis"] = run_kinesis(emulator, proxy.url, work, args)
-        results["proxy"] = proxy.stats()
+            results["kinesis"] = run_kinesis(emulator, proxy_url, work, args)
     write_results(args.name, results, machine)
 
 

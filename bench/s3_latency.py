@@ -26,15 +26,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ from common import (
     machine_info,
     make_s3_role,
     print_table,
+    proxy_process,
     start_emulator,
     write_results,
 )
@@ -214,36 +213,6 @@ def run_case(
     }
 
 
-@contextmanager
-def proxy_process(upstream: str, delay_ms: float, bandwidth: float) -> Iterator[str]:
-    """`python -m logferry.local.latency_proxy` in front of `upstream` → its URL."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "logferry.local.latency_proxy",
-            "--upstream",
-            upstream,
-            "--s3-delay-ms",
-            str(delay_ms),
-            "--s3-bandwidth",
-            str(int(bandwidth)),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise SystemExit(f"latency proxy did not start (first line {url!r})")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoints", default="1,50", help="comma-separated cases")
@@ -271,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
             # Its own process, as the network is: in ours it would share the GIL with the
             # delivery threads it is supposed to slow down only by latency and bandwidth.
             url = stack.enter_context(
-                proxy_process(emulator.url, args.delay_ms, args.bandwidth_mb * 1e6)
+                proxy_process(
+                    emulator.url,
+                    s3_delay_ms=args.delay_ms,
+                    s3_bandwidth=args.bandwidth_mb * 1e6,
+                )
             )
         bucket = f"lat-{uuid.uuid4().hex[:8]}"
         role_arn = make_s3_role(emulator, bucket, "bench-customer", f"lat-{uuid.uuid4().hex[:6]}")

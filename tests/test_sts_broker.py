@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 
 from aws_helpers import REGION_DISABLED_BODY, canned_server, free_port, make_s3_role
 from logferry.aws.sts_broker import CredentialBroker, role_session_name
@@ -146,6 +146,12 @@ def test_identities_keep_their_own_credentials_on_shared_models(emulator: Emulat
     with pytest.raises(ClientError) as denied:
         a.client("s3", "us-east-1").put_object(Bucket=bucket_b, Key="x.log", Body=b"x\n")
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    # Delivery clients leave request validation to AWS (the sinks check their own limits);
+    # clients for anything else (the CLI, the role check) keep botocore's.
+    with pytest.raises(ClientError):  # the service answered: it was sent
+        a.client("kinesis", "us-east-1").put_records(StreamName="none", Records=[])
+    with pytest.raises(ParamValidationError):  # refused before sending
+        emulator.client("kinesis").put_records(StreamName="none", Records=[])
     # Reused while in use; released on demand; expired after the idle time; no new AssumeRole.
     assert broker.clients(role_a, "cust-a", customer_id="cust-a") is a
     assert broker.cached_clients() == 2

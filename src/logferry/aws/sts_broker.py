@@ -29,7 +29,7 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 
-from logferry.aws.clients import AwsClients, AwsTarget
+from logferry.aws.clients import DELIVERY_CONFIG, AwsClients, AwsTarget
 from logferry.errors import AwsErrorInfo, InputError, SetupError, TransientError
 
 DEFAULT_STS_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
@@ -533,7 +533,7 @@ class CredentialBroker:
                 self._clients[cache_key] = (entry[0], now)
                 self._clients.move_to_end(cache_key)
                 return entry[0]
-            made = AwsClients(creds, target)
+            made = AwsClients(creds, target, config=DELIVERY_CONFIG)
             self._clients[cache_key] = (made, now)
             while len(self._clients) > self.max_cached_clients:
                 self._clients.popitem(last=False)

@@ -52,7 +52,7 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 
-from logferry.aws.clients import DEFAULT_CONFIG, AwsClients
+from logferry.aws.clients import DELIVERY_CONFIG, AwsClients
 from logferry.errors import AwsError, InputError, SetupError, TransientError
 from logferry.sinks import pgp
 from logferry.sinks.aws_errors import REFRESH_CODES, classify
@@ -1042,7 +1042,7 @@ class S3Sink:
             if url is None:
                 self._s3 = self._clients.client("s3", self._region)
             else:  # S3-compatible services: path-style, checksums only where required
-                config = DEFAULT_CONFIG.merge(
+                config = DELIVERY_CONFIG.merge(
                     Config(
                         s3={"addressing_style": "path"},
                         request_checksum_calculation="when_required",
