@@ -247,3 +247,57 @@ def test_cli_invalid_inputs_name_the_flag(vendor_env) -> None:
         app, [*base, "--role-arn", "arn:aws:iam::123456789012:role/r", "--sts-endpoint", "nope"]
     )
     assert bad_endpoint.exit_code == 2 and "--sts-endpoint" in bad_endpoint.output
+
+
+def test_cli_probe_sends_the_endpoints_headers(emulator: Emulator, unique, vendor_env) -> None:
+    """`--redundancy`, `--server-side-encryption` and `--acl` go on the write probe, so the
+    doctor proves what delivery will send (KMS and ACL permissions included)."""
+    from logferry.local.latency_proxy import (
+        ProxyConfig,
+        ProxyRequest,
+        ProxyResponse,
+        latency_proxy,
+    )
+
+    role, bucket = _created_s3_role(emulator, unique)
+    creates: list[dict[str, str]] = []
+
+    async def record(request: ProxyRequest, forward):  # type: ignore[no-untyped-def]
+        if request.service == "s3" and request.method == "POST" and "cdn/" in request.path:
+            creates.append({k.lower(): v for k, v in request.headers})
+        response: ProxyResponse = await forward()
+        return response
+
+    runner = CliRunner()
+    with latency_proxy(emulator.url, ProxyConfig(), middlewares=[record]) as proxy:
+        args = [
+            "role", "check", "--role-arn", role, "--external-id", EXT, "--bucket", bucket,
+            "--prefix", "cdn/", "--vendor-account", emulator.vendor.account_id,
+            "--endpoint-url", proxy.url, "--sts-region", "us-east-1",
+            "--sts-endpoint", f"us-east-1={emulator.url}", "--json",
+            "--redundancy", "standard_ia", "--server-side-encryption", "AES256",
+            "--acl", "bucket-owner-full-control",
+        ]  # fmt: skip
+        result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (probe,) = creates
+    assert probe["x-amz-storage-class"] == "STANDARD_IA"
+    assert probe["x-amz-server-side-encryption"] == "AES256"
+    assert probe["x-amz-acl"] == "bucket-owner-full-control"
+    write = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "s3 write")
+    assert "with ACL, ServerSideEncryption, StorageClass" in write["detail"]
+
+    bad = runner.invoke(app, [*args[:-6], "--redundancy", "platinum"])
+    assert bad.exit_code == 2 and "--redundancy" in bad.output
+    no_key = runner.invoke(app, [*args[:-6], "--server-side-encryption", "aws:kms"])
+    assert no_key.exit_code == 2
+    assert json.loads(no_key.output)["where"] == "--server-side-encryption-kms-key-id"
+    kinesis = runner.invoke(
+        app,
+        [
+            "role", "check", "--role-arn", role, "--external-id", EXT,
+            "--stream-arn", "arn:aws:kinesis:us-east-1:123456789012:stream/logs",
+            "--acl", "private",
+        ],
+    )  # fmt: skip
+    assert kinesis.exit_code == 2 and "--acl" in kinesis.output and "S3" in kinesis.output

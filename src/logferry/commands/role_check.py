@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import typer
 from botocore.exceptions import ProfileNotFound
+from pydantic import ValidationError
 from rich.table import Table
 
 from logferry.aws.clients import AwsTarget
@@ -32,6 +35,7 @@ from logferry.commands.role import (
     resolve_destination,
 )
 from logferry.errors import InputError
+from logferry.sinks.s3_config import S3Endpoint
 
 CHECK_HELP = (
     "Check that the vendor can assume the role in each STS region, that the external ID is "
@@ -64,6 +68,38 @@ def parse_sts_endpoints(values: list[str]) -> dict[str, str]:
             )
         endpoints[validated("--sts-endpoint", validate_region, region)] = url
     return endpoints
+
+
+def endpoint_put_args(
+    dest: S3Destination, region: str, role_arn: str, headers: dict[str, str | None]
+) -> tuple[tuple[str, str], ...]:
+    """The headers delivery would send for an endpoint with these settings, validated by the
+    endpoint model itself (so the flags accept exactly what an endpoint's fields accept)."""
+    fields = {k: v for k, v in headers.items() if v is not None}
+    try:
+        endpoint = S3Endpoint(
+            name="role-check",
+            bucket_name=dest.bucket,
+            path=dest.prefix,
+            region=region,
+            iam_role=role_arn,
+            **fields,
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        for name in sorted(headers, key=len, reverse=True):  # flags, not field names
+            flag_name = "--" + name.replace("_", "-")
+            message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag_name, message)
+        field = str(error["loc"][0]) if error["loc"] else ""
+        named = [n for n in headers if "--" + n.replace("_", "-") in message]
+        flag_of = field if field in headers else (named[-1] if named else "")
+        flag = "--" + flag_of.replace("_", "-") if flag_of else "the S3 settings"
+        message = message if message.endswith(".") else message + "."
+        raise InputError(flag, message, fix="See logferry role check --help.") from None
+    if not fields:
+        return ()
+    return tuple(sorted(endpoint.put_args().items()))
 
 
 def print_report(report: Report) -> None:
@@ -101,6 +137,23 @@ def check_command(
     put_test_record: bool = typer.Option(
         False, "--put-test-record", help="Kinesis: also write one marked test record."
     ),
+    redundancy: str | None = typer.Option(
+        None,
+        "--redundancy",
+        help="S3: the endpoint's storage class (standard_ia, glacier_ir, …): the write probe "
+        "sends it, as delivery will.",
+    ),
+    server_side_encryption: str | None = typer.Option(
+        None,
+        "--server-side-encryption",
+        help="S3: AES256 or aws:kms — with aws:kms the probe proves kms:GenerateDataKey too.",
+    ),
+    server_side_encryption_kms_key_id: str | None = typer.Option(
+        None, "--server-side-encryption-kms-key-id", help="S3: the KMS key for aws:kms."
+    ),
+    acl: str | None = typer.Option(
+        None, "--acl", help="S3: the endpoint's canned ACL (needs s3:PutObjectAcl)."
+    ),
     endpoint_url: str | None = EndpointUrlOption,
     profile: str | None = ProfileOption,
     as_json: bool = JsonOption,
@@ -129,13 +182,21 @@ def check_command(
         except ProfileNotFound as exc:
             raise InputError("--profile", f"{exc}.") from None
         target: S3Target | KinesisTarget
+        headers = {
+            "redundancy": redundancy,
+            "server_side_encryption": server_side_encryption,
+            "server_side_encryption_kms_key_id": server_side_encryption_kms_key_id,
+            "acl": acl,
+        }
         if isinstance(dest, S3Destination):
-            target = S3Target(
-                dest.bucket,
-                dest.prefix,
-                validated("--bucket-region", validate_region, bucket_region),
-            )
+            region = validated("--bucket-region", validate_region, bucket_region)
+            put_args = endpoint_put_args(dest, region, role_arn, headers)
+            target = S3Target(dest.bucket, dest.prefix, region, put_args=put_args)
         else:
+            given = [k for k, v in headers.items() if v is not None]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise InputError(flag, "is for S3 endpoints only.", fix=f"Drop {flag}.")
             assert isinstance(dest, KinesisDestination)
             stream: StreamArn = dest.stream
             target = KinesisTarget(stream)
