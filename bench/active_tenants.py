@@ -60,6 +60,7 @@ from common import (
     print_table,
     read_cpu_split,
     read_rss,
+    s3_tenant_customers,
     serve_config,
     start_emulator,
     write_results,
@@ -305,23 +306,7 @@ def run(
     if src is not None:
         env["PYTHONPATH"] = str(src.resolve())
     try:
-        customers = [
-            {
-                "id": customer,
-                "token_env": f"TENANT_TOKEN_{i}",
-                "endpoints": [
-                    {
-                        "type": "s3",
-                        "name": "s3",
-                        "bucket_name": bucket,
-                        "iam_role": role,
-                        "path": f"{label}/",
-                        "period": args.period,
-                    }
-                ],
-            }
-            for i, (customer, bucket, role) in enumerate(tenants)
-        ]
+        customers = s3_tenant_customers(tenants, f"{label}/", args.period)
         config = serve_config(
             emulator,
             workdir,

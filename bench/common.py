@@ -321,6 +321,30 @@ def make_s3_tenants(
         return list(pool.map(one, range(n)))
 
 
+def s3_tenant_customers(
+    tenants: list[tuple[str, str, str]], path: str, period: int
+) -> list[dict[str, Any]]:
+    """The `[[customers]]` of `make_s3_tenants`' tenants: one S3 endpoint "s3" each, tokens
+    from `TENANT_TOKEN_<i>`."""
+    return [
+        {
+            "id": customer,
+            "token_env": f"TENANT_TOKEN_{i}",
+            "endpoints": [
+                {
+                    "type": "s3",
+                    "name": "s3",
+                    "bucket_name": bucket,
+                    "iam_role": role,
+                    "path": path,
+                    "period": period,
+                }
+            ],
+        }
+        for i, (customer, bucket, role) in enumerate(tenants)
+    ]
+
+
 def make_kinesis_role(
     emulator: Emulator, stream: str, shards: int, external_id: str, role_name: str
 ) -> tuple[str, str]:

@@ -35,6 +35,7 @@ from common import (
     note,
     print_table,
     read_cpu_split,
+    s3_tenant_customers,
     serve_config,
     start_emulator,
     write_results,
@@ -119,23 +120,7 @@ def run(
     calls = S3Calls()
     rounds: list[dict[str, Any]] = []
     with latency_proxy(emulator.url, ProxyConfig(), middlewares=[calls]) as proxy:
-        customers = [
-            {
-                "id": customer,
-                "token_env": f"TENANT_TOKEN_{i}",
-                "endpoints": [
-                    {
-                        "type": "s3",
-                        "name": "s3",
-                        "bucket_name": bucket,
-                        "iam_role": role,
-                        "path": f"{label}/",
-                        "period": 1,
-                    }
-                ],
-            }
-            for i, (customer, bucket, role) in enumerate(tenants)
-        ]
+        customers = s3_tenant_customers(tenants, f"{label}/", 1)
         config = serve_config(
             emulator,
             workdir,
