@@ -317,8 +317,15 @@ def make_s3_tenants(
         )
         return customer, bucket, result.role_arn
 
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, range(n)))
+    for attempt in range(3):  # the emulator answers an odd 500 under load; redo is idempotent
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                return list(pool.map(one, range(n)))
+        except Exception as exc:
+            if attempt == 2:
+                raise
+            note(f"provisioning failed ({str(exc)[:80]}); again")
+    raise AssertionError("unreachable")
 
 
 def s3_tenant_customers(

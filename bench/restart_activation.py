@@ -197,14 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     with start_emulator() as emulator:
         note(f"provisioning {args.customers} customers (bucket + role each)")
         tag = f"rs{uuid.uuid4().hex[:5]}"
-        for attempt in range(3):  # the emulator answers an odd 500 under load; redo is idempotent
-            try:
-                tenants = make_s3_tenants(emulator, args.customers, tag)
-                break
-            except Exception as exc:
-                if attempt == 2:
-                    raise
-                note(f"provisioning failed ({str(exc)[:80]}); again")
+        tenants = make_s3_tenants(emulator, args.customers, tag)
         tokens = [f"tok-{tag}-{i:05d}-{uuid.uuid4().hex}" for i in range(len(tenants))]
         doc: dict[str, Any] = {"customers": args.customers, "lines_per_request": args.lines}
         doc["runs"] = [run(args, emulator, tenants, tokens, "new", None)]
