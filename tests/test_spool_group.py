@@ -64,9 +64,10 @@ def test_one_sync_round_covers_appends_of_many_spools(tmp_path: Path, mode: str)
                 for i in range(n)
             ]
             deadline = time.monotonic() + 30
-            while len(group._queue) < n and time.monotonic() < deadline:
+            # small batches wait as flushes (the sync thread writes them in its next round)
+            while len(group._flushes) < n and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            queued = len(group._queue)
+            queued = len(group._flushes)
             assert not any(t.done() for t in tasks), "acknowledged before its sync"
             gate.set()
             chunks = await asyncio.gather(*tasks)
@@ -102,6 +103,34 @@ def test_group_sync_keeps_batches_in_order_under_concurrent_appenders(tmp_path: 
             for t in range(threads):
                 mine = [int(k) for who, k in got if who == f"t{t}"]
                 assert mine == [k for k in range(per_thread) if k % spools == s]
+
+
+def test_a_busy_spool_does_not_hold_back_the_other_spools_syncs(tmp_path: Path) -> None:
+    """The sync thread writes small batches itself, but never waits for one spool's file lock
+    (held while it retires a segment or closes): that spool's batch goes to the flush pool and
+    every other spool is still acknowledged. Both appends are on disk after a reopen."""
+    with SpoolManager(tmp_path / "spool", janitor=False) as m:
+        busy, other = m.open("busy"), m.open("other")
+        busy._io.acquire()  # what a retiring or closing spool holds
+        released = False
+        try:
+
+            async def send() -> None:
+                nonlocal released
+                held = asyncio.ensure_future(busy.append(b"busy line\n", 1))
+                await asyncio.wait_for(other.append(b"other line\n", 1), 30)
+                assert not held.done(), "acknowledged while its file lock was held"
+                busy._io.release()
+                released = True
+                await asyncio.wait_for(held, 30)
+
+            asyncio.run(send())
+        finally:
+            if not released:
+                busy._io.release()
+    with SpoolManager(tmp_path / "spool", janitor=False) as m:
+        assert _read_all(m.open("busy")) == [b"busy line\n"]
+        assert _read_all(m.open("other")) == [b"other line\n"]
 
 
 @pytest.fixture

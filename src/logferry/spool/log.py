@@ -116,6 +116,10 @@ STORAGE_REASON = (
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 """One group-commit write covers at most this much (bounds the join copy and fsync latency)."""
+GROUP_WRITE_BYTES = 256 * 1024
+"""Batches up to this size are written by the group-sync thread itself (two thread hand-offs
+per append instead of three, group_sync.py); larger ones on the flush pool, so their copy into
+the page cache overlaps other spools' syncs."""
 INDEX_INTERVAL = 256 * 1024
 """A sparse (offset -> file position) entry every this many bytes, to find an offset quickly."""
 
@@ -231,6 +235,11 @@ def _resolve_many(items: list[_Outcome]) -> None:
 def _wake(fut: asyncio.Future[bool]) -> None:
     if not fut.done():
         fut.set_result(True)
+
+
+def _wake_many(futs: list[asyncio.Future[bool]]) -> None:
+    for fut in futs:
+        _wake(fut)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -775,6 +784,17 @@ class Spool:
             self._budget.adjust(-n)
 
     def _submit(self) -> None:
+        group = self._group_sync
+        # _queued_bytes read without _mu: it only chooses the thread that writes.
+        if (
+            group is not None
+            and self._queued_bytes <= GROUP_WRITE_BYTES
+            and group.submit_flush(self._flush_on_sync_thread)
+        ):
+            return
+        self._submit_to_pool()
+
+    def _submit_to_pool(self) -> None:
         executor = self._executor or default_executor()
         try:
             executor.submit(self._flush_task)
@@ -794,6 +814,34 @@ class Spool:
         the write until the sync thread published the batch (`_finish_batch`), so nothing can
         close or rewrite the file in between, and the flush thread is free meanwhile."""
         self._io.acquire()
+        pending = self._write_queued()
+        if pending is None:
+            return
+        fd, done = pending
+        group = self._group_sync
+        if group is None:
+            try:
+                _fdatasync(fd)
+            except OSError as e:
+                done(e)
+            else:
+                done(None)
+        else:
+            group.submit(fd, done)
+
+    def _flush_on_sync_thread(self) -> tuple[int, Callable[[OSError | None], None]] | None:
+        """The group-sync thread's flush (`GroupSync.submit_flush`): write what is queued for
+        this round's sync. Never waits for `_io`: one spool retiring a segment or closing must
+        not hold back every spool's sync, so a busy spool goes to the flush pool instead."""
+        if not self._io.acquire(blocking=False):
+            self._submit_to_pool()
+            return None
+        return self._write_queued()
+
+    def _write_queued(self) -> tuple[int, Callable[[OSError | None], None]] | None:
+        """Caller holds _io. Writes the next batch and returns (fd, completion) for its sync;
+        None when it finished here (nothing queued, or the write failed). The completion, or
+        this method when it returns None, releases _io."""
         try:
             with self._mu:
                 total = 0
@@ -808,25 +856,16 @@ class Spool:
                 self._queued_bytes -= total
             if not batch:
                 self._finish_batch(None, [], 0, None)
-                return
+                return None
             try:
                 written = self._write_batch(batch, total)
             except BaseException as e:
                 self._finish_batch(None, batch, total, e)
-                return
+                return None
         except BaseException:
             self._io.release()
             raise
-        group = self._group_sync
-        if group is None:
-            try:
-                _fdatasync(written.fd)
-            except OSError as e:
-                self._finish_batch(written, batch, total, e)
-            else:
-                self._finish_batch(written, batch, total, None)
-        else:
-            group.submit(written.fd, lambda err: self._finish_batch(written, batch, total, err))
+        return written.fd, lambda err: self._finish_batch(written, batch, total, err)
 
     def _finish_batch(
         self,
@@ -870,7 +909,13 @@ class Spool:
                 p.error = err
                 assert p.event is not None
                 p.event.set()
+        group = self._group_sync
+        merge = group is not None and group.in_round()
         for loop, items in by_loop.items():
+            if merge:
+                assert group is not None
+                group.post(loop, _resolve_many, items)
+                continue
             try:
                 loop.call_soon_threadsafe(_resolve_many, items)
             except RuntimeError:  # loop closed: nobody is waiting any more
@@ -930,6 +975,13 @@ class Spool:
                 off = w.end
                 waiters = [x for x in self._async_waiters if x[2] < off]
                 self._async_waiters = [x for x in self._async_waiters if x[2] >= off]
+        if not waiters:
+            return
+        group = self._group_sync
+        if group is not None and group.in_round():
+            for loop, fut, _ in waiters:
+                group.post(loop, _wake_many, [fut])
+            return
         for loop, fut, _ in waiters:
             try:
                 loop.call_soon_threadsafe(_wake, fut)
