@@ -69,6 +69,29 @@ def test_lines_land_and_an_oversized_head_is_refused(
         assert answer.split(b" ", 2)[1] == b"431", answer[:200]
         assert b"exceed 65536 bytes" in answer
 
+    # Three requests pipelined in one write (the second asks for 100 Continue, the last closes):
+    # three whole 202s in order, each head with its body (the httptools protocol sends a head
+    # and its body in one write, CoalescingTransport).
+    auth = b"authorization: Bearer " + TOKEN.encode() + b"\r\n"
+    pipelined = b""
+    for i, extra in enumerate((b"", b"expect: 100-continue\r\n", b"connection: close\r\n")):
+        one = f"pipelined {i}\n".encode()
+        pipelined += (
+            b"POST /v1/ingest/" + customer.encode() + b"/s3 HTTP/1.1\r\nhost: x\r\n" + auth + extra
+        )
+        pipelined += b"content-length: %d\r\n\r\n" % len(one) + one
+    answer = _raw_request(serve.url, pipelined).replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
+    responses = []
+    while answer:
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        responses.append((head.split(b" ", 2)[1], rest[:length]))
+        answer = rest[length:]
+    assert (
+        responses
+        == [(b"202", b'{"accepted":1,"empty_skipped":0,"truncated":0,"invalid_utf8":0}')] * 3
+    )
+
     lines = [f"line {i} of a request after the refused one".encode() for i in range(2000)]
     body = b"\n".join(lines) + b"\n"
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -82,6 +105,57 @@ def test_lines_land_and_an_oversized_head_is_refused(
             got.update(obj.body.splitlines())
         return got
 
-    got = wait_for(lambda: (c := landed()) and sum(c.values()) >= 2000 and c, timeout=60)
-    assert got == Counter(lines)
+    got = wait_for(lambda: (c := landed()) and sum(c.values()) >= 2003 and c, timeout=60)
+    assert got == Counter(lines + [f"pipelined {i}".encode() for i in range(3)])
     assert pending_uploads(emulator, role.bucket) == []
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info {name}"
+
+
+def test_a_response_head_goes_out_with_its_body_in_one_write() -> None:
+    import asyncio
+
+    from logferry.service.http_protocol import CoalescingTransport
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        real = _RecordingTransport()
+        t = CoalescingTransport(real, loop)  # type: ignore[arg-type]
+        t.write(b"HTTP/1.1 202 Accepted\r\n\r\n")
+        assert real.writes == []
+        t.write(b"body")
+        t.write(b" more")
+        assert real.writes == [b"HTTP/1.1 202 Accepted\r\n\r\nbody", b" more"]
+        await asyncio.sleep(0)  # the scheduled flush finds nothing held
+        assert len(real.writes) == 2
+        assert t.get_extra_info("peername") == "info peername"
+
+        bodiless = _RecordingTransport()  # a head alone goes out after this pass of the loop
+        t = CoalescingTransport(bodiless, loop)  # type: ignore[arg-type]
+        t.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await asyncio.sleep(0)
+        assert bodiless.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+
+        closing = _RecordingTransport()  # close() sends what is held first
+        t = CoalescingTransport(closing, loop)  # type: ignore[arg-type]
+        t.write(b"head")
+        t.close()
+        assert closing.writes == [b"head"] and closing.closed
+
+    asyncio.run(scenario())

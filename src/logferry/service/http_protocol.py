@@ -5,6 +5,11 @@ loop thread was the largest single consumer). uvicorn's h11 protocol bounds a re
 (`h11_max_incomplete_event_size`); its httptools protocol has no such bound, so a client could
 send headers until memory runs out. `BoundedHttpToolsProtocol` restores the bound: written here
 because neither uvicorn nor httptools offers one.
+
+It also sends a response's status line and headers together with its first body bytes
+(`CoalescingTransport`): uvicorn writes them separately, so every small response (an ingest
+202 is ~150 B of head and ~70 B of body) cost two `send` syscalls and two TCP segments, and the
+client two reads. uvicorn has no option for it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,47 @@ _TOO_LARGE = (
     + f"content-length: {len(_TOO_LARGE_BODY)}\r\n\r\n".encode()
     + _TOO_LARGE_BODY
 )
+
+
+class CoalescingTransport:
+    """The transport a response cycle writes through: its first write (the head) is held until
+    the next write (the body), which goes out joined with it in one `send`, or until the end of
+    the current pass of the event loop (a response without a body, a 100 Continue), or a close.
+    Everything else is the connection's own transport."""
+
+    __slots__ = ("_held", "_loop", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if not self._started:
+            self._started = True
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+            return
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send what is held (nothing when the body already took it along)."""
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def has(module: str) -> bool:
@@ -72,6 +118,8 @@ def bounded_httptools_protocol() -> type:
                 self._too_large = True
                 raise ValueError("request head too large")
             super().on_headers_complete()
+            if self.cycle is not None:  # this request's cycle (a pipelined one gets its own)
+                self.cycle.transport = CoalescingTransport(self.transport, self.loop)
 
         def send_400_response(self, msg: str) -> None:
             if not self._too_large:
