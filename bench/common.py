@@ -31,7 +31,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(REPO / "src"))
+# The repository's src, unless PYTHONPATH names another copy (a version to compare): that wins.
+sys.path.insert(0 if not os.environ.get("PYTHONPATH") else len(sys.path), str(REPO / "src"))
 
 import httpx  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402

@@ -18,7 +18,12 @@ from logferry.local.emulator import Emulator
 from logferry.local.toml_out import to_toml
 from logferry.service.api import create_app
 from logferry.service.config import load_config
-from logferry.service.ingest_route import IngestFastPath, ingest_target
+from logferry.service.ingest_route import (
+    IngestFastPath,
+    IngestResult,
+    accepted_response,
+    ingest_target,
+)
 from logferry.service.runtime import Service
 from s3_helpers import make_s3_role, read_objects
 from service_helpers import (
@@ -128,6 +133,17 @@ def test_fast_path_answers_exactly_as_the_fastapi_route(
     # Every answer was really exercised (a parity of two 500s would prove nothing).
     assert statuses[:-5] == [202] * 6 + [401] * 5 + [403, 404, 404, 413, 413, 415, 400, 413]
     assert statuses[-5:] == [405, 307, 404, 404, 404]
+
+
+def test_the_202_body_is_the_documented_ingest_result() -> None:
+    """The 202 is formatted directly (no model per request); it must stay byte for byte what
+    the OpenAPI document's `IngestResult` renders, fields and order included."""
+    for counts in [(0, 0, 0, 0), (20, 0, 0, 0), (1, 2, 3, 4), (10**9, 0, 7, 0)]:
+        response = accepted_response(*counts)
+        model = IngestResult(**dict(zip(IngestResult.model_fields, counts, strict=True)))
+        assert response.body == model.model_dump_json().encode()
+        assert response.status_code == 202
+        assert response.headers["content-type"] == "application/json"
 
 
 def test_ingest_target_takes_only_the_routes_exact_shape() -> None:
