@@ -171,6 +171,15 @@ def print_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
     sys.stdout.flush()
 
 
+def report(
+    title: str, rows: Sequence[tuple[str, Any]], name: str, doc: dict[str, Any], machine: Any
+) -> int:
+    """Print the table, write the results file and say where: the end of every small bench."""
+    print_table(title, rows)
+    print(f"\nresults: {write_results(name, doc, machine)}")
+    return 0
+
+
 def mib(n: float) -> float:
     return round(n / MiB, 1)
 

@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Any
 
-from common import box_speed, machine_info, print_table, read_cpu, write_results
+from common import box_speed, machine_info, read_cpu, report
 
 BODY = b'{"accepted":20,"empty_skipped":0,"truncated":0,"invalid_utf8":0}'
 
@@ -138,10 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         summary[kind] = {"median": med, "runs": runs[kind]}
         rows.append((f"{kind}: server CPU µs per request (median)", med["cpu_us"]))
         rows.append((f"{kind}: write syscalls per request", med["write_syscalls"]))
-    print_table("One small HTTP response", rows)
     doc = {"requests": args.requests, "rounds": args.rounds, "speed": speed, "results": summary}
-    print(f"\nresults: {write_results(args.name, doc, machine)}")
-    return 0
+    return report("One small HTTP response", rows, args.name, doc, machine)
 
 
 if __name__ == "__main__":

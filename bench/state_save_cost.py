@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common import box_speed, machine_info, print_table, write_results
+from common import box_speed, machine_info, report
 from logferry.spool import Spool
 from logferry.spool.files import write_atomic
 from logferry.spool.slot_file import SlotFile
@@ -94,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{med['cpu_us']:,} / {med['system_us']:,} / {med['wall_us']:,}",
             )
         )
-    print_table("One durable save of a small state file", rows)
     doc = {"saves": args.saves, "rounds": args.rounds, "speed": speed, "results": summary}
-    print(f"\nresults: {write_results(args.name, doc, machine)}")
-    return 0
+    return report("One durable save of a small state file", rows, args.name, doc, machine)
 
 
 if __name__ == "__main__":

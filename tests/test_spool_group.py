@@ -45,29 +45,41 @@ def _read_all(spool) -> list[bytes]:  # type: ignore[no-untyped-def]
     return out
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["new-spools", "open-segments"])
 @pytest.mark.parametrize("mode", ["syncfs", "fdatasync"])
-def test_one_sync_round_covers_appends_of_many_spools(tmp_path: Path, mode: str) -> None:
+def test_one_sync_round_covers_appends_of_many_spools(
+    tmp_path: Path, mode: str, warm: bool
+) -> None:
+    """A batch waits for the round either as a sync (written on the flush pool, e.g. when it
+    creates a segment file) or as a flush the sync thread writes itself (a small batch into an
+    open segment). Either way one round covers them all, and nothing is acknowledged first."""
     n = 60
+    first = [b"first\n"] if warm else []
     with SpoolManager(tmp_path / "spool", janitor=False, group_sync=mode) as m:
         group = m._group_sync
         assert isinstance(group, GroupSync) and group.mode in (mode, "fdatasync")
+        spools = [m.open(f"ep{i}") for i in range(n)]
+        if warm:
+
+            async def open_segments() -> None:
+                await asyncio.gather(*(s.append(b"first\n", 1) for s in spools))
+
+            asyncio.run(open_segments())
         # Hold the sync thread in a round of its own until all n appends wait for a sync:
         # the next round must then cover all of them at once.
         gate = threading.Event()
         fd = os.open(tmp_path / "gate", os.O_WRONLY | os.O_CREAT, 0o644)
-        group.submit(fd, lambda err: gate.wait(30))
+        group.submit(fd, lambda err: gate.wait(60))
         rounds_before = group.syncs
 
         async def send() -> list[int]:
             tasks = [
-                asyncio.ensure_future(m.open(f"ep{i}").append(f"line {i}\n".encode(), 1))
-                for i in range(n)
+                asyncio.ensure_future(spools[i].append(f"line {i}\n".encode(), 1)) for i in range(n)
             ]
             deadline = time.monotonic() + 30
-            # small batches wait as flushes (the sync thread writes them in its next round)
-            while len(group._flushes) < n and time.monotonic() < deadline:
+            while group.waiting() < n and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            queued = len(group._flushes)
+            queued = group.waiting()
             assert not any(t.done() for t in tasks), "acknowledged before its sync"
             gate.set()
             chunks = await asyncio.gather(*tasks)
@@ -80,7 +92,7 @@ def test_one_sync_round_covers_appends_of_many_spools(tmp_path: Path, mode: str)
         assert group.syncs - rounds_before == 2  # the gate's round + one for all n spools
     with SpoolManager(tmp_path / "spool", janitor=False, group_sync=mode) as m:
         for i in range(n):
-            assert _read_all(m.open(f"ep{i}")) == [f"line {i}\n".encode()]
+            assert _read_all(m.open(f"ep{i}")) == [*first, f"line {i}\n".encode()]
 
 
 def test_group_sync_keeps_batches_in_order_under_concurrent_appenders(tmp_path: Path) -> None:
@@ -111,6 +123,11 @@ def test_a_busy_spool_does_not_hold_back_the_other_spools_syncs(tmp_path: Path) 
     every other spool is still acknowledged. Both appends are on disk after a reopen."""
     with SpoolManager(tmp_path / "spool", janitor=False) as m:
         busy, other = m.open("busy"), m.open("other")
+
+        async def open_segments() -> None:  # the next small batches go to the sync thread
+            await asyncio.gather(busy.append(b"first\n", 1), other.append(b"first\n", 1))
+
+        asyncio.run(open_segments())
         busy._io.acquire()  # what a retiring or closing spool holds
         released = False
         try:
@@ -129,8 +146,8 @@ def test_a_busy_spool_does_not_hold_back_the_other_spools_syncs(tmp_path: Path) 
             if not released:
                 busy._io.release()
     with SpoolManager(tmp_path / "spool", janitor=False) as m:
-        assert _read_all(m.open("busy")) == [b"busy line\n"]
-        assert _read_all(m.open("other")) == [b"other line\n"]
+        assert _read_all(m.open("busy")) == [b"first\n", b"busy line\n"]
+        assert _read_all(m.open("other")) == [b"first\n", b"other line\n"]
 
 
 @pytest.fixture

@@ -123,6 +123,11 @@ class GroupSync:
             self._cond.notify()
         return True
 
+    def waiting(self) -> int:
+        """Batches waiting for the next round (flushes to write and files to sync)."""
+        with self._cond:
+            return len(self._queue) + len(self._flushes)
+
     def in_round(self) -> bool:
         """True on the sync thread while it runs completions (`post` is usable)."""
         return self._outbox is not None and threading.current_thread() is self._thread

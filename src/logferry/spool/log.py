@@ -785,14 +785,27 @@ class Spool:
 
     def _submit(self) -> None:
         group = self._group_sync
-        # _queued_bytes read without _mu: it only chooses the thread that writes.
         if (
             group is not None
             and self._queued_bytes <= GROUP_WRITE_BYTES
+            and not self._write_touches_files()
             and group.submit_flush(self._flush_on_sync_thread)
         ):
             return
         self._submit_to_pool()
+
+    def _write_touches_files(self) -> bool:
+        """Whether the next batch may create, seal or retire a segment file (an fsync of the
+        file and one of the directory): that goes to the flush pool, not to the sync thread
+        every spool waits on. Read without the locks: it only chooses the thread."""
+        segments = self._segments
+        if not segments:
+            return True
+        seg = segments[-1]
+        if seg.end != self._end or seg.size + self._queued_bytes >= self._effective_segment_bytes():
+            return True
+        retirable = self._committed >= self._end
+        return retirable and seg.size - SEG_HEADER_BYTES >= self._retire_bytes
 
     def _submit_to_pool(self) -> None:
         executor = self._executor or default_executor()
