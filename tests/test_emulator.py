@@ -269,6 +269,28 @@ def test_unknown_multipart_upload_is_no_such_upload(emulator: Emulator, unique) 
         assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 
 
+def test_backend_lookup_is_listed_once_and_still_finds_every_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cached module list (a performance patch) names exactly what moto's own listing does,
+    and a lookup no longer touches the package directory."""
+    import os
+
+    from moto import backends
+
+    from logferry.local import patches
+
+    listed = list(backends.list_of_moto_modules())
+    monkeypatch.setattr(backends, "list_of_moto_modules", backends.list_of_moto_modules)
+    patches._patch_backend_lookup()
+    calls: list[str] = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: calls.append(path) or real_listdir(path))
+    assert list(backends.list_of_moto_modules()) == listed
+    assert {"s3", "sts", "iam", "kinesis"} <= set(listed)
+    assert calls == []
+
+
 def test_logferry_local_prints_working_credentials_and_stops_on_sigterm() -> None:
     import re
     import signal
