@@ -140,8 +140,10 @@ def write_results(name: str, doc: dict[str, Any], machine: dict[str, Any]) -> Pa
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     machine = {**machine, "loadavg_at_end": os.getloadavg()}
+    pythonpath = os.environ.get("PYTHONPATH")
     full = {
-        "command": ".venv/bin/python "
+        "command": ("PYTHONPATH=" + shlex.quote(pythonpath) + " " if pythonpath else "")
+        + ".venv/bin/python "
         + shlex.join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine,
