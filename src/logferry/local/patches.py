@@ -9,6 +9,7 @@ offline the way STS does, and moto's own evaluator is the thing being corrected.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import re
 import threading
@@ -38,6 +39,7 @@ def apply_all() -> None:
     _patch_kinesis_shard_performance()
     _patch_s3_unknown_upload()
     _patch_backend_lookup()
+    _patch_iam_thread_safety()
     _applied = True
 
 
@@ -397,9 +399,11 @@ def _patch_kinesis_shard_performance() -> None:
             setattr(KinesisBackend, name, _locked(method))
 
 
-def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+def _locked(method: Callable[..., Any], lock: Any = None) -> Callable[..., Any]:
+    held = KINESIS_LOCK if lock is None else lock
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with KINESIS_LOCK:
+        with held:
             return method(*args, **kwargs)
 
     wrapper.__name__ = method.__name__
@@ -452,3 +456,23 @@ def _patch_backend_lookup() -> None:
         return modules
 
     backends.list_of_moto_modules = list_of_moto_modules  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------------------------
+# Concurrent IAM calls: IAM is consistent under concurrent calls; moto 5.2.5's threaded server
+# is not — `attach_role_policy` iterates every managed policy while another request's
+# `create_policy` adds one, and answers HTTP 500 "dictionary changed size during iteration"
+# (seen provisioning 400–1,000 customers on 8 threads). One lock around the IAM backend's
+# methods. Every request's authorization reads policies through them too, each for a few dict
+# lookups, which the GIL serialises anyway.
+# --------------------------------------------------------------------------------------------
+
+IAM_LOCK = threading.RLock()
+
+
+def _patch_iam_thread_safety() -> None:
+    from moto.iam.models import IAMBackend
+
+    for name, method in list(vars(IAMBackend).items()):
+        if not name.startswith("_") and inspect.isfunction(method):  # plain methods only
+            setattr(IAMBackend, name, _locked(method, IAM_LOCK))
