@@ -4,6 +4,8 @@ Applied only inside the emulator process (`logferry.local.server`), never in log
 Each patch names the DESIGN.md §5 gap it closes; tests/test_emulator.py proves each one by the
 AWS behaviour it restores. Written by hand because no library evaluates IAM trust policies
 offline the way STS does, and moto's own evaluator is the thing being corrected.
+Two more are about the emulator itself, not an AWS behaviour: its backend lookup (cost) and a
+lock around its IAM backend (moto's threaded server races there); their comments say why.
 """
 
 from __future__ import annotations
