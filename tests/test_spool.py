@@ -194,6 +194,32 @@ def test_append_rejects_malformed_chunks(tmp_path: Path, data: bytes, lines: int
     s.close()
 
 
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [(b"", 0), (b"no newline", 1), (b"\n", 1), (b"a\n", 0), ("a\n", 1)],
+)
+def test_normalized_append_keeps_the_constant_time_checks(
+    tmp_path: Path, data: Any, lines: int
+) -> None:
+    """`normalized=True` skips only the two scans (normalize already did them): a chunk that is
+    empty, unterminated, starts with an empty line, claims no line or is not bytes still fails."""
+    s = Spool(tmp_path / "ep")
+
+    async def append() -> None:
+        await s.append(data, lines, normalized=True)
+
+    with pytest.raises((ValueError, TypeError)):
+        asyncio.run(append())
+    assert s.end_offset == 0
+    chunk = asyncio.run(_append_normalized(s, b"a\nb\n", 2))
+    assert (chunk.start, chunk.lines) == (0, 2)
+    s.close()
+
+
+async def _append_normalized(s: Spool, data: bytes, lines: int) -> Chunk:
+    return await s.append(data, lines, normalized=True)
+
+
 def test_segments_rotate_and_are_deleted_only_after_commit(tmp_path: Path) -> None:
     d = tmp_path / "ep"
     s = Spool(d, segment_bytes=1024, retire_bytes=10**9)

@@ -176,7 +176,7 @@ async def ingest_request(
     service.charge_lines(customer_id, norm.lines)
     if norm.lines:
         try:
-            await service.ingest(customer_id, name, norm.data, norm.lines, "http")
+            await service.ingest(customer_id, name, norm.data, norm.lines, "http", normalized=True)
         except SpoolFull as exc:
             service.metrics.ingest_rejected.labels("spool_full").inc()
             return too_many(

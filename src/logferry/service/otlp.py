@@ -135,7 +135,9 @@ def otlp_router(service: Service, authorize: Callable[..., Any]) -> APIRouter:
         norm = normalize(converted.data, max_line_bytes=max_line)
         if norm.lines:
             try:
-                await service.ingest(customer_id, name, norm.data, norm.lines, "otlp")
+                await service.ingest(
+                    customer_id, name, norm.data, norm.lines, "otlp", normalized=True
+                )
             except SpoolFull as exc:
                 rejected_requests.labels("spool_full").inc()
                 retry = max(1, round(exc.retry_after))

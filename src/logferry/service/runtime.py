@@ -518,14 +518,24 @@ class Service:
     # ------------------------------------------------------------------ ingest
 
     async def ingest(
-        self, customer_id: str, name: str, data: bytes, lines: int, source: str
+        self,
+        customer_id: str,
+        name: str,
+        data: bytes,
+        lines: int,
+        source: str,
+        *,
+        normalized: bool = False,
     ) -> Chunk:
-        """Append durably (raises SpoolFull when the spool is at its limit), then wake delivery."""
+        """Append durably (raises SpoolFull when the spool is at its limit), then wake delivery.
+
+        `normalized=True` when `data, lines` come straight from `ingest.lines.normalize`.
+        """
         record, _ = self.endpoint(customer_id, name)
         spool = self.spools.get(record.uid_prefix)
         if spool is None:  # opening may scan a segment after a crash: keep it off the loop
             spool = await asyncio.to_thread(self.spools.open, record.uid_prefix)
-        chunk = await spool.append(data, lines)
+        chunk = await spool.append(data, lines, normalized=normalized)
         worker = self.worker(customer_id, name)
         counted = worker.ingest_counters(source)
         counted[0].inc(lines)
@@ -535,7 +545,8 @@ class Service:
 
     def _syslog_deliver(self, key: EndpointKey) -> Any:
         async def deliver(data: bytes, lines: int) -> None:
-            await self.ingest(key[0], key[1], data, lines, "syslog")
+            # SyslogListener calls this only with `normalize`'s output (_normalize).
+            await self.ingest(key[0], key[1], data, lines, "syslog", normalized=True)
 
         return deliver
 

@@ -684,13 +684,15 @@ class Spool:
 
     # -- appending ---------------------------------------------------------------------------
 
-    async def append(self, data: bytes, lines: int) -> Chunk:
+    async def append(self, data: bytes, lines: int, *, normalized: bool = False) -> Chunk:
         """Append one chunk; returns once it is fsynced (acknowledge the client only then).
 
         Raises SpoolFull at once when over the limit (nothing written). If the awaiting task is
         cancelled, the chunk may still become durable (at-least-once: the client retries).
+        `normalized=True`: `data, lines` are `ingest.lines.normalize`'s output, which already
+        holds the chunk contract, so only its constant-time checks run here.
         """
-        validate_chunk_data(data, lines)
+        validate_chunk_data(data, lines, scan=not normalized)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Chunk] = loop.create_future()
         self._enqueue(_Pending(data, lines, loop=loop, fut=fut))
