@@ -113,13 +113,21 @@ def summarize(collapsed: Path, top: int = 25) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=True)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL (py-spy --gil): who uses the serial resource",
+    )
+    parser.add_argument(
+        "--out", default="profile_s3", help="results name (.json, .collapsed.txt.gz)"
+    )
     ours, rest = parser.parse_known_args(argv)
     args = s3_throughput.parse_args(rest)
     args.name = "s3_throughput_profiled"
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
-    collapsed = RESULTS / "profile_s3.collapsed.txt"
+    collapsed = RESULTS / f"{ours.out}.collapsed.txt"
     RESULTS.mkdir(parents=True, exist_ok=True)
     recorder: list[subprocess.Popen[bytes]] = []
     started: list[float] = []
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [
             py_spy, "record", "--pid", str(serve.pid), "--rate", str(ours.rate),
             "--format", "raw", "--nonblocking", "--threads", "-o", str(collapsed),
-        ]  # fmt: skip
+        ] + (["--gil"] if ours.gil else [])  # fmt: skip
         note("attaching: " + " ".join(cmd))
         recorder.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         time.sleep(1.0)  # py-spy needs a moment to attach before the load starts
@@ -149,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     packed.write_bytes(gzip.compress(collapsed.read_bytes()))
     collapsed.unlink()
     summary["rate_hz"] = ours.rate
+    summary["gil_only"] = ours.gil
     summary["profiled_seconds"] = figures.get("profiled_seconds")
     summary["run"] = {
         k: figures[k]
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     seconds = summary["profiled_seconds"] or 1
     summary["busy_cores_avg"] = round(summary["busy_samples"] / ours.rate / seconds, 2)
-    out = RESULTS / "profile_s3.json"
+    out = RESULTS / f"{ours.out}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print_table(
         f"serve process profile: {summary['busy_samples']} busy samples at {ours.rate} Hz "

@@ -21,6 +21,7 @@ Figures:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
@@ -68,6 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="max seconds for delivery")
     p.add_argument("--name", default="s3_throughput", help="results file name")
     p.add_argument("--repeat", type=int, default=1, help="runs (results: each run + medians)")
+    p.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [server] setting for serve, VALUE as JSON or a bare string "
+        "(e.g. --server event_loop=asyncio --server http_parser=h11), for A/B runs",
+    )
     return p.parse_args(argv)
 
 
@@ -116,7 +125,7 @@ def run(
         config = serve_config(
             emulator,
             workdir,
-            server={"delivery_threads": args.delivery_threads},
+            server={"delivery_threads": args.delivery_threads, **server_options(args.server)},
             customers=[{"id": customer, "token_env": "BENCH_TOKEN", "endpoints": [endpoint]}],
         )
         serve = Serve(emulator, config, workdir, env={"BENCH_TOKEN": TOKEN}).start()
@@ -257,6 +266,20 @@ MEDIAN_KEYS = (
     "serve_peak_rss_mib",
     "serve_cpu_seconds",
 )
+
+
+def server_options(pairs: list[str]) -> dict[str, Any]:
+    """`--server KEY=VALUE` pairs as a dict (VALUE parsed as JSON when it is JSON)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--server {pair!r}: expected KEY=VALUE, e.g. event_loop=asyncio")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
