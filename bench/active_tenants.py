@@ -556,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             "  steady state (after warm-up) µs per line",
             doc["serve_steady_window"]["cpu_us_per_line"],
         ),
-        ("  warm-up (first activations) CPU s", doc["serve_activation_cpu_seconds"]),
+        ("  warm-up CPU s (activations + requests)", doc["serve_activation_cpu_seconds"]),
         (
             "  user / system s",
             f"{doc['serve_cpu_user_seconds']} / {doc['serve_cpu_system_seconds']}",
