@@ -15,6 +15,7 @@ import pytest
 
 from aws_helpers import free_port
 from kinesis_helpers import kinesis_role, make_stream, read_stream
+from logferry.ingest.lines import normalize
 from logferry.local.emulator import Emulator
 from logferry.sinks.codecs import get_codec
 from s3_helpers import make_s3_role, pending_uploads, read_objects
@@ -185,6 +186,58 @@ def test_http_and_syslog_for_two_customers_arrive_once(emulator: Emulator, setup
                 f'logferry_ingest_lines_total{{customer="{a}",endpoint="s3",source="http"}} 300.0'
                 in metrics
             )
+    finally:
+        assert setup["serve"].terminate() == 0
+
+
+def test_messy_bodies_land_exactly_as_normalised(emulator: Emulator, setup) -> None:
+    """The spool trusts `normalize`'s output (it skips its own scans for empty lines and the
+    line count): CRLF, runs of empty lines, a missing last newline, invalid UTF-8, an over-long
+    line, one line alone and a 5 MiB body (normalised in a thread) must land line for line, each
+    once, with the status' delivered count equal to what the 202s accepted."""
+    serve = setup["serve"].start()
+    a = setup["a"]
+    max_line = 256 * 1024
+    big = b"".join(
+        f"big-{i} GET /x 200\r\n".encode() + (b"\n\n" if i % 997 == 0 else b"")
+        for i in range(200_000)
+    )
+    bodies = [
+        b"one line, no newline",
+        b"crlf-1\r\ncrlf-2\r\n\r\n\nmiddle\n\n\nlast-no-newline",
+        b"\n\nleading-empties\nbad-\xff\xfe-utf8\ncr-only\r\r\n",
+        b"long-" + b"x" * (max_line + 1000) + b"\nafter-long\n",
+        big,
+    ]
+    try:
+        expected: Counter[bytes] = Counter()
+        accepted = 0
+        with serve.as_token(setup["token_a"]) as client:
+            for body in bodies:
+                norm = normalize(body, max_line_bytes=max_line)
+                r = client.post(f"/v1/ingest/{a}/s3", content=body)
+                assert r.status_code == 202, r.text
+                assert r.json()["accepted"] == norm.lines
+                assert r.json()["empty_skipped"] == norm.empty_skipped
+                accepted += norm.lines
+                expected.update(norm.data.split(b"\n")[:-1])
+        assert accepted == 200_000 + 1 + 4 + 3 + 2
+        bucket = setup["role_a"].bucket
+        wait_for(lambda: bucket_lines(emulator, bucket)[0] == expected, timeout=90)
+        counts, _ = bucket_lines(emulator, bucket)
+        assert sum(counts.values()) == accepted
+        assert b"" not in counts
+        with serve.admin() as admin:
+            status = wait_for(
+                lambda: (
+                    (s := admin.get(f"/v1/customers/{a}/endpoints/s3/status").json())["lines"][
+                        "pending"
+                    ]
+                    == 0
+                    and s
+                )
+            )
+        assert status["lines"]["delivered"] == accepted
     finally:
         assert setup["serve"].terminate() == 0
 
