@@ -119,6 +119,12 @@ def setup(emulator: Emulator, unique, tmp_path: Path):
     }
 
 
+def wait_drained(admin: httpx.Client, customer: str, endpoint: str) -> dict:
+    """The endpoint's status once nothing of it is pending."""
+    url = f"/v1/customers/{customer}/endpoints/{endpoint}/status"
+    return wait_for(lambda: (s := admin.get(url).json())["lines"]["pending"] == 0 and s)
+
+
 def test_http_and_syslog_for_two_customers_arrive_once(emulator: Emulator, setup) -> None:
     serve = setup["serve"].start()
     a, b = setup["a"], setup["b"]
@@ -168,15 +174,7 @@ def test_http_and_syslog_for_two_customers_arrive_once(emulator: Emulator, setup
         assert set(counts.values()) == {1}  # each line once
 
         with serve.admin() as admin:
-            status = wait_for(
-                lambda: (
-                    (s := admin.get(f"/v1/customers/{a}/endpoints/s3/status").json())["lines"][
-                        "pending"
-                    ]
-                    == 0
-                    and s
-                )
-            )
+            status = wait_drained(admin, a, "s3")
             assert status["lines"]["delivered"] >= 300 and status["state"] in {"active", "idle"}
             metrics = admin.get("/metrics").text
             assert "logferry_sts_assume_role_total" in metrics
@@ -228,15 +226,7 @@ def test_messy_bodies_land_exactly_as_normalised(emulator: Emulator, setup) -> N
         assert sum(counts.values()) == accepted
         assert b"" not in counts
         with serve.admin() as admin:
-            status = wait_for(
-                lambda: (
-                    (s := admin.get(f"/v1/customers/{a}/endpoints/s3/status").json())["lines"][
-                        "pending"
-                    ]
-                    == 0
-                    and s
-                )
-            )
+            status = wait_drained(admin, a, "s3")
         assert status["lines"]["delivered"] == accepted
     finally:
         assert setup["serve"].terminate() == 0
