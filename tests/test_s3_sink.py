@@ -617,6 +617,53 @@ def test_a_probe_left_open_by_a_crash_is_aborted_on_the_next_start(
     assert pending_uploads(emulator, role.bucket) == []
 
 
+@pytest.mark.parametrize("failure", ["kill -9", "disk error"])
+def test_an_upload_created_before_the_journal_knew_it_is_aborted_by_recovery(
+    emulator: Emulator, unique: Callable[[str], str], tmp_path: Path, failure: str
+) -> None:
+    """CreateMultipartUpload answered, then the process dies (or the journal write fails)
+    before the journal holds the ID: the upload must not stay open in the customer's bucket,
+    and the file is rebuilt under the same key."""
+    role = make_s3_role(emulator, unique)
+    h = Harness(emulator, role, tmp_path)
+    ep = h.endpoint(compression_codec="gzip", gzip_level=None)
+    lines = hex_lines(120_000)  # ≈ 15 MiB raw, ≈ 9 MiB gzip: multipart at 5 MiB parts
+    everything = b"\n".join(lines) + b"\n"
+    chunk = Chunk(0, len(everything), T0, everything, len(lines))
+    first = h.sink(ep, part_size=5 * MIB, member_size=MIB)
+    first.recover()
+    save = first._journal.save
+    error: BaseException = _Killed() if failure == "kill -9" else OSError(28, "No space left")
+
+    def failing_save(state: Any, **kwargs: Any) -> None:
+        if state.active is not None and state.active.upload_id is not None:
+            raise error
+        save(state, **kwargs)
+
+    first._journal.save = failing_save  # type: ignore[method-assign]
+    with pytest.raises(type(error)):
+        first.feed(chunk)
+    (left,) = pending_uploads(emulator, role.bucket)  # created; its ID reached only the note
+    assert left["Key"].startswith(ep.key_prefix)
+
+    if failure == "kill -9":
+        del first
+        second = h.sink(ep, part_size=5 * MIB, member_size=MIB)
+    else:  # the same process recovers the failed sink
+        first._journal.save = save  # type: ignore[method-assign]
+        second = first
+    assert second.recover() == 0
+    assert pending_uploads(emulator, role.bucket) == []
+    assert second.stats.aborted_uploads == 1
+    second.feed(chunk)
+    second.flush()
+    (obj,) = h.objects(ep).values()
+    assert obj.key == left["Key"]  # the same file, rebuilt
+    assert decode_object(obj.body, ep.codec()) == everything
+    assert pending_uploads(emulator, role.bucket) == []
+    assert not list(tmp_path.glob("created-*"))
+
+
 def test_recovery_that_must_abort_names_the_missing_permission(
     emulator: Emulator, unique: Callable[[str], str], tmp_path: Path
 ) -> None:

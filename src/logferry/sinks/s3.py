@@ -63,7 +63,7 @@ from logferry.sinks.s3_budget import InflightBudget, shared_budget
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.sinks.s3_journal import ActiveFile, Journal, JournalState, Part
 from logferry.spool.chunk import Chunk
-from logferry.spool.files import write_atomic
+from logferry.spool.files import make_durable, write_atomic
 
 MIB: Final = 1024 * 1024
 MIN_PART_SIZE: Final = 5 * MIB  # S3: every part but the last
@@ -76,8 +76,11 @@ IN_FLIGHT_POLL: Final = 1.0
 net should a `wake` be missed; endpoints with nothing in flight never poll."""
 _NEWLINE: Final = 0x0A
 _SPILL_SUFFIX: Final = ".spill"
-PROBE_FILE: Final = "healthcheck-probe.json"
-"""The healthcheck's open multipart upload, until it is aborted (see `healthcheck`)."""
+CREATED_PREFIX: Final = "created-"
+"""`created-<id>.json`: a multipart upload whose ID the journal may not hold yet (see
+`_create_upload`); recovery aborts every one the journal does not name."""
+LEGACY_PROBE_FILE: Final = "healthcheck-probe.json"
+"""Where earlier versions noted the write probe's upload (read by recovery, never written)."""
 _ENCRYPTED_SUFFIX: Final = ".pgp-out"
 _NO_RETRY_CODES: Final = frozenset({"NoSuchUpload"})
 # Outcomes the sink handles itself by rewriting the file from the spool (not endpoint errors).
@@ -399,8 +402,9 @@ class S3Sink:
         self._discard_memory()
         self._failed = True  # until this succeeds
         self._remove_temp_files()
-        self._abort_leftover_probe()
         loaded = self._journal.load()
+        journaled = loaded.active.upload_id if loaded and loaded.active else None
+        self._abort_unjournaled_uploads(keep=journaled)
         state = loaded or JournalState(incarnation=self._incarnation)
         changed = state.incarnation != self._incarnation
         active = state.active
@@ -486,7 +490,7 @@ class S3Sink:
         self._quiesce()
         self._discard_memory()
         self._remove_temp_files()
-        self._abort_leftover_probe()
+        self._abort_unjournaled_uploads(keep=None)
         state = self._journal.load()
         if state is not None and state.active is not None and state.active.upload_id:
             self._abort(state.active)
@@ -499,12 +503,8 @@ class S3Sink:
         AbortMultipartUpload. Needs no permission beyond the guide's policy; raises SetupError
         naming the missing permission."""
         key = f"{self.endpoint.key_prefix}.logferry-healthcheck-{uuid.uuid4().hex[:12]}"
-        upload_id = self._call("CreateMultipartUpload", Key=key, **self._put_args)["UploadId"]
-        # Remembered on disk until aborted: a crash in between must not leave the probe open
-        # in the customer's bucket (recover() aborts it on the next start).
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        probe = self.state_dir / PROBE_FILE
-        write_atomic(str(probe), json.dumps({"key": key, "upload_id": upload_id}).encode())
+        upload_id, note = self._create_upload(key)
+        make_durable(note)  # the probe stays open for a round trip: keep it past a power loss
         try:
             self._call("AbortMultipartUpload", Key=key, UploadId=upload_id)
         except SetupError as exc:
@@ -514,26 +514,46 @@ class S3Sink:
             )
             self._error(exc)
             raise
-        probe.unlink(missing_ok=True)
+        Path(note).unlink(missing_ok=True)
         self._success(None)
 
-    def _abort_leftover_probe(self) -> None:
-        """A healthcheck probe a crash left open: abort it (the guide's permission allows it)."""
-        probe = self.state_dir / PROBE_FILE
+    def _create_upload(self, key: str) -> tuple[str, str]:
+        """CreateMultipartUpload, and note `(key, upload ID)` on disk the moment the answer
+        arrives (any thread): the journal learns the ID later, on the delivery thread, and a
+        crash or failure in between must leave a note recovery aborts, not an upload nobody
+        can name (finding it again would need s3:ListBucketMultipartUploads). Returns the ID
+        and the note, which the caller removes once the journal holds the ID. Not fsynced: it
+        survives a kill -9 (page cache); the journal's fsync follows within milliseconds."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        note = str(self.state_dir / f"{CREATED_PREFIX}{uuid.uuid4().hex[:16]}.json")
+        upload_id = str(self._call("CreateMultipartUpload", Key=key, **self._put_args)["UploadId"])
+        write_atomic(note, json.dumps({"key": key, "upload_id": upload_id}).encode(), durable=False)
+        return upload_id, note
+
+    def _abort_unjournaled_uploads(self, *, keep: str | None) -> None:
+        """Abort every noted upload but `keep` (the journal's: resumed or aborted by the
+        caller), then forget the notes. Raises (notes kept) when an abort fails."""
         try:
-            left = json.loads(probe.read_bytes())
-            key, upload_id = str(left["key"]), str(left["upload_id"])
+            paths = [
+                p
+                for p in self.state_dir.iterdir()
+                if (p.name.startswith(CREATED_PREFIX) and p.suffix == ".json")
+                or p.name == LEGACY_PROBE_FILE
+            ]
         except FileNotFoundError:
             return
-        except (ValueError, KeyError, TypeError):
-            probe.unlink(missing_ok=True)  # torn by the crash: write_atomic never leaves one
-            return
-        try:
-            self._call("AbortMultipartUpload", Key=key, UploadId=upload_id)
-        except TransientError as exc:
-            if exc.code != "NoSuchUpload":
-                raise
-        probe.unlink(missing_ok=True)
+        for path in paths:
+            try:
+                noted = json.loads(path.read_bytes())
+                key, upload_id = str(noted["key"]), str(noted["upload_id"])
+            except FileNotFoundError:
+                continue
+            except (ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)  # torn by the crash: write_atomic never leaves one
+                continue
+            if upload_id != keep:
+                self._abort_upload(key, upload_id)
+            path.unlink(missing_ok=True)
 
     # --- feeding ------------------------------------------------------------------------------
 
@@ -787,8 +807,10 @@ class S3Sink:
         changed = False
         if f.create is not None and f.create.done():
             future, f.create = f.create, None
-            f.upload_id = future.result()["UploadId"]
+            created = future.result()
+            f.upload_id = created["UploadId"]
             self._journal_file(f)  # before any part: a crash from here on aborts or resumes it
+            os.unlink(created["note"])
             changed = True
         for number, flight in list(f.flights.items()):
             if flight.future.done():
@@ -806,8 +828,9 @@ class S3Sink:
             changed = True
         if f.queued and f.create is None:
             if f.upload_id is None:
+                key = f.key
                 f.create = self._submit(
-                    lambda: self._call("CreateMultipartUpload", Key=f.key, **self._put_args)
+                    lambda: dict(zip(("UploadId", "note"), self._create_upload(key), strict=True))
                 )
                 return True
             while f.queued and len(f.flights) < self.parts_in_flight:
@@ -923,11 +946,10 @@ class S3Sink:
                     self._call("PutObject", Key=f.key, Body=body, **self._put_args)
                     self.stats.bytes_out += len(body)
                     return
-                f.upload_id = self._call("CreateMultipartUpload", Key=f.key, **self._put_args)[
-                    "UploadId"
-                ]
+                f.upload_id, note = self._create_upload(f.key)
                 f_active.upload_id = f.upload_id
                 self._save()
+                os.unlink(note)
                 while block := source.read(self.part_size):
                     number = len(f.parts) + 1
                     etag = self._call(
@@ -967,8 +989,11 @@ class S3Sink:
 
     def _abort(self, active: ActiveFile) -> None:
         assert active.upload_id is not None
+        self._abort_upload(active.key, active.upload_id)
+
+    def _abort_upload(self, key: str, upload_id: str) -> None:
         try:
-            self._call("AbortMultipartUpload", Key=active.key, UploadId=active.upload_id)
+            self._call("AbortMultipartUpload", Key=key, UploadId=upload_id)
         except TransientError as exc:
             if exc.code != "NoSuchUpload":
                 raise

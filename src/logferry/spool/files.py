@@ -58,6 +58,16 @@ def write_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
         fsync_dir(os.path.dirname(path) or ".")
 
 
+def make_durable(path: str) -> None:
+    """Finish a `write_atomic(..., durable=False)`: content and name survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        _fdatasync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
 def segment_files_bytes(directory: str) -> int:
     """Bytes held by segment files in `directory` (what the spool budget counts)."""
     total = 0
