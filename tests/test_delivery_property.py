@@ -87,11 +87,13 @@ class Driver:
         self.crash_after_call = crash_after_call
         self.calls = 0
         self.crashes = 0
+        self.crashed_after: str | None = None
 
-    def _hook(self, **_: Any) -> None:
+    def _hook(self, model: Any, **_: Any) -> None:
         self.calls += 1
         if self.crash_at is not None and self.calls == self.crash_at:
             self.crashes += 1
+            self.crashed_after = model.name if self.crash_after_call else None
             raise Crash
 
     def sink(self) -> S3Sink:
@@ -206,4 +208,15 @@ def test_bucket_equals_input_whatever_the_cut_and_the_crash(
     assert Counter(got) == Counter(sent), (
         f"lost {len(Counter(sent) - Counter(got))}, doubled {len(Counter(got) - Counter(sent))}"
     )
-    assert not [u for u in pending_uploads(emulator, role.bucket) if u["Key"].startswith(prefix)]
+    left = [u for u in pending_uploads(emulator, role.bucket) if u["Key"].startswith(prefix)]
+    if driver.crashed_after == "CreateMultipartUpload":
+        # The one exception the guide's policy leaves (README, S3 files): the process died
+        # before the answer reached it, so nobody holds the ID. It must be empty.
+        assert len(left) <= 1
+        for upload in left:
+            parts = emulator.client("s3").list_parts(
+                Bucket=role.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+            assert not parts.get("Parts"), upload
+    else:
+        assert not left, left

@@ -37,7 +37,7 @@ from e2e_helpers import (
 from kinesis_helpers import kinesis_role, make_stream
 from logferry.local.emulator import Emulator
 from s3_helpers import S3Role, make_s3_role, pending_uploads
-from service_helpers import ServeProcess, base_config, reap_all
+from service_helpers import ServeProcess, base_config, reap_all, wait_for
 
 SEG_HEADER_BYTES = 40  # spool segment header (src/logferry/spool/log.py)
 REC_HEADER_BYTES = 40  # record header `<4sIQQIId`
@@ -93,6 +93,9 @@ def test_corrupt_record_is_quarantined_and_delivery_goes_on(
         assert put_endpoint(admin, customer, "s3", _s3(role)).status_code == 201
         for lines in requests:
             assert ingest(admin, customer, "s3", body_of(lines)) == len(lines)
+        # Kill once the write probe is done: a kill while its CreateMultipartUpload is in
+        # flight leaves an empty upload the guide's policy cannot abort (README, S3 files).
+        wait_for(lambda: status(admin, customer, "s3")["state"] == "active", timeout=60)
     serve.kill9()
 
     uid = endpoint_uid(spool_dir, customer, "s3")
