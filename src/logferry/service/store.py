@@ -139,6 +139,8 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._token_cache: dict[str, str] = {}
+        self._token_generation = 0
+        """Changes around every token revocation: a lookup that overlapped one caches nothing."""
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -154,7 +156,34 @@ class Store:
                 "SELECT external_id, id, created FROM customers"
             )
 
+        # Reads go through their own connection: in WAL mode they never wait for a writer's
+        # fsync (synchronous=FULL), and some run on the event loop (a first request's stats,
+        # a customer lookup), where waiting behind a commit stalled every request.
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
+        self._reader.execute("PRAGMA query_only=ON")
+        self._read_lock = threading.Lock()
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            yield self._reader
+
+    @contextmanager
+    def _tokens_changing(self) -> Iterator[None]:
+        """Forget cached tokens before and after a change: a lookup that read the old rows
+        (on the reader connection, concurrently) cannot put them back."""
+        self._token_generation += 1
+        self._token_cache.clear()
+        try:
+            yield
+        finally:
+            self._token_generation += 1
+            self._token_cache.clear()
+
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 
@@ -208,26 +237,25 @@ class Store:
 
     def external_id_bound(self, external_id: str) -> bool:
         """True if `external_id` was ever bound (live or tombstoned)."""
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT 1 FROM external_ids WHERE external_id=?", (external_id,)
             ).fetchone()
         return row is not None
 
     def get_customer(self, customer_id: str) -> CustomerRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
         return CustomerRecord.from_row(row) if row else None
 
     def list_customers(self) -> list[CustomerRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM customers ORDER BY id").fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT * FROM customers ORDER BY id").fetchall()
         return [CustomerRecord.from_row(r) for r in rows]
 
     def delete_customer(self, customer_id: str) -> list[str]:
         """Delete the customer, its tokens and endpoints; returns the endpoints' uid prefixes."""
-        self._token_cache.clear()
-        with self._tx() as db:
+        with self._tokens_changing(), self._tx() as db:
             uids = [
                 r["uid_prefix"]
                 for r in db.execute(
@@ -267,10 +295,9 @@ class Store:
         """Make the config's tokens the only live static tokens (of the customers in `only`,
         default all): removed or rotated ones are revoked, listed ones (re)activated.
         Returns how many were revoked."""
-        self._token_cache.clear()
         now = time.time()
         keep: set[str] = set()
-        with self._tx() as db:
+        with self._tokens_changing(), self._tx() as db:
             for customer_id, tokens in wanted.items():
                 for token in tokens:
                     token_id = "static-" + _hash(token)[:12]
@@ -302,8 +329,9 @@ class Store:
         cached = self._token_cache.get(key)
         if cached is not None:
             return cached
+        generation = self._token_generation
         found = self._lookup_token(token)
-        if found is not None:
+        if found is not None and generation == self._token_generation:
             if len(self._token_cache) > 100_000:
                 self._token_cache.clear()
             self._token_cache[key] = found
@@ -311,16 +339,16 @@ class Store:
 
     def _lookup_token(self, token: str) -> str | None:
         parts = token.split("_", 2)
-        with self._lock:
+        with self._reading() as db:
             if len(parts) == 3 and parts[0] == TOKEN_PREFIX:
-                row = self._db.execute(
+                row = db.execute(
                     "SELECT customer_id, secret_hash FROM tokens WHERE id=? AND revoked IS NULL",
                     (parts[1],),
                 ).fetchone()
                 if row and hmac.compare_digest(row["secret_hash"], _hash(parts[2])):
                     return str(row["customer_id"])
                 return None
-            row = self._db.execute(
+            row = db.execute(
                 "SELECT customer_id, secret_hash FROM tokens WHERE id=? AND revoked IS NULL",
                 ("static-" + _hash(token)[:12],),
             ).fetchone()
@@ -329,16 +357,15 @@ class Store:
         return None
 
     def list_tokens(self, customer_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT id, created, revoked FROM tokens WHERE customer_id=? ORDER BY created",
                 (customer_id,),
             ).fetchall()
         return [dict(r) for r in rows]
 
     def revoke_token(self, customer_id: str, token_id: str) -> bool:
-        self._token_cache.clear()
-        with self._tx() as db:
+        with self._tokens_changing(), self._tx() as db:
             cursor = db.execute(
                 "UPDATE tokens SET revoked=? WHERE id=? AND customer_id=? AND revoked IS NULL",
                 (time.time(), token_id, customer_id),
@@ -377,18 +404,18 @@ class Store:
         return EndpointRecord(customer_id, name, type_, config, uid, created, now), new
 
     def get_endpoint(self, customer_id: str, name: str) -> EndpointRecord | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT * FROM endpoints WHERE customer_id=? AND name=?", (customer_id, name)
             ).fetchone()
         return self._endpoint(row) if row else None
 
     def list_endpoints(self, customer_id: str | None = None) -> list[EndpointRecord]:
-        with self._lock:
+        with self._reading() as db:
             if customer_id is None:
-                rows = self._db.execute("SELECT * FROM endpoints").fetchall()
+                rows = db.execute("SELECT * FROM endpoints").fetchall()
             else:
-                rows = self._db.execute(
+                rows = db.execute(
                     "SELECT * FROM endpoints WHERE customer_id=? ORDER BY name", (customer_id,)
                 ).fetchall()
         return [self._endpoint(r) for r in rows]
@@ -440,8 +467,8 @@ class Store:
             )
 
     def load_stats(self, uid_prefix: str) -> dict[str, Any]:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT stats FROM endpoint_stats WHERE uid_prefix=?", (uid_prefix,)
             ).fetchone()
         return json.loads(row["stats"]) if row else {}
@@ -462,8 +489,8 @@ class Store:
             )
 
     def errors(self, uid_prefix: str) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT time, code, message, fix FROM endpoint_errors WHERE uid_prefix=? "
                 "ORDER BY seq DESC LIMIT ?",
                 (uid_prefix, ERRORS_KEPT),
