@@ -95,6 +95,15 @@ class ServerConfig(_Strict):
         description="auto = httptools (C) when installed, else h11 (pure Python). Both refuse "
         "a request head that grows past 64 KiB (httptools: 431, h11: 400).",
     )
+    activation_threads: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Threads that make, open and (first time) probe an endpoint's sink: the "
+        "AWS client, crash recovery, the write probe. Bounds how much of a burst of first "
+        "activations (a restart, many new customers) runs at once, so acknowledgements and "
+        "steady delivery keep their share of the CPU.",
+    )
     aws_io_threads: int = Field(
         64,
         ge=1,

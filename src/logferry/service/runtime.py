@@ -99,6 +99,11 @@ class Service:
         # AssumeRole and its regional failover (which can wait on a dead region's connect
         # timeout) run here, never on a delivery thread other customers need.
         self.sts_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sts")
+        # Making, opening and probing sinks (see EndpointWorker._activate): bounded, so a burst
+        # of first activations neither holds delivery threads nor starves the event loop.
+        self.activation_executor = ThreadPoolExecutor(
+            max_workers=config.server.activation_threads, thread_name_prefix="activate"
+        )
         # Calls a sink keeps in flight wait on the network here, not on a delivery thread.
         self.io_executor = ThreadPoolExecutor(
             max_workers=config.server.aws_io_threads, thread_name_prefix="aws-io"
@@ -253,6 +258,7 @@ class Service:
     def close_quietly(self) -> None:
         """Release the spool lock and the database when the service never started."""
         self.delivery_executor.shutdown(wait=False, cancel_futures=True)
+        self.activation_executor.shutdown(wait=False, cancel_futures=True)
         self.io_executor.shutdown(wait=False, cancel_futures=True)
         self.spools.close()
         self.store.close()
@@ -270,6 +276,7 @@ class Service:
         await self.save_dirty_stats()
         self.delivery_executor.shutdown(wait=False, cancel_futures=True)
         self.sts_executor.shutdown(wait=False, cancel_futures=True)
+        self.activation_executor.shutdown(wait=False, cancel_futures=True)
         self.io_executor.shutdown(wait=False, cancel_futures=True)
         self.spools.close()
         self.store.close()

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logferry.errors import AwsErrorInfo, LogferryError, SetupError
@@ -211,7 +212,7 @@ class EndpointWorker:
             return True
         if self._sink is not None and self._sink.holds_data():
             return True
-        journal = Journal(self.service.state_dir / "s3" / self.record.uid_prefix)
+        journal = Journal(self._journal_dir())
         if self.factory.journaled and journal.exists():
             with contextlib.suppress(OSError, ValueError):
                 state = journal.load()
@@ -304,6 +305,25 @@ class EndpointWorker:
         self._busy = future
         return await asyncio.wrap_future(future)
 
+    def _wants_activation(self, spool: Spool, stopping: bool) -> bool:
+        """A sink must be made or reopened before the next step can deliver anything."""
+        if self._retire_sink or (self._sink is not None and not self._needs_open):
+            return False  # (a retiring sink is flushed by the step first)
+        if self._sink is not None or stopping or spool.end_offset > spool.committed_offset:
+            return True
+        return self.factory.journaled and self._journal_dir().exists()
+
+    async def _activate(self, spool: Spool) -> None:
+        """Make, open and (the first time) probe the sink on the activation pool. Why not in a
+        step: it is CPU-heavy (a botocore client) and may wait on the network (the write probe,
+        a recovery's Complete/Abort), so a burst of first activations (a deploy, 1,000 new
+        customers) would hold the delivery threads other customers need and, all runnable at
+        once, crowd the event loop out of the GIL: acknowledgements would run late. The pool's
+        size (`server.activation_threads`) bounds both."""
+        future = self.service.activation_executor.submit(self._open_sink, spool)
+        self._busy = future
+        await asyncio.wrap_future(future)
+
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         spool = await self._in_thread(self.spool)
@@ -315,6 +335,8 @@ class EndpointWorker:
                 deadline = time.monotonic() + self.service.config.server.shutdown_flush_seconds
             try:
                 await self._ensure_credentials()
+                if self._wants_activation(spool, stopping):
+                    await self._activate(spool)
                 # Cleared before the step, not before the wait: a call that finishes while the
                 # step runs must still wake the wait that follows it.
                 self._wake.clear()
@@ -502,6 +524,9 @@ class EndpointWorker:
         first = spool.first_pending_accepted_at()
         return None if first is None else max(0.0, time.time() - first)
 
+    def _journal_dir(self) -> Path:
+        return self.service.state_dir / "s3" / self.record.uid_prefix
+
     def _drop_sink(self) -> None:
         self._fed.clear()
         self._sink = None
@@ -520,10 +545,9 @@ class EndpointWorker:
                     return False, delay
             self._retire_sink = False  # new settings: their fingerprint asks for a new probe
             self._drop_sink()
-        if self._sink is None and spool.end_offset <= spool.committed_offset and not stopping:
-            journal = self.service.state_dir / "s3" / self.record.uid_prefix
-            if not (self.factory.journaled and journal.exists()):
-                return False, None
+            return True, 0.0  # the new sink is made on the activation pool (see `_activate`)
+        if self._sink is None and not self._wants_activation(spool, stopping):
+            return False, None
         sink = self._open_sink(spool)
         assert self._read_pos is not None
         if self._corrupt is not None:
