@@ -62,6 +62,7 @@ from common import (
     read_rss,
     s3_tenant_customers,
     serve_config,
+    server_options,
     start_emulator,
     write_results,
 )
@@ -79,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain", type=float, default=90.0, help="extra seconds to wait for delivery")
     p.add_argument("--delivery-threads", type=int, default=8)
     p.add_argument("--aws-io-threads", type=int, default=64, help="server.aws_io_threads")
+    p.add_argument("--activation-threads", type=int, default=None, help="server.activation_threads")
     p.add_argument(
         "--warmup",
         type=float,
@@ -99,6 +101,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="also run the same load (same emulator and customers, a fresh serve and prefix) "
         "with serve importing logferry from this src/ directory, e.g. a worktree at main",
+    )
+    p.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [server] setting for serve, VALUE as JSON or a bare string "
+        "(e.g. --server event_loop=asyncio), for A/B runs",
     )
     p.add_argument("--name", default="active_tenants", help="results file name")
     return p.parse_args(argv)
@@ -123,10 +133,13 @@ class Connection:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.connect_seconds: list[float] = []
 
     async def post(self, path: str, token: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
+            began = time.monotonic()
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.connect_seconds.append(time.monotonic() - began)
         assert self.reader is not None
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -163,9 +176,11 @@ async def send_all(
     host, port = url.removeprefix("http://").rsplit(":", 1)
     accepted: list[tuple[int, int, float]] = []
     late: list[float] = []
-    rtts: list[float] = []
+    # (seconds after `start` the POST began, its round trip, the customer's request number)
+    rtts: list[tuple[float, float, int]] = []
     statuses: Counter[int] = Counter()
     errors: list[str] = []
+    connects: list[float] = []
 
     async def customer_loop(index: int, customer: str, token: str) -> None:
         phase = (index % 1000) / 1000.0
@@ -182,8 +197,9 @@ async def send_all(
             while True:
                 try:
                     t_post = time.monotonic()
+                    began = time.time() - start
                     status, headers, payload = await conn.post(path, token, body.encode())
-                    rtts.append(time.monotonic() - t_post)
+                    rtts.append((began, time.monotonic() - t_post, seq))
                 except (OSError, IndexError, ValueError, asyncio.IncompleteReadError) as exc:
                     errors.append(repr(exc)[:200])
                     await asyncio.sleep(0.5)
@@ -198,6 +214,7 @@ async def send_all(
                     accepted.append((index, seq, time.time()))
                 break
         conn.close()
+        connects.extend(conn.connect_seconds)
 
     await asyncio.gather(*(customer_loop(*t) for t in tenants))
     return {
@@ -205,6 +222,7 @@ async def send_all(
         "late_max": max(late, default=0.0),
         "late_over_1s": sum(1 for x in late if x > 1.0),
         "rtts": rtts,
+        "connects": connects,
         "statuses": dict(statuses),
         "errors": errors[:20],
         "error_count": len(errors),
@@ -314,13 +332,19 @@ def run(
             server={
                 "delivery_threads": args.delivery_threads,
                 "aws_io_threads": args.aws_io_threads,
+                **(
+                    {"activation_threads": args.activation_threads}
+                    if args.activation_threads
+                    else {}
+                ),
                 # --ingest-only: every open file is flushed at the end, however slowly.
                 **({"shutdown_flush_seconds": 600} if args.ingest_only else {}),
+                **server_options(args.server),
             },
             log={"level": "warning"},
         )
         serve = Serve(emulator, config, workdir, env=env).spawn()
-        sampler = ProcSampler({"serve": serve.pid}, interval=0.1).start()
+        sampler = ProcSampler({"serve": serve.pid, "emulator": emulator.pid}, interval=0.1).start()
         serve.wait_ready(timeout=300)
         time.sleep(2.0)
         ready_rss = read_rss(serve.pid)[0]
@@ -393,6 +417,10 @@ def run(
         )
         steady = sampler.window("serve", t_send + warm, t_sent)
         activation = sampler.window("serve", t_send, t_send + warm)
+        emulator_cpu = {
+            "warmup": sampler.window("emulator", t_send, t_send + warm)["cpu_seconds"],
+            "steady": sampler.window("emulator", t_send + warm, t_sent)["cpu_seconds"],
+        }
         user_end, sys_end = read_cpu_split(serve.pid)
         sampler.stop()
         peak = sampler.peak_rss("serve")
@@ -439,7 +467,13 @@ def run(
     steady_from = start + warm
     steady_lines = sum(1 for _, _, t in accepted if t >= steady_from) * args.lines
     steady_cpu = steady["cpu_seconds"] or 0.0
-    rtts = [x for r in results for x in r["rtts"]]
+    timed_rtts = [(float(t), float(x), int(n)) for r in results for t, x, n in r["rtts"]]
+    rtts = [x for _, x, _ in timed_rtts]
+    first_rtts = [x for _, x, n in timed_rtts if n == 0]
+    connects = [x for r in results for x in r["connects"]]
+    by_window: dict[int, list[float]] = {}
+    for began, rtt, _ in timed_rtts:
+        by_window.setdefault(int(began // 10) * 10, []).append(rtt)
     sender_cpu = sum(r["cpu_seconds"] for r in results)
     requests = sum(sum(r["statuses"].values()) for r in results)
     send_seconds = t_sent - t_send
@@ -450,6 +484,8 @@ def run(
         "seconds": args.seconds,
         "senders": args.senders,
         "delivery_threads": args.delivery_threads,
+        "activation_threads": args.activation_threads or "default",
+        "server_options": server_options(args.server),
         "serve_src": str(src) if src else "this worktree",
         "serve_ready_rss_mib": mib(ready_rss),
         "serve_peak_rss_mib": mib(peak),
@@ -467,6 +503,7 @@ def run(
             "cpu_us_per_line": round(steady_cpu * 1e6 / max(1, steady_lines), 1),
         },
         "serve_activation_cpu_seconds": activation["cpu_seconds"],
+        "emulator_cpu_seconds": emulator_cpu,
         "serve_cpu_user_seconds": round(user_end - user_start, 2),
         "serve_cpu_system_seconds": round(sys_end - sys_start, 2),
         "serve_window_seconds": window.get("seconds"),
@@ -482,6 +519,28 @@ def run(
             "p99": round(pct(rtts, 0.99), 4),
             "max": round(max(rtts, default=0.0), 4),
         },
+        "ack_seconds_first_request": {
+            "median": round(pct(first_rtts, 0.5), 4),
+            "p99": round(pct(first_rtts, 0.99), 4),
+            "max": round(max(first_rtts, default=0.0), 4),
+            "over_1s": sum(1 for x in first_rtts if x > 1.0),
+        },
+        "connect_seconds": {
+            "count": len(connects),
+            "median": round(pct(connects, 0.5), 4),
+            "p99": round(pct(connects, 0.99), 4),
+            "max": round(max(connects, default=0.0), 4),
+        },
+        "ack_seconds_by_10s": [
+            {
+                "from_s": w,
+                "requests": len(xs),
+                "median": round(pct(xs, 0.5), 4),
+                "p99": round(pct(xs, 0.99), 4),
+                "max": round(max(xs), 4),
+            }
+            for w, xs in sorted(by_window.items())
+        ],
         "statuses": dict(sum((Counter(r["statuses"]) for r in results), Counter())),
         "sender_errors": [e for r in results for e in r["errors"]][:20],
         "lines_sent": sent_lines,

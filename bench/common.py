@@ -795,3 +795,17 @@ def count_stream_records(emulator: Emulator, stream_arn: str) -> dict[str, int]:
         per_shard[shard["ShardId"]] = n
         records += n
     return {"records": records, "data_bytes": data, "shards": len(per_shard), **per_shard}
+
+
+def server_options(pairs: list[str]) -> dict[str, Any]:
+    """`--server KEY=VALUE` pairs as a dict (VALUE parsed as JSON when it is JSON)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--server {pair!r}: expected KEY=VALUE, e.g. event_loop=asyncio")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options

@@ -21,7 +21,6 @@ Figures:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from common import (
     post_bodies,
     print_table,
     serve_config,
+    server_options,
     start_emulator,
     write_results,
 )
@@ -284,20 +284,6 @@ MEDIAN_KEYS = (
     "serve_peak_rss_mib",
     "serve_cpu_seconds",
 )
-
-
-def server_options(pairs: list[str]) -> dict[str, Any]:
-    """`--server KEY=VALUE` pairs as a dict (VALUE parsed as JSON when it is JSON)."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--server {pair!r}: expected KEY=VALUE, e.g. event_loop=asyncio")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 def main(argv: list[str] | None = None) -> int:
