@@ -90,3 +90,58 @@ def test_clients_with_other_endpoint_settings_keep_their_own_resolution(
     west.put_object(Bucket=role.bucket, Key="west.log", Body=b"w\n")  # signed for us-west-2
     got = emulator.client("s3").get_object(Bucket=role.bucket, Key="west.log")["Body"].read()
     assert got == b"w\n"
+
+
+def test_a_proxy_in_the_environment_is_still_used(
+    monkeypatch: pytest.MonkeyPatch, emulator: Emulator
+) -> None:
+    """Clients skip botocore's per-client environment scan only when no proxy is set: with
+    HTTP_PROXY set, the call goes through the proxy (a recording socket here)."""
+    import socket
+    import threading
+
+    from botocore.config import Config
+    from botocore.credentials import Credentials
+
+    from logferry.aws import clients as clients_module
+    from logferry.aws.clients import AwsTarget
+
+    seen: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()  # one call: total_max_attempts=1 below
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            seen.append(head)
+            conn.sendall(
+                b"HTTP/1.1 500 Proxy Says No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=5)
+    creds = Credentials("AKIAEXAMPLE", "secret")
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.getsockname()[1]}")
+    clients_module._environment_has_proxies.cache_clear()
+    try:
+        client = AwsClients(creds, AwsTarget(endpoint_url=emulator.url), config=config)
+        with pytest.raises(ClientError):
+            client.client("s3", "us-east-1").list_buckets()
+        thread.join(timeout=10)
+        assert seen and seen[0].startswith(f"GET {emulator.url}/ HTTP/1.1".encode()), seen
+
+        monkeypatch.delenv("HTTP_PROXY")
+        clients_module._environment_has_proxies.cache_clear()
+        direct = AwsClients(creds, AwsTarget(endpoint_url=emulator.url), config=config)
+        with pytest.raises(ClientError) as denied:  # the emulator itself answers
+            direct.client("s3", "us-east-1").list_buckets()
+        assert denied.value.response["Error"]["Code"] != "500", denied.value.response
+        assert len(seen) == 1
+    finally:
+        server.close()
+        clients_module._environment_has_proxies.cache_clear()
