@@ -171,3 +171,83 @@ def test_noisy_neighbour_does_not_harm_another_customer(
         assert not missing, f"{len(missing)} of B's lines never landed"
         late = {k: landed_at[k] - sent[k] for k in sent if landed_at[k] - sent[k] > PERIOD + 5}
         assert not late, f"B's lines landed later than period + 5 s: {late}"
+
+
+def test_a_destination_that_never_answers_holds_no_delivery_thread(
+    emulator: Emulator, unique, tmp_path: Path
+) -> None:
+    """Customer A's S3-compatible `domain` accepts connections and never answers, so A's first
+    activation (the write probe) hangs for minutes. With ONE delivery thread, customer B's
+    lines still land within period + 5 s: activations run on their own pool."""
+    import socket
+
+    a, b = unique("cust-a"), unique("cust-b")
+    role_a = make_s3_role(emulator, unique, external_id=a)
+    role_b = make_s3_role(emulator, unique, external_id=b)
+    hole = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def swallow() -> None:
+        while True:
+            try:
+                conn, _ = hole.accept()
+            except OSError:
+                return
+            held.append(conn)  # read nothing, answer nothing
+
+    threading.Thread(target=swallow, daemon=True).start()
+    config = base_config(
+        emulator,
+        tmp_path / "spool",
+        server={"delivery_threads": 1},
+        aws={"endpoint_url": emulator.url, "allow_http_domain": True},
+        customers=[
+            {
+                "id": a,
+                "token_env": "TOKEN_A",
+                "endpoints": [
+                    {
+                        "type": "s3",
+                        "name": "s3",
+                        "bucket_name": role_a.bucket,
+                        "iam_role": role_a.role_arn,
+                        "domain": f"http://127.0.0.1:{hole.getsockname()[1]}",
+                        "period": PERIOD,
+                    }
+                ],
+            },
+            {
+                "id": b,
+                "token_env": "TOKEN_B",
+                "endpoints": [
+                    {
+                        "type": "s3",
+                        "name": "s3",
+                        "bucket_name": role_b.bucket,
+                        "iam_role": role_b.role_arn,
+                        "path": "b/",
+                        "period": PERIOD,
+                    }
+                ],
+            },
+        ],
+    )
+    env = {"TOKEN_A": "token-of-stuck-a-0000000000", "TOKEN_B": "token-of-quiet-b-111111"}
+    serve = ServeProcess(emulator, config, tmp_path, env=env).start(180)
+    try:
+        with serve.as_token(env["TOKEN_A"]) as client_a:
+            assert client_a.post(f"/v1/ingest/{a}/s3", content=b"a-line\n").status_code == 202
+        wait_for(lambda: held, timeout=60)  # A's probe is in flight and will not come back
+        with serve.as_token(env["TOKEN_B"]) as client_b:
+            assert client_b.post(f"/v1/ingest/{b}/s3", content=b"b-line\n").status_code == 202
+        # Before the fix, A's probe held the only delivery thread for 3 x 60 s read timeouts.
+        wait_for(lambda: b"b-line" in _landed(emulator, role_b.bucket), timeout=60)
+        with serve.admin() as admin:
+            shown = admin.get(f"/v1/customers/{a}/endpoints/s3/status").json()
+        assert shown["lines"]["pending"] == 1, shown  # A still waits on its hanging probe
+        assert not read_objects(emulator, role_a.bucket, "")  # nothing reached A's real bucket
+    finally:
+        serve.kill9()
+        hole.close()
+        for conn in held:
+            conn.close()
