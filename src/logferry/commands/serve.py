@@ -199,6 +199,9 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
             h11_max_incomplete_event_size=64 * 1024,
         )
     )
+    service.accept_backlog.attach(
+        lambda: [s for srv in getattr(server, "servers", ()) for s in (srv.sockets or ())]
+    )
     try:
         await server.serve()
     except SystemExit as exc:  # uvicorn exits when it cannot bind

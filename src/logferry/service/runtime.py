@@ -21,6 +21,7 @@ from logferry.aws.role_check import KinesisTarget, Report, S3Target, check_role
 from logferry.aws.sts_broker import CredentialBroker
 from logferry.errors import InputError, LogferryError
 from logferry.ingest.syslog import SyslogServer
+from logferry.service.accept_backlog import AcceptBacklog
 from logferry.service.config import ServiceConfig
 from logferry.service.endpoints import EndpointModel, endpoint_document, parse_endpoint
 from logferry.service.fair_pool import FairPool
@@ -101,6 +102,8 @@ class Service:
         self.sts_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sts")
         # Making, opening and probing sinks (see EndpointWorker._activate): bounded, so a burst
         # of first activations neither holds delivery threads nor starves the event loop.
+        self.accept_backlog = AcceptBacklog()
+        """Connections waiting to be accepted: first activations give way while it is long."""
         self.activation_executor = ThreadPoolExecutor(
             max_workers=config.server.activation_threads, thread_name_prefix="activate"
         )

@@ -320,7 +320,7 @@ class EndpointWorker:
         customers) would hold the delivery threads other customers need and, all runnable at
         once, crowd the event loop out of the GIL: acknowledgements would run late. The pool's
         size (`server.activation_threads`) bounds both."""
-        future = self.service.activation_executor.submit(self._open_sink, spool)
+        future = self.service.activation_executor.submit(self._open_sink_after_accepts, spool)
         self._busy = future
         await asyncio.wrap_future(future)
 
@@ -468,6 +468,10 @@ class EndpointWorker:
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
                 loop.call_soon_threadsafe(self._wake.set)
+
+    def _open_sink_after_accepts(self, spool: Spool) -> Sink:
+        self.service.accept_backlog.wait_while_long()  # see service.accept_backlog
+        return self._open_sink(spool)
 
     def _open_sink(self, spool: Spool) -> Sink:
         sink = self._sink
