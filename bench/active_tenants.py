@@ -53,6 +53,7 @@ from common import (
     ProcSampler,
     Serve,
     _decompress,
+    add_server_option,
     machine_info,
     make_s3_tenants,
     mib,
@@ -102,14 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the same load (same emulator and customers, a fresh serve and prefix) "
         "with serve importing logferry from this src/ directory, e.g. a worktree at main",
     )
-    p.add_argument(
-        "--server",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a [server] setting for serve, VALUE as JSON or a bare string "
-        "(e.g. --server event_loop=asyncio), for A/B runs",
-    )
+    add_server_option(p)
     p.add_argument("--name", default="active_tenants", help="results file name")
     return p.parse_args(argv)
 

@@ -797,6 +797,18 @@ def count_stream_records(emulator: Emulator, stream_arn: str) -> dict[str, int]:
     return {"records": records, "data_bytes": data, "shards": len(per_shard), **per_shard}
 
 
+def add_server_option(parser: Any) -> None:
+    """`--server KEY=VALUE` (repeatable): any [server] setting of serve, for A/B runs."""
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [server] setting for serve, VALUE as JSON or a bare string "
+        "(e.g. --server event_loop=asyncio --server http_parser=h11), for A/B runs",
+    )
+
+
 def server_options(pairs: list[str]) -> dict[str, Any]:
     """`--server KEY=VALUE` pairs as a dict (VALUE parsed as JSON when it is JSON)."""
     options: dict[str, Any] = {}

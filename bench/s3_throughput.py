@@ -34,6 +34,7 @@ from common import (
     MiB,
     ProcSampler,
     Serve,
+    add_server_option,
     count_bucket_lines,
     loggen_bodies,
     machine_info,
@@ -76,14 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="HTTP client of the loader: raw (a minimal keep-alive client, the default since "
         "2026-12-01) or httpx (the loader of earlier figures; ~1 CPU s more on this box)",
     )
-    p.add_argument(
-        "--server",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a [server] setting for serve, VALUE as JSON or a bare string "
-        "(e.g. --server event_loop=asyncio --server http_parser=h11), for A/B runs",
-    )
+    add_server_option(p)
     return p.parse_args(argv)
 
 

@@ -18,9 +18,15 @@ def base_config(emulator: Emulator, spool_dir: Path, **extra: Any) -> dict[str, 
 
 
 def s3_customer(
-    customer_id: str, token_env: str, bucket: str, role_arn: str, *, period: int = 1
+    customer_id: str,
+    token_env: str,
+    bucket: str,
+    role_arn: str,
+    *,
+    period: int = 1,
+    **fields: Any,
 ) -> dict[str, Any]:
-    """A config customer with one S3 endpoint named "s3"."""
+    """A config customer with one S3 endpoint named "s3" (`fields`: more endpoint settings)."""
     return {
         "id": customer_id,
         "token_env": token_env,
@@ -31,6 +37,7 @@ def s3_customer(
                 "bucket_name": bucket,
                 "iam_role": role_arn,
                 "period": period,
+                **fields,
             }
         ],
     }

@@ -17,7 +17,7 @@ from kinesis_helpers import kinesis_role, make_stream
 from logferry.local.emulator import Emulator
 from logferry.local.fault_proxy import throttling_proxy
 from s3_helpers import make_s3_role, read_objects
-from service_helpers import ServeProcess, base_config, reap_all, wait_for
+from service_helpers import ServeProcess, base_config, reap_all, s3_customer, wait_for
 
 FLOOD_BYTES = 16 * 1024 * 1024 - 64  # just under the default 16 MiB body limit
 PERIOD = 2
@@ -202,34 +202,15 @@ def test_a_destination_that_never_answers_holds_no_delivery_thread(
         server={"delivery_threads": 1},
         aws={"endpoint_url": emulator.url, "allow_http_domain": True},
         customers=[
-            {
-                "id": a,
-                "token_env": "TOKEN_A",
-                "endpoints": [
-                    {
-                        "type": "s3",
-                        "name": "s3",
-                        "bucket_name": role_a.bucket,
-                        "iam_role": role_a.role_arn,
-                        "domain": f"http://127.0.0.1:{hole.getsockname()[1]}",
-                        "period": PERIOD,
-                    }
-                ],
-            },
-            {
-                "id": b,
-                "token_env": "TOKEN_B",
-                "endpoints": [
-                    {
-                        "type": "s3",
-                        "name": "s3",
-                        "bucket_name": role_b.bucket,
-                        "iam_role": role_b.role_arn,
-                        "path": "b/",
-                        "period": PERIOD,
-                    }
-                ],
-            },
+            s3_customer(
+                a,
+                "TOKEN_A",
+                role_a.bucket,
+                role_a.role_arn,
+                period=PERIOD,
+                domain=f"http://127.0.0.1:{hole.getsockname()[1]}",
+            ),
+            s3_customer(b, "TOKEN_B", role_b.bucket, role_b.role_arn, period=PERIOD, path="b/"),
         ],
     )
     env = {"TOKEN_A": "token-of-stuck-a-0000000000", "TOKEN_B": "token-of-quiet-b-111111"}
