@@ -664,6 +664,23 @@ def test_an_upload_created_before_the_journal_knew_it_is_aborted_by_recovery(
     assert not list(tmp_path.glob("created-*"))
 
 
+def test_a_note_caught_before_its_rename_is_aborted_and_a_torn_one_removed(
+    emulator: Emulator, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    role = make_s3_role(emulator, unique)
+    h = Harness(emulator, role, tmp_path)
+    ep = h.endpoint()
+    key = f"{ep.key_prefix}left-by-a-crash.log.gz"
+    upload_id = h.s3.create_multipart_upload(Bucket=role.bucket, Key=key)["UploadId"]
+    (tmp_path / "created-0123456789abcdef.json.tmp").write_text(
+        json.dumps({"key": key, "upload_id": upload_id})
+    )
+    (tmp_path / "created-fedcba9876543210.json.tmp").write_text('{"key": "x", "upl')
+    assert h.sink(ep).recover() == 0
+    assert pending_uploads(emulator, role.bucket) == []
+    assert not list(tmp_path.glob("created-*"))
+
+
 def test_recovery_that_must_abort_names_the_missing_permission(
     emulator: Emulator, unique: Callable[[str], str], tmp_path: Path
 ) -> None:

@@ -534,11 +534,12 @@ class S3Sink:
         """Abort every noted upload but `keep` (the journal's: resumed or aborted by the
         caller), then forget the notes. Raises (notes kept) when an abort fails."""
         try:
+            # A note the crash caught before its rename is read too: complete, it names an
+            # upload as well; torn, it is removed below.
             paths = [
                 p
                 for p in self.state_dir.iterdir()
-                if (p.name.startswith(CREATED_PREFIX) and p.suffix == ".json")
-                or p.name == LEGACY_PROBE_FILE
+                if p.name.startswith(CREATED_PREFIX) or p.name == LEGACY_PROBE_FILE
             ]
         except FileNotFoundError:
             return
