@@ -255,6 +255,21 @@ def test_a_name_that_rebinds_to_loopback_at_connect_time_is_refused(listener: Li
     assert error.message == refusal_message(name) and "aws.allow_private_domain" in str(error.fix)
 
 
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "localhost", "2130706433", "0x7f.1", "127.1", "[::ffff:127.0.0.1]"]
+)
+def test_guarded_client_refuses_loopback_spellings_with_the_system_resolver(
+    listener: Listener, host: str
+) -> None:
+    """What a stored endpoint that never passed PUT's check meets: refused at connect time."""
+    client = _s3_client(f"http://{host}:{listener.port}")
+    address_guard.install(client)
+    with pytest.raises(HTTPClientError) as raised:
+        client.put_object(Bucket="b", Key="k", Body=b"x")
+    assert isinstance(raised.value.kwargs["error"], DomainRefused)
+    assert listener.accepted == 0
+
+
 def test_one_inside_address_among_public_ones_is_refused(listener: Listener) -> None:
     guard = AddressGuard(resolve=lambda _h, _p: ["93.184.215.14", "127.0.0.1"])
     client = _s3_client(f"http://mixed.example:{listener.port}")
@@ -272,10 +287,13 @@ def test_the_same_client_unguarded_does_connect(listener: Listener) -> None:
     assert listener.accepted >= 1
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_guard_connects_to_the_checked_address_and_keeps_the_host_name(
-    listener: Listener,
+    listener: Listener, scheme: str
 ) -> None:
-    """Resolved once, connected to that address, and the request still names the host."""
+    """Resolved once, connected to that address, and the request still names the host: in the
+    Host header (http) and in the TLS ClientHello's SNI (https), which the certificate check
+    uses as well."""
     calls: list[str] = []
 
     def resolver(host: str, _port: int) -> list[str]:
@@ -286,12 +304,16 @@ def test_guard_connects_to_the_checked_address_and_keeps_the_host_name(
         return None
 
     guard = AddressGuard(resolve=resolver, refuse=allow_all)
-    client = _s3_client(f"http://bucket-host.example:{listener.port}")
+    client = _s3_client(f"{scheme}://bucket-host.example:{listener.port}")
     address_guard.install(client, guard)
-    with pytest.raises(Exception):  # noqa: B017 - the listener answers 500
+    with pytest.raises(Exception):  # noqa: B017 - the listener answers 500 (no TLS)
         client.put_object(Bucket="b", Key="k", Body=b"x")
     assert listener.accepted == 1 and calls == ["bucket-host.example"]
-    assert f"host: bucket-host.example:{listener.port}".encode() in listener.requests[0].lower()
+    if scheme == "http":
+        host_header = f"host: bucket-host.example:{listener.port}".encode()
+        assert host_header in listener.requests[0].lower()
+    else:
+        assert b"bucket-host.example" in listener.requests[0]  # SNI, in the clear
 
 
 def test_clients_guard_only_a_customer_domain() -> None:
