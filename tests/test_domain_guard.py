@@ -270,6 +270,29 @@ def test_guarded_client_refuses_loopback_spellings_with_the_system_resolver(
     assert listener.accepted == 0
 
 
+def test_through_a_vendor_proxy_the_tunnel_target_is_checked_first(listener: Listener) -> None:
+    """With an outbound proxy the proxy connects; a CONNECT to a name that resolves inside is
+    refused before the proxy (here the listener) is even contacted."""
+    guard = AddressGuard(resolve=lambda _h, _p: ["10.0.0.7"])
+    client = botocore.session.get_session().create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url="https://storage.example.com",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="secret",
+        config=Config(
+            retries={"total_max_attempts": 1},
+            proxies={"https": f"http://127.0.0.1:{listener.port}"},
+        ),
+    )
+    address_guard.install(client, guard)
+    with pytest.raises(HTTPClientError) as raised:
+        client.put_object(Bucket="b", Key="k", Body=b"x")
+    refusal = raised.value.kwargs["error"]
+    assert isinstance(refusal, DomainRefused) and refusal.domain == "storage.example.com"
+    assert listener.accepted == 0
+
+
 def test_one_inside_address_among_public_ones_is_refused(listener: Listener) -> None:
     guard = AddressGuard(resolve=lambda _h, _p: ["93.184.215.14", "127.0.0.1"])
     client = _s3_client(f"http://mixed.example:{listener.port}")

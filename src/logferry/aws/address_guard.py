@@ -226,13 +226,14 @@ class _GuardedConnection:
     proxy: Any
     _dns_host: str
     _tunnel_host: str | None
+    _tunnel_port: int | None
 
     def _new_conn(self) -> socket.socket:
         if self.proxy is not None:
             # The vendor's outbound proxy connects for us: check the target name we know (a
             # CONNECT tunnel); the proxy itself must refuse inside addresses (docs/security.md).
             if self._tunnel_host:
-                self.guard.checked_addresses(self._tunnel_host, 443)
+                self.guard.checked_addresses(self._tunnel_host, self._tunnel_port or 443)
             return super()._new_conn()  # type: ignore[misc,no-any-return]
         addresses = self.guard.checked_addresses(self._dns_host, self.port)
         error: Exception = NewConnectionError(self, f"no address for {self.host}")  # type: ignore[arg-type]
@@ -279,8 +280,8 @@ def install(client: BaseClient, guard: AddressGuard = DEFAULT_GUARD) -> None:
     """Make every connection of `client` go through `guard` (before its first request).
 
     botocore offers no hook for the connection class, so this replaces the pool classes its
-    URLLib3Session hands to urllib3; anything unexpected fails closed (the client is unusable)
-    rather than leaving the domain unguarded.
+    URLLib3Session hands to urllib3; anything unexpected raises (no client is made) rather than
+    leaving the domain unguarded.
     """
     session = client._endpoint.http_session  # type: ignore[attr-defined]
     pools = getattr(session, "_pool_classes_by_scheme", None)
