@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             emulator,
             workdir,
             spool={"dir": str(spool_dir), "max_bytes": spool_max},
+            aws={"allow_http_domain": True, "allow_private_domain": True},  # loopback proxy
             customers=[{"id": CUSTOMER, "token_env": "BENCH_TOKEN", "endpoints": [endpoint]}],
         )
         serve = Serve(emulator, config, workdir, env={"BENCH_TOKEN": TOKEN}).start()

@@ -200,7 +200,7 @@ def test_a_destination_that_never_answers_holds_no_delivery_thread(
         emulator,
         tmp_path / "spool",
         server={"delivery_threads": 1},
-        aws={"endpoint_url": emulator.url, "allow_http_domain": True},
+        aws={"endpoint_url": emulator.url, "allow_http_domain": True, "allow_private_domain": True},
         customers=[
             s3_customer(
                 a,

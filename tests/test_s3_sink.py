@@ -27,6 +27,7 @@ from logferry.errors import SetupError, TransientError
 from logferry.local.emulator import Emulator
 from logferry.sinks.aws_errors import classify
 from logferry.sinks.backoff import Backoff, Stopped, retry_call, wait
+from logferry.sinks.registry import factory
 from logferry.sinks.s3 import S3Sink, SinkNeedsRecovery, stable_pid
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.sinks.s3_journal import Journal
@@ -1050,9 +1051,9 @@ def test_feed_skips_prefix_only_at_line_boundaries(
 def test_domain_sends_uploads_to_an_s3_compatible_endpoint(
     emulator: Emulator, shared_role: S3Role, tmp_path: Path
 ) -> None:
-    # Clients with no endpoint configured at all: only `domain` can lead them to the emulator.
+    # Clients with no endpoint configured at all: only `domain` can lead them to the emulator
+    # (through the registry's target, as serve builds it; loopback needs allow_private_domain).
     creds = role_credentials(emulator, shared_role)
-    clients = AwsClients(creds, AwsTarget(), config=NO_BOTOCORE_RETRIES)
     ep = S3Endpoint(
         name="LogTest",
         bucket_name=shared_role.bucket,
@@ -1061,6 +1062,8 @@ def test_domain_sends_uploads_to_an_s3_compatible_endpoint(
         domain=emulator.url,
         region="eu-central-1",
     )
+    target = factory("s3").target(ep, AwsTarget(allow_private_domain=True))
+    clients = AwsClients(creds, target, config=NO_BOTOCORE_RETRIES)
     sink = S3Sink(ep, clients, tmp_path, uid_prefix="c-", clock=lambda: T0)
     sink.recover()
     sink.feed(next(make_chunks([b"to a compatible store"], accepted_at=T0)))

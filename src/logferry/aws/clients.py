@@ -24,7 +24,7 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from logferry.aws import client_sharing
+from logferry.aws import address_guard, client_sharing
 
 # Retries are ours (sinks retry only what failed, with jitter); botocore's own standard mode
 # still absorbs a few connection blips per call without duplicating anything.
@@ -41,6 +41,14 @@ request themselves and enforce its limits (≤ 500 records and 5 MiB per PutReco
 part sizes), so botocore's client-side validation only walked each record of each call again:
 17 % of serve's CPU at 2,000 Kinesis records/s (py-spy, docs/performance.md, sixth pass). AWS
 still validates every request; a request we built wrong comes back as its error."""
+
+DOMAIN_CONFIG = Config(
+    s3={"addressing_style": "path"},
+    request_checksum_calculation="when_required",
+    response_checksum_validation="when_required",
+)
+"""Merged into every client of a customer's S3-compatible `domain` (path-style, checksums only
+where required): delivery, the worker's write probe and the role check all get exactly this."""
 
 # Components whose content depends only on botocore's data files, never on an identity.
 _SHARED_COMPONENTS = ("data_loader",)
@@ -131,14 +139,26 @@ def model_session() -> _ModelSession:
 
 @dataclass
 class AwsTarget:
-    """Where AWS calls go: `endpoint_url` (one URL for every service, e.g. the emulator) and
-    per-service overrides (`service_endpoints["s3"]` for an S3-compatible `domain`)."""
+    """Where AWS calls go: `endpoint_url` (the vendor's: one URL for every service, e.g. the
+    emulator) and per-service overrides a *customer* chose (`service_endpoints["s3"]` for an
+    S3-compatible `domain`). Clients for a customer's URL get `DOMAIN_CONFIG` and, unless
+    `allow_private_domain`, the address guard on every connection (aws/address_guard.py)."""
 
     endpoint_url: str | None = None
     service_endpoints: dict[str, str] = field(default_factory=dict)
+    allow_private_domain: bool = False
+    """`aws.allow_private_domain`: a customer URL may reach loopback/private addresses."""
 
     def url_for(self, service: str) -> str | None:
         return self.service_endpoints.get(service, self.endpoint_url)
+
+    def customer_url(self, service: str) -> str | None:
+        """The customer-chosen URL of `service`, if any (None: AWS or the vendor's URL)."""
+        return self.service_endpoints.get(service)
+
+    def guarded(self, service: str) -> bool:
+        """Whether connections for `service` must pass the address guard."""
+        return service in self.service_endpoints and not self.allow_private_domain
 
 
 class IdentitySession:
@@ -235,6 +255,18 @@ class AwsClients:
         for client in clients:
             client.close()
 
+    @property
+    def target(self) -> AwsTarget:
+        return self._target
+
+    def check_customer_url(self, service: str) -> None:
+        """Resolve the customer's URL for `service` and check every address (no connection);
+        DomainRefused when one is inside, OSError when the name does not resolve. No-op for
+        AWS, the vendor's URLs and with `allow_private_domain`."""
+        url = self._target.customer_url(service)
+        if url is not None and self._target.guarded(service):
+            address_guard.DEFAULT_GUARD.check_domain(url)
+
     def make_client(
         self,
         service: str,
@@ -243,14 +275,30 @@ class AwsClients:
         endpoint_url: str | None = None,
         config: Config | None = None,
     ) -> BaseClient:
-        """A new, uncached client; `endpoint_url` defaults to the target's URL for `service`."""
+        """A new, uncached client; `endpoint_url` defaults to the target's URL for `service`.
+
+        A customer's URL (the target's, not an explicit `endpoint_url`) gets `DOMAIN_CONFIG` and
+        the address guard: one place, so delivery and every probe connect the same way.
+        """
+        customer = endpoint_url is None and self._target.customer_url(service) is not None
         url = endpoint_url or self._target.url_for(service)
         config = config or self._config
+        if customer:
+            config = _with_domain_config(config)
         if self._chain is not None:
-            return self._chain.create_client(
+            client = self._chain.create_client(
                 service,  # type: ignore[call-overload]
                 region_name=region,
                 endpoint_url=url,
                 config=config,
             )
-        return model_session().client_for(self._credentials, service, region, url, config)
+        else:
+            client = model_session().client_for(self._credentials, service, region, url, config)
+        if customer and self._target.guarded(service):
+            address_guard.install(client)
+        return client
+
+
+@functools.lru_cache(maxsize=16)
+def _with_domain_config(config: Config) -> Config:
+    return config.merge(DOMAIN_CONFIG)  # cached by identity, as _merged_without_proxies

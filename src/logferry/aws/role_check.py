@@ -18,7 +18,8 @@ from botocore.client import BaseClient
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
-from logferry.aws.clients import AwsClients, AwsTarget
+from logferry.aws.address_guard import REFUSAL_FIX, DomainRefused, refusal_message
+from logferry.aws.clients import DELIVERY_CONFIG, AwsClients, AwsTarget
 from logferry.aws.names import StreamArn
 from logferry.aws.sts_broker import AssumeResult, CredentialBroker, RoleKey
 from logferry.errors import SetupError, TransientError
@@ -172,9 +173,12 @@ def check_role(
     # 2. Confused deputy: the external ID must be required.
     _confused_deputy(report, broker, key, good.region)
 
-    # 3. Write probes and 4. over-privilege probes, as the role.
+    # 3. Write probes and 4. over-privilege probes, as the role, with delivery's client settings
+    # (DELIVERY_CONFIG; for a `domain` also DOMAIN_CONFIG and the address guard, in AwsClients).
     clients = AwsClients(
-        Credentials(good.access_key, good.secret_key, good.token), aws_target or broker.target
+        Credentials(good.access_key, good.secret_key, good.token),
+        aws_target or broker.target,
+        config=DELIVERY_CONFIG,
     )
     if isinstance(target, S3Target):
         _s3_probes(report, clients, target, probe_id())
@@ -216,7 +220,19 @@ def _confused_deputy(report: Report, broker: CredentialBroker, key: RoleKey, reg
         report.add("external-id required", "pass", "wrong and missing external IDs are denied")
 
 
+def _domain_unusable(report: Report, domain: str) -> None:
+    """One text for a customer `domain` that is inside, refused, silent or unknown: no oracle."""
+    report.add("s3 write", "fail", refusal_message(domain), REFUSAL_FIX)
+
+
 def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str) -> None:
+    domain = clients.target.customer_url("s3")
+    if domain is not None:
+        try:
+            clients.check_customer_url("s3")  # resolve and check, before any connection
+        except (DomainRefused, OSError):
+            _domain_unusable(report, domain)
+            return
     s3 = clients.client("s3", target.region)
     key = f"{target.prefix}logferry-role-check-{probe}.probe"
     resource = f"arn:aws:s3:::{target.bucket}/{target.prefix}*"
@@ -247,6 +263,9 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
         else:
             report.add("s3 write", "fail", f"CreateMultipartUpload failed: {code}", None)
     except BotoCoreError as exc:
+        if domain is not None:  # refused at connect time, connection refused, timeout, TLS...
+            _domain_unusable(report, domain)
+            return
         report.add("s3 write", "warn", f"S3 unreachable: {exc}", None)
     if upload_id is not None:
         try:

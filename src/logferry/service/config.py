@@ -71,6 +71,10 @@ class AwsConfig(_Strict):
     """Every AWS service at one URL (the emulator); unset for real AWS."""
     allow_http_domain: bool = False
     """Accept `http://` in an S3 endpoint's `domain` (an emulator on loopback); off: https only."""
+    allow_private_domain: bool = False
+    """Let an S3 endpoint's `domain` reach loopback, private and link-local addresses (an
+    emulator); off: refused when written as such and checked again at every connection
+    (docs/security.md, "S3 domain")."""
 
 
 class ServerConfig(_Strict):

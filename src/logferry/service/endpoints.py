@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
+from logferry.aws.address_guard import SETTING as PRIVATE_DOMAIN_SETTING
+from logferry.aws.address_guard import domain_host, literal_refusal
 from logferry.sinks.kinesis_config import KinesisEndpoint
 from logferry.sinks.s3_config import S3Endpoint
 
@@ -80,8 +82,31 @@ def check_domain(domain: Any, *, allow_http: bool) -> None:
     raise FieldError([{"loc": ["body", "domain"], "msg": msg, "type": "value_error"}])
 
 
+def check_domain_address(domain: str, *, allow_private: bool) -> None:
+    """A `domain` written as an address inside (or `localhost`) is refused unless allowed.
+
+    Names are checked after resolution, at every connection (aws/address_guard.py); this
+    catches every literal spelling up front, without a DNS lookup on the event loop.
+    """
+    if allow_private:
+        return
+    host, _ = domain_host(domain)
+    reason = literal_refusal(host)
+    if reason is None:
+        return
+    msg = (
+        f"domain {host!r} is a {reason} address; an S3 domain must be a public host. It is "
+        f"refused unless the operator sets {PRIVATE_DOMAIN_SETTING} = true (an emulator)"
+    )
+    raise FieldError([{"loc": ["body", "domain"], "msg": msg, "type": "value_error"}])
+
+
 def parse_endpoint(
-    name: str, body: dict[str, Any], *, allow_http_domain: bool = False
+    name: str,
+    body: dict[str, Any],
+    *,
+    allow_http_domain: bool = False,
+    allow_private_domain: bool = False,
 ) -> tuple[str, EndpointModel]:
     """Validate an endpoint body; the URL's name wins and must match a `name` in the body."""
     if not isinstance(body, dict):
@@ -125,6 +150,9 @@ def parse_endpoint(
                 for exc_loc in [list(err["loc"])]
             ]
         ) from None
+    domain = getattr(model, "domain", None)
+    if domain is not None:
+        check_domain_address(domain, allow_private=allow_private_domain)
     return type_, model  # type: ignore[return-value]
 
 

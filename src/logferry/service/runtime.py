@@ -84,7 +84,10 @@ class Service:
             group_sync=config.spool.group_sync,
         )
         _raise_fd_limit()
-        self.aws_target = AwsTarget(endpoint_url=config.aws.endpoint_url)
+        self.aws_target = AwsTarget(
+            endpoint_url=config.aws.endpoint_url,
+            allow_private_domain=config.aws.allow_private_domain,
+        )
         self.broker = CredentialBroker(
             vendor_name=config.vendor.name,
             vendor_account_id=config.vendor.account_id,
@@ -256,7 +259,10 @@ class Service:
     @property
     def endpoint_rules(self) -> dict[str, Any]:
         """Service-level rules for endpoint bodies (on top of the sink's own validation)."""
-        return {"allow_http_domain": self.config.aws.allow_http_domain}
+        return {
+            "allow_http_domain": self.config.aws.allow_http_domain,
+            "allow_private_domain": self.config.aws.allow_private_domain,
+        }
 
     def close_quietly(self) -> None:
         """Release the spool lock and the database when the service never started."""

@@ -17,6 +17,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     CredentialRetrievalError,
+    HTTPClientError,
     NoCredentialsError,
     ParamValidationError,
     PartialCredentialsError,
@@ -221,6 +222,8 @@ def classify(
     """
     if isinstance(exc, AwsError):
         return exc
+    if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), AwsError):
+        return exc.kwargs["error"]  # type: ignore[no-any-return]  # raised while connecting
     name = _SERVICE_NAMES.get(service, service)
     on = f" for {target}" if target else ""
     where = f" in {region}" if region else ""

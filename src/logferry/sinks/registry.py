@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def _s3_target(model: Any, base: AwsTarget) -> AwsTarget:
     if not domain:
         return base
     url = domain if domain.startswith(("http://", "https://")) else f"https://{domain}"
-    return AwsTarget(base.endpoint_url, {**base.service_endpoints, "s3": url})
+    return replace(base, service_endpoints={**base.service_endpoints, "s3": url})
 
 
 def _kinesis(model: Any, clients: AwsClients, ctx: SinkContext) -> Sink:

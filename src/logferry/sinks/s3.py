@@ -49,10 +49,9 @@ from typing import Any, Final, Literal
 
 import pysequoia
 from botocore.client import BaseClient
-from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 
-from logferry.aws.clients import DELIVERY_CONFIG, AwsClients
+from logferry.aws.clients import AwsClients
 from logferry.errors import AwsError, InputError, SetupError, TransientError
 from logferry.sinks import pgp
 from logferry.sinks.aws_errors import REFRESH_CODES, classify
@@ -1064,20 +1063,12 @@ class S3Sink:
 
     def _client(self) -> BaseClient:
         if self._s3 is None:
+            # A `domain` comes with the clients' target (registry): AwsClients then adds the
+            # S3-compatible settings and the address guard, exactly as for the role check.
             url = self.endpoint.endpoint_url
-            if url is None:
-                self._s3 = self._clients.client("s3", self._region)
-            else:  # S3-compatible services: path-style, checksums only where required
-                config = DELIVERY_CONFIG.merge(
-                    Config(
-                        s3={"addressing_style": "path"},
-                        request_checksum_calculation="when_required",
-                        response_checksum_validation="when_required",
-                    )
-                )
-                self._s3 = self._clients.session.client(
-                    "s3", region_name=self._region, endpoint_url=url, config=config
-                )
+            if url is not None and self._clients.target.customer_url("s3") != url:
+                raise ValueError(f"clients for S3 domain {url!r} must be made for that target")
+            self._s3 = self._clients.client("s3", self._region)
             self._s3.meta.events.register_last(
                 "before-call.s3", _put_without_expect, unique_id=_PUT_HANDLER
             )  # idempotent (unique_id): the sinks of one role may share a client
