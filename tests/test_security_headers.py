@@ -4,6 +4,7 @@ answers without FastAPI), OTLP, the API, errors, /metrics, probes and the consol
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -139,3 +140,64 @@ def test_a_header_the_app_sets_itself_wins_and_nothing_is_doubled() -> None:
     assert dict(headers)[b"x-frame-options"] == b"DENY"
     assert dict(headers)[b"cache-control"] == b"no-store"
     assert sent[1] == {"type": "http.response.body", "body": b"ok"}
+
+
+def test_the_console_runs_under_its_policy_in_a_browser(served: tuple[ServeProcess, str]) -> None:
+    """Every console page a customer and the admin reach, the copy fallback included, with no
+    CSP violation in the browser's console; and the policy is really in force there."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = os.environ.get("LOGFERRY_CHROMIUM", "/usr/bin/chromium")
+    if not os.path.exists(chromium):
+        pytest.skip(f"no chromium at {chromium} (apt-get install chromium)")
+    serve, customer = served
+    messages: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, args=["--headless=new", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            tab = browser.new_context().new_page()
+            # A browser that refuses the clipboard API: the copy button's fallback must run.
+            tab.add_init_script(
+                "Object.defineProperty(navigator, 'clipboard', {value: {writeText: () =>"
+                " Promise.reject(new Error('clipboard refused'))}});"
+            )
+            tab.set_default_timeout(60_000)
+            tab.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
+            tab.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
+
+            def sign_in(token: str) -> None:
+                tab.goto(f"{serve.url}/console/")
+                tab.get_by_label("API token").fill(token)
+                tab.get_by_role("button", name="Sign in").click()
+
+            sign_in("not-a-token")
+            tab.get_by_text("logferry admin tokens create CUSTOMER").wait_for()
+            sign_in(TOKEN)
+            tab.get_by_role("heading", name=f"Customer {customer}").wait_for()
+            tab.goto(f"{serve.url}/console/#/c/{customer}/e/s3")
+            tab.get_by_role("heading", name="Endpoint s3").wait_for()
+            tab.locator("#chart").wait_for()
+            tab.goto(f"{serve.url}/console/#/c/{customer}/setup")
+            tab.get_by_label("Endpoint name").fill("cdn")
+            tab.get_by_label("Bucket", exact=True).fill("some-bucket")
+            tab.get_by_role("button", name="Show the documents").click()
+            tab.get_by_role("button", name="Copy trust policy").click()
+            tab.get_by_text("trust policy copied to the clipboard").wait_for(state="attached")
+            tab.get_by_role("button", name="Sign out").click()
+            sign_in(serve.admin_token)
+            tab.wait_for_url("**/console/#/admin")
+            tab.get_by_role("link", name=customer).first.wait_for()
+            refused = [
+                m for m in messages if "Content Security Policy" in m or m.startswith("pageerror")
+            ]
+            assert not refused, refused
+            # And the policy is in force: an inline style attribute is refused.
+            colour = tab.evaluate(
+                "() => { const d = document.createElement('div');"
+                " d.setAttribute('style', 'color: rgb(1, 2, 3)'); document.body.append(d);"
+                " return getComputedStyle(d).color; }"
+            )
+            assert colour != "rgb(1, 2, 3)"
+        finally:
+            browser.close()
