@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -244,3 +247,38 @@ def test_every_admin_command_has_help_with_an_example() -> None:
         result = runner.invoke(app, ["admin", *command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, command
         assert "Example" in result.stdout and "logferry admin" in result.stdout, command
+
+
+def test_status_stays_readable_at_80_columns_and_piped(
+    served: ServeProcess, emulator: Emulator, unique
+) -> None:
+    """A squeezed table folded every cell (`demo-c` / `ustome` / `r`): ids and times must stay
+    whole on one line, whatever the width, when piped (a real process, not a terminal)."""
+    customer = unique("demo-customer-with-a-longer-name")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    admin_json(served, "customers", "create", customer, "--external-id", customer)
+    names = ("s3-delivery-endpoint", "second-endpoint")
+    with served.admin() as http:
+        for name in names:
+            body = {"type": "s3", "bucket_name": role.bucket, "iam_role": role.role_arn}
+            body |= {"period": 1, "path": f"{name}/"}
+            assert http.put(f"/v1/customers/{customer}/endpoints/{name}", json=body).is_success
+            assert http.post(f"/v1/ingest/{customer}/{name}", content=b"x\n").status_code == 202
+    for name in names:
+        wait_for(lambda n=name: admin_json(served, "status", customer, n)["last_success"])
+    statuses = {n: admin_json(served, "status", customer, n) for n in names}
+    command = [sys.executable, "-m", "logferry.cli", "admin", "status", customer]
+    for columns in ("80", "60", "200"):
+        shown = subprocess.run(
+            [*command, "--url", served.url],
+            capture_output=True,  # piped: not a terminal
+            text=True,
+            env={**os.environ, "LOGFERRY_ADMIN_TOKEN": ADMIN_TOKEN, "COLUMNS": columns},
+            timeout=120,
+        )
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        for name, status in statuses.items():
+            assert any(customer in line and name in line for line in lines), (columns, shown.stdout)
+            assert any(status["last_success"] in line for line in lines), (columns, shown.stdout)
+        assert "2 endpoint(s), 0 in error" in shown.stdout

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from e2e_helpers import body_of, ingest, make_lines, put_customer, wait_pending_zero
 from logferry.cli import app
 from logferry.local.emulator import Emulator
+from logferry.service.console_api import CONSOLE_DIR
 from s3_helpers import make_s3_role
 from service_helpers import ServeProcess, base_config, reap_all
 
@@ -248,3 +249,19 @@ def test_console_files_are_served_and_self_contained(served: ServeProcess) -> No
         ):
             target = next(x for x in ref if x)
             assert not re.match(r"^(https?:)?//", target), target
+
+
+def test_every_command_the_console_names_exists() -> None:
+    """The console's hints name CLI commands (`logferry admin tokens create CUSTOMER`): each one,
+    up to its first placeholder or option, must answer `--help` (no stale command names)."""
+    script = (CONSOLE_DIR / "console.js").read_text()
+    commands = re.findall(r"`(logferry [^`]+)`", script)
+    assert any(c.startswith("logferry admin tokens create") for c in commands), commands
+    for command in commands:
+        words = []
+        for word in command.split()[1:]:
+            if word.startswith("-") or not re.fullmatch(r"[a-z][a-z-]*", word):
+                break  # an option or a placeholder (CUSTOMER, ARN, …): the command ends here
+            words.append(word)
+        result = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (command, result.output)

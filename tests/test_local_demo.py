@@ -38,6 +38,12 @@ def test_serve_local_prints_working_commands_and_local_ls_shows_what_landed(
         token = re.search(r"customer token:\s+(\S+)", text)
         assert token, text
         assert "curl" in text and "logferry local ls" in text
+        # The console: its URL, and how to sign in (the tokens printed above).
+        console = re.search(r"Console:\s+(\S+)", text)
+        assert console and console.group(1) == f"http://127.0.0.1:{port}/console/", text
+        assert re.search(r"sign in with the customer token .* or the admin token", text), text
+        page = httpx.get(console.group(1), timeout=30)
+        assert page.status_code == 200 and "<title>logferry console</title>" in page.text
         # The banner's own commands, run as printed (`logferry` from this interpreter's bin).
         commands = [
             line.strip()

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from logferry.commands.api_client import (
@@ -246,15 +247,17 @@ def tokens_list(
         if as_json:
             print_json(tokens)
             return
-        table = _table("token id", "created", "revoked")
+        table = _table("token id", "source", "created", "revoked")
         for t in tokens:
-            table.add_row(t["id"], _s(t.get("created")), _s(t.get("revoked")))
+            table.add_row(t["id"], _s(t.get("source")), _s(t.get("created")), _s(t.get("revoked")))
         out.print(table)
 
 
 @tokens_app.command(
     "revoke",
-    help="Revoke one token; requests with it answer 401 from then on.",
+    help="Revoke one token; requests with it answer 401 from then on. A token from the config "
+    'file ([[customers]] token_env / token_file, source "config" in `tokens list`) is refused '
+    "(409): remove or rotate it in the config instead.",
     epilog="Example:  logferry admin tokens revoke acme 3f9a1c2d7e4b",
 )
 def tokens_revoke(
@@ -523,6 +526,65 @@ def _print_status(status: dict[str, Any]) -> None:
         out.print(table)
 
 
+_STATUS_COLUMNS = (
+    "customer",
+    "endpoint",
+    "type",
+    "state",
+    "accepted",
+    "delivered",
+    "pending",
+    "last success",
+    "last error",
+)
+
+
+def _status_cells(s: dict[str, Any]) -> list[str]:
+    last = s.get("last_error") or {}
+    return [
+        s["customer_id"],
+        s["name"],
+        s["type"],
+        s["state"],
+        f"{s['lines']['accepted']:,}",
+        f"{s['lines']['delivered']:,}",
+        f"{s['lines']['pending']:,}",
+        _s(s.get("last_success")),
+        _s(last.get("code")),
+    ]
+
+
+def _print_status_rows(rows: list[dict[str, Any]]) -> None:
+    """A table when it fits the terminal (80 columns when piped), else one record per endpoint.
+
+    A table squeezed into too few columns folds every cell over several lines (`demo-c` /
+    `ustome` / `r`): ids and times must stay whole so they can be read, copied and grepped.
+    """
+    cells = [_status_cells(s) for s in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(_STATUS_COLUMNS)]
+    needed = sum(widths) + 3 * len(widths) + 1  # rich's box: "│ " + " │ " between + " │"
+    if needed <= out.width:
+        table = Table(show_header=True, header_style="bold", expand=False)
+        for column in _STATUS_COLUMNS:
+            numeric = column in ("accepted", "delivered", "pending")
+            table.add_column(column, no_wrap=True, justify="right" if numeric else "left")
+        for s, row in zip(rows, cells, strict=True):
+            table.add_row(*row[:3], _state(s["state"]), *row[4:])
+        out.print(table)
+        return
+    for s, row in zip(rows, cells, strict=True):
+        customer, name, type_, _, accepted, delivered, pending, success, error = row
+        head = f"[bold]{escape(customer)}[/] / [bold]{escape(name)}[/]  {type_}"
+        out.print(f"{head}  {_state(s['state'])}", highlight=False)
+        out.print(
+            f"  lines         {accepted} accepted, {delivered} delivered, {pending} pending",
+            highlight=False,
+        )
+        out.print(f"  last success  {success}", highlight=False)
+        if error != "-":
+            out.print(f"  last error    {escape(error)}", highlight=False)
+
+
 STATUS_HELP = (
     "Delivery status. No argument: one row per endpoint of every customer; CUSTOMER: that "
     "customer's endpoints; CUSTOMER ENDPOINT: the full status with recent errors and fixes."
@@ -548,31 +610,7 @@ def status_command(
         if as_json:
             print_json({"endpoints": rows})
             return
-        table = _table(
-            "customer",
-            "endpoint",
-            "type",
-            "state",
-            "accepted",
-            "delivered",
-            "pending",
-            "last success",
-            "last error",
-        )
-        for s in rows:
-            last = s.get("last_error") or {}
-            table.add_row(
-                s["customer_id"],
-                s["name"],
-                s["type"],
-                _state(s["state"]),
-                f"{s['lines']['accepted']:,}",
-                f"{s['lines']['delivered']:,}",
-                f"{s['lines']['pending']:,}",
-                _s(s.get("last_success")),
-                _s(last.get("code")),
-            )
-        out.print(table)
+        _print_status_rows(rows)
         failing = sum(1 for s in rows if s["state"] == "error")
         out.print(
             f"{len(rows)} endpoint(s), {failing} in error"

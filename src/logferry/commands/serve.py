@@ -140,6 +140,7 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
     from logferry.service.http_protocol import http_protocol
     from logferry.service.ingest_route import IngestFastPath
     from logferry.service.runtime import Service
+    from logferry.service.security_headers import SecurityHeaders
 
     os.umask(0o077)  # spool segments, state, journals, the SQLite file: owner only (0600/0700)
     service = Service(cfg, vendor_credentials=credentials)
@@ -187,7 +188,7 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
     host, port = split_listen(cfg.server.listen)
     server = _Server(
         uvicorn.Config(
-            IngestFastPath(app, service),
+            SecurityHeaders(IngestFastPath(app, service)),
             host=host,
             port=port,
             log_config=None,

@@ -42,7 +42,7 @@ from logferry.service.ingest_route import (
 from logferry.service.logs import log
 from logferry.service.otlp import otlp_router
 from logferry.service.runtime import EndpointConflict, Service, UnknownEndpoint
-from logferry.service.store import ExternalIdTaken
+from logferry.service.store import ConfigToken, ExternalIdTaken
 from logferry.service.timestamps import rfc3339, shape_times
 
 logger = logging.getLogger("logferry.api")
@@ -76,6 +76,36 @@ class CustomerOut(BaseModel):
     vendor_account: str = Field("", description="The AWS account the role must trust.")
 
 
+DOCS_CDN = "https://cdn.jsdelivr.net"
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs (server.docs = true). FastAPI's page loads Swagger UI from a CDN and
+    boots it with one inline script: this page's own CSP allows exactly that CDN and that script
+    (by hash), instead of the strict policy every other answer gets."""
+    import base64
+    import hashlib
+    import re
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    page = get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="logferry")
+    html = bytes(page.body).decode()
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    )
+    csp = (
+        f"default-src 'none'; script-src {DOCS_CDN} {hashes}; style-src {DOCS_CDN}; "
+        "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return Response(html, media_type="text/html", headers={"Content-Security-Policy": csp})
+
+
 class TokenOut(BaseModel):
     id: str
     token: str = Field(description="Shown once; only its hash is stored.")
@@ -87,8 +117,12 @@ def create_app(service: Service) -> FastAPI:
         version=__version__,
         description="Deliver customers' log lines into their own AWS accounts (S3, Kinesis) "
         "through a cross-account IAM role with an external ID.",
+        docs_url=None,  # off unless server.docs (see _mount_docs); /openapi.json stays
+        redoc_url=None,
     )
     app.state.service = service
+    if service.config.server.docs:
+        _mount_docs(app)
 
     @app.exception_handler(FieldError)
     async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
@@ -284,7 +318,19 @@ def create_app(service: Service) -> FastAPI:
     async def revoke_token(
         customer_id: str, token_id: str, _: Principal = Depends(admin)
     ) -> Response:
-        if not await asyncio.to_thread(service.store.revoke_token, customer_id, token_id):
+        try:
+            revoked = await asyncio.to_thread(service.store.revoke_token, customer_id, token_id)
+        except ConfigToken:
+            # The config is the truth for its tokens: a revocation here would come undone at
+            # the next start (reconcile_static_tokens), so it is refused rather than faked.
+            return problem(
+                409,
+                f"this token comes from the config ([[customers]] id={customer_id}): "
+                "remove or rotate it there",
+                "change the customer's token_env / token_file (or remove it) in the config "
+                "file and restart or reload `logferry serve`; the old token stops working then",
+            )
+        if not revoked:
             raise HTTPException(404, f"no active token {token_id!r} for {customer_id!r}")
         return Response(status_code=204)
 

@@ -123,6 +123,11 @@ class ServerConfig(_Strict):
         description="POST .../verify calls allowed per customer per minute (each costs up to "
         "6 AssumeRole calls); over it: 429 + Retry-After.",
     )
+    docs: bool = Field(
+        False,
+        description="Serve Swagger UI at /docs (it loads its script from a CDN, so it is blank "
+        "offline, and it needs no token); /openapi.json is served either way.",
+    )
 
     @field_validator("max_body_bytes", "max_line_bytes")
     @classmethod

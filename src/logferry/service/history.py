@@ -57,6 +57,9 @@ class EndpointHistory:
         self._last: dict[Key, Counters] = {}
         """Kept after an endpoint is deleted: a re-created one continues the same counters."""
         self._lock = threading.Lock()
+        self._sampling = threading.Lock()
+        """One sample at a time: two threads reading the counters could record an older reading
+        after a newer one, which `_delta` would take for a counter restart (double counting)."""
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ feeding
@@ -81,7 +84,12 @@ class EndpointHistory:
             bucket.errors += d_errors
 
     def sample(self, service: Service) -> None:
-        """Read the delivery counters of every endpoint once."""
+        """Read the delivery counters of every endpoint once: work proportional to all
+        endpoints, so callers run it in a thread, never on the event loop."""
+        with self._sampling:
+            self._sample(service)
+
+    def _sample(self, service: Service) -> None:
         metrics = service.metrics
         lines = _totals(metrics.delivered_lines)
         bytes_ = _totals(metrics.delivered_bytes)
@@ -114,7 +122,7 @@ class EndpointHistory:
         async def loop() -> None:
             while True:
                 with contextlib.suppress(Exception):  # a glance must never stop the service
-                    self.sample(service)
+                    await asyncio.to_thread(self.sample, service)
                 await asyncio.sleep(interval)
 
         self._task = asyncio.get_running_loop().create_task(loop())

@@ -169,9 +169,12 @@ Send lines:
 See what landed (S3 files are written every 10 s):
   logferry local ls
 
+Console: {base}/console/
+  sign in with the customer token (its endpoints) or the admin token (every customer)
+
 Status:  LOGFERRY_ADMIN_TOKEN={admin_token} logferry admin status{url}
-API:     {base}/docs   metrics (admin token): curl -sS -H 'Authorization: Bearer {admin_token}' \\
-    {base}/metrics
+API:     {base}/openapi.json
+Metrics: curl -sS -H 'Authorization: Bearer {admin_token}' {base}/metrics
 Ctrl-C stops (open files are flushed).
 """,
         highlight=False,

@@ -75,6 +75,8 @@ _MIGRATIONS = (
 
 ERRORS_KEPT = 100
 TOKEN_PREFIX = "lft"
+STATIC_TOKEN_PREFIX = "static-"
+"""Token ids of the config's tokens ([[customers]] token_env / token_file)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class ExternalIdTaken(Exception):
         self.external_id = external_id
         self.owner = owner
         self.deleted = deleted
+
+
+class ConfigToken(Exception):
+    """The token comes from the config file ([[customers]] token_env / token_file): the config
+    is its truth, so only the config can revoke (rotate or remove) it."""
 
 
 @dataclass(frozen=True)
@@ -300,7 +307,7 @@ class Store:
         with self._tokens_changing(), self._tx() as db:
             for customer_id, tokens in wanted.items():
                 for token in tokens:
-                    token_id = "static-" + _hash(token)[:12]
+                    token_id = STATIC_TOKEN_PREFIX + _hash(token)[:12]
                     keep.add(token_id)
                     db.execute(
                         "INSERT INTO tokens(id, customer_id, secret_hash, created) "
@@ -350,21 +357,36 @@ class Store:
                 return None
             row = db.execute(
                 "SELECT customer_id, secret_hash FROM tokens WHERE id=? AND revoked IS NULL",
-                ("static-" + _hash(token)[:12],),
+                (STATIC_TOKEN_PREFIX + _hash(token)[:12],),
             ).fetchone()
         if row and hmac.compare_digest(row["secret_hash"], _hash(token)):
             return str(row["customer_id"])
         return None
 
     def list_tokens(self, customer_id: str) -> list[dict[str, Any]]:
+        """IDs and dates (never secrets); `source` says who may revoke: "config" or "api"."""
         with self._reading() as db:
             rows = db.execute(
                 "SELECT id, created, revoked FROM tokens WHERE customer_id=? ORDER BY created",
                 (customer_id,),
             ).fetchall()
-        return [dict(r) for r in rows]
+        return [
+            {**dict(r), "source": "config" if r["id"].startswith(STATIC_TOKEN_PREFIX) else "api"}
+            for r in rows
+        ]
 
     def revoke_token(self, customer_id: str, token_id: str) -> bool:
+        """Revoke an API-issued token; False if there is no such live token. Raises ConfigToken
+        for a live token of the config (it would come back at the next start)."""
+        if token_id.startswith(STATIC_TOKEN_PREFIX):
+            with self._reading() as db:
+                live = db.execute(
+                    "SELECT 1 FROM tokens WHERE id=? AND customer_id=? AND revoked IS NULL",
+                    (token_id, customer_id),
+                ).fetchone()
+            if live is not None:
+                raise ConfigToken(token_id)
+            return False
         with self._tokens_changing(), self._tx() as db:
             cursor = db.execute(
                 "UPDATE tokens SET revoked=? WHERE id=? AND customer_id=? AND revoked IS NULL",

@@ -85,7 +85,7 @@ async function copyText(text, what) {
   try {
     await navigator.clipboard.writeText(text);
   } catch {
-    const area = h("textarea", { "aria-hidden": "true", style: "position:absolute;left:-9999px" });
+    const area = h("textarea", { "aria-hidden": "true", class: "offscreen" });
     area.value = text;
     document.body.append(area);
     area.select();
@@ -127,7 +127,7 @@ function signInPage(message) {
         route();
       } catch (error) {
         sessionStorage.removeItem(TOKEN_KEY);
-        form.after(errorBox(error.message, "Use a token from `logferry admin token issue`, or the admin token."));
+        form.after(errorBox(error.message, "Use a customer token from `logferry admin tokens create CUSTOMER`, or the admin token."));
       }
     },
   },
