@@ -123,6 +123,13 @@ GROUP_WRITE_BYTES = 256 * 1024
 per append instead of three, group_sync.py); larger ones on the flush pool, so their copy into
 the page cache overlaps other spools' syncs."""
 INDEX_INTERVAL = 256 * 1024
+CLOCK_STEP_BACK_SECONDS = 1.0
+"""Accept times never go backwards across a wall-clock step back up to this long (they are
+held at the last one). A larger step back means the last accept time came from a clock that was
+ahead (a wrong jump forward, then corrected): holding it would stamp every new line, and keep
+every S3 file open, until real time caught up. Accept times follow the clock back instead: S3
+keys stay unique (the uid is the file's start offset) and replay stays deterministic (the
+accept time is stored in each record)."""
 """A sparse (offset -> file position) entry every this many bytes, to find an offset quickly."""
 
 _default_executor: ThreadPoolExecutor | None = None
@@ -273,6 +280,7 @@ class Spool:
         on_activate: Callable[[Spool], None] | None = None,
         quarantine_dir: str | os.PathLike[str] | None = None,
         group_sync: GroupSync | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if segment_bytes < SEG_HEADER_BYTES + REC_HEADER_BYTES + 2:
             raise ValueError(f"segment_bytes={segment_bytes} is too small")
@@ -288,6 +296,10 @@ class Spool:
         self._on_activate = on_activate
         self._group_sync = group_sync
         """Shared sync thread (one syncfs for many spools' batches); None: own fdatasync."""
+        self._clock = clock
+        """Wall clock for accept times (injectable: tests step it without touching the system)."""
+        self._clock_behind = False
+        """The clock was last seen stepped back past the last accept time (logged once)."""
         self._quarantine_dir = (
             os.fspath(quarantine_dir) if quarantine_dir is not None else self._dir + ".quarantine"
         )
@@ -978,9 +990,7 @@ class Spool:
         fd = self._wfd
         assert fd is not None
         off, line = self._end, self._end_line
-        ts = time.time()
-        if ts < self._last_accepted:
-            ts = self._last_accepted
+        ts = self._accept_time()
         parts: list[bytes] = []
         pack = _REC_FIELDS.pack
         prefix = _REC_PREFIX.pack
@@ -1002,6 +1012,26 @@ class Spool:
             self._rollback(fd, pos, e)
             raise self._io_error(e) from e
         return _Written(seg, fd, pos, len(buf), first_off, first_line, off, line, ts, nbytes)
+
+    def _accept_time(self) -> float:
+        """Caller holds _io. The wall clock, held at the last accept time across a small step
+        back; after a larger one it follows the clock (see CLOCK_STEP_BACK_SECONDS)."""
+        ts = self._clock()
+        last = self._last_accepted
+        if ts >= last:
+            self._clock_behind = False
+            return ts
+        if last - ts <= CLOCK_STEP_BACK_SECONDS:
+            return last
+        if not self._clock_behind:
+            self._clock_behind = True
+            log.warning(
+                "spool %s: the wall clock is %.1f s behind the last accept time; accept times "
+                "follow it back (the clock was ahead, or was stepped back)",
+                self.name,
+                last - ts,
+            )
+        return ts
 
     def _publish(self, w: _Written) -> None:
         """Caller holds _io; the batch is durable: readers and waiters may see it now."""

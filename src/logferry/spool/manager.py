@@ -80,8 +80,11 @@ class SpoolManager:
         quarantine_dir: str | os.PathLike[str] | None = None,
         budget_for: Callable[[str], SpoolBudget | None] | None = None,
         group_sync: str | None = "syncfs",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._budget_for = budget_for
+        self._clock = clock
+        """Wall clock for the spools' accept times (injectable for tests)."""
         """Per-key budget (e.g. a tenant's quota layered over the shared one); None: shared."""
         self._root = os.path.abspath(os.fspath(directory))
         self._quarantine_root = (
@@ -208,6 +211,7 @@ class SpoolManager:
                     name=key,
                     on_activate=self._activate,
                     quarantine_dir=os.path.join(self._quarantine_root, encode_key(key)),
+                    clock=self._clock,
                 )
                 self._all[key] = spool
             self._active[key] = spool
