@@ -139,7 +139,9 @@ class SpoolConfig(_Strict):
     group_sync: Literal["syncfs", "fdatasync"] = "syncfs"
     """How acknowledged appends become durable: "syncfs" (one syncfs(2) per round covers every
     endpoint's appends; also writes back other dirty data on that filesystem, so give the spool
-    its own filesystem if something else writes heavily there) or "fdatasync" (one per file)."""
+    its own filesystem if something else writes heavily there) or "fdatasync" (one per file).
+    "syncfs" becomes "fdatasync" on kernels before Linux 5.8, whose syncfs reports no writeback
+    errors (docs/security.md, "Spool durability")."""
     default_customer_share: float = Field(
         0.25,
         gt=0,

@@ -130,7 +130,7 @@ class SpoolManager:
         )
         # One sync thread for every spool's batches (see spool.group_sync); None: each spool
         # fdatasyncs its own file on its flush thread.
-        self._group_sync = GroupSync(group_sync) if group_sync else None
+        self._group_sync = GroupSync(group_sync, roots=[self._root]) if group_sync else None
         self._mu = threading.Lock()
         self._all: weakref.WeakValueDictionary[str, Spool] = weakref.WeakValueDictionary()
         self._active: dict[str, Spool] = {}
