@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         config = serve_config(
             emulator,
             workdir,
-            spool={"dir": str(spool_dir), "max_bytes": spool_max},
+            # One customer fills the whole spool (not its default share): what is measured.
+            spool={"dir": str(spool_dir), "max_bytes": spool_max, "default_customer_share": 1},
             aws={"allow_http_domain": True, "allow_private_domain": True},  # loopback proxy
             customers=[{"id": CUSTOMER, "token_env": "BENCH_TOKEN", "endpoints": [endpoint]}],
         )

@@ -499,7 +499,7 @@ def test_spool_full_answers_429_with_retry_after(emulator: Emulator, tmp_path: P
         emulator,
         tmp_path,
         ["full"],
-        spool={"max_bytes": "2MiB", "segment_bytes": "256KiB"},
+        spool={"max_bytes": "2MiB", "segment_bytes": "256KiB", "default_customer_share": 1},
         server={"max_body_bytes": "4MiB"},
         period=3600,
     )

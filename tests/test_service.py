@@ -421,7 +421,12 @@ def test_spool_limit_answers_429_and_oversized_bodies_413(
     config = base_config(
         emulator,
         tmp_path / "spool",
-        spool={"dir": str(tmp_path / "spool"), "max_bytes": "2MiB", "segment_bytes": "256KiB"},
+        spool={
+            "dir": str(tmp_path / "spool"),
+            "max_bytes": "2MiB",
+            "segment_bytes": "256KiB",
+            "default_customer_share": 1,  # the directory's limit, not a customer's share
+        },
         server={"max_body_bytes": "1MiB"},
         customers=[
             {

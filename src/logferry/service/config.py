@@ -148,7 +148,23 @@ class SpoolConfig(_Strict):
     group_sync: Literal["syncfs", "fdatasync"] = "syncfs"
     """How acknowledged appends become durable: "syncfs" (one syncfs(2) per round covers every
     endpoint's appends; also writes back other dirty data on that filesystem, so give the spool
-    its own filesystem if something else writes heavily there) or "fdatasync" (one per file)."""
+    its own filesystem if something else writes heavily there) or "fdatasync" (one per file).
+    "syncfs" becomes "fdatasync" on kernels before Linux 5.8, whose syncfs reports no writeback
+    errors (docs/security.md, "Spool durability")."""
+    default_customer_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="The spool quota of a customer without its own spool_max_bytes, as a "
+        "fraction of spool.max_bytes (0 < x <= 1; 1: no default quota), so one customer whose "
+        "role is broken cannot fill the spool every customer shares. Over it: 429.",
+    )
+
+    def default_customer_quota(self) -> int | None:
+        """Bytes a customer without its own `spool_max_bytes` may hold (None: no own limit)."""
+        if self.default_customer_share >= 1:
+            return None
+        return max(1, int(int(self.max_bytes) * self.default_customer_share))
 
     @field_validator("max_bytes", "segment_bytes")
     @classmethod

@@ -319,14 +319,28 @@ class Service:
     def _quota(self, customer_id: str) -> SpoolBudget:
         quota = self._quotas.get(customer_id)
         if quota is None:
-            quota = self._quotas[customer_id] = SpoolBudget(None, 0)
+            # Until the customer sets its own spool_max_bytes: the default share, so one
+            # customer whose role is broken cannot fill the spool every customer shares.
+            quota = self._quotas[customer_id] = SpoolBudget(
+                self.config.spool.default_customer_quota(), 0
+            )
             self._layered[customer_id] = LayeredBudget(
                 [
-                    (f"customer {customer_id!r}'s spool quota (spool_max_bytes)", quota),
+                    (self._quota_label(customer_id, own=False), quota),
                     ("the spool directory (spool.max_bytes)", self.spools.budget),
                 ]
             )
         return quota
+
+    def _quota_label(self, customer_id: str, *, own: bool) -> str:
+        """Names the limit a 429 hit, and so the setting that raises it."""
+        if own:
+            return f"customer {customer_id!r}'s spool quota (spool_max_bytes)"
+        share = self.config.spool.default_customer_share
+        return (
+            f"customer {customer_id!r}'s default spool quota ({share:g} of spool.max_bytes: "
+            "spool.default_customer_share; set spool_max_bytes for this customer to change it)"
+        )
 
     def _budget_for(self, uid: str) -> SpoolBudget | None:
         customer_id = self._uid_customer.get(uid)
@@ -336,7 +350,12 @@ class Service:
         return self._layered[customer_id]
 
     def _apply_limits(self, record: CustomerRecord) -> None:
-        self._quota(record.id).max_bytes = record.spool_max_bytes
+        quota = self._quota(record.id)
+        own = record.spool_max_bytes is not None
+        quota.max_bytes = (
+            record.spool_max_bytes if own else self.config.spool.default_customer_quota()
+        )
+        self._layered[record.id].layers[0] = (self._quota_label(record.id, own=own), quota)
         self.customer_limits[record.id] = record
 
     def ingest_wait(self, customer_id: str, nbytes: int | None = None) -> float:

@@ -22,9 +22,19 @@ futex wake and a GIL hand-over; on this VM one such hop cost ≈ 0.5 ms of CPU, 
 pwrite (≈ 30 µs). Writing on the sync thread makes it two. Large batches keep the flush pool so
 their copy into the page cache overlaps other spools' syncs.
 
-Since Linux 5.8 `syncfs` reports writeback errors of the filesystem; after an error the group
-falls back to one fdatasync per file so each spool learns whether *its* data is durable
-(a failed fdatasync marks that spool broken, exactly as without grouping).
+Writeback errors (docs/security.md, "Spool durability"). Since Linux 5.8 `syncfs` reports a
+writeback error of *any* file of the filesystem, but only one that happened since the file
+descriptor it is called through was opened or last passed to `syncfs` (the superblock's errseq
+is sampled per open file). Syncing through the first spool file of a round would miss an error
+on another spool's file whenever that first file was opened after the error (a new segment, a
+spool reopened after idling), and the other spool would be acknowledged without its data. So
+every `syncfs` goes through one watch descriptor per filesystem, opened on the spool root before
+any spool file is written and used for nothing else: it reports every error since. After an
+error the round falls back to one fdatasync per file, which reports each file's own errors, so
+each spool learns whether *its* data is durable (a failed fdatasync marks that spool broken,
+exactly as without grouping). A file on a filesystem without a watch descriptor (a spool
+directory that is a mount point of its own) gets its own fdatasync. Before Linux 5.8 `syncfs`
+reports no writeback error at all: there the mode falls back to "fdatasync".
 
 Cost of the choice: `syncfs` also writes back other processes' dirty data on the same
 filesystem; put the spool on its own filesystem when something else writes heavily there, or
@@ -37,8 +47,9 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from logferry.spool.files import _fdatasync
@@ -76,18 +87,57 @@ def _load_syncfs() -> Callable[[int], None] | None:
 
 
 _syncfs = _load_syncfs()
+"""The os-call seam, with `_fdatasync`: tests put a model of the kernel's error reporting here."""
+
+SYNCFS_ERRORS_SINCE = (5, 8)
+"""First Linux version whose syncfs(2) reports writeback errors (`man 2 syncfs`)."""
+
+
+def _kernel_release() -> str:
+    return os.uname().release
+
+
+def syncfs_reports_errors(release: str | None = None) -> bool:
+    """Whether this kernel's syncfs(2) reports writeback errors (Linux >= 5.8)."""
+    found = re.match(r"(\d+)\.(\d+)", release if release is not None else _kernel_release())
+    return found is not None and (int(found[1]), int(found[2])) >= SYNCFS_ERRORS_SINCE
 
 
 class GroupSync:
     """A sync thread shared by the spools of one manager (thread-safe `submit`)."""
 
-    def __init__(self, mode: str = "syncfs", *, name: str = "spool-sync") -> None:
+    def __init__(
+        self,
+        mode: str = "syncfs",
+        *,
+        name: str = "spool-sync",
+        roots: Sequence[str | os.PathLike[str]] = (),
+    ) -> None:
+        """`roots`: directories holding every file this group will sync (the spool root);
+        their filesystems get a watch descriptor now, before any of those files is written."""
         if mode not in MODES:
             raise ValueError(f"group sync mode {mode!r}: use one of {', '.join(MODES)}")
         if mode == "syncfs" and _syncfs is None:
             log.warning("syncfs(2) is not available here; spool syncs use fdatasync per file")
             mode = "fdatasync"
+        if mode == "syncfs" and not syncfs_reports_errors():
+            log.warning(
+                "syncfs(2) reports no writeback errors before Linux 5.8 (this is %s); spool "
+                "syncs use fdatasync per file",
+                _kernel_release(),
+            )
+            mode = "fdatasync"
         self.mode = mode
+        self._watch: dict[int, int] = {}
+        """st_dev -> watch descriptor: syncfs goes through it (see the module docstring)."""
+        if mode == "syncfs":
+            for root in roots:
+                fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                dev = os.fstat(fd).st_dev
+                if dev in self._watch:
+                    os.close(fd)
+                else:
+                    self._watch[dev] = fd
         self._cond = threading.Condition()
         self._queue: list[tuple[int, Done]] = []
         self._flushes: list[Flush] = []
@@ -145,6 +195,10 @@ class GroupSync:
             self._cond.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=60)
+            if not self._thread.is_alive():
+                watch, self._watch = self._watch, {}
+                for fd in watch.values():
+                    os.close(fd)
 
     def _run(self) -> None:
         while True:
@@ -189,17 +243,31 @@ class GroupSync:
                     pass
 
     def _sync(self, batch: list[tuple[int, Done]]) -> list[OSError | None]:
-        if self.mode == "syncfs" and _syncfs is not None:
-            devices: dict[int, int] = {}
+        syncfs = _syncfs
+        if self.mode != "syncfs" or syncfs is None or not self._watch:
+            return [_sync_one(fd) for fd, _ in batch]
+        errors: list[OSError | None] = [None] * len(batch)
+        alone: list[int] = []  # indexes of files that need their own fdatasync
+        by_dev: dict[int, list[int]] = {}
+        for i, (fd, _) in enumerate(batch):
             try:
-                for fd, _ in batch:
-                    devices.setdefault(os.fstat(fd).st_dev, fd)
-                for fd in devices.values():
-                    _syncfs(fd)
-                return [None] * len(batch)
+                dev = os.fstat(fd).st_dev
+            except OSError as e:
+                errors[i] = e
+                continue
+            if dev in self._watch:
+                by_dev.setdefault(dev, []).append(i)
+            else:
+                alone.append(i)  # no watch descriptor there: syncfs could miss its error
+        for dev, members in by_dev.items():
+            try:
+                syncfs(self._watch[dev])
             except OSError as e:  # which file failed? each one's own fdatasync tells
-                log.warning("syncfs failed (%s); syncing %d files one by one", e, len(batch))
-        return [_sync_one(fd) for fd, _ in batch]
+                log.warning("syncfs failed (%s); syncing %d files one by one", e, len(members))
+                alone += members
+        for i in alone:
+            errors[i] = _sync_one(batch[i][0])
+        return errors
 
 
 def _sync_one(fd: int) -> OSError | None:

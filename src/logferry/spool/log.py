@@ -33,7 +33,9 @@ Crash safety, write by write:
   before any record goes into it; a torn segment header therefore never held acknowledged data;
 - records of a batch are written with pwrite at the durable end and fdatasync'ed once; appenders
   are acknowledged only after that. A crash mid-batch leaves a torn tail that recovery cuts off
-  (bad magic / offset / length / CRC): it was never acknowledged;
+  (bad magic / offset / length / CRC): it was never acknowledged. A bad record that a valid
+  one follows is not a torn tail but damage to acknowledged data: recovery keeps it and every
+  record after it, and delivery quarantines just the damaged bytes when it reaches them;
 - a failed write is rolled back with ftruncate; a failed fsync marks the spool broken (the kernel
   may have dropped the dirty pages, so retrying fsync would lie) until it is reopened;
 - `commit` persists the committed offset before deleting segments below it; segments that
@@ -121,6 +123,13 @@ GROUP_WRITE_BYTES = 256 * 1024
 per append instead of three, group_sync.py); larger ones on the flush pool, so their copy into
 the page cache overlaps other spools' syncs."""
 INDEX_INTERVAL = 256 * 1024
+CLOCK_STEP_BACK_SECONDS = 1.0
+"""Accept times never go backwards across a wall-clock step back up to this long (they are
+held at the last one). A larger step back means the last accept time came from a clock that was
+ahead (a wrong jump forward, then corrected): holding it would stamp every new line, and keep
+every S3 file open, until real time caught up. Accept times follow the clock back instead: S3
+keys stay unique (the uid is the file's start offset) and replay stays deterministic (the
+accept time is stored in each record)."""
 """A sparse (offset -> file position) entry every this many bytes, to find an offset quickly."""
 
 _default_executor: ThreadPoolExecutor | None = None
@@ -143,7 +152,7 @@ def default_executor() -> ThreadPoolExecutor:
 class _Segment:
     """What the spool remembers about one segment file (a few ints; index only while active)."""
 
-    __slots__ = ("base", "end", "first_line", "index", "size")
+    __slots__ = ("base", "end", "first_line", "index", "size", "skips")
 
     def __init__(self, base: int, size: int, end: int, first_line: int | None = None) -> None:
         self.base = base
@@ -154,6 +163,9 @@ class _Segment:
         self.first_line = first_line
         self.index: list[tuple[int, int, int]] = []
         """Sparse (offset, position, line) record boundaries, increasing."""
+        self.skips: list[tuple[int, int, int]] = []
+        """(offset, position, line) of the first good record after damaged bytes, increasing:
+        kept when the index is dropped, since a scan from the segment start stops at damage."""
 
 
 class _Pending:
@@ -268,6 +280,7 @@ class Spool:
         on_activate: Callable[[Spool], None] | None = None,
         quarantine_dir: str | os.PathLike[str] | None = None,
         group_sync: GroupSync | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if segment_bytes < SEG_HEADER_BYTES + REC_HEADER_BYTES + 2:
             raise ValueError(f"segment_bytes={segment_bytes} is too small")
@@ -283,6 +296,10 @@ class Spool:
         self._on_activate = on_activate
         self._group_sync = group_sync
         """Shared sync thread (one syncfs for many spools' batches); None: own fdatasync."""
+        self._clock = clock
+        """Wall clock for accept times (injectable: tests step it without touching the system)."""
+        self._clock_behind = False
+        """The clock was last seen stepped back past the last accept time (logged once)."""
         self._quarantine_dir = (
             os.fspath(quarantine_dir) if quarantine_dir is not None else self._dir + ".quarantine"
         )
@@ -320,6 +337,9 @@ class Spool:
         self.last_used = time.monotonic()
         self.truncated_bytes = 0
         """Torn-tail bytes cut off when this spool was opened (never-acknowledged data)."""
+        self.damaged_at_open = 0
+        """Damaged byte ranges found inside the newest segment when it was opened (kept in
+        place with the records after them; delivery quarantines them when it reaches them)."""
         self._load()
 
     # -- public state ------------------------------------------------------------------------
@@ -537,6 +557,30 @@ class Spool:
             if note is not None and SEG_HEADER_BYTES <= note[0] <= file_size:
                 pos, off, line, acc = note
             pos, off, line, acc = self._scan(fd, seg, pos, off, line, acc, file_size, verify=True)
+            while pos < file_size:
+                # Damage, or a torn tail? A torn tail is the last write: nothing valid follows
+                # it. A record that verifies further on means the bad bytes were acknowledged
+                # once; keep everything after them and let delivery quarantine them (`read`
+                # raises SpoolCorrupt there, `quarantine` moves them aside), as for a sealed
+                # segment.
+                good = self._resync(fd, pos + 1, off, file_size, origin=pos, after_line=line)
+                if good is None:
+                    break
+                npos, noff, nline = good
+                log.error(
+                    "spool %s: %d damaged bytes at offset %d (segment %d, byte %d) in the newest "
+                    "segment; the records after them are kept, delivery quarantines the damage",
+                    self.name,
+                    npos - pos,
+                    off,
+                    seg.base,
+                    pos,
+                )
+                self.damaged_at_open += 1
+                seg.skips.append((noff, npos, nline))
+                pos, off, line, acc = self._scan(
+                    fd, seg, npos, noff, nline, acc, file_size, verify=True
+                )
             if file_size > pos:
                 log.warning(
                     "spool %s: cut a torn tail of %d bytes at offset %d (never acknowledged)",
@@ -946,9 +990,7 @@ class Spool:
         fd = self._wfd
         assert fd is not None
         off, line = self._end, self._end_line
-        ts = time.time()
-        if ts < self._last_accepted:
-            ts = self._last_accepted
+        ts = self._accept_time()
         parts: list[bytes] = []
         pack = _REC_FIELDS.pack
         prefix = _REC_PREFIX.pack
@@ -970,6 +1012,26 @@ class Spool:
             self._rollback(fd, pos, e)
             raise self._io_error(e) from e
         return _Written(seg, fd, pos, len(buf), first_off, first_line, off, line, ts, nbytes)
+
+    def _accept_time(self) -> float:
+        """Caller holds _io. The wall clock, held at the last accept time across a small step
+        back; after a larger one it follows the clock (see CLOCK_STEP_BACK_SECONDS)."""
+        ts = self._clock()
+        last = self._last_accepted
+        if ts >= last:
+            self._clock_behind = False
+            return ts
+        if last - ts <= CLOCK_STEP_BACK_SECONDS:
+            return last
+        if not self._clock_behind:
+            self._clock_behind = True
+            log.warning(
+                "spool %s: the wall clock is %.1f s behind the last accept time; accept times "
+                "follow it back (the clock was ahead, or was stepped back)",
+                self.name,
+                last - ts,
+            )
+        return ts
 
     def _publish(self, w: _Written) -> None:
         """Caller holds _io; the batch is durable: readers and waiters may see it now."""
@@ -1246,6 +1308,9 @@ class Spool:
         j = bisect.bisect_right(seg.index, offset, key=lambda e: e[0]) - 1
         if j >= 0:
             o, p, ln = seg.index[j]
+        for start, bpos, bline in seg.skips:
+            if o < start <= offset:
+                o, p, ln = start, bpos, bline
         for start, (base, bpos, bline) in self._boundaries.items():
             if base == seg.base and o < start <= offset:
                 o, p, ln = start, bpos, bline
@@ -1412,7 +1477,14 @@ class Spool:
                 end, end_line = self._end, self._end_line
             fd = os.open(self._seg_path(seg.base), os.O_RDONLY | _O_CLOEXEC)
             try:
-                good = self._resync(fd, error.position + 1, error.offset, limit)
+                good = self._resync(
+                    fd,
+                    error.position + 1,
+                    error.offset,
+                    limit,
+                    origin=error.position,
+                    after_line=self._committed_line,
+                )
                 if good is not None:
                     stop_pos, nstart, nline = good
                 elif nxt_seg is not None:
@@ -1437,12 +1509,28 @@ class Spool:
             )
             if nstart < end and good is not None:
                 self._remember(nstart, seg.base, stop_pos, nline)
+                with self._mu:
+                    if not seg.skips or seg.skips[-1][0] < nstart:
+                        seg.skips.append((nstart, stop_pos, nline))
         self._commit_skipping(nstart, nline)
         return Quarantined(error.offset, nstart, len(damaged), lines, path)
 
-    def _resync(self, fd: int, pos: int, after: int, limit: int) -> tuple[int, int, int] | None:
+    def _resync(
+        self,
+        fd: int,
+        pos: int,
+        after: int,
+        limit: int,
+        *,
+        origin: int | None = None,
+        after_line: int | None = None,
+    ) -> tuple[int, int, int] | None:
         """The first record at or after file position `pos` whose header and CRC verify and
-        whose start offset lies past `after`: (position, start offset, line)."""
+        whose start offset lies past `after`: (position, start offset, line).
+
+        With `origin` (file position of the damaged record at offset `after`, line
+        `after_line`), a candidate must also fit what lies between: its offset can exceed
+        `after` by at most the bytes in between less one header, and it starts a later line."""
         block = 1024 * 1024
         while pos < limit:
             buf = _pread_full(fd, min(block + REC_HEADER_BYTES, limit - pos), pos)
@@ -1452,7 +1540,16 @@ class Spool:
                 hdr = _pread_full(fd, REC_HEADER_BYTES, p)
                 if len(hdr) == REC_HEADER_BYTES:
                     _, crc, start, fl, length, lines, _ = _REC_HDR.unpack(hdr)
-                    if start > after and length > 0 and lines > 0 and p + 40 + length <= limit:
+                    fits = (origin is None or start - after <= p - origin - REC_HEADER_BYTES) and (
+                        after_line is None or fl > after_line
+                    )
+                    if (
+                        fits
+                        and start > after
+                        and length > 0
+                        and lines > 0
+                        and p + REC_HEADER_BYTES + length <= limit
+                    ):
                         body = _pread_full(fd, REC_HEADER_BYTES + length, p)
                         if zlib.crc32(memoryview(body)[8:]) == crc:
                             return p, start, fl

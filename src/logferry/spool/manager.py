@@ -80,8 +80,11 @@ class SpoolManager:
         quarantine_dir: str | os.PathLike[str] | None = None,
         budget_for: Callable[[str], SpoolBudget | None] | None = None,
         group_sync: str | None = "syncfs",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._budget_for = budget_for
+        self._clock = clock
+        """Wall clock for the spools' accept times (injectable for tests)."""
         """Per-key budget (e.g. a tenant's quota layered over the shared one); None: shared."""
         self._root = os.path.abspath(os.fspath(directory))
         self._quarantine_root = (
@@ -127,7 +130,7 @@ class SpoolManager:
         )
         # One sync thread for every spool's batches (see spool.group_sync); None: each spool
         # fdatasyncs its own file on its flush thread.
-        self._group_sync = GroupSync(group_sync) if group_sync else None
+        self._group_sync = GroupSync(group_sync, roots=[self._root]) if group_sync else None
         self._mu = threading.Lock()
         self._all: weakref.WeakValueDictionary[str, Spool] = weakref.WeakValueDictionary()
         self._active: dict[str, Spool] = {}
@@ -208,6 +211,7 @@ class SpoolManager:
                     name=key,
                     on_activate=self._activate,
                     quarantine_dir=os.path.join(self._quarantine_root, encode_key(key)),
+                    clock=self._clock,
                 )
                 self._all[key] = spool
             self._active[key] = spool
