@@ -119,6 +119,22 @@ class ServerConfig(_Strict):
         description="POST .../verify calls allowed per customer per minute (each costs up to "
         "6 AssumeRole calls); over it: 429 + Retry-After.",
     )
+    # OTLP ingest bounds (docs/security.md, "every ingest path x limit").
+    otlp_max_output_ratio: float = Field(
+        8.0,
+        ge=1,
+        le=64,
+        description="OTLP: the JSON lines one request may produce, as a multiple of its "
+        "(decompressed) body, at least 4 MiB; each line repeats its resource's attributes, so "
+        "a small request could otherwise ask for gigabytes. Over it: 413, nothing kept.",
+    )
+    otlp_max_records: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="OTLP: most LogRecords in one request (each costs ~15 us to convert). "
+        "Over it: 413, nothing kept.",
+    )
 
     @field_validator("max_body_bytes", "max_line_bytes")
     @classmethod
