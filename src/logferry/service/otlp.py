@@ -98,9 +98,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def output_limit(body_bytes: int, ratio: float) -> int:
-    """Most bytes of lines a request with a `body_bytes` (decompressed) body may produce."""
-    return max(OUTPUT_FLOOR_BYTES, int(body_bytes * ratio))
+def output_limit(body_bytes: int, ratio: float, most: int) -> int:
+    """Most bytes of lines a request with a `body_bytes` (decompressed) body may produce:
+    `ratio` x the body, at least OUTPUT_FLOOR_BYTES, at most `most` (itself >= the floor)."""
+    return max(OUTPUT_FLOOR_BYTES, min(int(body_bytes * ratio), most))
 
 
 def _status(
@@ -172,7 +173,9 @@ def otlp_router(service: Service, authorize: Callable[..., Any]) -> APIRouter:
                 decode_request(body, encoding),
                 max_line_bytes=max_line,
                 received_nanos=received,
-                max_output_bytes=output_limit(len(body), server.otlp_max_output_ratio),
+                max_output_bytes=output_limit(
+                    len(body), server.otlp_max_output_ratio, int(server.otlp_max_output_bytes)
+                ),
                 max_records=server.otlp_max_records,
             )
             data = converted.data
