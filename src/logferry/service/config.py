@@ -121,7 +121,7 @@ class ServerConfig(_Strict):
     )
     # OTLP ingest bounds (docs/security.md, "every ingest path x limit").
     otlp_max_output_ratio: float = Field(
-        8.0,
+        16.0,
         ge=1,
         le=64,
         description="OTLP: the JSON lines one request may produce, as a multiple of its "
