@@ -4,11 +4,12 @@ The limit is enforced while reading (declared Content-Length first, then the byt
 arrive, then the decompressed size), so no route ever holds more than `max_body` bytes plus one
 read. Each route words the refusal in its own protocol (plain JSON for /v1/ingest, a
 google.rpc.Status for OTLP); the status, the reason (the metric label) and the text are shared.
+So are the answers for spool failures at ingest (`storage_refusal`): the spool raises what the
+disk said, and the routes turn it into 503/507 + Retry-After instead of a 500.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 from dataclasses import dataclass
 
@@ -92,15 +93,6 @@ def decode_body(raw: bytes, encoding: str, max_body: int, *, fix: str = SPLIT_FI
             "use gzip or no encoding",
         )
     return raw
-
-
-async def read_body(request: Request, max_body: int, *, fix: str = SPLIT_FIX) -> bytes:
-    """The request body, decompressed (in a thread) when `Content-Encoding: gzip`."""
-    raw = await read_raw(request, max_body, fix=fix)
-    encoding = request.headers.get("content-encoding", "")
-    if not is_gzip(request):
-        return decode_body(raw, encoding, max_body, fix=fix)
-    return await asyncio.to_thread(decode_body, raw, encoding, max_body, fix=fix)
 
 
 # -- storage failures --------------------------------------------------------------------------
