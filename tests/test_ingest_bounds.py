@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from logferry.ingest.lines import BadGzip, TooManyGzipMembers, gunzip_limited
 from logferry.ingest.otlp import (
     MAX_ANYVALUE_DEPTH,
+    MAX_JSON_CONTAINERS,
     TooBig,
     TooDeep,
     decode_request,
@@ -145,7 +146,7 @@ def test_anyvalue_nesting_at_the_limit_converts_and_one_more_is_refused() -> Non
         to_lines(parsed, max_line_bytes=1 << 16)
 
 
-@pytest.mark.parametrize("levels", [MAX_ANYVALUE_DEPTH + 1, 400, 100_000])
+@pytest.mark.parametrize("levels", [MAX_ANYVALUE_DEPTH + 1, 400, 10_000])
 def test_deep_otlp_json_is_a_400_naming_the_limit(levels: int) -> None:
     with pytest.raises(TooDeep, match=f"limit of {MAX_ANYVALUE_DEPTH} AnyValue levels"):
         to_lines(decode_request(deep_json(levels), "json"), max_line_bytes=1 << 20)
@@ -188,3 +189,10 @@ def test_otlp_output_bound_is_a_multiple_of_the_body_between_floor_and_cap() -> 
     with pytest.raises(ValidationError, match="otlp_max_output_ratio"):
         ServerConfig(otlp_max_output_ratio=0.5)
     assert ServerConfig(otlp_max_output_bytes="32MiB").otlp_max_output_bytes == 32 << 20
+
+
+def test_otlp_json_has_its_own_lower_object_bound() -> None:
+    records = [{"body": {"stringValue": "x"}} for _ in range(MAX_JSON_CONTAINERS // 2)]
+    body = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).encode()
+    with pytest.raises(TooBig, match="send application/x-protobuf"):
+        decode_request(body, "json")

@@ -202,9 +202,12 @@ def test_hostile_otlp_and_gzip_are_refused_while_the_neighbour_is_served(
     assert answer.status_code == 413, answer.text
 
     # Deep nesting, both encodings: 400 naming the limit, never a 500.
-    answer = tenants.otlp(deep_json(100_000), json_body=True)
+    answer = tenants.otlp(deep_json(10_000), json_body=True)
     assert answer.status_code == 400, answer.text
     assert f"limit of {DEPTH_LIMIT} AnyValue levels" in answer.json()["message"]
+    answer = tenants.otlp(deep_json(100_000), json_body=True)  # and too many objects at all
+    assert answer.status_code == 413, answer.text
+    assert "send application/x-protobuf" in answer.json()["message"]
     deep_pb = request_with_body(nested_value(DEPTH_LIMIT + 1)).SerializeToString()
     answer = tenants.otlp(deep_pb)
     assert answer.status_code == 400, answer.text

@@ -24,7 +24,8 @@ truncated into invalid JSON) is rejected alone and reported in the response's pa
 Bounded cost (docs/security.md): the resource's and scope's attributes are copied into every
 line, so a small request can ask for a huge output. Before parsing, the number of messages the
 parser would build is bounded (`MAX_MESSAGES`: a protobuf parser spends 50-130 bytes per
-message, so a body of empty messages would cost ~60x its size); after parsing, the record count
+message, so a body of empty messages would cost ~60x its size; OTLP/JSON: `MAX_JSON_CONTAINERS`,
+for the CPU of protobuf's pure-Python JSON parser); after parsing, the record count
 (`max_records`); while converting, the output is counted and conversion stops at
 `max_output_bytes` (OutputTooLarge, HTTP 413) — the shared resource/scope JSON is serialised once
 and spliced into each line, so conversion work is linear in body + output. AnyValue nesting
@@ -67,6 +68,10 @@ MAX_JSON_DEPTH = 4 * MAX_ANYVALUE_DEPTH + 12
 MAX_MESSAGES = 1_000_000
 """Most sub-messages (protobuf) or objects and arrays (JSON) one request may hold: bounds the
 parser's memory (protobuf: at most ~134 bytes each, so ~130 MiB) and the conversion's CPU."""
+MAX_JSON_CONTAINERS = 50_000
+"""Most objects and arrays in one OTLP/JSON request: protobuf's JSON parser (`ParseDict`, pure
+Python) costs ~30-60 us per object, so this keeps a JSON request within a few CPU seconds.
+Senders with more records per request use protobuf (about 100x cheaper to parse)."""
 
 
 class UnsupportedContentType(InputError):
@@ -137,8 +142,12 @@ def decode_request(
             raise BadOtlpBody(f"the protobuf body does not decode: {exc or 'malformed'}") from None
         return request
     containers = body.count(b"{") + body.count(b"[")  # >= objects + arrays, at C speed
-    if containers > max_messages:
-        raise TooBig(f"the JSON body holds over {max_messages} objects and arrays")
+    most = min(max_messages, MAX_JSON_CONTAINERS)
+    if containers > most:
+        raise TooBig(
+            f"the JSON body holds over {most} objects and arrays "
+            "(or send application/x-protobuf, which has a far higher limit)"
+        )
     try:
         document = json.loads(body)
     except RecursionError:
