@@ -10,6 +10,8 @@ hostile A and neighbour B. B posts one small body every 0.1 s throughout; each p
   would be ~190 MB: the largest body, the largest output bound).
 - `gzip_members_over`: /v1/ingest, gzip of 800,000 empty members (16 MiB; over the member cap).
 - `gzip_members_under`: /v1/ingest, 99,000 members of one 100-byte line each (accepted).
+- `otlp_json_max`: OTLP/JSON just under its 50,000 objects-and-arrays bound (accepted): the
+  costliest JSON request (protobuf's JSON parser is pure Python).
 Per phase: A's status codes, serve's peak RSS (VmHWM is reset per phase by sampling windows:
 `peak_rss_mib` is the max of 0.1 s samples in the phase) and CPU, B's latency percentiles.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import tempfile
 import threading
 import time
@@ -65,6 +68,23 @@ def otlp_request(records: int, resource_bytes: int, record_bytes: int) -> bytes:
     return request.SerializeToString()
 
 
+def otlp_json(records: int) -> bytes:
+    """OTLP/JSON with `records` records of 2 attributes: ~7 objects and arrays per record."""
+    logs = [
+        {
+            "timeUnixNano": str(1_795_860_000_000_000_000 + i),
+            "body": {"stringValue": f"GET /api/v1/orders/{i} 200 user=alice"},
+            "attributes": [
+                {"key": "http.method", "value": {"stringValue": "GET"}},
+                {"key": "http.status_code", "value": {"intValue": "200"}},
+            ],
+        }
+        for i in range(records)
+    ]
+    doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": logs}]}]}
+    return json.dumps(doc).encode()
+
+
 def phases() -> dict[str, tuple[str, bytes, dict[str, str]]]:
     """name -> (path suffix, body, headers) of A's request."""
     pb = {"Content-Type": "application/x-protobuf"}
@@ -80,6 +100,7 @@ def phases() -> dict[str, tuple[str, bytes, dict[str, str]]]:
         "amplify_16mib": ("otlp", big, pb),
         "gzip_members_over": ("ingest", empty_member * 800_000, gz),
         "gzip_members_under": ("ingest", line_members, gz),
+        "otlp_json_max": ("otlp", otlp_json(7_000), {"Content-Type": "application/json"}),
     }
 
 
@@ -245,7 +266,8 @@ def main() -> int:
                 )
         rows.append(("B lines landed / sent", f"{landed} / {neighbour.sent}"))
         print_table("A hostile, B neighbour: serve's memory and B's latency", rows)
-        print(write_results("hostile_ingest", doc, machine_info()))
+        name = "hostile_ingest" + "".join(f"_{p}" for p in args.only or [])
+        print(write_results(name, doc, machine_info()))
     finally:
         emulator.stop()
     return 0
