@@ -20,6 +20,7 @@ from logferry.ingest.lines import BadGzip, TooManyGzipMembers, gunzip_limited
 from logferry.ingest.otlp import (
     MAX_ANYVALUE_DEPTH,
     MAX_JSON_CONTAINERS,
+    BadOtlpBody,
     TooBig,
     TooDeep,
     decode_request,
@@ -196,3 +197,18 @@ def test_otlp_json_has_its_own_lower_object_bound() -> None:
     body = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).encode()
     with pytest.raises(TooBig, match="send application/x-protobuf"):
         decode_request(body, "json")
+
+
+def test_a_body_the_message_walk_cannot_follow_is_refused_not_parsed() -> None:
+    """A group (wire type 3) after the records: the parser would skip it as an unknown field,
+    so the walk must not stop there and leave the rest uncounted; it refuses the body."""
+    request = ExportLogsServiceRequest()
+    scope = request.resource_logs.add().scope_logs.add()
+    scope.log_records.extend(LogRecord(severity_text="2" * 10) for _ in range(1_000))
+    body = request.SerializeToString()  # ~12,000 tag-like bytes, 1,002 messages: walked
+    assert decode_request(body, "protobuf", max_messages=5_000).resource_logs
+    with pytest.raises(BadOtlpBody, match="wire type 3"):
+        decode_request(body + b"\x7b\x7c", "protobuf", max_messages=5_000)  # field 15 group
+    cut = body + b"\x0a\x05\x12"  # a ResourceLogs of 5 bytes with 1 left
+    with pytest.raises(BadOtlpBody, match="runs past"):
+        decode_request(cut, "protobuf", max_messages=5_000)

@@ -227,8 +227,9 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
 
 
 def _count_messages(buf: bytes, limit: int) -> int:
-    """Sub-messages in an ExportLogsServiceRequest, stopping past `limit`; a malformed body
-    returns 0 (the parser then reports it)."""
+    """Sub-messages in an ExportLogsServiceRequest, stopping past `limit`. Raises BadOtlpBody
+    on what it cannot walk (the parser would refuse it too, except groups, which OTLP never
+    uses: left to the parser, they would hide the messages after them from the count)."""
     n = len(buf)
     stack: list[tuple[dict[int, int], int]] = []
     fields, end = _SUB[_REQ], n
@@ -237,8 +238,10 @@ def _count_messages(buf: bytes, limit: int) -> int:
     try:
         while True:
             if i >= end:
-                if i > end or not stack:
-                    return count if i == end else 0
+                if i > end:
+                    break
+                if not stack:
+                    return count
                 fields, end = stack.pop()
                 continue
             tag, i = _varint(buf, i)
@@ -250,8 +253,10 @@ def _count_messages(buf: bytes, limit: int) -> int:
                     i += size
                     continue
                 count += 1
-                if count > limit or i + size > end:
-                    return count if count > limit else 0
+                if count > limit:
+                    return count
+                if i + size > end:
+                    break
                 stack.append((fields, end))
                 fields, end = _SUB[kind], i + size
             elif wire == 0:
@@ -261,9 +266,10 @@ def _count_messages(buf: bytes, limit: int) -> int:
             elif wire == 5:
                 i += 4
             else:
-                return 0
+                raise BadOtlpBody(f"the protobuf body has wire type {wire} at byte {i}")
     except IndexError:
-        return 0
+        pass
+    raise BadOtlpBody("the protobuf body does not decode: a field runs past its message's end")
 
 
 def _hex_ids_to_base64(document: dict[str, Any]) -> None:
