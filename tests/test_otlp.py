@@ -451,7 +451,7 @@ def test_openapi_lists_the_route(senders: Senders) -> None:
     spec = httpx.get(f"{senders.serve.url}/openapi.json").json()
     route = spec["paths"]["/v1/otlp/{customer_id}/{name}/v1/logs"]["post"]
     assert set(route["requestBody"]["content"]) == {"application/x-protobuf", "application/json"}
-    assert {"200", "400", "413", "415", "429"} <= set(route["responses"])
+    assert {"200", "400", "413", "415", "429", "503"} <= set(route["responses"])
 
 
 def readme_example() -> str:

@@ -279,41 +279,82 @@ def drop_partial_char(prefix: bytes) -> bytes:
 # -- gzip ----------------------------------------------------------------------------------------
 
 
-def gunzip_limited(body: bytes, limit: int) -> bytes:
+MAX_GZIP_MEMBERS = 100_000
+"""Most gzip members one body may hold. Real senders write one (BGZF-style writers a few hundred
+for 16 MiB); a body of tiny members costs Python work per member, so past this it is refused."""
+_FEED_FIRST = 256
+_FEED_MAX = 1 << 20
+
+
+class TooManyGzipMembers(BadGzip):
+    """The body holds more gzip members than MAX_GZIP_MEMBERS: HTTP 400."""
+
+    def __init__(self, limit: int, *, where: str = "body") -> None:
+        super().__init__(f"gzip body has more than {limit} gzip members", where=where)
+        self.fix = "Compress the whole body as one gzip stream (one member), not line by line."
+
+
+def gunzip_limited(body: bytes, limit: int, *, max_members: int = MAX_GZIP_MEMBERS) -> bytes:
     """Decompress a gzip body (one or more members) to at most `limit` bytes.
 
     Raises BodyTooLarge as soon as the output would pass `limit` (never holds more than
-    `limit + 1` bytes, whatever the ratio) and BadGzip on corrupt or truncated input. An empty
-    body decodes to b"". Zero bytes after the last member (tape-style padding) are ignored.
+    `limit + 1` bytes, whatever the ratio) and BadGzip on corrupt or truncated input (or more
+    than `max_members` members). An empty body decodes to b"". Zero bytes after the last member
+    (tape-style padding) are ignored.
+
+    Cost is linear in the body whatever its members: input is fed through a memoryview in
+    windows that start small and double, so the copy zlib makes of a member's `unused_data`
+    is at most about twice that member's size (handing zlib the whole rest of the body made
+    every member copy it: quadratic for a body of many tiny members).
     """
     if not body:
         return b""
+    view = memoryview(body)
+    n = len(body)
     out: list[bytes] = []
     total = 0
-    data = body
+    pos = 0  # start of the next member
     member = 0
     while True:
         member += 1
-        if data[:2] != _GZIP_MAGIC:
+        if body[pos : pos + 2] != _GZIP_MAGIC:
+            if member > 1 and body.count(b"\x00", pos) == n - pos:
+                break  # zero padding after the last member
             what = "does not start with" if member == 1 else "has trailing bytes that are not"
             raise BadGzip(f"gzip body {what} a gzip member (magic 1f 8b)")
+        if member > max_members:
+            raise TooManyGzipMembers(max_members)
         d = _inflate_lib.decompressobj(wbits=_GZIP_WBITS)
+        fed = pos  # body[:fed] went to this member's decompressor (or earlier ones)
+        step = _FEED_FIRST
+        tail: bytes = b""
+        produced = True
         try:
             while True:
+                data: bytes | memoryview
+                if tail:
+                    data = tail  # input zlib held back because the output hit max_length
+                elif fed < n:
+                    data = view[fed : fed + step]
+                    fed += len(data)
+                    step = min(step * 2, _FEED_MAX)
+                elif not produced:
+                    raise BadGzip(f"gzip body is truncated (member {member} is incomplete)")
+                else:
+                    data = b""  # no input left: let zlib flush what it still holds
                 chunk = d.decompress(data, limit - total + 1)
-                data = d.unconsumed_tail
+                tail = d.unconsumed_tail
                 total += len(chunk)
                 if total > limit:
                     raise BodyTooLarge(limit)
+                produced = bool(chunk)
                 if chunk:
                     out.append(chunk)
                 if d.eof:
                     break
-                if not data and not chunk:
-                    raise BadGzip(f"gzip body is truncated (member {member} is incomplete)")
         except _inflate_lib.error as exc:
             raise BadGzip(f"gzip body is corrupt in member {member}: {exc}") from None
-        data = d.unused_data
-        if not data.strip(b"\x00"):
+        pos = fed - len(d.unused_data)  # what zlib read past this member's end starts the next
+        if pos >= n:
             break
     return out[0] if len(out) == 1 else b"".join(out)

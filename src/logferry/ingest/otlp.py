@@ -20,6 +20,16 @@ protobuf's JSON mapping writes them), arrays as lists, kvlists as objects, bytes
 unset value as null. A record that cannot become a valid line (a trace or span id of the wrong
 length, a profile-only `string_value_strindex`, a line over `max_line_bytes`, which could only be
 truncated into invalid JSON) is rejected alone and reported in the response's partial_success.
+
+Bounded cost (docs/security.md): the resource's and scope's attributes are copied into every
+line, so a small request can ask for a huge output. Before parsing, the number of messages the
+parser would build is bounded (`MAX_MESSAGES`: a protobuf parser spends 50-130 bytes per
+message, so a body of empty messages would cost ~60x its size; OTLP/JSON: `MAX_JSON_CONTAINERS`,
+for the CPU of protobuf's pure-Python JSON parser); after parsing, the record count
+(`max_records`); while converting, the output is counted and conversion stops at
+`max_output_bytes` (OutputTooLarge, HTTP 413) — the shared resource/scope JSON is serialised once
+and spliced into each line, so conversion work is linear in body + output. AnyValue nesting
+deeper than `MAX_ANYVALUE_DEPTH` is refused (TooDeep, HTTP 400), never a RecursionError.
 """
 
 from __future__ import annotations
@@ -50,6 +60,19 @@ PROTOBUF_TYPE = "application/x-protobuf"
 JSON_TYPE = "application/json"
 _MAX_ERROR_EXAMPLES = 3
 
+MAX_ANYVALUE_DEPTH = 30
+"""Deepest AnyValue nesting (array/kvlist inside array/kvlist) accepted. Chosen below what
+protobuf's parser allows (100 message levels: ~31 kvlist levels), so both encodings share it."""
+MAX_JSON_DEPTH = 4 * MAX_ANYVALUE_DEPTH + 12
+"""Deepest OTLP/JSON nesting (objects and arrays) parsed: a kvlist level is 4 JSON levels."""
+MAX_MESSAGES = 1_000_000
+"""Most sub-messages (protobuf) or objects and arrays (JSON) one request may hold: bounds the
+parser's memory (protobuf: at most ~134 bytes each, so ~130 MiB) and the conversion's CPU."""
+MAX_JSON_CONTAINERS = 50_000
+"""Most objects and arrays in one OTLP/JSON request: protobuf's JSON parser (`ParseDict`, pure
+Python) costs ~30-60 us per object, so this keeps a JSON request within a few CPU seconds.
+Senders with more records per request use protobuf (about 100x cheaper to parse)."""
+
 
 class UnsupportedContentType(InputError):
     """The body is neither OTLP protobuf nor OTLP JSON: HTTP 415."""
@@ -73,6 +96,26 @@ class BadOtlpBody(InputError):
         )
 
 
+class TooDeep(BadOtlpBody):
+    """Nesting over MAX_ANYVALUE_DEPTH / MAX_JSON_DEPTH: HTTP 400, the limit named."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} is nested deeper than the limit of {MAX_ANYVALUE_DEPTH} AnyValue levels "
+            f"(arrays/kvlists inside each other; OTLP/JSON: {MAX_JSON_DEPTH} object/array levels)"
+        )
+        self.fix = f"flatten attributes and bodies to at most {MAX_ANYVALUE_DEPTH} levels"
+
+
+class TooBig(InputError):
+    """The request would cost more than its bound (messages, records, output): HTTP 413."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            "body", message, fix="export fewer log records per request (a smaller batch size)"
+        )
+
+
 def encoding_of(content_type: str) -> Encoding:
     """The OTLP encoding a Content-Type names (parameters such as charset are ignored)."""
     media = content_type.split(";", 1)[0].strip().lower()
@@ -83,27 +126,150 @@ def encoding_of(content_type: str) -> Encoding:
     raise UnsupportedContentType(media)
 
 
-def decode_request(body: bytes, encoding: Encoding) -> ExportLogsServiceRequest:
-    """Parse a request body; raises BadOtlpBody with the decoder's reason."""
+def decode_request(
+    body: bytes, encoding: Encoding, *, max_messages: int = MAX_MESSAGES
+) -> ExportLogsServiceRequest:
+    """Parse a request body; raises BadOtlpBody with the decoder's reason (TooDeep when nested
+    too deeply) and TooBig when it holds more than `max_messages` messages."""
     request = ExportLogsServiceRequest()
     if encoding == "protobuf":
+        check_protobuf_messages(body, max_messages)
         try:
             request.ParseFromString(body)
         except (DecodeError, RuntimeError, ValueError) as exc:
+            if "MaxDepth" in str(exc):
+                raise TooDeep("the protobuf body") from None
             raise BadOtlpBody(f"the protobuf body does not decode: {exc or 'malformed'}") from None
         return request
+    containers = body.count(b"{") + body.count(b"[")  # >= objects + arrays, at C speed
+    most = min(max_messages, MAX_JSON_CONTAINERS)
+    if containers > most:
+        raise TooBig(
+            f"the JSON body holds over {most} objects and arrays "
+            "(or send application/x-protobuf, which has a far higher limit)"
+        )
     try:
         document = json.loads(body)
+    except RecursionError:
+        raise TooDeep("the JSON body") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadOtlpBody(f"the JSON body does not parse: {exc}") from None
     if not isinstance(document, dict):
         raise BadOtlpBody("the JSON body must be an object (an ExportLogsServiceRequest)")
+    if json_depth_over(document, MAX_JSON_DEPTH):
+        raise TooDeep("the JSON body")
     _hex_ids_to_base64(document)
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
+    except RecursionError:
+        raise TooDeep("the JSON body") from None
     except (json_format.ParseError, ValueError, TypeError) as exc:
         raise BadOtlpBody(f"the JSON body is not an ExportLogsServiceRequest: {exc}") from None
     return request
+
+
+def json_depth_over(document: Any, limit: int) -> bool:
+    """Whether `document` nests objects/arrays deeper than `limit` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+# Which length-delimited fields of each OTLP logs message are sub-messages (field -> kind).
+_REQ, _RL, _RES, _SL, _SCOPE, _REC, _KV, _AV, _ARR, _KVL, _LEAF = range(11)
+_SUB: tuple[dict[int, int], ...] = (
+    {1: _RL},  # ExportLogsServiceRequest.resource_logs
+    {1: _RES, 2: _SL},  # ResourceLogs.resource, .scope_logs
+    {1: _KV, 3: _LEAF},  # Resource.attributes, .entity_refs
+    {1: _SCOPE, 2: _REC},  # ScopeLogs.scope, .log_records
+    {3: _KV},  # InstrumentationScope.attributes
+    {5: _AV, 6: _KV},  # LogRecord.body, .attributes
+    {2: _AV},  # KeyValue.value
+    {5: _ARR, 6: _KVL},  # AnyValue.array_value, .kvlist_value
+    {1: _AV},  # ArrayValue.values
+    {1: _KV},  # KeyValueList.values
+    {},
+)
+_MESSAGE_TAGS = (0x0A, 0x12, 0x1A, 0x2A, 0x32)
+"""Every sub-message above has field number 1, 2, 3, 5 or 6 and so one of these tag bytes."""
+
+
+def check_protobuf_messages(body: bytes, max_messages: int) -> None:
+    """Raise TooBig when parsing `body` would build more than `max_messages` messages.
+
+    Cheap first: every sub-message starts with one of five tag bytes, so their count (C speed)
+    bounds the messages from above; only a body over the bound is walked field by field (by
+    hand: protobuf offers no way to count before it allocates), and the walk stops at the limit.
+    """
+    if sum(body.count(tag) for tag in _MESSAGE_TAGS) <= max_messages:
+        return
+    if _count_messages(body, max_messages) > max_messages:
+        raise TooBig(f"the protobuf body holds over {max_messages} messages")
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _count_messages(buf: bytes, limit: int) -> int:
+    """Sub-messages in an ExportLogsServiceRequest, stopping past `limit`. Raises BadOtlpBody
+    on what it cannot walk (the parser would refuse it too, except groups, which OTLP never
+    uses: left to the parser, they would hide the messages after them from the count)."""
+    n = len(buf)
+    stack: list[tuple[dict[int, int], int]] = []
+    fields, end = _SUB[_REQ], n
+    i = 0
+    count = 0
+    try:
+        while True:
+            if i >= end:
+                if i > end:
+                    break
+                if not stack:
+                    return count
+                fields, end = stack.pop()
+                continue
+            tag, i = _varint(buf, i)
+            wire = tag & 7
+            if wire == 2:
+                size, i = _varint(buf, i)
+                kind = fields.get(tag >> 3)
+                if kind is None:
+                    i += size
+                    continue
+                count += 1
+                if count > limit:
+                    return count
+                if i + size > end:
+                    break
+                stack.append((fields, end))
+                fields, end = _SUB[kind], i + size
+            elif wire == 0:
+                _, i = _varint(buf, i)
+            elif wire == 1:
+                i += 8
+            elif wire == 5:
+                i += 4
+            else:
+                raise BadOtlpBody(f"the protobuf body has wire type {wire} at byte {i}")
+    except IndexError:
+        pass
+    raise BadOtlpBody("the protobuf body does not decode: a field runs past its message's end")
 
 
 def _hex_ids_to_base64(document: dict[str, Any]) -> None:
@@ -166,8 +332,10 @@ def rfc3339_nanos(unix_nanos: int) -> str:
     return f"{stamp}.{nanos:09d}Z"
 
 
-def any_value(value: AnyValue) -> Any:
-    """An OTLP AnyValue as the JSON value a reader expects."""
+def any_value(value: AnyValue, depth: int = 1) -> Any:
+    """An OTLP AnyValue as the JSON value a reader expects (TooDeep past MAX_ANYVALUE_DEPTH)."""
+    if depth > MAX_ANYVALUE_DEPTH:
+        raise TooDeep("an AnyValue")
     kind = value.WhichOneof("value")
     if kind is None:
         return None
@@ -185,18 +353,18 @@ def any_value(value: AnyValue) -> Any:
     if kind == "bytes_value":
         return base64.b64encode(value.bytes_value).decode("ascii")
     if kind == "array_value":
-        return [any_value(v) for v in value.array_value.values]
+        return [any_value(v, depth + 1) for v in value.array_value.values]
     if kind == "kvlist_value":
-        return key_values(value.kvlist_value.values)
+        return key_values(value.kvlist_value.values, depth + 1)
     raise Unconvertible(f"AnyValue {kind} is not supported in logs")
 
 
-def key_values(pairs: Any) -> dict[str, Any]:
+def key_values(pairs: Any, depth: int = 1) -> dict[str, Any]:
     """A repeated KeyValue as an object (a repeated key keeps its last value)."""
     out: dict[str, Any] = {}
     pair: KeyValue
     for pair in pairs:
-        out[pair.key] = any_value(pair.value)
+        out[pair.key] = any_value(pair.value, depth)
     return out
 
 
@@ -216,6 +384,17 @@ def record_document(
     received_nanos: int,
 ) -> dict[str, Any]:
     """One LogRecord (with its resource's and scope's data) as the line's JSON object."""
+    doc = _record_head(record, received_nanos)
+    if resource:
+        doc["resource"] = resource
+    if scope:
+        doc["scope"] = scope
+    doc.update(_record_tail(record))
+    return doc
+
+
+def _record_head(record: LogRecord, received_nanos: int) -> dict[str, Any]:
+    """The line's keys before `resource` (see the module docstring for the order)."""
     stamp = record.time_unix_nano or record.observed_time_unix_nano or received_nanos
     doc: dict[str, Any] = {
         "time": rfc3339_nanos(stamp),
@@ -226,10 +405,12 @@ def record_document(
     attributes = key_values(record.attributes)
     if attributes:
         doc["attributes"] = attributes
-    if resource:
-        doc["resource"] = resource
-    if scope:
-        doc["scope"] = scope
+    return doc
+
+
+def _record_tail(record: LogRecord) -> dict[str, Any]:
+    """The line's keys after `scope`."""
+    doc: dict[str, Any] = {}
     trace_id = _id_hex(record.trace_id, "trace_id", 16)
     if trace_id:
         doc["trace_id"] = trace_id
@@ -245,12 +426,33 @@ def record_document(
     return doc
 
 
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def count_records(request: ExportLogsServiceRequest) -> int:
+    """LogRecords in `request` (no record is touched: repeated-field lengths only)."""
+    return sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+
+
 def to_lines(
-    request: ExportLogsServiceRequest, *, max_line_bytes: int, received_nanos: int | None = None
+    request: ExportLogsServiceRequest,
+    *,
+    max_line_bytes: int,
+    received_nanos: int | None = None,
+    max_output_bytes: int | None = None,
+    max_records: int | None = None,
 ) -> Converted:
-    """Every LogRecord of `request` as one compact JSON line (UTF-8, no newline inside)."""
+    """Every LogRecord of `request` as one compact JSON line (UTF-8, no newline inside).
+
+    Raises TooBig before converting when the request holds more than `max_records` records, and
+    as soon as the lines built so far (newlines included) pass `max_output_bytes`.
+    """
+    if max_records is not None and (records := count_records(request)) > max_records:
+        raise TooBig(f"the request holds {records} log records; the limit is {max_records}")
     received = time.time_ns() if received_nanos is None else received_nanos
     out = Converted()
+    total = 0
     for resource_logs in request.resource_logs:
         try:
             resource = key_values(resource_logs.resource.attributes)
@@ -258,30 +460,39 @@ def to_lines(
             dropped = sum(len(s.log_records) for s in resource_logs.scope_logs)
             _reject(out, f"resource attributes: {exc}", dropped)
             continue
+        resource_json = b',"resource":' + _dumps(resource) if resource else b""
         for scope_logs in resource_logs.scope_logs:
             scope: dict[str, Any] = {}
             if scope_logs.scope.name:
                 scope["name"] = scope_logs.scope.name
             if scope_logs.scope.version:
                 scope["version"] = scope_logs.scope.version
+            # Serialised once per scope and spliced into each line: the same bytes json.dumps
+            # writes for the whole document, without re-encoding the resource per record.
+            shared = resource_json + (b',"scope":' + _dumps(scope) if scope else b"")
             for record in scope_logs.log_records:
                 try:
-                    doc = record_document(
-                        record, resource=resource, scope=scope, received_nanos=received
-                    )
+                    head = _dumps(_record_head(record, received))
+                    tail = _dumps(_record_tail(record))
                 except Unconvertible as exc:
                     _reject(out, str(exc))
                     continue
-                line = json.dumps(
-                    doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-                ).encode("utf-8")
-                if len(line) > max_line_bytes:
+                size = len(head) + len(shared) + len(tail) - (1 if len(tail) > 2 else 2)
+                if size > max_line_bytes:
                     _reject(
-                        out,
-                        f"record is {len(line)} bytes as JSON; the line limit is {max_line_bytes}",
+                        out, f"record is {size} bytes as JSON; the line limit is {max_line_bytes}"
                     )
                     continue
-                out.lines.append(line)
+                total += size + 1
+                if max_output_bytes is not None and total > max_output_bytes:
+                    raise TooBig(
+                        f"the request's records make over {max_output_bytes} bytes of JSON lines "
+                        "(each line repeats its resource and scope)"
+                    )
+                if len(tail) > 2:
+                    out.lines.append(b"".join((head[:-1], shared, b",", tail[1:])))
+                else:
+                    out.lines.append(b"".join((head[:-1], shared, b"}")))
     return out
 
 

@@ -128,8 +128,30 @@ class ServerConfig(_Strict):
         description="Serve Swagger UI at /docs (it loads its script from a CDN, so it is blank "
         "offline, and it needs no token); /openapi.json is served either way.",
     )
+    # OTLP ingest bounds (docs/security.md, "every ingest path x limit").
+    otlp_max_output_ratio: float = Field(
+        16.0,
+        ge=1,
+        le=64,
+        description="OTLP: the JSON lines one request may produce, as a multiple of its "
+        "(decompressed) body, at least 4 MiB and at most otlp_max_output_bytes; each line "
+        "repeats its resource's attributes, so a small request could otherwise ask for "
+        "gigabytes. Over it: 413, nothing kept.",
+    )
+    otlp_max_output_bytes: int | str = Field(
+        "64MiB",
+        description="OTLP: the most bytes of JSON lines one request may produce, whatever its "
+        "body (bounds serve's memory per request; at least 4 MiB). Over it: 413, nothing kept.",
+    )
+    otlp_max_records: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="OTLP: most LogRecords in one request (each costs ~15 us to convert). "
+        "Over it: 413, nothing kept.",
+    )
 
-    @field_validator("max_body_bytes", "max_line_bytes")
+    @field_validator("max_body_bytes", "max_line_bytes", "otlp_max_output_bytes")
     @classmethod
     def _size(cls, value: int | str) -> int:
         return parse_size(value)

@@ -4,16 +4,19 @@ The limit is enforced while reading (declared Content-Length first, then the byt
 arrive, then the decompressed size), so no route ever holds more than `max_body` bytes plus one
 read. Each route words the refusal in its own protocol (plain JSON for /v1/ingest, a
 google.rpc.Status for OTLP); the status, the reason (the metric label) and the text are shared.
+So are the answers for spool failures at ingest (`storage_refusal`): the spool raises what the
+disk said, and the routes turn it into 503/507 + Retry-After instead of a 500.
 """
 
 from __future__ import annotations
 
-import asyncio
+import errno
 from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect, Request
 
-from logferry.ingest.lines import BadGzip, BodyTooLarge, gunzip_limited
+from logferry.ingest.lines import BadGzip, BodyTooLarge, TooManyGzipMembers, gunzip_limited
+from logferry.spool import SpoolBroken, SpoolClosed, SpoolError, SpoolFull
 
 SPLIT_FIX = "split the lines into several requests"
 
@@ -76,6 +79,8 @@ def decode_body(raw: bytes, encoding: str, max_body: int, *, fix: str = SPLIT_FI
             raise BodyRefused(
                 413, "too_large", f"decompressed body exceeds {max_body} bytes", fix
             ) from None
+        except TooManyGzipMembers as exc:
+            raise BodyRefused(400, "bad_gzip", exc.message, exc.fix or "") from None
         except BadGzip as exc:
             raise BodyRefused(
                 400, "bad_gzip", str(exc), "send valid gzip or drop Content-Encoding"
@@ -90,10 +95,85 @@ def decode_body(raw: bytes, encoding: str, max_body: int, *, fix: str = SPLIT_FI
     return raw
 
 
-async def read_body(request: Request, max_body: int, *, fix: str = SPLIT_FIX) -> bytes:
-    """The request body, decompressed (in a thread) when `Content-Encoding: gzip`."""
-    raw = await read_raw(request, max_body, fix=fix)
-    encoding = request.headers.get("content-encoding", "")
-    if not is_gzip(request):
-        return decode_body(raw, encoding, max_body, fix=fix)
-    return await asyncio.to_thread(decode_body, raw, encoding, max_body, fix=fix)
+# -- storage failures --------------------------------------------------------------------------
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NO_FILES = (errno.EMFILE, errno.ENFILE)
+_OPERATOR = "the vendor's operator must"
+
+
+@dataclass
+class StorageRefusal:
+    """Why the spool could not take a request: HTTP `status` with a Retry-After of `retry_after`
+    seconds. Nothing of the request was stored, and what was acknowledged before stays."""
+
+    status: int
+    reason: str
+    message: str
+    fix: str
+    retry_after: int
+
+
+def storage_refusal(exc: BaseException) -> StorageRefusal | None:
+    """The answer for a spool failure at ingest; None for SpoolFull over a byte limit (the
+    routes' own 429) and for anything that is not a storage failure.
+
+    ENOSPC/EDQUOT: 507 Insufficient Storage. EMFILE/ENFILE, EROFS, EIO, a broken or closed
+    spool: 503. Each with Retry-After, since all of them can end without the sender's help.
+    """
+    cause = exc.__cause__ if isinstance(exc, SpoolFull) else exc
+    if isinstance(exc, SpoolFull) and not isinstance(cause, OSError):
+        return None  # a byte limit or quota: the route's 429
+    if isinstance(cause, OSError):
+        code = cause.errno
+        if code in _DISK_FULL:
+            return StorageRefusal(
+                507,
+                "disk_full",
+                "the spool's disk is full; nothing of this request was kept",
+                f"retry later; {_OPERATOR} free space under spool.dir or lower spool.max_bytes",
+                30,
+            )
+        if code in _NO_FILES:
+            return StorageRefusal(
+                503,
+                "too_many_open_files",
+                f"the server ran out of file descriptors ({errno.errorcode.get(code or 0, code)})"
+                "; nothing of this request was kept",
+                f"retry later; {_OPERATOR} raise the open-file limit (LimitNOFILE / ulimit -n)",
+                5,
+            )
+        name = errno.errorcode.get(code or 0, "OSError")
+        return StorageRefusal(
+            503,
+            "spool_io_error",
+            f"the spool could not be written ({name}: {cause.strerror or cause}); "
+            "nothing of this request was kept",
+            f"retry later; {_OPERATOR} check the disk under spool.dir",
+            30,
+        )
+    if isinstance(exc, SpoolBroken):
+        return StorageRefusal(
+            503,
+            "spool_broken",
+            "this endpoint's spool stopped after a storage error; nothing of this request was kept",
+            f"retry later; {_OPERATOR} check the disk under spool.dir, then restart serve",
+            60,
+        )
+    if isinstance(exc, SpoolClosed):
+        return StorageRefusal(
+            503,
+            "spool_closed",
+            "this endpoint's spool is being closed or reopened; nothing of this request was kept",
+            "retry in a moment",
+            1,
+        )
+    if isinstance(exc, SpoolError):
+        return StorageRefusal(
+            503,
+            "spool_error",
+            f"the spool refused the request ({exc.message}); nothing of this request was kept",
+            f"retry later; {_OPERATOR} check serve's log",
+            30,
+        )
+    return None

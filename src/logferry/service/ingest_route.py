@@ -28,11 +28,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from logferry.ingest.lines import normalize
-from logferry.service.ingest_body import BodyRefused, decode_body, is_gzip, read_raw
+from logferry.service.ingest_body import (
+    BodyRefused,
+    StorageRefusal,
+    decode_body,
+    is_gzip,
+    read_raw,
+    storage_refusal,
+)
 from logferry.service.limits import retry_after_header
 from logferry.service.logs import log
 from logferry.service.runtime import Service, UnknownEndpoint
-from logferry.spool import SpoolFull
+from logferry.spool import SpoolError, SpoolFull
 
 INGEST_PREFIX = "/v1/ingest/"
 
@@ -106,6 +113,31 @@ def check_owner(who: Principal, customer_id: str) -> None:
         raise HTTPException(403, f"this token does not belong to customer {customer_id!r}")
 
 
+def storage_failed(
+    service: Service, exc: BaseException, customer_id: str, name: str
+) -> StorageRefusal | None:
+    """Count and log a spool failure at ingest; its answer (None: not a storage failure)."""
+    refusal = storage_refusal(exc)
+    if refusal is not None:
+        service.metrics.ingest_rejected.labels(refusal.reason).inc()
+        log(
+            logger,
+            logging.ERROR,
+            f"ingest refused ({refusal.status}): {refusal.message}: {exc}",
+            customer=customer_id,
+            endpoint=name,
+        )
+    return refusal
+
+
+def _storage_answer(refusal: StorageRefusal) -> JSONResponse:
+    response = problem(
+        refusal.status, refusal.message, refusal.fix, retry_after=refusal.retry_after
+    )
+    response.headers["Retry-After"] = str(refusal.retry_after)
+    return response
+
+
 def _over_rate(customer_id: str, wait: float) -> JSONResponse:
     return too_many(
         f"customer {customer_id!r} is over its ingest rate; nothing was kept",
@@ -177,7 +209,12 @@ async def ingest_request(
     if norm.lines:
         try:
             await service.ingest(customer_id, name, norm.data, norm.lines, "http", normalized=True)
-        except SpoolFull as exc:
+        except (SpoolError, OSError) as exc:
+            refusal = storage_failed(service, exc, customer_id, name)
+            if refusal is not None:
+                return _storage_answer(refusal)
+            if not isinstance(exc, SpoolFull):
+                raise
             service.metrics.ingest_rejected.labels("spool_full").inc()
             return too_many(
                 f"{exc.message}; nothing of this request was kept",

@@ -3,15 +3,21 @@
 An OpenTelemetry exporter's base endpoint is `http://HOST/v1/otlp/{customer_id}/{name}` (the
 exporter appends `/v1/logs`). Each LogRecord becomes one JSON line (logferry.ingest.otlp) that
 takes the same path as /v1/ingest: the same body limits and gzip handling, the same line rules,
-the same spool append, durable before the 200. Answers follow the OTLP/HTTP specification:
-200 + ExportLogsServiceResponse in the request's encoding (partial_success when records were
-dropped), 429 + Retry-After when the spool is full (retryable), 400 for an undecodable body
-and 413 over the limit (not retryable), each error with a google.rpc.Status body.
+the same spool append, durable before the 200, and the same tenant limits: the customer's
+ingest rate (checked before the body is read; OTLP charges the larger of body and output
+bytes) and, for gzip or large bodies, the customer's heavy slot around decoding, which runs in a
+thread. Answers follow the OTLP/HTTP specification: 200 + ExportLogsServiceResponse in the
+request's encoding (partial_success when records were dropped), 429 + Retry-After when over the
+rate or the spool is full, 503 + Retry-After when the spool's storage fails (a full disk too:
+OTLP exporters retry 429/502/503/504 only, and would drop the data on a 507), 400 for an
+undecodable or too deeply nested body and 413 over a size bound (not retryable), each error
+with a google.rpc.Status body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,13 +27,14 @@ from fastapi.responses import Response
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2
 
-from logferry.ingest.lines import normalize
+from logferry.ingest.lines import Normalized, normalize
 from logferry.ingest.otlp import (
     JSON_TYPE,
     PROTOBUF_TYPE,
     BadOtlpBody,
     Converted,
     Encoding,
+    TooBig,
     UnsupportedContentType,
     decode_request,
     encode,
@@ -36,9 +43,11 @@ from logferry.ingest.otlp import (
     status_message,
     to_lines,
 )
-from logferry.service.ingest_body import BodyRefused, read_body
+from logferry.service.ingest_body import BodyRefused, decode_body, is_gzip, read_raw
+from logferry.service.ingest_route import NORMALIZE_INLINE_BYTES, storage_failed
+from logferry.service.limits import retry_after_header
 from logferry.service.runtime import Service, UnknownEndpoint
-from logferry.spool import SpoolFull
+from logferry.spool import SpoolError, SpoolFull
 
 _MEDIA = {"protobuf": PROTOBUF_TYPE, "json": JSON_TYPE}
 _GRPC_CODE = {
@@ -47,7 +56,10 @@ _GRPC_CODE = {
     413: code_pb2.INVALID_ARGUMENT,
     415: code_pb2.INVALID_ARGUMENT,
     429: code_pb2.RESOURCE_EXHAUSTED,
+    503: code_pb2.UNAVAILABLE,
 }
+OUTPUT_FLOOR_BYTES = 4 << 20
+"""A request may always produce this many bytes of lines, whatever its body's size."""
 SPLIT_FIX = "export fewer log records per request (a smaller batch size)"
 
 _REQUEST_BODY = {
@@ -65,12 +77,31 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "partialSuccess names the records that were dropped and why.",
         "content": {PROTOBUF_TYPE: {}, JSON_TYPE: {}},
     },
-    400: {"description": "the body is not an ExportLogsServiceRequest (google.rpc.Status)"},
+    400: {
+        "description": "the body is not an ExportLogsServiceRequest, or nests AnyValues too "
+        "deeply (google.rpc.Status)"
+    },
     404: {"description": "no such endpoint (google.rpc.Status)"},
-    413: {"description": "body over the limit (google.rpc.Status)"},
+    413: {
+        "description": "body, record count or output over its bound; nothing kept "
+        "(google.rpc.Status)"
+    },
     415: {"description": "Content-Type is not application/x-protobuf or application/json"},
-    429: {"description": "spool full: retry after Retry-After seconds (google.rpc.Status)"},
+    429: {
+        "description": "over the customer's ingest rate or spool quota: retry after "
+        "Retry-After seconds (google.rpc.Status)"
+    },
+    503: {
+        "description": "the spool's storage failed (disk full, no file descriptors, I/O "
+        "error): retry after Retry-After seconds (google.rpc.Status)"
+    },
 }
+
+
+def output_limit(body_bytes: int, ratio: float, most: int) -> int:
+    """Most bytes of lines a request with a `body_bytes` (decompressed) body may produce:
+    `ratio` x the body, at least OUTPUT_FLOOR_BYTES, at most `most` (itself >= the floor)."""
+    return max(OUTPUT_FLOOR_BYTES, min(int(body_bytes * ratio), most))
 
 
 def _status(
@@ -91,10 +122,19 @@ def _status(
 def otlp_router(service: Service, authorize: Callable[..., Any]) -> APIRouter:
     """The OTLP routes; `authorize` is the API's customer-or-admin bearer-token dependency."""
     router = APIRouter(tags=["ingest"])
-    max_body = service.config.server.max_body_bytes
-    max_line = service.config.server.max_line_bytes
+    server = service.config.server
+    max_body = server.max_body_bytes
+    max_line = server.max_line_bytes
     rejected_requests = service.metrics.ingest_rejected
     records = service.metrics.otlp_records
+
+    def over_rate(customer_id: str, wait: float, encoding: Encoding) -> Response:
+        rejected_requests.labels("rate_limited").inc()
+        message = (
+            f"customer {customer_id!r} is over its ingest rate; nothing was kept; send slower "
+            "or ask for a higher ingest_rate_bytes / ingest_rate_lines"
+        )
+        return _status(429, message, encoding, retry_after=int(retry_after_header(wait)))
 
     @router.post(
         "/v1/otlp/{customer_id}/{name}/v1/logs",
@@ -116,29 +156,75 @@ def otlp_router(service: Service, authorize: Callable[..., Any]) -> APIRouter:
             service.endpoint(customer_id, name)
         except UnknownEndpoint as exc:
             return _status(404, f"{exc.message} {exc.fix or ''}".strip(), encoding)
+        wait = service.ingest_wait(customer_id)
+        if wait > 0:  # refused before reading the body, as /v1/ingest does
+            return over_rate(customer_id, wait, encoding)
         try:
-            body = await read_body(request, max_body, fix=SPLIT_FIX)
+            raw = await read_raw(request, max_body, fix=SPLIT_FIX)
         except BodyRefused as exc:
             rejected_requests.labels(exc.reason).inc()
             return _status(exc.status, f"{exc.message}; {exc.fix}", encoding)
+        content_encoding = request.headers.get("content-encoding", "")
+        gzipped = is_gzip(request)
+        heavy = gzipped or len(raw) > NORMALIZE_INLINE_BYTES
 
-        def convert() -> Converted:
-            return to_lines(
-                decode_request(body, encoding), max_line_bytes=max_line, received_nanos=received
+        def convert(body: bytes) -> tuple[Converted, Normalized]:
+            converted = to_lines(
+                decode_request(body, encoding),
+                max_line_bytes=max_line,
+                received_nanos=received,
+                max_output_bytes=output_limit(
+                    len(body), server.otlp_max_output_ratio, int(server.otlp_max_output_bytes)
+                ),
+                max_records=server.otlp_max_records,
             )
+            data = converted.data
+            converted.lines.clear()  # the joined copy is all that is needed from here on
+            return converted, normalize(data, max_line_bytes=max_line)
 
-        try:  # a 16 MiB request is ~1 s of parsing: keep it off the event loop
-            converted = await asyncio.to_thread(convert)
-        except BadOtlpBody as exc:
-            rejected_requests.labels("bad_otlp").inc()
-            return _status(400, str(exc), encoding)
-        norm = normalize(converted.data, max_line_bytes=max_line)
+        # Gzip and large bodies take the customer's heavy slot (as on /v1/ingest): one tenant's
+        # flood queues behind itself; decoding always runs in a thread, off the event loop.
+        async with service.heavy_slot(customer_id) if heavy else contextlib.nullcontext():
+            try:
+                if gzipped:
+                    body = await asyncio.to_thread(
+                        decode_body, raw, content_encoding, max_body, fix=SPLIT_FIX
+                    )
+                else:
+                    body = decode_body(raw, content_encoding, max_body, fix=SPLIT_FIX)
+            except BodyRefused as exc:
+                rejected_requests.labels(exc.reason).inc()
+                return _status(exc.status, f"{exc.message}; {exc.fix}", encoding)
+            del raw
+            wait = service.ingest_wait(customer_id, len(body))
+            if wait > 0:
+                return over_rate(customer_id, wait, encoding)
+            try:
+                converted, norm = await asyncio.to_thread(convert, body)
+            except TooBig as exc:
+                rejected_requests.labels("too_large").inc()
+                return _status(413, f"{exc.message}; nothing was kept; {exc.fix}", encoding)
+            except BadOtlpBody as exc:
+                rejected_requests.labels("bad_otlp").inc()
+                return _status(400, str(exc), encoding)
+        extra = len(norm.data) - len(body)
+        del body
+        limits = service.customer_limits.get(customer_id)
+        if extra > 0 and limits is not None and limits.ingest_rate_bytes:
+            service.ingest_bytes_buckets.get(customer_id, limits.ingest_rate_bytes).charge(extra)
+        service.charge_lines(customer_id, norm.lines)
         if norm.lines:
             try:
                 await service.ingest(
                     customer_id, name, norm.data, norm.lines, "otlp", normalized=True
                 )
-            except SpoolFull as exc:
+            except (SpoolError, OSError) as exc:
+                refusal = storage_failed(service, exc, customer_id, name)
+                if refusal is not None:  # 503 even for a full disk: exporters retry that
+                    message = f"{refusal.message}; {refusal.fix}"
+                    return _status(503, message, encoding, retry_after=refusal.retry_after)
+                if not isinstance(exc, SpoolFull):
+                    raise
                 rejected_requests.labels("spool_full").inc()
                 retry = max(1, round(exc.retry_after))
                 message = "the spool is full; nothing of this request was kept"
