@@ -147,3 +147,95 @@ def test_start_up_with_every_sts_region_failing_exits_1_with_one_line_per_region
     assert len(east) == 1 and len(west) == 1, out[-3000:]
     assert "activate STS in us-west-1" in west[0]
     assert "vendor.sts_endpoints" in east[0]
+
+
+# ------------------------------------------------------------------ 2. TLS close_notify answered
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """One sample of the Prometheus text; 0 when absent."""
+    want = sorted(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        m = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if m and m.group(1) == name and sorted((m.group(2) or "").split(",")) == want:
+            return float(m.group(3))
+    return 0.0
+
+
+def test_syslog_tls_answers_close_notify_and_survives_unclean_ends(
+    emulator: Emulator, unique, tmp_path: Path
+) -> None:
+    """RFC 5425 §4.4: a sender that sends close_notify and waits for ours (`unwrap()`) gets it;
+    senders that just close the TCP socket or reset it leave serve healthy; every complete
+    message of all three lands in S3 exactly once."""
+    pytest.importorskip("cryptography")
+    from syslog_helpers import make_cert, octet, send_and_end
+
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    cert = make_cert(tmp_path, "server")
+    port = free_port()
+    config = base_config(
+        emulator,
+        tmp_path / "spool",
+        customers=[_customer(customer, role, gzip_level=3)],
+        listeners=[
+            {
+                "customer_id": customer,
+                "endpoint": "s3",
+                "protocol": "tcp",
+                "listen": f"127.0.0.1:{port}",
+                "framing": "octet",
+                "tls": {"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)},
+            }
+        ],
+    )
+    serve = ServeProcess(emulator, config, tmp_path, env={TOKEN_ENV: TOKEN}).start()
+    address = ("127.0.0.1", port)
+    try:
+        sent: list[bytes] = []
+
+        def messages(tag: str) -> list[bytes]:
+            lines = [
+                f"<134>1 2026-12-06T20:00:00.000Z sender app 42 ID7 - {tag} {i:04d}".encode()
+                for i in range(300)
+            ]
+            sent.extend(lines)
+            return lines
+
+        # A sender that closes cleanly and waits for our close_notify.
+        payload = b"".join(octet(m) for m in messages("unwrap"))
+        ctx = ssl.create_default_context(cafile=str(cert.cert_file))
+        with socket.create_connection(address) as raw:
+            tls = ctx.wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(payload)
+            tls.settimeout(60)
+            plain = tls.unwrap()  # raises SSLEOFError when the server answers with a bare EOF
+            plain.settimeout(60)
+            assert plain.recv(1) == b""  # then the server closes the TCP connection
+        # A sender that closes the TCP socket without close_notify, and one that resets it.
+        for end in ("close", "rst"):
+            send_and_end(
+                address,
+                b"".join(octet(m) for m in messages(end)),
+                end,
+                ca=cert.cert_file,
+                chunk=1500,
+            )
+
+        wait_pending_zero(serve, customer, "s3")
+        with serve.admin() as admin:
+            listener = f"tcp://127.0.0.1:{port}"
+            text = admin.get("/metrics").text
+            closed = "logferry_syslog_connections_closed_total"
+            assert _metric(text, closed, listener=listener, reason="clean") == 1
+            assert _metric(text, closed, listener=listener, reason="fin_without_close_notify") == 1
+            assert _metric(text, closed, listener=listener, reason="reset") == 1
+            assert admin.get("/healthz").status_code == 200
+        found = wait_for(
+            lambda: (c := bucket_content(emulator, role.bucket).lines) == Counter(sent) and c,
+            timeout=60,
+        )
+        assert sum(found.values()) == 900
+    finally:
+        assert serve.terminate() == 0
