@@ -157,7 +157,8 @@ def _metric(text: str, name: str, **labels: str) -> float:
     want = sorted(f'{k}="{v}"' for k, v in labels.items())
     for line in text.splitlines():
         m = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
-        if m and m.group(1) == name and sorted((m.group(2) or "").split(",")) == want:
+        got = sorted(x for x in (m.group(2) or "").split(",") if x) if m else None
+        if m and m.group(1) == name and got == want:
             return float(m.group(3))
     return 0.0
 
@@ -239,3 +240,95 @@ def test_syslog_tls_answers_close_notify_and_survives_unclean_ends(
         assert sum(found.values()) == 900
     finally:
         assert serve.terminate() == 0
+
+
+# ------------------------------------------------------------------ 3. S3 upload memory budget
+
+MIB = 1024 * 1024
+BUDGET = 16 * MIB  # two 8 MiB parts for the whole process
+
+
+def test_drain_keeps_s3_upload_bytes_in_flight_within_the_budget(
+    emulator: Emulator, unique, tmp_path: Path
+) -> None:
+    """Three endpoints spool 24 MiB each behind AccessDenied (about 3 parts of 8 MiB each),
+    then their roles are fixed and they drain at once through a slow S3 (300 ms per call), all
+    wanting parts in flight: the process never has more than `server.upload_memory_bytes` of
+    bodies in flight (the peak /metrics reports), endpoints waited for room instead, and every
+    line lands exactly once."""
+    from logferry.local.latency_proxy import LinkProfile, ProxyConfig, latency_proxy
+
+    customer = unique("cust")
+    roles = [make_s3_role(emulator, unique, external_id=customer) for _ in range(3)]
+    iam = emulator.client("iam")
+    for role in roles:  # AccessDenied on every S3 call: the backlog builds in the spool
+        iam.detach_role_policy(RoleName=role.role_name, PolicyArn=role.policy_arn)
+    endpoints = [
+        {
+            "type": "s3",
+            "name": f"s3-{i}",
+            "bucket_name": role.bucket,
+            "iam_role": role.role_arn,
+            "period": 2,
+        }
+        for i, role in enumerate(roles)
+    ]
+    slow_s3 = ProxyConfig(services={"s3": LinkProfile(delay_ms=300)})
+    with latency_proxy(emulator.url, slow_s3) as proxy:
+        config = base_config(
+            emulator,
+            tmp_path / "spool",
+            aws={"endpoint_url": proxy.url},
+            server={"upload_memory_bytes": "16MiB"},
+            customers=[{"id": customer, "token_env": TOKEN_ENV, "endpoints": endpoints}],
+        )
+        serve = ServeProcess(emulator, config, tmp_path, env={TOKEN_ENV: TOKEN}).start()
+        try:
+            sent: dict[str, list[bytes]] = {}
+            with serve.as_token(TOKEN) as client:
+                for i, endpoint in enumerate(endpoints):
+                    name = endpoint["name"]
+                    sent[name] = []
+                    for batch in range(6):  # 6 × 4 MiB of 1000-byte lines
+                        lines = make_lines(f"e{i}-b{batch}", 4 * MIB // 1001, size=1000)
+                        assert ingest(client, customer, name, body_of(lines)) == len(lines)
+                        sent[name] += lines
+            for role in roles:
+                iam.attach_role_policy(RoleName=role.role_name, PolicyArn=role.policy_arn)
+            with serve.admin() as admin:
+                for endpoint in endpoints:  # a successful verify wakes the endpoint at once
+                    path = f"/v1/customers/{customer}/endpoints/{endpoint['name']}/verify"
+                    r = admin.post(path)
+                    assert r.status_code == 200, r.text
+            for endpoint, role in zip(endpoints, roles, strict=True):
+                wait_pending_zero(serve, customer, endpoint["name"], timeout=300)
+                expected = Counter(sent[endpoint["name"]])
+                found = wait_for(
+                    lambda b=role.bucket, e=expected: (
+                        (c := bucket_content(emulator, b).lines) == e and c
+                    ),
+                    timeout=60,
+                )
+                assert found == expected  # exactly once
+            with serve.admin() as admin:
+                text = admin.get("/metrics").text
+        finally:
+            assert serve.terminate() == 0
+    budget = _metric(text, "logferry_s3_upload_budget_bytes")
+    peak = _metric(text, "logferry_s3_upload_bytes_in_flight_peak")
+    assert budget == BUDGET
+    assert 0 < peak <= BUDGET, (peak, budget)
+    assert _metric(text, "logferry_s3_upload_bytes_in_flight") == 0
+    # The budget was binding (bodies waited for room), so the bound above was really tested.
+    assert _metric(text, "logferry_s3_upload_budget_waits_total") > 0
+
+
+def test_upload_memory_below_two_parts_is_refused_with_the_fix() -> None:
+    from pydantic import ValidationError
+
+    from logferry.service.config import ServerConfig
+
+    with pytest.raises(ValidationError) as info:
+        ServerConfig(upload_memory_bytes="8MiB")
+    assert "upload_memory_bytes" in str(info.value) and "at least 16MiB" in str(info.value)
+    assert ServerConfig(upload_memory_bytes="1GiB").upload_memory_bytes == 1024 * MIB
