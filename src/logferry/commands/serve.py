@@ -79,7 +79,9 @@ async def _check_vendor_account(cfg: ServiceConfig, service: Any) -> None:
     try:
         identity = await asyncio.to_thread(service.broker.caller_identity)
     except AwsError as exc:
-        err.print(f"[bold red]error:[/] cannot determine the vendor account: {exc}")
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] cannot determine the vendor account: {escape(exc.message)}")
         attempts = getattr(exc, "attempts", None) or []
         for attempt in attempts:
             err.print(
