@@ -14,7 +14,8 @@ when the first 429 came and how full the spool was then, the Retry-After given, 
 (proxy switched → all delivered) split into "first object after recovery" and "drain", and lines
 delivered vs acknowledged.
 
-    .venv/bin/python bench/outage.py [--gb 5]      # --gb 1 for a quick run
+    .venv/bin/python bench/outage.py [--gb 5] [--fault refused|denied] [--name outage]
+    # --gb 1 for a quick run; --fault denied: AccessDenied (policy detached), then the role fixed
 """
 
 from __future__ import annotations
@@ -140,6 +141,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--body-mib", type=float, default=1.0)
     p.add_argument("--period", type=int, default=5, help="endpoint period (s)")
     p.add_argument("--timeout", type=float, default=1800.0, help="max seconds for recovery")
+    p.add_argument(
+        "--fault",
+        choices=("refused", "denied"),
+        default="refused",
+        help="refused: S3 refuses connections; denied: the role's policy is detached "
+        "(AccessDenied) and attached again for the recovery",
+    )
+    p.add_argument("--name", default="outage", help="results file bench/results/<name>.json")
     return p.parse_args(argv)
 
 
@@ -166,8 +175,18 @@ def main(argv: list[str] | None = None) -> int:
             "path": "logs/",
             "period": args.period,
             "compression_codec": "gzip",
-            "domain": proxy.url,
         }
+        iam = emulator.client("iam")
+        role_name = "bench-s3-outage"
+        policies = [
+            p["PolicyArn"]
+            for p in iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"]
+        ]
+        if args.fault == "refused":
+            endpoint["domain"] = proxy.url
+        else:  # AccessDenied on every S3 call until the policy is attached again
+            for arn in policies:
+                iam.detach_role_policy(RoleName=role_name, PolicyArn=arn)
         config = serve_config(
             emulator,
             workdir,
@@ -231,9 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         # Retry-After must be honoured: a client that retries after it gets 202 once space frees.
 
         # ---- recovery
-        proxy.forward()
+        if args.fault == "refused":
+            proxy.forward()
+            note("recovery: proxy forwards to the emulator")
+        else:
+            for arn in policies:
+                iam.attach_role_policy(RoleName=role_name, PolicyArn=arn)
+            note("recovery: the role's policy is attached again")
         t_recover = time.monotonic()
-        note("recovery: proxy forwards to the emulator")
         first_delivery: list[float] = []
 
         def delivered() -> bool:
@@ -259,7 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         sampler.stop()
         final_status = serve.status(CUSTOMER, "s3")
         note("counting lines in the bucket")
+        # `delivered` counts lines in uploaded parts too (they are durable in S3); the object
+        # appears once its upload completes, at most a period later: count until it is there.
         counted = count_bucket_lines(emulator, bucket)
+        settle = time.monotonic() + args.period + 60
+        while counted["lines"] < load.accepted_lines and time.monotonic() < settle:
+            time.sleep(2)
+            counted = count_bucket_lines(emulator, bucket)
     finally:
         if serve is not None:
             serve.terminate()
@@ -271,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     recovery = sampler.window("serve", t_recover, t_done)
     errors = outage_status.get("errors") or []
     doc: dict[str, Any] = {
+        "fault": args.fault,
         "gb_requested": args.gb,
         "spool_max_bytes": spool_max,
         "acknowledged_lines": load.accepted_lines,
@@ -317,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         "zero_lines_lost": lost == 0,
         "429_only_at_limit": bool(t_429) and doc["spool_fill_at_first_429"] >= 0.98,
     }
-    path = write_results("outage", doc, machine)
+    path = write_results(args.name, doc, machine)
     print_table(
-        f"S3 outage ({args.gb} GB, spool max {spool_max / 2**30:.2f} GiB)",
+        f"S3 outage, {args.fault} ({args.gb} GB, spool max {spool_max / 2**30:.2f} GiB)",
         [
             (
                 "acknowledged GB / lines",

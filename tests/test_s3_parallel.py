@@ -315,3 +315,36 @@ def test_objects_and_parts_go_up_without_expect_continue(
     parts = [e for m, p, e in seen if m == "PUT" and "partNumber=" in p]
     assert len(puts) == 3 and puts == ["", "", ""], seen
     assert len(parts) >= 2 and set(parts) == {""}, seen
+
+
+def test_put_object_waits_for_the_shared_budget_and_the_sink_stops_reading(
+    emulator: Emulator, role: S3Role, tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """A PutObject body counts against the process budget like a part: with the budget full
+    (other endpoints' parts), the file waits without a call, the sink asks for no more data
+    (its delivery thread is free), and the release wakes it and the object goes up."""
+    h = Harness(emulator, role, tmp_path)
+    ep = h.endpoint(period=60)
+    budget = InflightBudget(16 * MIB)
+    assert budget.acquire(16 * MIB, lambda: None)  # another endpoint's parts fill it
+    woken = threading.Event()
+    sink = h.sink(ep, io_executor=pool, wake=woken.set, budget=budget)
+    sink.recover()
+    lines = access_lines(100)
+    (chunk,) = make_chunks(lines, per_chunk=100, accepted_at=T0)
+    sink.feed(chunk)
+    sink.flush()
+    sink.pump(caught_up=True)
+    assert "PutObject" not in h.operations
+    assert sink.status()["waiting_for_upload_budget"] is True
+    assert not sink.wants_data()
+    assert budget.waits >= 1 and budget.used == 16 * MIB
+    budget.release(16 * MIB)  # the other endpoint's parts finished
+    assert woken.wait(10)
+    Driver(sink, woken).finish()
+    assert h.operations.count("PutObject") == 1
+    assert sink.wants_data() and budget.used == 0 and budget.peak == 16 * MIB
+    objects = h.objects(ep)
+    assert line_counter(decode_object(o.body, ep.codec()) for o in objects.values()) == Counter(
+        lines
+    )

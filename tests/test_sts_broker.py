@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, ParamValidationError
 
 from aws_helpers import REGION_DISABLED_BODY, canned_server, free_port, make_s3_role
@@ -171,3 +172,40 @@ def test_session_name_and_duration_limits() -> None:
     assert len(name) <= 64 and name.startswith("acme-cdn-customer-with")
     with pytest.raises(InputError, match="duration_seconds"):
         CredentialBroker(duration_seconds=600)
+
+
+def test_caller_identity_fails_over_like_assume_role(emulator: Emulator) -> None:
+    """The start-up check shares AssumeRole's failover: dead and disabled regions are skipped,
+    each attempt carries its fix, and region health follows (delivery then starts healthy)."""
+    with canned_server(403, REGION_DISABLED_BODY) as disabled:
+        broker = _broker(
+            emulator,
+            {
+                "us-east-1": f"http://127.0.0.1:{free_port()}",
+                "us-west-1": disabled,
+                "us-west-2": emulator.url,
+            },
+        )
+        identity = broker.caller_identity()
+    assert identity.account == emulator.vendor.account_id
+    assert identity.region == "us-west-2"
+    assert [(a.region, a.outcome) for a in identity.attempts] == [
+        ("us-east-1", "unreachable"),
+        ("us-west-1", "region_disabled"),
+        ("us-west-2", "ok"),
+    ]
+    assert "activate STS in us-west-1" in str(identity.attempts[1].fix)
+    assert broker.region_order()[0] == "us-west-2"
+
+
+def test_caller_identity_with_bad_vendor_credentials_is_a_setup_error(emulator: Emulator) -> None:
+    broker = CredentialBroker(
+        regions=["us-east-1", "us-west-2"],
+        sts_endpoints={"us-east-1": emulator.url, "us-west-2": emulator.url},
+        target=emulator.target,
+        vendor_credentials=Credentials("AKIAFAKEFAKEFAKEFAKE", "not-a-secret"),
+    )
+    with pytest.raises(SetupError) as info:
+        broker.caller_identity()
+    assert "credentials" in str(info.value.fix)
+    assert [a.region for a in info.value.attempts] == ["us-east-1"]  # no failover: not regional

@@ -17,6 +17,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from botocore.client import BaseClient
 from botocore.config import Config
@@ -49,6 +50,7 @@ FAILOVER_CODES = {
 }
 
 _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
+T = TypeVar("T")
 
 
 def role_session_name(vendor: str, customer_id: str | None, role_arn: str) -> str:
@@ -84,12 +86,22 @@ class RegionHealth:
 
 @dataclass
 class AssumeAttempt:
-    """One AssumeRole call in one region, for reports (role check) and logs."""
+    """One STS call (AssumeRole or GetCallerIdentity) in one region, for reports and logs."""
 
     region: str
     outcome: str  # "ok" | "denied" | "region_disabled" | "unreachable" | "throttled" | "error"
     code: str | None = None
     message: str | None = None
+    fix: str | None = None
+
+
+@dataclass
+class CallerIdentity:
+    """The vendor's own account, the region that answered, and what every region tried said."""
+
+    account: str
+    region: str
+    attempts: list[AssumeAttempt]
 
 
 @dataclass
@@ -132,6 +144,33 @@ def _fix_for(
             "the vendor's own AWS credentials are invalid; check the service's AWS credential chain"
         )
     return "see the AWS error message"
+
+
+_VENDOR_CREDENTIALS_FIX = (
+    "Give `logferry serve` valid vendor AWS credentials (AWS_ACCESS_KEY_ID, a profile or an "
+    "instance role)."
+)
+
+
+def _vendor_fix(code: str, region: str) -> str:
+    """The fix for a failed sts:GetCallerIdentity (it runs as the vendor, in its own account)."""
+    if code == "RegionDisabledException":
+        return (
+            f"activate STS in {region} for the vendor's own account (IAM console → Account "
+            "settings → Security Token Service (STS) → Activate), or remove "
+            f"{region} from vendor.sts_regions"
+        )
+    if code == "ExpiredTokenException":
+        return "the vendor's own AWS credentials have expired; renew them"
+    return _VENDOR_CREDENTIALS_FIX
+
+
+def _unreachable_fix(region: str, endpoint: str | None) -> str:
+    where = f" at {endpoint}" if endpoint else ""
+    return (
+        f"STS {region} is down or unreachable from the vendor{where}: check the network path "
+        "and vendor.sts_endpoints; other regions are used meanwhile"
+    )
 
 
 def _outcome_for(code: str | None) -> str:
@@ -230,56 +269,28 @@ class CredentialBroker:
             return client
 
     def caller_account(self) -> str:
-        """The vendor's own account, from sts:GetCallerIdentity (regions in preference order).
+        """The vendor's own account, from sts:GetCallerIdentity (see `caller_identity`)."""
+        return self.caller_identity().account
+
+    def caller_identity(self) -> CallerIdentity:
+        """sts:GetCallerIdentity with the same regional failover as AssumeRole (`_failover`):
+        an unreachable, throttled or not-activated region moves on to the next one.
 
         Raises TransientError when no region answers and SetupError when the vendor's
-        credentials are missing or rejected.
+        credentials are missing or rejected; both carry `attempts` (one per region tried).
         """
-        last: Exception | None = None
-        for region in self.regions:
-            try:
-                return str(self._sts(region).get_caller_identity()["Account"])
-            except ClientError as exc:
-                error = exc.response.get("Error", {})
-                info = AwsErrorInfo(
-                    code=str(error.get("Code") or "Unknown"),
-                    message=str(error.get("Message", "")),
-                    service="sts",
-                    operation="GetCallerIdentity",
-                    region=region,
-                )
-                raise SetupError(
-                    f"sts:GetCallerIdentity via {region} failed: {info.code}: {info.message}",
-                    info,
-                    fix="Give `logferry serve` valid vendor AWS credentials (AWS_ACCESS_KEY_ID, "
-                    "a profile or an instance role).",
-                ) from None
-            except NoCredentialsError:
-                raise SetupError(
-                    "no vendor AWS credentials for sts:GetCallerIdentity",
-                    AwsErrorInfo(
-                        code="NoCredentials",
-                        message="",
-                        service="sts",
-                        operation="GetCallerIdentity",
-                        region=region,
-                    ),
-                    fix="Give `logferry serve` vendor AWS credentials (AWS_ACCESS_KEY_ID, "
-                    "a profile or an instance role).",
-                ) from None
-            except (BotoCoreError, OSError) as exc:
-                last = exc
-        raise TransientError(
-            f"sts:GetCallerIdentity failed in every region ({', '.join(self.regions)}): {last}",
-            AwsErrorInfo(
-                code="Unreachable",
-                message=str(last),
-                service="sts",
-                operation="GetCallerIdentity",
-                region=self.regions[-1],
-            ),
-            fix="Check the network path to STS (vendor.sts_endpoints).",
-        )
+
+        def one(region: str) -> dict[str, object]:
+            return self._call_in_region(
+                region,
+                "GetCallerIdentity",
+                lambda sts: sts.get_caller_identity(),
+                what="sts:GetCallerIdentity",
+                fix=lambda code: _vendor_fix(code, region),
+            )
+
+        response, region, attempts = self._failover(one, what="answer sts:GetCallerIdentity")
+        return CallerIdentity(str(response["Account"]), region, attempts)
 
     def region_order(self) -> list[str]:
         """Healthy regions in configured order, then cooling ones by soonest recovery."""
@@ -320,6 +331,111 @@ class CredentialBroker:
 
     # ---------------------------------------------------------------- one call
 
+    def _call_in_region(
+        self,
+        region: str,
+        operation: str,
+        call: Callable[[BaseClient], T],
+        *,
+        what: str,
+        fix: Callable[[str], str],
+    ) -> T:
+        """One STS call in one region, classified the one way every STS caller shares.
+
+        A region that cannot serve now (unreachable, throttled, 5xx, RegionDisabledException)
+        raises TransientError: `_failover` moves on. Any other AWS answer raises SetupError with
+        `fix(code)`: the region is healthy, the setup is not, and no other region would differ.
+        """
+        try:
+            response = call(self._sts(region))
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code") or "Unknown")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            info = AwsErrorInfo(
+                code=code,
+                message=str(error.get("Message", "")),
+                service="sts",
+                operation=operation,
+                region=region,
+                http_status=status,
+            )
+            if code in FAILOVER_CODES or (status is not None and status >= 500):
+                self.outcomes[(region, _outcome_for(code))] += 1
+                raise TransientError(
+                    f"STS {region}: {code}: {info.message}".rstrip(": "), info, fix=fix(code)
+                ) from None
+            self.outcomes[(region, "denied" if code == "AccessDenied" else "error")] += 1
+            raise SetupError(
+                f"{what} via STS {region} failed: {code}: {info.message}", info, fix=fix(code)
+            ) from None
+        except NoCredentialsError:
+            # Before BotoCoreError (its parent): no region can help, the vendor must act.
+            self.outcomes[(region, "error")] += 1
+            raise SetupError(
+                f"no vendor AWS credentials for {operation}",
+                AwsErrorInfo(
+                    code="NoCredentials", service="sts", operation=operation, region=region
+                ),
+                fix=_VENDOR_CREDENTIALS_FIX,
+            ) from None
+        except (ConnectionError, HTTPClientError, BotoCoreError, OSError) as exc:
+            self.outcomes[(region, "unreachable")] += 1
+            endpoint = self.endpoint_for(region)
+            info = AwsErrorInfo(
+                code="Unreachable",
+                message=str(exc),
+                service="sts",
+                operation=operation,
+                region=region,
+            )
+            raise TransientError(
+                f"STS {region} unreachable at {endpoint or 'AWS'}: {exc}",
+                info,
+                fix=_unreachable_fix(region, endpoint),
+            ) from None
+        self.outcomes[(region, "ok")] += 1
+        return response
+
+    def _failover(
+        self, call_one: Callable[[str], T], *, what: str
+    ) -> tuple[T, str, list[AssumeAttempt]]:
+        """Try `call_one(region)` in `region_order()` until one answers: the one failover loop
+        for delivery (AssumeRole) and start-up (GetCallerIdentity). A region's health follows
+        each outcome; a SetupError stops at once (the region answered). Returns the result,
+        the region and one attempt per region tried; errors carry `attempts` too, and when
+        every region failed the fix names each region's own fix.
+        """
+        attempts: list[AssumeAttempt] = []
+        last: TransientError | None = None
+        for region in self.region_order():
+            try:
+                result = call_one(region)
+            except TransientError as exc:
+                self._mark(region, False, f"{exc.code}: {exc.info.message}")
+                outcome = _outcome_for(None if exc.code == "Unreachable" else exc.code)
+                attempts.append(AssumeAttempt(region, outcome, exc.code, exc.info.message, exc.fix))
+                last = exc
+                continue
+            except SetupError as exc:
+                # The region answered: it is healthy, the setup is not.
+                self._mark(region, True)
+                outcome = "denied" if exc.code == "AccessDenied" else "error"
+                attempts.append(AssumeAttempt(region, outcome, exc.code, exc.info.message, exc.fix))
+                exc.attempts = attempts  # type: ignore[attr-defined]
+                raise
+            self._mark(region, True)
+            attempts.append(AssumeAttempt(region, "ok"))
+            return result, region, attempts
+        assert last is not None
+        summary = "; ".join(f"{a.region}: {a.code}" for a in attempts)
+        fixes = "; ".join(f"{a.region}: {a.fix}" for a in attempts if a.fix)
+        error = TransientError(
+            f"no STS region could {what} ({summary})", last.info, fix=fixes or last.fix
+        )
+        error.attempts = attempts  # type: ignore[attr-defined]
+        raise error
+
     def assume_in_region(self, key: RoleKey, region: str) -> AssumeResult:
         """One AssumeRole in one region; raises SetupError (customer) or TransientError."""
         params: dict[str, object] = {
@@ -331,53 +447,23 @@ class CredentialBroker:
             params["ExternalId"] = key.external_id
         if key.source_identity:
             params["SourceIdentity"] = key.source_identity
-        try:
-            response = self._sts(region).assume_role(**params)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code") or "Unknown")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            info = AwsErrorInfo(
-                code=code,
-                message=str(error.get("Message", "")),
-                service="sts",
-                operation="AssumeRole",
-                region=region,
-                http_status=status,
-            )
-            fix = _fix_for(
+
+        def fix(code: str) -> str:
+            return _fix_for(
                 code,
                 role_arn=key.role_arn,
                 vendor_account=self.vendor_account_id,
                 external_id=key.external_id,
                 region=region,
             )
-            if code in FAILOVER_CODES or (status is not None and status >= 500):
-                self.outcomes[(region, _outcome_for(code))] += 1
-                raise TransientError(
-                    f"STS {region}: {code}: {info.message}".rstrip(": "), info, fix=fix
-                ) from None
-            self.outcomes[(region, "denied" if code == "AccessDenied" else "error")] += 1
-            raise SetupError(
-                f"AssumeRole {key.role_arn} via STS {region} failed: {code}: {info.message}",
-                info,
-                fix=fix,
-            ) from None
-        except (ConnectionError, HTTPClientError, BotoCoreError) as exc:
-            self.outcomes[(region, "unreachable")] += 1
-            info = AwsErrorInfo(
-                code="Unreachable",
-                message=str(exc),
-                service="sts",
-                operation="AssumeRole",
-                region=region,
-            )
-            raise TransientError(
-                f"STS {region} unreachable at {self.endpoint_for(region) or 'AWS'}: {exc}",
-                info,
-                fix=f"STS {region} is down or unreachable from the vendor; other regions are used",
-            ) from None
-        self.outcomes[(region, "ok")] += 1
+
+        response = self._call_in_region(
+            region,
+            "AssumeRole",
+            lambda sts: sts.assume_role(**params),
+            what=f"AssumeRole {key.role_arn}",
+            fix=fix,
+        )
         creds = response["Credentials"]
         return AssumeResult(
             region=region,
@@ -391,41 +477,12 @@ class CredentialBroker:
 
     def assume(self, key: RoleKey) -> AssumeResult:
         """AssumeRole with failover across regions; customer errors stop at the first region."""
-        attempts: list[AssumeAttempt] = []
-        last: TransientError | None = None
-        for region in self.region_order():
-            try:
-                result = self.assume_in_region(key, region)
-            except TransientError as exc:
-                self._mark(region, False, f"{exc.code}: {exc.info.message}")
-                attempts.append(
-                    AssumeAttempt(
-                        region,
-                        _outcome_for(None if exc.code == "Unreachable" else exc.code),
-                        exc.code,
-                        exc.info.message,
-                    )
-                )
-                last = exc
-                continue
-            except SetupError as exc:
-                # The region answered: it is healthy, the customer's setup is not.
-                self._mark(region, True)
-                attempts.append(AssumeAttempt(region, "denied", exc.code, exc.info.message))
-                exc.attempts = attempts  # type: ignore[attr-defined]
-                raise
-            self._mark(region, True)
-            result.attempts = [*attempts, *result.attempts]
-            return result
-        assert last is not None
-        summary = "; ".join(f"{a.region}: {a.code}" for a in attempts)
-        error = TransientError(
-            f"no STS region could issue credentials for {key.role_arn} ({summary})",
-            last.info,
-            fix=last.fix,
+        result, _, attempts = self._failover(
+            lambda region: self.assume_in_region(key, region),
+            what=f"issue credentials for {key.role_arn}",
         )
-        error.attempts = attempts  # type: ignore[attr-defined]
-        raise error
+        result.attempts = attempts
+        return result
 
     # ---------------------------------------------------------------- cache
 

@@ -70,18 +70,49 @@ async def _check_vendor_account(cfg: ServiceConfig, service: Any) -> None:
 
     Customers are told to trust this account in their roles' trust policies; a wrong value
     would point them at a third party. A configured `vendor.account_id` that differs from the
-    credentials' account is a misconfiguration: exit 2. No answer from STS: exit 1.
+    credentials' account is a misconfiguration: exit 2. No answer from STS: exit 1. The call
+    fails over across `vendor.sts_regions` exactly as delivery's AssumeRole does (one shared
+    loop in the broker); each region's outcome is logged, and printed with its fix on failure.
     """
     from logferry.errors import AwsError
 
     try:
-        actual = await asyncio.to_thread(service.broker.caller_account)
+        identity = await asyncio.to_thread(service.broker.caller_identity)
     except AwsError as exc:
-        err.print(f"[bold red]error:[/] cannot determine the vendor account: {exc}")
-        if exc.fix:
-            err.print(f"  fix: {exc.fix}")
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] cannot determine the vendor account: {escape(exc.message)}")
+        attempts = getattr(exc, "attempts", None) or []
+        for attempt in attempts:
+            err.print(
+                f"  {attempt.region}: {attempt.outcome} ({attempt.code}): "
+                f"fix: {attempt.fix or 'see the AWS error message'}",
+                markup=False,
+            )
+        if exc.fix and not attempts:
+            err.print(f"  fix: {exc.fix}", markup=False)
         service.close_quietly()
         raise typer.Exit(1) from None
+    for attempt in identity.attempts:
+        if attempt.outcome != "ok":
+            log(
+                logger,
+                logging.WARNING,
+                "STS region failed at start-up; failed over",
+                region=attempt.region,
+                outcome=attempt.outcome,
+                code=attempt.code,
+                fix=attempt.fix,
+            )
+    tried = {a.region: a.outcome for a in identity.attempts}
+    log(
+        logger,
+        logging.INFO,
+        "STS regions at start-up",
+        regions=" ".join(f"{r}={tried.get(r, 'not_tried')}" for r in service.broker.regions),
+        answered_by=identity.region,
+    )
+    actual = identity.account
     expected = cfg.vendor.account_id
     if expected is not None and expected != actual:
         err.print(

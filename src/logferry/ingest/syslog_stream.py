@@ -180,21 +180,27 @@ class TlsLayer:
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                self.finished = self.close_notify = True
-                with contextlib.suppress(ssl.SSLError, ValueError):
-                    self.obj.unwrap()  # answer with our close_notify (a clean TLS close)
+                self._closed_by_peer()
                 break
             except ssl.SSLError as exc:  # SSLEOFError: the TCP stream ended without close_notify
                 self.finished = True
                 self.error = exc
                 break
-            if not chunk:
-                self.finished = self.close_notify = True
+            if not chunk:  # CPython's SSLObject.read returns b"" for a received close_notify
+                self._closed_by_peer()
                 break
             parts.append(chunk)
             size += len(chunk)
         self._flush()
         return b"".join(parts)
+
+    def _closed_by_peer(self) -> None:
+        """The peer sent close_notify: answer with ours (RFC 5425 §4.4: the receiver MUST), or a
+        sender that waits for it (`SSLSocket.unwrap()`, `gnutls_bye(GNUTLS_SHUT_RDWR)`) sees
+        EOF and reports an error. `_flush` puts it on the wire before the handler closes."""
+        self.finished = self.close_notify = True
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self.obj.unwrap()
 
     def _flush(self) -> None:
         if self._out.pending:

@@ -115,6 +115,12 @@ class ServerConfig(_Strict):
         description="Threads for AWS calls kept in flight (parallel S3 parts, several "
         "PutRecords per endpoint); each sink bounds its own share.",
     )
+    upload_memory_bytes: int | str = Field(
+        "64MiB",
+        description="Process-wide budget of S3 upload bodies (multipart parts, PutObject) in "
+        "flight, shared by every endpoint; at least 16MiB (two parts). A sink that finds no "
+        "room stops reading its spool until a call finishes, holding no delivery thread.",
+    )
     verify_on_change: bool = True
     verify_per_minute: float = Field(
         6.0,
@@ -161,6 +167,17 @@ class ServerConfig(_Strict):
     def _listen(cls, value: str) -> str:
         split_listen(value)
         return value
+
+    @field_validator("upload_memory_bytes")
+    @classmethod
+    def _upload_memory(cls, value: int | str) -> int:
+        size = parse_size(value)
+        if size < 16 * 1024 * 1024:
+            raise ValueError(
+                f"must be at least 16MiB (two 8 MiB S3 parts), got {size} bytes; "
+                'e.g. upload_memory_bytes = "64MiB"'
+            )
+        return size
 
 
 class SpoolConfig(_Strict):

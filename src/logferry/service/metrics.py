@@ -80,12 +80,46 @@ class _StateCollector(Collector):
             "logferry_spool_disk_bytes", "Bytes the spool uses on disk", value=snap.get("disk", 0)
         )
         yield from _syslog_families(snap.get("syslog", {}))
+        yield from _upload_budget_families()
         states = GaugeMetricFamily(
             "logferry_endpoints", "Configured endpoints by type and state", labels=["type", "state"]
         )
         for (type_, state), count in sorted(snap.get("states", {}).items()):
             states.add_metric([type_, state], count)
         yield states
+
+
+def _upload_budget_families() -> Iterable[Any]:
+    """The process-wide S3 upload budget (`server.upload_memory_bytes`), read where it lives:
+    one budget per process, shared by every S3 sink."""
+    from logferry.sinks.s3_budget import shared_budget
+
+    budget = shared_budget().snapshot()
+    yield GaugeMetricFamily(
+        "logferry_s3_upload_budget_bytes",
+        "Budget of S3 upload bodies in flight (server.upload_memory_bytes)",
+        value=budget["max_bytes"],
+    )
+    yield GaugeMetricFamily(
+        "logferry_s3_upload_bytes_in_flight",
+        "S3 UploadPart/PutObject body bytes submitted and not yet finished",
+        value=budget["used"],
+    )
+    yield GaugeMetricFamily(
+        "logferry_s3_upload_bytes_in_flight_peak",
+        "Highest logferry_s3_upload_bytes_in_flight since start (never above the budget)",
+        value=budget["peak"],
+    )
+    yield CounterMetricFamily(
+        "logferry_s3_upload_budget_waits",
+        "Times an S3 body found the upload budget full and its endpoint waited",
+        value=budget["waits"],
+    )
+    yield GaugeMetricFamily(
+        "logferry_s3_upload_budget_waiting_endpoints",
+        "S3 endpoints waiting for room in the upload budget now",
+        value=budget["waiting"],
+    )
 
 
 _SYSLOG_COUNTERS = (

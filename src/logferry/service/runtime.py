@@ -32,6 +32,7 @@ from logferry.service.metrics import Metrics
 from logferry.service.store import CustomerRecord, EndpointRecord, Store
 from logferry.service.worker import EndpointWorker, model_for
 from logferry.sinks.registry import SinkContext, factory
+from logferry.sinks.s3_budget import configure_shared_budget
 from logferry.spool import Chunk, SpoolManager
 from logferry.spool.budget import LayeredBudget
 from logferry.spool.log import SpoolBudget
@@ -110,6 +111,8 @@ class Service:
         self.activation_executor = ThreadPoolExecutor(
             max_workers=config.server.activation_threads, thread_name_prefix="activate"
         )
+        # S3 bodies in flight share one budget per process (server.upload_memory_bytes).
+        configure_shared_budget(config.server.upload_memory_bytes)  # type: ignore[arg-type]
         # Calls a sink keeps in flight wait on the network here, not on a delivery thread.
         self.io_executor = ThreadPoolExecutor(
             max_workers=config.server.aws_io_threads, thread_name_prefix="aws-io"

@@ -134,6 +134,49 @@ def _compress_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+class _PartBuffer:
+    """Compressed members of the part being filled, joined once when the part is cut.
+
+    One allocation of the part's exact size, which glibc maps on its own (above the threshold
+    `s3_budget.configure_shared_budget` pins) and returns to the system when the upload is done,
+    instead of a bytearray grown by reallocation inside a thread's arena, which keeps it.
+    """
+
+    __slots__ = ("_members", "_size")
+
+    def __init__(self) -> None:
+        self._members: list[bytes] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def append(self, member: bytes) -> None:
+        if member:
+            self._members.append(member)
+            self._size += len(member)
+
+    def take(self) -> bytearray:
+        """The part's bytes, allocated once at their exact size; the buffer is empty afterwards.
+
+        A bytearray, as before: botocore sends it as it is (a bytes body would be wrapped in a
+        file and get `Expect: 100-continue`, a round trip per part)."""
+        body = bytearray().join(self._members)
+        self._members = []
+        self._size = 0
+        return body
+
+    def take_bytes(self) -> bytes:
+        """`take` for a PutObject body (see `_put_without_expect`), in one allocation too."""
+        body = b"".join(self._members)
+        self._members = []
+        self._size = 0
+        return body
+
+
 @dataclass
 class _Flight:
     """One UploadPart submitted to the io pool."""
@@ -158,7 +201,7 @@ class _OpenFile:
     framed: int = 0
     raw: list[bytes] = field(default_factory=list)
     raw_size: int = 0
-    buf: bytearray = field(default_factory=bytearray)
+    buf: _PartBuffer = field(default_factory=_PartBuffer)
     """Compressed members not yet uploaded (non-PGP)."""
     sealed_end: int = 0
     sealed_framed: int = 0
@@ -276,6 +319,9 @@ class S3Sink:
         self._wake = wake or (lambda: None)
         self.parts_in_flight = parts_in_flight
         self._budget = budget or shared_budget()
+        self._budget_wait = False
+        """A body of the first file found no room in the budget: read no more until it goes up
+        (its release wakes us), so a starved sink holds no more parts than it already cut."""
         self._file: _OpenFile | None = None
         """The file lines are added to (None between files)."""
         self._files: deque[_OpenFile] = deque()
@@ -324,6 +370,8 @@ class S3Sink:
         queued or in flight: the worker stops reading until `wake` says one finished."""
         if self._io is None:
             return True
+        if self._budget_wait and self._files:
+            return False
         parts = 0
         held = 0
         for f in self._files:
@@ -353,7 +401,8 @@ class S3Sink:
         return remaining
 
     def _in_flight(self) -> bool:
-        return any(f.futures() or f.queued for f in self._files)
+        # A body waiting for budget counts: its wake may come from another endpoint's call.
+        return self._budget_wait or any(f.futures() or f.queued for f in self._files)
 
     def holds_data(self) -> bool:
         """Lines not yet durable, or a closed file whose last calls are still running (the
@@ -373,6 +422,7 @@ class S3Sink:
             "open_file_parts": len(f.parts) if f else 0,
             "files_uploading": sum(1 for x in self._files if x.closed),
             "parts_in_flight": sum(len(x.flights) for x in self._files),
+            "waiting_for_upload_budget": self._budget_wait,
             "last_key": self.stats.last_key,
             "parts_uploaded": self.stats.parts,
             "bytes_uploaded": self.stats.bytes_out,
@@ -720,7 +770,7 @@ class S3Sink:
         if f.spill is not None:
             f.spill.write(member)
         else:
-            f.buf += member
+            f.buf.append(member)
         f.sealed_end = end
         f.sealed_framed = framed
 
@@ -754,9 +804,8 @@ class S3Sink:
     def _cut_part(self, f: _OpenFile) -> None:
         """`buf` is a full part: queue it (it goes up once it is first in line and a slot and
         the budget allow; inline without an io pool)."""
-        f.queued.append((f.next_number, f.buf, f.sealed_end, f.sealed_framed))
+        f.queued.append((f.next_number, f.buf.take(), f.sealed_end, f.sealed_framed))
         f.next_number += 1
-        f.buf = bytearray()
         self._advance()
 
     def _close(self, f: _OpenFile, *, implied: bool) -> None:
@@ -769,9 +818,8 @@ class S3Sink:
         f.implied = implied or f.boundary is not None
         f.end_saved = f.boundary is not None  # a journaled boundary: already in the journal
         if f.multipart and f.buf:
-            f.queued.append((f.next_number, f.buf, f.sealed_end, f.sealed_framed))
+            f.queued.append((f.next_number, f.buf.take(), f.sealed_end, f.sealed_framed))
             f.next_number += 1
-            f.buf = bytearray()
         if self._file is f:
             self._file = None
         self._advance()
@@ -836,7 +884,9 @@ class S3Sink:
             while f.queued and len(f.flights) < self.parts_in_flight:
                 number, body, end, framed = f.queued[0]
                 if self._io is not None and not self._budget.acquire(len(body), self._wake):
+                    self._budget_wait = True
                     break
+                self._budget_wait = False
                 f.queued.popleft()
                 f.flights[number] = _Flight(
                     self._submit(self._part_call(f, number, body), budget=len(body)),
@@ -856,11 +906,16 @@ class S3Sink:
             upload_id, parts = f.upload_id, list(f.parts)
             f.final = self._submit(lambda: self._complete(f.key, upload_id, parts))
         else:
-            body = bytes(f.buf)
-            f.buf = bytearray()
-            f.final_size = len(body)
+            size = len(f.buf)
+            if self._io is not None and not self._budget.acquire(size, self._wake):
+                self._budget_wait = True  # the same budget as parts: one bound for all bodies
+                return False
+            self._budget_wait = False
+            body = f.buf.take_bytes()
+            f.final_size = size
             f.final = self._submit(
-                lambda: self._call("PutObject", Key=f.key, Body=body, **self._put_args)
+                lambda: self._call("PutObject", Key=f.key, Body=body, **self._put_args),
+                budget=size,
             )
         return True
 
@@ -979,6 +1034,7 @@ class S3Sink:
         self._file = None
         self._plan = None
         self._pos = None
+        self._budget_wait = False
 
     def _remove_temp_files(self) -> None:
         if not self.state_dir.is_dir():
