@@ -315,6 +315,29 @@ def test_tick_closes_period_by_clock_and_flush_closes_early(
     assert len(h.objects(ep)) == 2
 
 
+def test_a_file_stamped_while_the_clock_was_ahead_closes_once_the_clock_is_corrected(
+    emulator: Emulator, shared_role: S3Role, tmp_path: Path
+) -> None:
+    """Lines accepted during a forward step of the wall clock carry a period in the future; once
+    the clock is set back, their file closes at the next tick instead of waiting (here a day)
+    for real time to reach that period."""
+    h = Harness(emulator, shared_role, tmp_path)
+    ep = h.endpoint(period=300, compression_codec="gzip")
+    sink = h.sink(ep)
+    sink.recover()
+    ahead = T0 + 86_400
+    chunks = list(make_chunks(access_lines(200), per_chunk=100, accepted_at=ahead))
+    for chunk in chunks:
+        sink.feed(chunk)
+    h.now = ahead + 10  # the clock is still ahead: the period has not ended
+    sink.tick()
+    assert h.objects(ep) == {}
+    h.now = T0 + 20  # corrected
+    sink.tick()
+    assert list(h.objects(ep)) == [ep.object_key(ep.period_start(ahead), "t1-" + "0" * 16)]
+    assert sink.durable_offset == chunks[-1].end
+
+
 # --- determinism and replay -------------------------------------------------------------------
 
 

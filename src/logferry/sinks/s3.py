@@ -392,7 +392,7 @@ class S3Sink:
         f = self._file
         remaining: float | None = None
         if f is not None and f.boundary is None and caught_up:
-            remaining = f.period_start + self.endpoint.period - self._clock()
+            remaining = self._period_remaining(f)
             if remaining <= 0:
                 self._guarded(lambda: self._close(f, implied=False))
                 remaining = None
@@ -513,8 +513,19 @@ class S3Sink:
         f = self._file
         if f is None or f.boundary is not None:
             return
-        if self._clock() >= f.period_start + self.endpoint.period:
+        if self._period_remaining(f) <= 0:
             self._guarded(lambda: self._close(f, implied=False))
+
+    def _period_remaining(self, f: _OpenFile) -> float:
+        """Seconds until `f`'s period ends by `clock()`; 0 when it has ended, and also when
+        its period starts more than a period ahead of the clock: its lines were stamped while
+        the wall clock was ahead (a step later corrected), and waiting for real time to reach
+        that period would hold them back for as long as the clock was wrong."""
+        now = self._clock()
+        period = self.endpoint.period
+        if f.period_start - now > period:
+            return 0.0
+        return f.period_start + period - now
 
     def flush(self) -> None:
         """Close the open file now (shutdown, idle flush). A file being rebuilt to a journaled
