@@ -210,7 +210,10 @@ def send_and_end(
         sock.sendall(payload[i : i + chunk])
     if end == "tls_close":
         assert isinstance(sock, ssl.SSLSocket)
-        sock.settimeout(0.5)  # send our close_notify; a busy server may not answer at once
+        # Send our close_notify. The reply is not awaited here: callers hold the server's spool
+        # (it stops reading), so it cannot answer yet; tests/test_regressions.py checks the
+        # reply RFC 5425 §4.4 requires, with a server that reads.
+        sock.settimeout(0.5)
         with contextlib.suppress(OSError):
             sock.unwrap()
         sock.close()
