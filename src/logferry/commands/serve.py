@@ -196,7 +196,7 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
                 IngestFastPath(app, service),
                 budget,
                 cfg.server.max_body_bytes,
-                service.metrics.http_refused.labels("body_budget").inc,
+                lambda reason: service.metrics.http_refused.labels(reason).inc(),
             ),
             host=host,
             port=port,
