@@ -178,6 +178,7 @@ def test_connection_cap_per_source_and_the_body_budget(
         max_connections_per_source=8,
         max_body_bytes="1MiB",
         max_body_bytes_in_flight="2MiB",
+        max_body_bytes_in_flight_per_source="1MiB",
     )
     # Eight connections from 127.0.0.2 are held; its ninth is closed at once, unanswered.
     held = [_connect(serve, "127.0.0.2") for _ in range(8)]
@@ -217,6 +218,15 @@ def test_connection_cap_per_source_and_the_body_budget(
     assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
     assert b"100 Continue" not in answer
     expecting.close()
+    # The address of the first holder is at its own share (1 MiB): 503 for it alone.
+    same_source = _connect(serve, "127.0.0.5")
+    same_source.sendall(_head(customer, "content-length: 10\r\n"))
+    head, rest = _read_response(same_source)
+    assert head.startswith(b"HTTP/1.1 503 "), head
+    assert b"max_body_bytes_in_flight_per_source" in rest
+    same_source.close()
+    assert _metric(serve, "logferry_http_refused_total", reason="body_budget_per_source") == 1
+
     # A chunked body is counted as it arrives and cut when it passes the budget.
     chunked = _connect(serve, "127.0.0.8")
     chunked.sendall(_head(customer, "transfer-encoding: chunked\r\n"))
@@ -248,3 +258,53 @@ def test_connection_cap_per_source_and_the_body_budget(
     got = _landed(emulator, role.bucket, expected)
     assert got == Counter(mid + retried + [line[:-1]] * (sum(sizes) // len(line)))
     assert serve.terminate() == 0
+
+
+def test_connection_and_budget_accounting_without_a_network() -> None:
+    """The caps' bookkeeping: refusals by reason, an address freed when its connection ends,
+    and budget shares returned whole."""
+    import asyncio
+
+    from logferry.service.listener_limits import BodyBudget, ConnectionLimits
+
+    async def scenario() -> None:
+        refused: list[str] = []
+        limits = ConnectionLimits(
+            head_timeout=30,
+            body_timeout=30,
+            max_connections=3,
+            max_per_source=2,
+            refused=refused.append,
+        )
+
+        class Conn:
+            limits_deadline = 0.0
+
+            def limits_expired(self, now: float) -> None:
+                raise AssertionError("no deadline was set")
+
+        a1, a2, a3, b1, c1 = (Conn() for _ in range(5))
+        assert limits.admit(a1, "a") is None and limits.admit(a2, "a") is None
+        assert limits.admit(a3, "a") == "max_per_source"
+        assert limits.admit(b1, "b") is None
+        assert limits.admit(c1, "c") == "max_connections"
+        limits.forget(a3, "a")  # refused: never counted, forgetting it changes nothing
+        assert limits.per_source == {"a": 2, "b": 1}
+        limits.forget(a1, "a")
+        assert limits.admit(c1, "c") is None
+        assert limits.per_source == {"a": 1, "b": 1, "c": 1}
+        assert refused == ["max_per_source", "max_connections"]
+        await limits.stop()
+
+    asyncio.run(scenario())
+
+    budget = BodyBudget(100, per_source=60)
+    assert budget.take(60, "a") is None
+    assert budget.take(1, "a") == "source"
+    assert budget.take(40, "b") is None
+    assert budget.take(1, "c") == "budget"
+    budget.give(60, "a")
+    assert budget.take(60, "c") is None
+    budget.give(40, "b")
+    budget.give(60, "c")
+    assert (budget.in_flight, budget.by_source) == (0, {})

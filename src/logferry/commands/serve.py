@@ -203,7 +203,9 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=max(5, int(cfg.server.shutdown_flush_seconds) + 5),
-            limit_concurrency=cfg.server.max_connections,
+            # The cap on connections is ConnectionLimits' (one over it is closed at once);
+            # uvicorn's own would answer 503 to every request once it is reached.
+            limit_concurrency=None,
             http=http,
             backlog=2048,
             h11_max_incomplete_event_size=64 * 1024,
@@ -250,6 +252,8 @@ def _listener_limits(cfg: ServiceConfig, service: Any) -> tuple[Any, Any]:
         refused=lambda reason: metrics.http_refused.labels(reason).inc(),
         closed=lambda reason: metrics.http_closed.labels(reason).inc(),
     )
-    budget = BodyBudget(int(server.max_body_bytes_in_flight))
+    budget = BodyBudget(
+        int(server.max_body_bytes_in_flight), int(server.max_body_bytes_in_flight_per_source)
+    )
     wire_metrics(metrics, limits, budget)
     return limits, budget

@@ -133,6 +133,12 @@ class ServerConfig(_Strict):
         "reserved when the head arrives, chunked bodies count as they arrive); over it: 503 + "
         "Retry-After before the body is read. 0 = no limit.",
     )
+    max_body_bytes_in_flight_per_source: int | str = Field(
+        "32MiB",
+        description="One client address's share of max_body_bytes_in_flight (so one address "
+        "cannot hold all of it); over it: 503 + Retry-After. 0 = no share (behind a load "
+        "balancer every request comes from its address).",
+    )
     tls: TlsConfig | None = None
     max_body_bytes: int | str = "16MiB"
     max_line_bytes: int | str = "256KiB"
@@ -179,19 +185,26 @@ class ServerConfig(_Strict):
         "6 AssumeRole calls); over it: 429 + Retry-After.",
     )
 
-    @field_validator("max_body_bytes", "max_line_bytes", "max_body_bytes_in_flight")
+    @field_validator(
+        "max_body_bytes",
+        "max_line_bytes",
+        "max_body_bytes_in_flight",
+        "max_body_bytes_in_flight_per_source",
+    )
     @classmethod
     def _size(cls, value: int | str) -> int:
         return parse_size(value)
 
     @model_validator(mode="after")
     def _budget_fits_a_body(self) -> ServerConfig:
-        budget, body = int(self.max_body_bytes_in_flight), int(self.max_body_bytes)
-        if 0 < budget < body:
-            raise ValueError(
-                f"max_body_bytes_in_flight ({budget}) is below max_body_bytes ({body}): the "
-                "largest allowed request could never be taken; raise it (or 0 = no limit)"
-            )
+        body = int(self.max_body_bytes)
+        for name in ("max_body_bytes_in_flight", "max_body_bytes_in_flight_per_source"):
+            budget = int(getattr(self, name))
+            if 0 < budget < body:
+                raise ValueError(
+                    f"{name} ({budget}) is below max_body_bytes ({body}): the largest "
+                    "allowed request could never be taken; raise it (or 0 = no limit)"
+                )
         return self
 
     @field_validator("listen")

@@ -12,9 +12,11 @@ both of its parsers (httptools and h11); the parser-specific hooks live in `http
   connection (caps), and one sweep task closes connections past their deadline (a timer per
   connection re-armed on every read would cost far more than one pass over the open set).
 - `BodyBudget` + `BodyBudgetMiddleware` (ASGI, in front of the whole app): the declared
-  Content-Length is reserved when the head arrives and refused with 503 + Retry-After before a
-  byte of the body is read; chunked bodies (and bodies declared larger than `max_body_bytes`)
-  are counted as they arrive. A reservation is returned when the request ends, however it ends.
+  Content-Length is reserved when the head arrives (in all, and as one client address's share)
+  and refused with 503 + Retry-After before a byte of the body is read; chunked bodies (and
+  bodies declared larger than `max_body_bytes`) are counted as they arrive. A reservation is
+  returned when the request ends, however it ends. The client address is the one uvicorn puts
+  in the scope: the peer, or X-Forwarded-For from a trusted proxy (`forwarded_allow_ips`).
 
 Defaults, what a client sees, and measured figures: docs/security.md, "HTTP listener limits".
 """
@@ -118,29 +120,47 @@ class ConnectionLimits:
 
 
 class BodyBudget:
-    """Request-body bytes held across all requests; `limit` 0 = no limit. One event loop."""
+    """Request-body bytes held across all requests (`limit`) and by one client address
+    (`per_source`, so one address cannot hold the whole budget); 0 = no limit. One loop."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_source: int = 0) -> None:
         self.limit = limit
+        self.per_source = per_source
         self.in_flight = 0
+        self.by_source: dict[str, int] = {}
 
-    def take(self, size: int) -> bool:
+    def take(self, size: int, source: str = "") -> str | None:
+        """Reserve `size` bytes; the limit that refuses them ("budget", "source"), or None."""
         if self.limit and self.in_flight + size > self.limit:
-            return False
+            return "budget"
+        held = self.by_source.get(source, 0)
+        if self.per_source and held + size > self.per_source:
+            return "source"
         self.in_flight += size
-        return True
+        self.by_source[source] = held + size
+        return None
 
-    def give(self, size: int) -> None:
+    def give(self, size: int, source: str = "") -> None:
         self.in_flight -= size
+        left = self.by_source.get(source, 0) - size
+        if left > 0:
+            self.by_source[source] = left
+        else:
+            self.by_source.pop(source, None)
 
 
-def _refusal(limit: int, *, close: bool) -> tuple[Message, Message]:
+def _refusal(budget: BodyBudget, which: str, *, close: bool) -> tuple[Message, Message]:
+    if which == "source":
+        what = "this client address holds its share of request bodies in flight "
+        what += f"({budget.per_source} bytes, server.max_body_bytes_in_flight_per_source)"
+    else:
+        what = "the server holds its limit of request bodies in flight "
+        what += f"({budget.limit} bytes, server.max_body_bytes_in_flight)"
     body = json.dumps(
         {
-            "error": f"the server holds its limit of request bodies in flight ({limit} bytes); "
-            "nothing of this request was read",
-            "fix": f"retry after {RETRY_AFTER_SECONDS} s (Retry-After); the limit is "
-            "server.max_body_bytes_in_flight",
+            "error": f"{what}; nothing of this request was read",
+            "fix": f"retry after {RETRY_AFTER_SECONDS} s (Retry-After), or send fewer "
+            "large requests at once",
             "retry_after": RETRY_AFTER_SECONDS,
         }
     ).encode()
@@ -169,7 +189,7 @@ class BodyBudgetMiddleware:
         self.refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.budget.limit:
+        if scope["type"] != "http" or not (self.budget.limit or self.budget.per_source):
             await self.app(scope, receive, send)
             return
         declared: int | None = None
@@ -187,12 +207,15 @@ class BodyBudgetMiddleware:
             return
         # Declared above max_body: the ingest routes refuse it unread; others count as it comes.
         held = declared if declared is not None and declared <= self.max_body else 0
-        if held and not self.budget.take(held):
-            self.refused("body_budget")
+        client = scope.get("client")
+        source = client[0] if client else ""
+        refused = self.budget.take(held, source) if held else None
+        if refused is not None:
+            self.refused("body_budget" if refused == "budget" else "body_budget_per_source")
             # A client waiting for 100 Continue will not send the body: the connection cannot
             # go on. Otherwise uvicorn reads and drops whatever body still comes, and the
             # connection stays usable (the client sees the 503 rather than a reset).
-            for message in _refusal(self.budget.limit, close=expect_continue):
+            for message in _refusal(self.budget, refused, close=expect_continue):
                 await send(message)
             return
         if declared is not None and declared <= held:
@@ -200,11 +223,13 @@ class BodyBudgetMiddleware:
             try:
                 await self.app(scope, receive, send)
             finally:
-                self.budget.give(held)
+                self.budget.give(held, source)
             return
-        await self._counted(scope, receive, send, held)
+        await self._counted(scope, receive, send, held, source)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send, held: int) -> None:
+    async def _counted(
+        self, scope: Scope, receive: Receive, send: Send, held: int, source: str
+    ) -> None:
         """A body of unknown size: reserve its bytes as they arrive; over the budget, the
         request is cut (503 + close when no response has started) and the app told the client
         left."""
@@ -222,11 +247,12 @@ class BodyBudgetMiddleware:
             received += len(message.get("body", b""))
             if received > held:
                 more = received - held
-                if not budget.take(more):
+                refused = budget.take(more, source)
+                if refused is not None:
                     cut = True
-                    self.refused("body_budget")
+                    self.refused("body_budget" if refused == "budget" else "body_budget_per_source")
                     if not started:
-                        for part in _refusal(budget.limit, close=True):
+                        for part in _refusal(budget, refused, close=True):
                             await send(part)
                     return {"type": "http.disconnect"}
                 held += more
@@ -242,7 +268,7 @@ class BodyBudgetMiddleware:
         try:
             await self.app(scope, counted_receive, guarded_send)
         finally:
-            budget.give(held)
+            budget.give(held, source)
 
 
 def wire_metrics(metrics: Any, limits: ConnectionLimits, budget: BodyBudget) -> None:

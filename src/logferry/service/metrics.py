@@ -221,7 +221,8 @@ class Metrics:
         self.http_refused = Counter(
             "logferry_http_refused",
             "HTTP connections or requests refused by a listener limit, by reason "
-            "(max_connections, max_per_source: connection closed; body_budget: 503)",
+            "(max_connections, max_per_source: connection closed; body_budget, "
+            "body_budget_per_source: 503)",
             ["reason"],
             registry=r,
         )
