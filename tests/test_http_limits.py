@@ -119,7 +119,13 @@ def test_idle_slow_head_and_stalled_body_are_closed_while_others_are_served(
     emulator: Emulator, unique, tmp_path: Path, parser: tuple[str, str]
 ) -> None:
     serve, customer, role = _start(
-        emulator, unique, tmp_path, parser, head_timeout_seconds=1, body_timeout_seconds=2
+        emulator,
+        unique,
+        tmp_path,
+        parser,
+        head_timeout_seconds=1,
+        body_timeout_seconds=2,
+        max_body_bytes="64KiB",
     )
     idle = _connect(serve, "127.0.0.2")  # never sends a byte
     slow_head = _connect(serve, "127.0.0.3")
@@ -132,6 +138,23 @@ def test_idle_slow_head_and_stalled_body_are_closed_while_others_are_served(
         if select.select([slow_head], [], [], 0.2)[0]:
             break
         slow_head.sendall(b"a")
+
+    # Answered (413) before its body is sent; the body then comes (and is dropped) and the
+    # connection goes idle: closed like any idle one.
+    answered_early = _connect(serve, "127.0.0.5")
+    answered_early.sendall(_head(customer, f"content-length: {65 * 1024}\r\n"))
+    head, _ = _read_response(answered_early)
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    answered_early.sendall(b"x" * 65 * 1024)
+
+    # Answered (413) before a 64 MiB body: the server reads at most 1 MiB more, then closes.
+    refused_big = _connect(serve, "127.0.0.6")
+    refused_big.sendall(_head(customer, f"content-length: {64 * 2**20}\r\n"))
+    head, _ = _read_response(refused_big)
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    with pytest.raises(OSError):  # broken pipe / reset: nobody reads the rest
+        refused_big.sendall(b"x" * 64 * 2**20)
+    refused_big.close()
 
     # A legitimate body sent in pieces, each well within body_timeout of the last: accepted.
     steady = _connect(serve)
@@ -153,7 +176,8 @@ def test_idle_slow_head_and_stalled_body_are_closed_while_others_are_served(
     assert b"server.body_timeout_seconds" in answer
     head, _ = _read_response(steady)
     assert head.startswith(b"HTTP/1.1 202 "), head
-    for sock in (idle, slow_head, stalled, steady):
+    assert _read_until_closed(answered_early) == b""
+    for sock in (idle, slow_head, stalled, steady, answered_early):
         sock.close()
 
     got = _landed(emulator, role.bucket, 110)

@@ -10,13 +10,16 @@ import signal
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from logferry.commands.common import cli_errors, err
 from logferry.service.config import ServiceConfig, load_config, split_listen
 from logferry.service.logs import log, setup_logging
+
+if TYPE_CHECKING:
+    from logferry.service.listener_limits import BodyBudget, ConnectionLimits
 
 logger = logging.getLogger("logferry.serve")
 
@@ -30,6 +33,11 @@ SERVE_HELP = (
     "differs exits 2. /metrics needs the admin token (or auth.metrics_token_env's). Per-customer "
     "spool_max_bytes, ingest_rate_bytes and ingest_rate_lines answer 429 for that customer only. "
     "Files are created 0600 (umask 077). See docs/security.md.\n\n"
+    "\\[server.tls] makes the HTTP port speak HTTPS (a certificate that cannot be loaded exits "
+    "2). Idle and slow connections are closed (server.head_timeout_seconds, "
+    "body_timeout_seconds: 408), connections over server.max_connections(_per_source) are "
+    "closed at once, and bodies over server.max_body_bytes_in_flight get 503 + Retry-After "
+    "before they are read; see docs/security.md 'HTTP listener limits'.\n\n"
     "--local starts an embedded AWS emulator on loopback, provisions a demo customer exactly as "
     "the guide does (through `logferry role create`), creates an S3 and a Kinesis endpoint, and "
     "prints a token and a curl command to try it."
@@ -239,7 +247,7 @@ def _server_ssl_context(cfg: ServiceConfig) -> ssl.SSLContext | None:
     return None  # pragma: no cover - cli_errors exits
 
 
-def _listener_limits(cfg: ServiceConfig, service: Any) -> tuple[Any, Any]:
+def _listener_limits(cfg: ServiceConfig, service: Any) -> tuple[ConnectionLimits, BodyBudget]:
     """The HTTP listener's caps and time limits and its body budget, counted in /metrics."""
     from logferry.service.listener_limits import BodyBudget, ConnectionLimits, wire_metrics
 

@@ -103,6 +103,12 @@ def http_protocol(choice: str, limits: ConnectionLimits | None = None) -> type:
     return bounded_httptools_protocol(limits)
 
 
+DISCARD_MAX_BYTES = 1024 * 1024
+"""Body bytes read and dropped after the request was already answered (a 503 from the body
+budget, a 413) before the connection is closed: enough that a client sending a modest body
+reads its answer instead of a reset, little enough that a refused 16 MiB body is not read."""
+
+
 def _timeout_response(message: str) -> bytes:
     body = message.encode()
     return (
@@ -124,6 +130,7 @@ class _Limited:
     limits_deadline = 0.0
     _deadline_kind = ""
     _source = ""
+    _discarded = 0
 
     # what the uvicorn protocol provides
     transport: Any
@@ -204,6 +211,16 @@ class _Limited:
             limits.closed("idle_timeout")
             self._close(None)  # nothing was asked: a 408 would answer a request never sent
 
+    def _discarding(self, size: int) -> None:
+        """`size` body bytes arrived for a request already answered: close past the cap."""
+        cycle = self.cycle
+        if cycle is None or not cycle.response_complete:
+            return
+        self._discarded += size
+        if self._discarded > DISCARD_MAX_BYTES and not self.transport.is_closing():
+            self._disarm()
+            self.transport.close()
+
     def _close(self, message: str | None) -> None:
         """408 (when `message` and no response has started) and close."""
         self._disarm()
@@ -247,6 +264,7 @@ def bounded_httptools_protocol(limits: ConnectionLimits | None = None) -> type:
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            self._discarded = 0
             size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
             if size > MAX_HEAD_BYTES:
                 # Raised inside the parser: uvicorn answers through send_400_response.
@@ -262,11 +280,16 @@ def bounded_httptools_protocol(limits: ConnectionLimits | None = None) -> type:
             super().on_body(body)
             if self.limits is not None:
                 self.limits_deadline = self.loop.time() + self.limits.body_timeout
+            if self.cycle.response_complete:
+                self._discarding(len(body))
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._in_body = False
-            self._disarm()
+            if self._response_owed():
+                self._disarm()
+            else:  # answered before its body ended (413, 503): now idle, nothing else will arm
+                self._arm("idle")
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -310,8 +333,16 @@ def bounded_h11_protocol(limits: ConnectionLimits | None = None) -> type:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            discarding = self.conn.their_state is h11.SEND_BODY and self._response_done()
             super().data_received(data)
+            if discarding:  # h11 drops these bytes; stop reading them past the cap
+                self._discarding(len(data))
+            elif self.conn.their_state is not h11.SEND_BODY:
+                self._discarded = 0
             self._follow(progress=True)
+
+        def _response_done(self) -> bool:
+            return self.cycle is not None and self.cycle.response_complete
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
