@@ -147,6 +147,13 @@ def test_idle_slow_head_and_stalled_body_are_closed_while_others_are_served(
     assert head.startswith(b"HTTP/1.1 413 "), head
     answered_early.sendall(b"x" * 65 * 1024)
 
+    # Answered (413), then its body stalls: closed by the body limit, with no second answer.
+    answered_stalled = _connect(serve, "127.0.0.7")
+    answered_stalled.sendall(_head(customer, f"content-length: {65 * 1024}\r\n"))
+    head, _ = _read_response(answered_stalled)
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    answered_stalled.sendall(b"x" * 1024)
+
     # Answered (413) before a 64 MiB body: the server reads at most 1 MiB more, then closes.
     refused_big = _connect(serve, "127.0.0.6")
     refused_big.sendall(_head(customer, f"content-length: {64 * 2**20}\r\n"))
@@ -177,7 +184,8 @@ def test_idle_slow_head_and_stalled_body_are_closed_while_others_are_served(
     head, _ = _read_response(steady)
     assert head.startswith(b"HTTP/1.1 202 "), head
     assert _read_until_closed(answered_early) == b""
-    for sock in (idle, slow_head, stalled, steady, answered_early):
+    assert _read_until_closed(answered_stalled) == b""
+    for sock in (idle, slow_head, stalled, steady, answered_early, answered_stalled):
         sock.close()
 
     got = _landed(emulator, role.bucket, 110)

@@ -193,9 +193,12 @@ class _Limited:
                 self._arm("body")
                 return
             limits.closed("body_timeout")
+            answered = self.cycle is not None and self.cycle.response_started
             self._close(
-                f"no request body bytes for {limits.body_timeout:g} s; nothing of this request "
-                "was kept (server.body_timeout_seconds)\n"
+                None
+                if answered
+                else f"no request body bytes for {limits.body_timeout:g} s; nothing of this "
+                "request was kept (server.body_timeout_seconds)\n"
             )
             return
         if self._response_owed():  # armed as a request began: never cut one being answered
@@ -222,15 +225,14 @@ class _Limited:
             self.transport.close()
 
     def _close(self, message: str | None) -> None:
-        """408 (when `message` and no response has started) and close."""
+        """408 (when `message`) and close. Called for a body, `message` is None once that
+        request has an answer (a 503 or 413 sent before its body ended): one answer each."""
         self._disarm()
         cycle = self.cycle
-        started = False
         if cycle is not None and not cycle.response_complete:
-            started = cycle.response_started
             cycle.disconnected = True  # the app's receive sees http.disconnect, its sends drop
             cycle.message_event.set()
-        if message is not None and not started:
+        if message is not None:
             self.transport.write(_timeout_response(message))
         self.transport.close()
 
