@@ -28,7 +28,8 @@ DEFAULT_PROFILE_FILE = "~/.config/logferry/admin.toml"
 UrlOption = typer.Option(
     None,
     "--url",
-    help=f"Base URL of `logferry serve` (default: ${URL_ENV}, else {DEFAULT_URL}).",
+    help=f"Base URL of `logferry serve` (default: ${URL_ENV}, else {DEFAULT_URL}). An https:// "
+    "server whose certificate comes from a private CA: set SSL_CERT_FILE to that CA's PEM file.",
     show_default=False,
 )
 ApiProfileOption = typer.Option(
@@ -160,8 +161,26 @@ def error_from_response(response: httpx.Response, target: ApiTarget) -> ApiError
 def unreachable(exc: httpx.HTTPError, target: ApiTarget) -> ApiError:
     return ApiError(
         f"cannot reach logferry at {target.url}: {exc.__class__.__name__}: {exc}",
-        fix=f"start `logferry serve`, or point --url / ${URL_ENV} at it.",
+        fix=tls_fix(exc, target.url)
+        or f"start `logferry serve`, or point --url / ${URL_ENV} at it.",
     )
+
+
+def tls_fix(exc: Exception, url: str) -> str | None:
+    """What to do when `exc` is a TLS mismatch (httpx reads SSL_CERT_FILE / SSL_CERT_DIR when
+    it verifies a server, so a private CA needs no flag of ours); None for anything else."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            "the server's certificate is not signed by a CA this machine trusts: set "
+            "SSL_CERT_FILE to the PEM file of the CA that signed it (server.tls.cert_file's "
+            "issuer), e.g. SSL_CERT_FILE=ca.pem logferry …"
+        )
+    if url.startswith("https://") and "WRONG_VERSION_NUMBER" in text:
+        return "the server speaks plain HTTP (no [server.tls]): use an http:// URL."
+    if url.startswith("http://") and isinstance(exc, httpx.RemoteProtocolError):
+        return "if the server has [server.tls], use an https:// URL."
+    return None
 
 
 class ApiClient:

@@ -7,15 +7,19 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from logferry.commands.common import cli_errors, err
 from logferry.service.config import ServiceConfig, load_config, split_listen
 from logferry.service.logs import log, setup_logging
+
+if TYPE_CHECKING:
+    from logferry.service.listener_limits import BodyBudget, ConnectionLimits
 
 logger = logging.getLogger("logferry.serve")
 
@@ -29,6 +33,11 @@ SERVE_HELP = (
     "differs exits 2. /metrics needs the admin token (or auth.metrics_token_env's). Per-customer "
     "spool_max_bytes, ingest_rate_bytes and ingest_rate_lines answer 429 for that customer only. "
     "Files are created 0600 (umask 077). See docs/security.md.\n\n"
+    "\\[server.tls] makes the HTTP port speak HTTPS (a certificate that cannot be loaded exits "
+    "2). Idle and slow connections are closed (server.head_timeout_seconds, "
+    "body_timeout_seconds: 408), connections over server.max_connections(_per_source) are "
+    "closed at once, and bodies over server.max_body_bytes_in_flight get 503 + Retry-After "
+    "before they are read; see docs/security.md 'HTTP listener limits'.\n\n"
     "--local starts an embedded AWS emulator on loopback, provisions a demo customer exactly as "
     "the guide does (through `logferry role create`), creates an S3 and a Kinesis endpoint, and "
     "prints a token and a curl command to try it."
@@ -168,12 +177,14 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
     import uvicorn
 
     from logferry.service.api import create_app
-    from logferry.service.http_protocol import http_protocol
+    from logferry.service.http_protocol import http_protocol, parser_name
     from logferry.service.ingest_route import IngestFastPath
+    from logferry.service.listener_limits import BodyBudgetMiddleware
     from logferry.service.runtime import Service
     from logferry.service.security_headers import SecurityHeaders
 
     os.umask(0o077)  # spool segments, state, journals, the SQLite file: owner only (0600/0700)
+    ssl_context = _server_ssl_context(cfg)  # a bad certificate exits 2 before anything starts
     service = Service(cfg, vendor_credentials=credentials)
     await _check_vendor_account(cfg, service)
     if service.admin_token is None:
@@ -198,7 +209,8 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
             event_loop="uvloop"
             if "uvloop" in type(asyncio.get_running_loop()).__module__
             else "asyncio",
-            http_parser="h11" if http == "h11" else "httptools",
+            http_parser=parser_name(cfg.server.http_parser),
+            scheme="https" if ssl_context else "http",
         )
         if on_ready is not None:
             await on_ready(service)
@@ -214,21 +226,32 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
             await service.stop()
             log(logger, logging.INFO, "stopped")
 
-    http = http_protocol(cfg.server.http_parser)
+    limits, budget = _listener_limits(cfg, service)
+    http = http_protocol(cfg.server.http_parser, limits)
     app.router.lifespan_context = lifespan
     host, port = split_listen(cfg.server.listen)
     server = _Server(
         uvicorn.Config(
-            SecurityHeaders(IngestFastPath(app, service)),
+            SecurityHeaders(
+                BodyBudgetMiddleware(
+                    IngestFastPath(app, service),
+                    budget,
+                    cfg.server.max_body_bytes,
+                    lambda reason: service.metrics.http_refused.labels(reason).inc(),
+                )
+            ),
             host=host,
             port=port,
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=max(5, int(cfg.server.shutdown_flush_seconds) + 5),
-            limit_concurrency=4096,
+            # The cap on connections is ConnectionLimits' (one over it is closed at once);
+            # uvicorn's own would answer 503 to every request once it is reached.
+            limit_concurrency=None,
             http=http,
             backlog=2048,
             h11_max_incomplete_event_size=64 * 1024,
+            ssl_context_factory=(lambda *_: ssl_context) if ssl_context else None,
         )
     )
     service.accept_backlog.attach(
@@ -239,3 +262,40 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
     except SystemExit as exc:  # uvicorn exits when it cannot bind
         err.print(f"[bold red]error:[/] cannot listen on {cfg.server.listen}")
         raise typer.Exit(1) from exc
+    finally:
+        await limits.stop()
+
+
+def _server_ssl_context(cfg: ServiceConfig) -> ssl.SSLContext | None:
+    """`[server.tls]` as an SSLContext (the syslog listener's floor); exit 2 naming the key
+    when a file cannot be loaded."""
+    tls = cfg.server.tls
+    if tls is None:
+        return None
+    from logferry.tls import server_ssl_context
+
+    with cli_errors():
+        return server_ssl_context(
+            "server.tls", tls.cert_file, tls.key_file, tls.ca_file, tls.client_auth
+        )
+    return None  # pragma: no cover - cli_errors exits
+
+
+def _listener_limits(cfg: ServiceConfig, service: Any) -> tuple[ConnectionLimits, BodyBudget]:
+    """The HTTP listener's caps and time limits and its body budget, counted in /metrics."""
+    from logferry.service.listener_limits import BodyBudget, ConnectionLimits, wire_metrics
+
+    server, metrics = cfg.server, service.metrics
+    limits = ConnectionLimits(
+        head_timeout=server.head_timeout_seconds,
+        body_timeout=server.body_timeout_seconds,
+        max_connections=server.max_connections,
+        max_per_source=server.max_connections_per_source,
+        refused=lambda reason: metrics.http_refused.labels(reason).inc(),
+        closed=lambda reason: metrics.http_closed.labels(reason).inc(),
+    )
+    budget = BodyBudget(
+        int(server.max_body_bytes_in_flight), int(server.max_body_bytes_in_flight_per_source)
+    )
+    wire_metrics(metrics, limits, budget)
+    return limits, budget

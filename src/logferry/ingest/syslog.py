@@ -75,6 +75,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from logferry.errors import InputError
 from logferry.ingest.lines import Normalized, drop_partial_char, normalize
 from logferry.ingest.syslog_stream import RawConnection, SyslogStream
+from logferry.tls import server_ssl_context
 
 try:
     from logferry.spool import SpoolFull  # type: ignore[attr-defined]
@@ -758,35 +759,16 @@ class SyslogServer:
     def _ssl_context(self) -> ssl.SSLContext:
         tls = self.config.tls
         assert tls is not None
-        where = f"{self.config.label}: tls"
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         # No TLS 1.3 session tickets: syslog senders never read, so unread tickets in their
         # receive buffer turn their close() into an RST that discards their own unsent data.
-        ctx.num_tickets = 0
-        try:
-            ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise InputError(
-                f"{where}.cert_file",
-                f"cannot load certificate {tls.cert_file} with key {tls.key_file}: {exc}",
-                fix="Point cert_file at a PEM certificate (chain) and key_file at its private key.",
-            ) from exc
-        if tls.ca_file is not None:
-            try:
-                ctx.load_verify_locations(cafile=tls.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise InputError(
-                    f"{where}.ca_file",
-                    f"cannot load CA bundle {tls.ca_file}: {exc}",
-                    fix="Point ca_file at a PEM file of CA certificates.",
-                ) from exc
-            ctx.verify_mode = {
-                "none": ssl.CERT_NONE,
-                "optional": ssl.CERT_OPTIONAL,
-                "required": ssl.CERT_REQUIRED,
-            }[tls.client_auth]
-        return ctx
+        return server_ssl_context(
+            f"{self.config.label}: tls",
+            tls.cert_file,
+            tls.key_file,
+            tls.ca_file,
+            tls.client_auth,
+            session_tickets=False,
+        )
 
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Stop accepting, deliver what was already read (one last try each), then close."""

@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from logferry.aws.names import validate_account_id, validate_region
 from logferry.aws.sts_broker import DEFAULT_STS_REGIONS, MAX_DURATION, MIN_DURATION
@@ -77,8 +84,66 @@ class AwsConfig(_Strict):
     (docs/security.md, "S3 domain")."""
 
 
+class TlsConfig(_Strict):
+    """`[server.tls]`: HTTPS on the HTTP port (API, ingest, console), the syslog TLS floor."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = Field(
+        None, description="CA bundle client certificates must chain to (needed by client_auth)."
+    )
+    client_auth: Literal["none", "optional", "required"] = Field(
+        "none",
+        description='"required": only clients with a certificate from ca_file connect; '
+        '"optional": a certificate that is sent must chain to ca_file.',
+    )
+
+    @model_validator(mode="after")
+    def _ca_for_client_auth(self) -> TlsConfig:
+        if self.client_auth != "none" and self.ca_file is None:
+            raise ValueError(f"client_auth = {self.client_auth!r} needs ca_file")
+        return self
+
+
 class ServerConfig(_Strict):
     listen: str = "127.0.0.1:8080"
+    # HTTP listener limits (service/listener_limits.py, docs/security.md "HTTP listener limits")
+    head_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A request head (request line + headers) must be complete this long after "
+        "the connection opened or the previous response ended; else the connection is closed "
+        "(408 when part of a head had arrived).",
+    )
+    body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="A request body that sends no bytes for this long is cut: 408 and close.",
+    )
+    max_connections: int = Field(
+        4096, ge=1, le=1_000_000, description="Open HTTP connections; more are closed at once."
+    )
+    max_connections_per_source: int = Field(
+        256,
+        ge=0,
+        description="Open HTTP connections from one client address; more are closed at once "
+        "(counted). 0 = no limit (behind a load balancer every connection shares its address).",
+    )
+    max_body_bytes_in_flight: int | str = Field(
+        "128MiB",
+        description="Request-body bytes held across all requests at once (Content-Length is "
+        "reserved when the head arrives, chunked bodies count as they arrive); over it: 503 + "
+        "Retry-After before the body is read. 0 = no limit.",
+    )
+    max_body_bytes_in_flight_per_source: int | str = Field(
+        "32MiB",
+        description="One client address's share of max_body_bytes_in_flight (so one address "
+        "cannot hold all of it); over it: 503 + Retry-After. 0 = no share (behind a load "
+        "balancer every request comes from its address).",
+    )
+    tls: TlsConfig | None = None
     max_body_bytes: int | str = "16MiB"
     max_line_bytes: int | str = "256KiB"
     shutdown_flush_seconds: float = Field(20.0, ge=0, le=600)
@@ -157,10 +222,28 @@ class ServerConfig(_Strict):
         "Over it: 413, nothing kept.",
     )
 
-    @field_validator("max_body_bytes", "max_line_bytes", "otlp_max_output_bytes")
+    @field_validator(
+        "max_body_bytes",
+        "max_line_bytes",
+        "otlp_max_output_bytes",
+        "max_body_bytes_in_flight",
+        "max_body_bytes_in_flight_per_source",
+    )
     @classmethod
     def _size(cls, value: int | str) -> int:
         return parse_size(value)
+
+    @model_validator(mode="after")
+    def _budget_fits_a_body(self) -> ServerConfig:
+        body = int(self.max_body_bytes)
+        for name in ("max_body_bytes_in_flight", "max_body_bytes_in_flight_per_source"):
+            budget = int(getattr(self, name))
+            if 0 < budget < body:
+                raise ValueError(
+                    f"{name} ({budget}) is below max_body_bytes ({body}): the largest "
+                    "allowed request could never be taken; raise it (or 0 = no limit)"
+                )
+        return self
 
     @field_validator("listen")
     @classmethod

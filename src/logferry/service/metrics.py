@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -249,6 +249,30 @@ class Metrics:
             "logferry_spool_quarantined_bytes",
             "Damaged spool bytes moved to the quarantine directory (delivery went on)",
             ep,
+            registry=r,
+        )
+        # HTTP listener limits (service/listener_limits.py)
+        self.http_refused = Counter(
+            "logferry_http_refused",
+            "HTTP connections or requests refused by a listener limit, by reason "
+            "(max_connections, max_per_source: connection closed; body_budget, "
+            "body_budget_per_source: 503)",
+            ["reason"],
+            registry=r,
+        )
+        self.http_closed = Counter(
+            "logferry_http_timed_out_connections",
+            "HTTP connections closed by a listener time limit, by reason "
+            "(idle_timeout, head_timeout, body_timeout)",
+            ["reason"],
+            registry=r,
+        )
+        self.http_connections_open = Gauge(
+            "logferry_http_connections_open", "HTTP connections open", registry=r
+        )
+        self.http_body_bytes_in_flight = Gauge(
+            "logferry_http_body_bytes_in_flight",
+            "Request-body bytes reserved by requests in progress (server.max_body_bytes_in_flight)",
             registry=r,
         )
         r.register(_StateCollector(snapshot))
