@@ -217,6 +217,9 @@ def test_ingest_api_and_cli_over_https_and_plain_http_fails_cleanly(
     refused = _cli("admin", "customers", "list", "--url", serve.url, env=admin_env)
     assert refused.returncode == 1
     assert "SSL_CERT_FILE" in refused.stderr, refused.stderr
+    unsent = _cli("send", customer, "s3", "--url", serve.url, stdin=b"never\n", env=env)
+    assert unsent.returncode == 1  # at once, with the fix: a retry loop cannot trust a CA
+    assert "SSL_CERT_FILE" in unsent.stderr, unsent.stderr
 
     got = _landed(emulator, role.bucket, len(direct) + len(sent))
     assert got == Counter(direct + sent)

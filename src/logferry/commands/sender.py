@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 from isal import igzip
 
-from logferry.commands.api_client import ApiError, ApiTarget, error_from_response
+from logferry.commands.api_client import ApiError, ApiTarget, error_from_response, tls_fix
 
 READ_BLOCK = 64 * 1024
 RETRYABLE = {429, 502, 503, 504}
@@ -272,6 +272,8 @@ class Sender:
                 response = http.post(self.path, content=body, headers=headers)
             except httpx.TransportError as exc:
                 self.stats.connection_errors += 1
+                if tls := tls_fix(exc, self.target.url):  # a setup error: retrying cannot help
+                    raise ApiError(f"cannot reach {self.target.url}: {exc}", fix=tls) from None
                 if not isinstance(exc, SAFE_TRANSPORT):
                     self.stats.ambiguous_retries += 1
                 why = f"cannot reach {self.target.url}: {exc.__class__.__name__}: {exc}"
