@@ -188,9 +188,9 @@ def test_s3_endpoint_set_up_end_to_end(
     assert 'resource "aws_iam_role"' in page.locator("#terraform").inner_text()
     # Copy buttons put the document on the clipboard (falls back to execCommand headless).
     page.get_by_role("button", name="Copy trust policy").click()
-    page.wait_for_function(
-        "document.getElementById('live').textContent.includes('trust policy copied')"
-    )
+    # A locator wait, not wait_for_function: the console's CSP forbids eval, which a string
+    # predicate needs once it has to poll.
+    page.locator("#live", has_text="trust policy copied").wait_for()
     shot(page, "wizard-s3-documents")
 
     role_arn = create_role_from_page(page, emulator, role_name)
