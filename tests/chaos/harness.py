@@ -158,8 +158,11 @@ class OpGate:
             self.calls[op] += 1
             self.in_flight[op] += 1
         try:
-            while op in self.paused:
-                await self._wait_release()
+            if op in self.paused:
+                while op in self.paused:
+                    await self._wait_release()
+                # Never forwarded late: the caller may be dead (a kill during the outage).
+                return ProxyResponse(503, {}, b"the service was down (chaos gate)")
             armed = self._take_arm(op, "before")
             if armed is not None:
                 armed.info = Held(op, "before", records)
