@@ -93,16 +93,14 @@ def test_sigterm_during_a_multipart_upload(
                 raise AssertionError("serve did not exit after SIGTERM") from None
         tally.kills, tally.moments["SIGTERM with an UploadPart in flight"] = 1, 1
         if not runs_out:
-            # The flush had time (the held part came back after 1 s of 15): everything
-            # acknowledged is in the bucket before any restart.
+            # The flush had time (the held part came back after 1 s of 15): serve exits 0 and
+            # the open file is complete, no upload left open. README/--help promise no more:
+            # lines the sink had not read yet stay spooled for the next start (counted below).
             assert code == 0, serve.logs()[-3000:]
-            lost, duplicated, foreign = compare(bucket_content(emulator, role.bucket).lines, ledger)
-            assert (lost, duplicated, foreign, pending_uploads(emulator, role.bucket)) == (
-                0,
-                0,
-                0,
-                [],
-            )
+            before = bucket_content(emulator, role.bucket).lines
+            lost, duplicated, foreign = compare(before, ledger)
+            assert (duplicated, foreign, pending_uploads(emulator, role.bucket)) == (0, 0, [])
+            tally.moments["acknowledged lines left spooled at exit"] = lost
         serve.start()
         wait_pending_zero(serve, customer, "s3", timeout=180)
         texts = outputs_of(serve, [(customer, "s3")])
