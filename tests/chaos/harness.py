@@ -71,6 +71,10 @@ def operation(request: ProxyRequest) -> str:
     return match.group(1).decode() if match else f"{request.service}:{request.method}"
 
 
+_UNAVAILABLE = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
+    b"<Message>Service is unable to handle request.</Message></Error>"
+)
 _SECRET_FIELDS = re.compile(rb"<(SecretAccessKey|SessionToken)>([^<]+)</")
 
 
@@ -105,6 +109,11 @@ class OpGate:
         self._arm: _Arm | None = None
         self._release: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.refusing: frozenset[str] = frozenset()
+        """Ops answered 503 ServiceUnavailable at once: an outage the client sees and retries."""
+        self.refused = 0
+        self.held_in_outage = 0
+        """Calls that arrived while their operation was paused (answered 503 afterwards)."""
         self.paused: frozenset[str] = frozenset()
         """Ops held (not forwarded) until unpaused: an outage of that part of AWS."""
 
@@ -158,7 +167,11 @@ class OpGate:
             self.calls[op] += 1
             self.in_flight[op] += 1
         try:
+            if op in self.refusing:
+                self.refused += 1
+                return ProxyResponse(503, {"content-type": "application/xml"}, _UNAVAILABLE)
             if op in self.paused:
+                self.held_in_outage += 1
                 while op in self.paused:
                     await self._wait_release()
                 # Never forwarded late: the caller may be dead (a kill during the outage).
