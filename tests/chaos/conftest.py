@@ -1,0 +1,53 @@
+"""Chaos fixtures: the spool backend as a parameter, the run's seed (printed on failure), and
+no serve process left behind."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from chaos.harness import SEED_ENV, chaos_seed
+from service_helpers import reap_all
+
+BACKENDS = ["local"]
+"""Spool backends every case runs against ("nats" joins when that backend lands)."""
+
+
+@pytest.fixture(params=BACKENDS)
+def spool_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The `[spool]` settings that select the backend (merged into the serve config)."""
+    if request.param == "local":
+        return {}
+    raise NotImplementedError(request.param)  # pragma: no cover - future backends
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    value = chaos_seed()
+    request.node.chaos_seed = value
+    return value
+
+
+@pytest.fixture
+def rng(seed: int) -> random.Random:
+    return random.Random(seed)
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_behind() -> Iterator[None]:
+    yield
+    reap_all()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    seed = getattr(item, "chaos_seed", None)
+    if seed is not None and report.failed:
+        report.sections.append(
+            ("chaos seed", f"reproduce with {SEED_ENV}={seed} pytest {item.nodeid!r}")
+        )
