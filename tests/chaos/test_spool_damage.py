@@ -47,15 +47,7 @@ def records(segment: Path) -> list[tuple[int, int, bytes]]:
     "where",
     [
         "sealed",
-        pytest.param(
-            "newest",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="issue 27: recovery after a kill cuts off every acknowledged record "
-                "after a damaged one in the middle of the newest segment",
-            ),
-        ),
+        "newest",
     ],
 )
 def test_damaged_byte_after_kill_is_quarantined_and_nothing_else_lost(

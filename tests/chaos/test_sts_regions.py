@@ -194,12 +194,6 @@ def test_sts_regions_dead_at_startup_and_while_running(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="issue 27 regression 1: start-up GetCallerIdentity stops at the first "
-    "RegionDisabledException instead of failing over (serve exits 1, blaming credentials)",
-)
 def test_startup_fails_over_past_a_region_disabled_region(
     emulator: Emulator,
     unique: Any,

@@ -422,11 +422,21 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> S
     source = str(path) if path else "(defaults)"
     if path is not None:
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise InputError("--config", f"{path} does not exist.") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                "--config",
+                f"{path} is not UTF-8 (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                "TOML files must be UTF-8: re-save it as UTF-8.",
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise InputError("--config", f"{path} is not valid TOML: {exc}.") from None
+        except RecursionError:  # tomllib recurses once per nesting level
+            raise InputError(
+                "--config", f"{path} nests arrays or tables too deeply to be a configuration."
+            ) from None
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
