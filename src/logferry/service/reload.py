@@ -61,7 +61,11 @@ def install_sighup(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread: no signals
+        log(logger, logging.WARNING, "SIGHUP reload unavailable (serve not in the main thread)")
+        return lambda: None
     return lambda: loop.remove_signal_handler(signal.SIGHUP)
 
 
@@ -85,6 +89,8 @@ async def reload_config(
                 fix=problem.fix,
             )
         return False
+    if service.stopping:
+        return False  # shutting down: starting listeners now would race `Service.stop`
     new = problems
     running = service.config
     for key in _restart_needed(running, new):
