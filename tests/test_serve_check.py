@@ -225,3 +225,16 @@ def test_check_sees_endpoints_created_through_the_api(emulator: Emulator, tmp_pa
     store.close()
     done = check(config, tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+def test_serve_help_documents_check_and_sighup() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "logferry.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0
+    for needle in ("--check", "--aws", "SIGHUP", "[[customers]]", "restart needed"):
+        assert needle in done.stdout, done.stdout
