@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
-from logferry.commands.common import cli_errors, err
+from logferry.commands.common import JsonOption, cli_errors, err, out, print_json
+from logferry.errors import InputError
 from logferry.service.config import ServiceConfig, load_config, split_listen
 from logferry.service.logs import log, setup_logging
 
@@ -41,6 +43,18 @@ SERVE_HELP = (
     "body_timeout_seconds: 408), connections over server.max_connections(_per_source) are "
     "closed at once, and bodies over server.max_body_bytes_in_flight get 503 + Retry-After "
     "before they are read; see docs/security.md 'HTTP listener limits'.\n\n"
+    "--check validates the configuration and exits without serving: every key, the files it "
+    "references (token files, TLS certificates and keys, the spool directory), endpoint "
+    "bodies, listeners naming a missing endpoint, external IDs already bound in the state "
+    'database. Exit 0 ("configuration OK") or 2 listing every problem with its key path '
+    "(--json: one document). It makes no AWS call unless --aws is given (then the vendor "
+    "account is read from STS as at start-up). `serve` runs the same checks before anything "
+    "listens.\n\n"
+    "SIGHUP re-reads --config and validates it the same way: when it is valid, \\[\\[customers]] "
+    "(new customers, limits, token files, new or changed endpoints) and \\[\\[listeners]] change "
+    "live; other settings are logged as 'restart needed'. When it is not, every problem is "
+    "logged and the running configuration keeps serving. A customer or endpoint removed from "
+    "the file loses its config tokens but keeps its accepted lines (delete it explicitly).\n\n"
     "--local starts an embedded AWS emulator on loopback, provisions a demo customer exactly as "
     "the guide does (through `logferry role create`), creates an S3 and a Kinesis endpoint, and "
     "prints a token and a curl command to try it."
@@ -48,6 +62,8 @@ SERVE_HELP = (
 SERVE_EPILOG = (
     "Examples:\n\n"
     "  logferry serve --local\n\n"
+    "  logferry serve --check --config logferry.toml\n\n"
+    "  kill -HUP $(pidof logferry)   # reload the config\n\n"
     "  LOGFERRY_ADMIN_TOKEN=$(openssl rand -hex 24) logferry serve --config logferry.toml"
 )
 
@@ -61,12 +77,24 @@ def serve_command(
     ),
     listen: str | None = typer.Option(None, "--listen", help="Override server.listen."),
     spool_dir: Path | None = typer.Option(None, "--spool-dir", help="Override spool.dir."),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Validate the configuration (and the files it names) and exit: 0 or 2. No AWS calls.",
+    ),
+    aws: bool = typer.Option(
+        False, "--aws", help="With --check: also read the vendor account from STS."
+    ),
+    as_json: bool = JsonOption,
 ) -> None:
     overrides: dict[str, Any] = {}
     if listen:
         overrides["server.listen"] = listen
     if spool_dir:
         overrides["spool.dir"] = str(spool_dir)
+    if check:
+        run_check(config, overrides, aws=aws, as_json=as_json)
+        return
     with cli_errors():
         if local:
             from logferry.service.local_demo import run_local
@@ -74,7 +102,93 @@ def serve_command(
             run_local(config, overrides)
             return
         cfg = load_config(config, overrides)
-    run_service(cfg)
+        validate_before_start(cfg, str(config) if config else "(defaults)")
+    run_service(cfg, config_path=config, overrides=overrides)
+
+
+def run_check(path: Path | None, overrides: dict[str, Any], *, aws: bool, as_json: bool) -> None:
+    """`serve --check`: the start-up validation without starting; exit 0 or 2 (1: STS down)."""
+    from logferry.service.config import ConfigInvalid, ConfigProblem
+    from logferry.service.config_check import check_config, existing_state
+
+    source = str(path) if path else "(defaults)"
+    problems: list[ConfigProblem] = []
+    exit_code = 2
+    try:
+        cfg = load_config(path, overrides)
+    except ConfigInvalid as exc:
+        problems = exc.problems
+    except InputError as exc:
+        problems = [ConfigProblem(exc.where, exc.message, exc.fix)]
+    else:
+        with existing_state(cfg) as state:
+            problems = check_config(cfg, state)
+        if aws and not problems:
+            problems, exit_code = _check_sts(cfg)
+    if as_json:
+        print_json(
+            {
+                "ok": not problems,
+                "config": source,
+                "problems": [p._asdict() for p in problems],
+            }
+        )
+    elif problems:
+        err.print(f"[bold red]error:[/] {escape(source)}: invalid configuration:")
+        for problem in problems:
+            err.print(f"  {problem}", markup=False, highlight=False)
+    else:
+        out.print(f"configuration OK: {source}", highlight=False)
+    if problems:
+        raise typer.Exit(exit_code)
+
+
+def _check_sts(cfg: ServiceConfig) -> tuple[list[Any], int]:
+    """`--check --aws`: sts:GetCallerIdentity across vendor.sts_regions, as at start-up."""
+    from logferry.aws.clients import AwsTarget
+    from logferry.aws.sts_broker import CredentialBroker
+    from logferry.errors import AwsError
+    from logferry.service.config import ConfigProblem
+
+    broker = CredentialBroker(
+        vendor_name=cfg.vendor.name,
+        vendor_account_id=cfg.vendor.account_id,
+        regions=cfg.vendor.sts_regions,
+        sts_endpoints=cfg.vendor.sts_endpoints,
+        target=AwsTarget(
+            endpoint_url=cfg.aws.endpoint_url, allow_private_domain=cfg.aws.allow_private_domain
+        ),
+        duration_seconds=cfg.vendor.session_duration_seconds,
+        source_identity=cfg.vendor.source_identity,
+    )
+    try:
+        identity = broker.caller_identity()
+    except AwsError as exc:
+        attempts = getattr(exc, "attempts", None) or []
+        found = [
+            ConfigProblem(f"vendor.sts_regions.{a.region}", f"{a.outcome} ({a.code})", a.fix)
+            for a in attempts
+        ] or [ConfigProblem("vendor.sts_regions", exc.message, exc.fix)]
+        return found, 1
+    expected = cfg.vendor.account_id
+    if expected is not None and expected != identity.account:
+        problem = ConfigProblem(
+            "vendor.account_id",
+            f"is {expected} but the vendor credentials belong to account {identity.account}",
+            "Set it to the credentials' account (or remove it), or run with that account.",
+        )
+        return [problem], 2
+    return [], 0
+
+
+def validate_before_start(cfg: ServiceConfig, source: str) -> None:
+    """Everything `serve --check` checks, before anything starts: exit 2 listing each problem
+    (a listener naming a missing endpoint, a token file, a taken external ID ... used to be
+    found only once the HTTP port was open, and ended as "cannot listen", exit 1)."""
+    from logferry.service.config_check import check_config, existing_state, raise_if_invalid
+
+    with existing_state(cfg) as state:
+        raise_if_invalid(source, check_config(cfg, state))
 
 
 async def _check_vendor_account(cfg: ServiceConfig, service: Any) -> None:
@@ -168,21 +282,44 @@ class _Server:
         return Server(config)
 
 
-def run_service(cfg: ServiceConfig, *, on_ready: Any = None, credentials: Any = None) -> None:
+def run_service(
+    cfg: ServiceConfig,
+    *,
+    on_ready: Any = None,
+    credentials: Any = None,
+    config_path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> None:
     from logferry.service.http_protocol import loop_factory
 
     setup_logging(cfg.log.level, cfg.log.format)
     with asyncio.Runner(loop_factory=loop_factory(cfg.server.event_loop)) as runner:
-        runner.run(serve_async(cfg, on_ready=on_ready, credentials=credentials))
+        runner.run(
+            serve_async(
+                cfg,
+                on_ready=on_ready,
+                credentials=credentials,
+                config_path=config_path,
+                overrides=overrides,
+            )
+        )
 
 
-async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: Any = None) -> None:
+async def serve_async(
+    cfg: ServiceConfig,
+    *,
+    on_ready: Any = None,
+    credentials: Any = None,
+    config_path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> None:
     import uvicorn
 
     from logferry.service.api import create_app
     from logferry.service.http_protocol import http_protocol, parser_name
     from logferry.service.ingest_route import IngestFastPath
     from logferry.service.listener_limits import BodyBudgetMiddleware
+    from logferry.service.reload import install_sighup
     from logferry.service.runtime import Service
     from logferry.service.security_headers import SecurityHeaders
 
@@ -217,9 +354,11 @@ async def serve_async(cfg: ServiceConfig, *, on_ready: Any = None, credentials: 
         )
         if on_ready is not None:
             await on_ready(service)
+        uninstall = install_sighup(service, config_path, overrides)
         try:
             yield
         finally:
+            uninstall()
             log(
                 logger,
                 logging.INFO,

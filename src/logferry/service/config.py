@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -404,15 +404,43 @@ def split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem, each with the TOML key path, what is wrong and what is allowed."""
-    lines = [f"{source}: invalid configuration:"]
+class ConfigProblem(NamedTuple):
+    """One thing wrong with a configuration: the TOML key path, what is wrong, the fix."""
+
+    where: str
+    message: str
+    fix: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" + (f" Fix: {self.fix}" if self.fix else "")
+
+
+class ConfigInvalid(InputError):
+    """A configuration with every problem listed (exit 2); `problems` for `--check --json`."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: invalid configuration:", *(f"  {p}" for p in problems)]
+        super().__init__("--config", "\n".join(lines))
+
+
+def validation_problems(exc: ValidationError) -> list[ConfigProblem]:
+    """Pydantic's errors as problems, each with the TOML key path and what is allowed."""
+    problems = []
     for error in exc.errors():
         path = ".".join(str(p) for p in error["loc"]) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see README 'Configuration')"
-        lines.append(f"  {path}: {message}")
+        problems.append(ConfigProblem(path, message))
+    return problems
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each with the TOML key path, what is wrong and what is allowed."""
+    lines = [f"{source}: invalid configuration:"]
+    lines += [f"  {p.where}: {p.message}" for p in validation_problems(exc)]
     return "\n".join(lines)
 
 
@@ -446,4 +474,4 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> S
     try:
         return ServiceConfig.model_validate(raw)
     except ValidationError as exc:
-        raise InputError("--config", format_validation_error(exc, source)) from None
+        raise ConfigInvalid(source, validation_problems(exc)) from None
