@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from chaos.harness import Ledger, Tally, compare, gated_proxy, write_tally
+from chaos.harness import Ledger, Tally, compare, gated_proxy, wait_until, write_tally
 from e2e_helpers import bucket_content, wait_pending_zero
 from logferry.local.emulator import Emulator
 from s3_helpers import make_s3_role, pending_uploads
@@ -81,7 +81,24 @@ def ext4_disk(tmp_path: Path) -> Iterator[Ext4Disk]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+ORPHANED_PROBE = (
+    "found by this case: the S3 healthcheck's probe upload (CreateMultipartUpload) stays open in "
+    "the customer's bucket when its note cannot be written to a read-only spool (never aborted)"
+)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "after the first delivery",
+        pytest.param(
+            "while the healthcheck's probe upload is being created",
+            marks=pytest.mark.xfail(strict=True, reason=ORPHANED_PROBE),
+        ),
+    ],
+)
 def test_read_only_spool_answers_503_and_recovers(
+    moment: str,
     emulator: Emulator,
     unique: Any,
     tmp_path: Path,
@@ -93,7 +110,7 @@ def test_read_only_spool_answers_503_and_recovers(
     customer = unique("chaos")
     role = make_s3_role(emulator, unique, external_id=customer)
     ledger = Ledger()
-    tally = Tally("spool-read-only-ext4-error", seed)
+    tally = Tally(f"spool-read-only-ext4-error ({moment})", seed)
     statuses: Counter[int] = Counter()
     path = f"/v1/ingest/{customer}/s3"
 
@@ -108,7 +125,7 @@ def test_read_only_spool_answers_503_and_recovers(
             ledger.bodies.append(r.text)
         return int(r.status_code)
 
-    with gated_proxy(emulator) as (proxy, _gate):
+    with gated_proxy(emulator) as (proxy, gate):
         config = base_config(
             emulator,
             ext4_disk.path / "spool",
@@ -134,9 +151,16 @@ def test_read_only_spool_answers_503_and_recovers(
         )
         serve = ServeProcess(emulator, config, tmp_path, env={"CHAOS_TOKEN": TOKEN}).start()
         with serve.as_token(TOKEN) as client:
+            probe = gate.arm(["CreateMultipartUpload"], "after") if "probe" in moment else None
             for _ in range(rng.randint(3, 8)):
                 assert post(client, "rw") == 202, ledger.bodies[-1:]
+            if probe is None:
+                wait_until(lambda: bucket_content(emulator, role.bucket).lines, 60, "a delivery")
+            else:
+                # S3 created the probe's upload; serve gets the reply once the disk has failed.
+                assert probe.held.wait(60), "no healthcheck probe upload"
             ext4_disk.fail()
+            gate.disarm()
             refused = [post(client, "ro") for _ in range(rng.randint(5, 10))]
             answer = ledger.bodies[-1] if ledger.bodies else ""
         tally.moments.update({f"HTTP {code} while read-only": 1 for code in set(refused)})
