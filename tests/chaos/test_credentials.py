@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,9 @@ def test_expiring_credentials_and_kinesis_and_sts_outages_lose_nothing(
             for name in ledgers
         ]
         pending: dict[str, int] = {}
-        for loader in loaders:
-            loader.__enter__()
-        try:
+        with ExitStack() as senders:
+            for loader in loaders:
+                senders.enter_context(loader)
             start = time.time()
             at(start, 10)
             gate.pause(KINESIS_CALLS)
@@ -137,9 +138,6 @@ def test_expiring_credentials_and_kinesis_and_sts_outages_lose_nothing(
                 pending = {n: status(admin, customer, n)["lines"]["pending"] for n in ledgers}
             gate.refusing = frozenset()
             at(start, STS_BACK + rng.uniform(3, 6))
-        finally:
-            for loader in loaders:
-                loader.stop()
         for name in ledgers:
             wait_pending_zero(serve, customer, name, timeout=240)
         texts = outputs_of(serve, [(customer, name) for name in ledgers])
