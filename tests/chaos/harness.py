@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from logferry.local.emulator import Emulator
 from logferry.local.latency_proxy import (
     Forward,
     LatencyProxy,
+    Middleware,
     ProxyConfig,
     ProxyRequest,
     ProxyResponse,
@@ -199,12 +200,90 @@ class OpGate:
                 self.finished_at[op] = time.monotonic()
 
 
+_ACCESS_KEY = re.compile(r"Credential=([A-Z0-9]+)/")
+_EXPIRATION = re.compile(rb"<Expiration>[^<]+</Expiration>")
+_ASSUMED_KEY = re.compile(rb"<AccessKeyId>([^<]+)</AccessKeyId>")
+_DATA_CALLS = frozenset(
+    {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "PutRecords"}
+)
+
+
+def _expired_answer(service: str) -> ProxyResponse:
+    """What S3 and Kinesis answer to a call signed with an expired session token."""
+    if service == "kinesis":
+        body = (
+            b'{"__type":"ExpiredTokenException",'
+            b'"message":"The security token included in the request is expired"}'
+        )
+        return ProxyResponse(400, {"content-type": "application/x-amz-json-1.1"}, body)
+    body = (
+        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ExpiredToken</Code>"
+        b"<Message>The provided token has expired.</Message></Error>"
+    )
+    return ProxyResponse(400, {"content-type": "application/xml"}, body)
+
+
+class ShortCredentials:
+    """Proxy middleware: assumed-role credentials that live `lifetime` seconds.
+
+    AssumeRole cannot ask for less than 900 s (DESIGN §4), so the proxy rewrites `Expiration`
+    in every AssumeRole reply to issue + `lifetime`, and answers any later call signed with that
+    key `ExpiredToken` / `ExpiredTokenException`, as AWS does. It records when each data call
+    reached the emulator, so a test can show delivery paused while STS was down."""
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime = lifetime
+        self._lock = threading.Lock()
+        self.expires: dict[str, float] = {}
+        self.issued = 0
+        self.rejected: Counter[str] = Counter()
+        self.forwarded: list[tuple[float, str]] = []
+        """(wall time, op) of every data call the emulator answered 2xx."""
+
+    async def __call__(self, request: ProxyRequest, forward: Forward) -> ProxyResponse:
+        op = operation(request)
+        header = dict((k.lower(), v) for k, v in request.headers).get("authorization", "")
+        match = _ACCESS_KEY.search(header)
+        key = match.group(1) if match else ""
+        with self._lock:
+            expiry = self.expires.get(key)
+        if expiry is not None and time.time() >= expiry:
+            with self._lock:
+                self.rejected[op] += 1
+            return _expired_answer(request.service)
+        answer = await forward()
+        if op == "AssumeRole" and answer.status == 200:
+            expires_at = int(time.time() + self.lifetime)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)).encode()
+            body = _EXPIRATION.sub(b"<Expiration>" + stamp + b"</Expiration>", answer.body)
+            issued = _ASSUMED_KEY.search(body)
+            with self._lock:
+                self.issued += 1
+                if issued:
+                    self.expires[issued.group(1).decode()] = expires_at
+            return ProxyResponse(answer.status, answer.headers, body)
+        if op in _DATA_CALLS and 200 <= answer.status < 300:
+            with self._lock:
+                self.forwarded.append((time.time(), op))
+        return answer
+
+    def data_calls_between(self, start: float, end: float) -> Counter[str]:
+        with self._lock:
+            return Counter(op for at, op in self.forwarded if start <= at < end)
+
+
 @contextmanager
 def gated_proxy(
-    emulator: Emulator, config: ProxyConfig | None = None
+    emulator: Emulator,
+    config: ProxyConfig | None = None,
+    more: Sequence[Middleware] = (),
 ) -> Iterator[tuple[LatencyProxy, OpGate]]:
+    """A fault proxy with an `OpGate` first, then `more` middlewares (after the gate: a refused
+    or held call never reaches them)."""
     gate = OpGate()
-    proxy = LatencyProxy(emulator.url, config, [gate], rewrite_token=emulator.rewrite_token).start()
+    proxy = LatencyProxy(
+        emulator.url, config, [gate, *more], rewrite_token=emulator.rewrite_token
+    ).start()
     try:
         yield proxy, gate
     finally:
@@ -258,6 +337,9 @@ class Loader:
         self.tag, self.lines, self.size, self.pause, self.burst = tag, lines, size, pause, burst
         self.rng = random.Random((rng or random.Random()).random())
         self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        """Ingest requests sent and not answered yet (a kill now lands inside a group commit)."""
         self.threads = [
             threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)
         ]
@@ -284,11 +366,16 @@ class Loader:
                         return
                     lines = self.ledger.batch(f"{self.tag}{worker}", self.lines, self.size)
                     body = b"".join(line + b"\n" for line in lines)
+                    with self._lock:
+                        self.in_flight += 1
                     try:
                         r = client.post(self.path, content=body, timeout=120)
                     except httpx.HTTPError:
                         self.ledger.unsure.update(lines)
                         return  # serve died mid-request: not acknowledged
+                    finally:
+                        with self._lock:
+                            self.in_flight -= 1
                     if r.status_code == 202:
                         with self.ledger._lock:
                             self.ledger.acked.extend(lines)

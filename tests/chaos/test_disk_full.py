@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 TOKEN = "chaos-diskfull-customer-token-0123456789"
 S3_CALLS = ["PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"]
 BACKPRESSURE = {429, 507}
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MiB tmpfs of our own (mounting needs root: CI runs as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs the chaos suite as root)")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount(8) on this machine")
-    target = tmp_path / "small-disk"
-    target.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(target)], check=True)
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", str(target)], check=False)
 
 
 def fill(disk: Path, leave: int) -> Path:
