@@ -2,16 +2,31 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+LOCK := requirements/dev.lock
 
-.PHONY: install demo test test-fast lint bench
+.PHONY: install demo test test-fast lint lock bench
 
-$(BIN)/logferry: pyproject.toml
+# The dev/CI environment comes from the lock file (exact versions), logferry itself from the
+# work tree; `pip check` fails when the lock no longer satisfies pyproject.toml (run `make lock`).
+$(BIN)/logferry: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[local,dev]'
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	@touch $@
 
 install: $(BIN)/logferry
+
+# Refresh the lock after changing dependencies in pyproject.toml: resolve `.[local,dev]` in a
+# throwaway venv and freeze it (review the diff; CI installs exactly that).
+lock:
+	set -e; tmp=$$(mktemp -d); \
+	$(PYTHON) -m venv $$tmp/venv; \
+	$$tmp/venv/bin/pip install --quiet --upgrade pip; \
+	$$tmp/venv/bin/pip install --quiet -e '.[local,dev]'; \
+	{ sed -n '/^#/p' $(LOCK); $$tmp/venv/bin/pip freeze --exclude-editable; } > $$tmp/dev.lock; \
+	mv $$tmp/dev.lock $(LOCK); rm -rf $$tmp
 
 demo: install
 	$(BIN)/logferry serve --local
