@@ -37,7 +37,8 @@ def parse(text: str) -> list[Allowed]:
     """The entries of an allow-list file; a malformed line raises (a typo must not allow all)."""
     entries = []
     for number, raw in enumerate(text.splitlines(), 1):
-        line = re.split(r"(?:^|\s)#", raw, maxsplit=1)[0].strip()  # a regex may hold a '#'
+        # A comment is '#' between blanks (or at the start): a regex may still hold "#12".
+        line = re.split(r"(?:^|\s)#(?:\s|$)", raw, maxsplit=1)[0].strip()
         if not line:
             continue
         glob, sep, pattern = (part.strip() for part in line.partition("|"))
