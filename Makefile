@@ -7,13 +7,15 @@ LOCK := requirements/dev.lock
 .PHONY: install demo test test-fast lint typecheck lock bench
 
 # The dev/CI environment comes from the lock file (exact versions), logferry itself from the
-# work tree; `pip check` fails when the lock no longer satisfies pyproject.toml (run `make lock`).
-$(BIN)/logferry: pyproject.toml $(LOCK)
+# work tree; `pip check` and check_lock.py fail when the lock no longer satisfies pyproject.toml
+# (base dependencies and the local/dev extras): then run `make lock`.
+$(BIN)/logferry: pyproject.toml $(LOCK) requirements/check_lock.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/pip check
+	$(BIN)/python requirements/check_lock.py
 	@touch $@
 
 install: $(BIN)/logferry
