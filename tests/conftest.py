@@ -7,7 +7,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import skip_allowlist
 from logferry.local.emulator import Emulator, start_emulator
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    skip_allowlist.configure(config)  # CI=true: a skip not on tests/skip_allowlist.txt fails
 
 
 @pytest.fixture(scope="session")

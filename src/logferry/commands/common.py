@@ -55,8 +55,9 @@ def cli_errors(as_json: bool = False) -> Iterator[None]:
         info = getattr(exc, "info", None)
         if info is not None:
             extra = {"code": info.code, "region": info.region}
-        if getattr(exc, "status", None) is not None:
-            extra["status"] = exc.status  # an HTTP answer from `logferry serve`
+        status = getattr(exc, "status", None)
+        if status is not None:
+            extra["status"] = status  # an HTTP answer from `logferry serve`
         if exc.fix:
             extra["fix"] = exc.fix
         fail(str(exc), as_json=as_json, **extra)

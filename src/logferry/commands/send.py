@@ -12,6 +12,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 from urllib.parse import quote
 
 import typer
@@ -210,13 +211,13 @@ def _run(
             progress.update(task, description=_describe(stats), completed=stats.bytes_delivered)
 
     sender = Sender(target, path, sources, options, on_progress)
-    previous: dict[int, object] = {}
+    previous: dict[signal.Signals, Any] = {}  # what signal.getsignal returned
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         sender.stopping.set()
         err.print("stopping: delivering what was read (Ctrl-C again to quit now)")
         for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -233,5 +234,5 @@ def _run(
         sender.error = ApiError("interrupted", fix="run it again for the lines not delivered.")
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
     return stats, sender.error, sender.read_error

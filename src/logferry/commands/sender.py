@@ -277,7 +277,7 @@ class Sender:
                 if not isinstance(exc, SAFE_TRANSPORT):
                     self.stats.ambiguous_retries += 1
                 why = f"cannot reach {self.target.url}: {exc.__class__.__name__}: {exc}"
-                fix = "start `logferry serve`, or point --url / $LOGFERRY_URL at it."
+                fix: str | None = "start `logferry serve`, or point --url / $LOGFERRY_URL at it."
             else:
                 if response.is_success:
                     self._delivered(response, data, lines)

@@ -41,7 +41,7 @@ def read_demo(state: dict[str, Any]) -> dict[str, Any]:
         iterator = kinesis.get_shard_iterator(
             StreamName=state["stream"], ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
         )["ShardIterator"]
-        count, sample = 0, []
+        count, sample = 0, list[str]()
         while iterator:
             page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
             for record in page["Records"]:

@@ -45,6 +45,20 @@ def apply_all() -> None:
     _applied = True
 
 
+def _replace(owner: Any, name: str, value: Any, *, new: bool = False) -> None:
+    """Install one patch on a moto class or module.
+
+    Replacing moto's methods is what this module is for, and mypy cannot type a function put in a
+    method's place: one checked `setattr` here instead of one mypy suppression per patch. The target
+    must exist (unless `new`: an attribute moto looks up with hasattr), so a moto change fails
+    loudly instead of leaving a gap open."""
+    if not new and not hasattr(owner, name):
+        raise RuntimeError(
+            f"moto {moto.__version__} has no {owner.__name__}.{name}: logferry's patch is stale"
+        )
+    setattr(owner, name, value)
+
+
 REWRITE_HEADER = "x-logferry-rewritten"
 
 
@@ -65,7 +79,7 @@ def trust_rewritten_bodies(token: str) -> None:
             return
         original(self)
 
-    IAMRequestBase.check_signature = check_signature  # type: ignore[method-assign]
+    _replace(IAMRequestBase, "check_signature", check_signature)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,6 +264,8 @@ def _patch_assume_role_trust() -> None:
         # Resource side (gap 1): the role lives in the account named by its ARN, not the caller's.
         role_account = _arn_account(resource)
         try:
+            if role_account is None:  # not a role ARN: no such role
+                raise KeyError(resource)
             backend = iam_backends[role_account][get_partition(self._region)]
             role = backend.get_role_by_arn(resource)
         except (KeyError, NotFoundException):
@@ -271,8 +287,8 @@ def _patch_assume_role_trust() -> None:
         if not (identity_allowed and trusted):
             self._raise_access_denied()
 
-    IAMRequestBase.check_action_permitted = check_action_permitted  # type: ignore[method-assign]
-    access_control.trust_policy_allows = trust_policy_allows  # for introspection in tests
+    _replace(IAMRequestBase, "check_action_permitted", check_action_permitted)
+    vars(access_control)["trust_policy_allows"] = trust_policy_allows  # for introspection in tests
 
 
 def _first(value: Any) -> str | None:
@@ -316,8 +332,9 @@ def _patch_kinesis_authorization() -> None:
                 f"allows the {self._get_action()} action",
             ) from None
 
-    KinesisResponse._determine_resource = _determine_resource  # type: ignore[attr-defined]
-    KinesisResponse._authenticate_and_authorize_normal_action = authorize  # type: ignore[method-assign]
+    # moto calls it when a response class has it (core/responses.py: hasattr).
+    _replace(KinesisResponse, "_determine_resource", _determine_resource, new=True)
+    _replace(KinesisResponse, "_authenticate_and_authorize_normal_action", authorize)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +347,8 @@ def _patch_kinesis_routing() -> None:
     from moto.kinesis.models import Stream
     from moto.utilities.utils import md5_hash
 
-    def get_shard_for_key(self: Stream, partition_key: str, explicit_hash_key: str) -> Any:
+    def get_shard_for_key(self: Stream, partition_key: Any, explicit_hash_key: str) -> Any:
+        # partition_key is whatever the request's JSON held: checked here as AWS does
         if not isinstance(partition_key, str) or not 1 <= len(partition_key) <= 256:
             raise InvalidArgumentError("partition_key")
         if explicit_hash_key:
@@ -344,7 +362,7 @@ def _patch_kinesis_routing() -> None:
                 return shard
         return None
 
-    Stream.get_shard_for_key = get_shard_for_key  # type: ignore[method-assign]
+    _replace(Stream, "get_shard_for_key", get_shard_for_key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,9 +397,9 @@ def _patch_kinesis_shard_performance() -> None:
             behind = 0.0
         return results, last, int(behind * 1000)
 
-    Shard.get_max_sequence_number = get_max_sequence_number  # type: ignore[method-assign]
-    Shard.get_min_sequence_number = get_min_sequence_number  # type: ignore[method-assign]
-    Shard.get_records = get_records  # type: ignore[method-assign]
+    _replace(Shard, "get_max_sequence_number", get_max_sequence_number)
+    _replace(Shard, "get_min_sequence_number", get_min_sequence_number)
+    _replace(Shard, "get_records", get_records)
 
     for name in (
         "put_record",
@@ -410,7 +428,7 @@ def _locked(method: Callable[..., Any], lock: Any = None) -> Callable[..., Any]:
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
-    wrapper.__wrapped__ = method  # type: ignore[attr-defined]
+    vars(wrapper)["__wrapped__"] = method  # what inspect.unwrap follows
     return wrapper
 
 
@@ -431,13 +449,11 @@ def _patch_s3_unknown_upload() -> None:
             return method(self, bucket_name, multipart_id, *a, **k)
 
         wrapper.__name__ = method.__name__
-        wrapper.__wrapped__ = method  # type: ignore[attr-defined]
+        vars(wrapper)["__wrapped__"] = method  # what inspect.unwrap follows
         return wrapper
 
-    S3Backend.upload_part = guarded(S3Backend.upload_part)  # type: ignore[method-assign]
-    S3Backend.complete_multipart_upload = guarded(  # type: ignore[method-assign]
-        S3Backend.complete_multipart_upload
-    )
+    _replace(S3Backend, "upload_part", guarded(S3Backend.upload_part))
+    _replace(S3Backend, "complete_multipart_upload", guarded(S3Backend.complete_multipart_upload))
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,7 +473,7 @@ def _patch_backend_lookup() -> None:
     def list_of_moto_modules() -> Iterable[str]:
         return modules
 
-    backends.list_of_moto_modules = list_of_moto_modules  # type: ignore[assignment]
+    _replace(backends, "list_of_moto_modules", list_of_moto_modules)
 
 
 # --------------------------------------------------------------------------------------------

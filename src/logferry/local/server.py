@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     server = make_server(
         args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler
     )
-    host, port = server.server_address[:2]
+    host, port = server.socket.getsockname()[:2]
     shown = f"[{host}]" if ":" in str(host) else host
     sys.stdout.write(
         json.dumps(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from logferry.service.listener_limits import ConnectionLimits
@@ -240,7 +240,7 @@ class _Limited:
 def bounded_httptools_protocol(limits: ConnectionLimits | None = None) -> type:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class BoundedHttpToolsProtocol(_Limited, HttpToolsProtocol):  # type: ignore[misc]
+    class BoundedHttpToolsProtocol(_Limited, HttpToolsProtocol):
         """Answers 431 and closes when a request head grows past MAX_HEAD_BYTES; enforces the
         listener limits."""
 
@@ -250,7 +250,8 @@ def bounded_httptools_protocol(limits: ConnectionLimits | None = None) -> type:
         _in_body = False
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
+            # A stream transport (what uvicorn's protocols declare): TCP and TLS listeners only.
+            super().connection_made(cast(asyncio.Transport, transport))
             self._admit()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -325,9 +326,10 @@ def bounded_h11_protocol(limits: ConnectionLimits | None = None) -> type:
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class BoundedH11Protocol(_Limited, H11Protocol):  # type: ignore[misc]
+    class BoundedH11Protocol(_Limited, H11Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
+            # A stream transport (what uvicorn's protocols declare): TCP and TLS listeners only.
+            super().connection_made(cast(asyncio.Transport, transport))
             self._admit()
 
         def connection_lost(self, exc: Exception | None) -> None:
