@@ -147,6 +147,8 @@ def _resolve_many(items: list[_Outcome]) -> None:
         if err is not None:
             fut.set_exception(err)
         else:
+            # no error means the batch was written, so `chunk` is set (checking costs a branch
+            # per append on the loop, for an invariant `_write_batch` holds)
             fut.set_result(chunk)  # type: ignore[arg-type]
 
 
