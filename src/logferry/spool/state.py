@@ -28,8 +28,8 @@ from logferry.spool.group_sync import GroupSync
 from logferry.spool.slot_file import SlotFile
 
 if TYPE_CHECKING:
+    from logferry.spool.batch import _Pending
     from logferry.spool.log import LocalSpool
-    from logferry.spool.writer import _Pending
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 INDEX_INTERVAL = 256 * 1024
