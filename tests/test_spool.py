@@ -31,6 +31,7 @@ from logferry.spool import (
     parse_size,
 )
 from logferry.spool import log as spool_log
+from logferry.spool import writer as spool_writer
 
 
 def lines_of(tag: str, n: int) -> tuple[bytes, int]:
@@ -305,8 +306,8 @@ def test_one_fsync_covers_all_waiting_appends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     syncs: list[int] = []
-    real = spool_log._fdatasync
-    monkeypatch.setattr(spool_log, "_fdatasync", lambda fd: (syncs.append(fd), real(fd)))
+    real = spool_writer._fdatasync
+    monkeypatch.setattr(spool_writer, "_fdatasync", lambda fd: (syncs.append(fd), real(fd)))
     ex = ManualExecutor()
     s = Spool(tmp_path / "ep", executor=ex)
 
@@ -327,7 +328,7 @@ def test_one_fsync_covers_all_waiting_appends(
 
 def test_acknowledged_only_after_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state = {"written": 0, "synced": 0}
-    real_pwrite, real_sync = os.pwrite, spool_log._fdatasync
+    real_pwrite, real_sync = os.pwrite, spool_writer._fdatasync
 
     def pwrite(fd: int, data: Any, pos: int) -> int:
         n = real_pwrite(fd, data, pos)
@@ -340,7 +341,7 @@ def test_acknowledged_only_after_fsync(tmp_path: Path, monkeypatch: pytest.Monke
         state["synced"] = seen
 
     monkeypatch.setattr(os, "pwrite", pwrite)
-    monkeypatch.setattr(spool_log, "_fdatasync", sync)
+    monkeypatch.setattr(spool_writer, "_fdatasync", sync)
     s = Spool(tmp_path / "ep", segment_bytes=1024)
     for i in range(40):
         s.append_sync(*lines_of(f"s{i}", 3))
@@ -431,7 +432,7 @@ def test_failed_fsync_stops_the_spool_until_reopened(
     def boom(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool_log, "_fdatasync", boom)
+    monkeypatch.setattr(spool_writer, "_fdatasync", boom)
     with pytest.raises(SpoolBroken):
         s.append_sync(b"maybe\n", 1)
     monkeypatch.undo()

@@ -18,12 +18,19 @@ The position contract (one currency between spool, worker, sinks, journals and S
   position rebuilds byte-identical objects and records.
 - Damaged bytes (`SpoolCorrupt`) are moved aside with `Spool.quarantine` once every line before
   them is committed, and delivery goes on after them; nothing is dropped silently.
+
+The seam: `spool/base.py` holds the `Spool` and `SpoolProvider` protocols (what ingest, the
+worker and the service use); `LocalSpool` / `SpoolManager` are the local-disk backend. The name
+`Spool` exported here is `LocalSpool`, kept for the importers that construct it; code that only
+uses a spool types it with `logferry.spool.base.Spool` (docs/architecture-spool.md).
 """
 
+from logferry.spool.base import SpoolProvider
 from logferry.spool.chunk import Chunk
 from logferry.spool.log import (
     DEFAULT_SEGMENT_BYTES,
     STORAGE_REASON,
+    LocalSpool,
     Quarantined,
     Spool,
     SpoolBroken,
@@ -40,6 +47,7 @@ __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "STORAGE_REASON",
     "Chunk",
+    "LocalSpool",
     "Quarantined",
     "Spool",
     "SpoolBroken",
@@ -49,6 +57,7 @@ __all__ = [
     "SpoolError",
     "SpoolFull",
     "SpoolManager",
+    "SpoolProvider",
     "decode_key",
     "encode_key",
     "format_size",

@@ -108,11 +108,11 @@ class LayeredBudget(SpoolBudget):
         return max(bounded, key=lambda b: b.used / (b.max_bytes or 1))
 
     @property
-    def used(self) -> int:  # type: ignore[override]
+    def used(self) -> int:
         return self._tightest().used
 
     @property
-    def max_bytes(self) -> int | None:  # type: ignore[override]
+    def max_bytes(self) -> int | None:
         return self._tightest().max_bytes
 
     @max_bytes.setter

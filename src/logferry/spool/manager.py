@@ -1,7 +1,7 @@
 """All endpoint spools under one directory: lazy open, idle close, a shared byte budget.
 
 Scale target: 10,000 configured endpoints on one machine. An endpoint costs nothing until it
-is used: its directory appears on the first append, its Spool object is built on first use, and
+is used: its directory appears on the first append, its spool object is built on first use, and
 after `idle_close_seconds` without use the spool's file handles are closed and the manager
 drops its reference (an idle spool nobody else holds is garbage-collected; one a delivery
 worker still holds stays valid and reopens what it needs on its next call). No thread per
@@ -31,7 +31,7 @@ from logferry.errors import InputError
 from logferry.spool.group_sync import GroupSync
 from logferry.spool.log import (
     DEFAULT_SEGMENT_BYTES,
-    Spool,
+    LocalSpool,
     SpoolBudget,
     SpoolError,
     fsync_dir,
@@ -132,8 +132,8 @@ class SpoolManager:
         # fdatasyncs its own file on its flush thread.
         self._group_sync = GroupSync(group_sync, roots=[self._root]) if group_sync else None
         self._mu = threading.Lock()
-        self._all: weakref.WeakValueDictionary[str, Spool] = weakref.WeakValueDictionary()
-        self._active: dict[str, Spool] = {}
+        self._all: weakref.WeakValueDictionary[str, LocalSpool] = weakref.WeakValueDictionary()
+        self._active: dict[str, LocalSpool] = {}
         self._closed = False
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -189,7 +189,7 @@ class SpoolManager:
         with self._mu:
             return sorted(self._active)
 
-    def open(self, key: str, *, max_bytes: int | str | None = None) -> Spool:
+    def open(self, key: str, *, max_bytes: int | str | None = None) -> LocalSpool:
         """The spool of `key`, built on first use (reads disk, writes nothing until append).
 
         `max_bytes` sets this endpoint's own limit (else the manager's endpoint_max_bytes).
@@ -201,7 +201,7 @@ class SpoolManager:
                 raise SpoolError("the spool manager is closed")
             spool = self._all.get(key)
             if spool is None:
-                spool = Spool(
+                spool = LocalSpool(
                     os.path.join(self._root, encode_key(key)),
                     segment_bytes=self._segment_bytes,
                     max_bytes=self._limits.get(key, self._endpoint_max),
@@ -221,7 +221,7 @@ class SpoolManager:
             self._crowded(spool)
         return spool
 
-    def get(self, key: str) -> Spool | None:
+    def get(self, key: str) -> LocalSpool | None:
         """The spool of `key` if it is in memory or has data on disk, else None."""
         with self._mu:
             spool = self._all.get(key)
@@ -242,7 +242,7 @@ class SpoolManager:
         if spool is not None:
             spool.max_bytes = limit if limit is not None else self._endpoint_max
 
-    def _activate(self, spool: Spool) -> None:
+    def _activate(self, spool: LocalSpool) -> None:
         with self._mu:
             if not self._closed and self._all.get(spool.name) is spool:
                 self._active[spool.name] = spool
@@ -250,7 +250,7 @@ class SpoolManager:
         if crowded:
             self._crowded(spool)
 
-    def _crowded(self, keep: Spool) -> None:
+    def _crowded(self, keep: LocalSpool) -> None:
         # Releasing hundreds of spools is file I/O: keep it off the caller (maybe the event
         # loop) when the janitor can do it; the cap is far below the fd limit, so a short
         # overshoot is harmless.
@@ -259,7 +259,7 @@ class SpoolManager:
         else:
             self._shed(keep)
 
-    def _shed(self, keep: Spool | None = None) -> None:
+    def _shed(self, keep: LocalSpool | None = None) -> None:
         """Too many spools hold handles: release the least recently used (down to 90%)."""
         with self._mu:
             excess = len(self._active) - (self.max_open_spools * 9) // 10
