@@ -1,6 +1,6 @@
 """The Kinesis sink: chunks of lines in, every line accepted by PutRecords out.
 
-One role per module (see `docs/architecture-sinks.md`): `sink` (the `KinesisSink` the worker
+One role per module (see docs/architecture.md, "Sinks"): `sink` (the `KinesisSink` the worker
 drives), `calls` (one PutRecords call and its answers), `shards` (the shard map as the sink
 sees it), `errors` (setup vs transient), `stats`. Config, records, batches, the shard map and
 pacing are `sinks.kinesis_config`, `kinesis_records`, `kinesis_batch`, `shard_map`, `pacing`.

@@ -53,9 +53,9 @@ from logferry.errors import AwsError, SetupError
 from logferry.sinks.aws_errors import is_aws_exception
 from logferry.sinks.backoff import Backoff
 from logferry.sinks.base import SinkCounters
-from logferry.sinks.kinesis.calls import BatchCalls, InFlight
-from logferry.sinks.kinesis.errors import ErrorState
-from logferry.sinks.kinesis.shards import DEFAULT_MAX_RECORD_BYTES, ShardTracking
+from logferry.sinks.kinesis import calls, errors, shards
+from logferry.sinks.kinesis.calls import InFlight
+from logferry.sinks.kinesis.shards import DEFAULT_MAX_RECORD_BYTES
 from logferry.sinks.kinesis.stats import KinesisSinkStats
 from logferry.sinks.kinesis_batch import MAX_RECORDS_PER_CALL, Batch, Progress
 from logferry.sinks.kinesis_config import KinesisEndpoint
@@ -72,7 +72,7 @@ no completion wakes the worker: a safety net only (the worker clears its wake-up
 step, so a completion during the step is not lost)."""
 
 
-class KinesisSink(BatchCalls, ShardTracking, ErrorState):
+class KinesisSink:
     """Delivers chunks to one Kinesis endpoint; a `Sink`. One thread feeds and pumps it at a
     time; `status`, `stats` and `healthcheck` may be used from any thread. `stop` and `sleep`
     are kept for blocking drivers (the tests' `kinesis_helpers.deliver`, bench).
@@ -413,3 +413,29 @@ class KinesisSink(BatchCalls, ShardTracking, ErrorState):
             "max_in_flight_calls": self._max_in_flight,
             "stats": asdict(self.stats),
         }
+
+    # --- methods defined by role in their own modules (see the package docstring) ---
+
+    # calls
+    _next_batch = calls._next_batch
+    _room = calls._room
+    _unwind = calls._unwind
+    _place = calls._place
+    _transient_or_raise = calls._transient_or_raise
+    _send = calls._send
+    _finish = calls._finish
+    _settle = calls._settle
+    _accept = calls._accept
+    _retry_later = calls._retry_later
+
+    # shards
+    _refresh_if_due = shards._refresh_if_due
+    _refresh = shards._refresh
+    _describe_stream = shards._describe_stream
+    _no_open_shards = shards._no_open_shards
+
+    # errors
+    _classify = errors._classify
+    _classify_record_error = errors._classify_record_error
+    _note_transient = errors._note_transient
+    _set_error = errors._set_error

@@ -1,6 +1,6 @@
 """The S3 sink: spool chunks in, deterministic log files out, nothing lost or doubled.
 
-One role per module (see `docs/architecture-sinks.md`): `sink` (the `S3Sink` the worker
+One role per module (see docs/architecture.md, "Sinks"): `sink` (the `S3Sink` the worker
 drives), `files` (file planning: framing, members, parts), `upload` (the multipart state
 machine and its journal writes), `recovery` (journal and upload notes after a crash),
 `pgp_upload` (the one-message PGP path), `client` (AWS calls, retries, credential refresh),

@@ -22,9 +22,11 @@ spool offset where its data ends, and the caller re-feeds from the last part's e
 one OpenPGP message and cannot be resumed: its compressed members go to a temp file on disk,
 which is encrypted (streaming) and uploaded when the file closes; after a crash it is rebuilt.
 
-Error handling (DESIGN.md §2): transient failures are retried here with capped, jittered backoff;
-a setup error (AccessDenied, NoSuchBucket, KMS, storage class…) puts the sink in the error state
-with the AWS code and a fix and is raised. After *any* exception from `feed`/`tick`/`flush` the
+Error handling (docs/architecture.md, "Sinks"): errors are classified by `sinks.aws_errors`;
+botocore retries a call, the worker's one backoff policy (`sinks.backoff` via `sinks.base`)
+retries the step, and a `backoff` given here (tools) retries the call too. A setup error
+(AccessDenied, NoSuchBucket, KMS, storage class…) puts the sink in the error state with the AWS
+code and a fix and is raised. After *any* exception from `feed`/`tick`/`flush` the
 in-memory file is discarded: the caller calls `recover()` again and re-feeds from its result
 (the data never left the spool, so nothing is dropped).
 """
@@ -49,18 +51,14 @@ from logferry.errors import SetupError
 from logferry.sinks.backoff import Backoff
 from logferry.sinks.base import SinkCounters
 from logferry.sinks.framing import stable_pid
-from logferry.sinks.s3.client import S3Calls
+from logferry.sinks.s3 import client, files, pgp_upload, recovery, upload
 from logferry.sinks.s3.files import (
     DEFAULT_MEMBER_SIZE,
     DEFAULT_PART_SIZE,
     MIN_PART_SIZE,
-    FilePlanner,
     OpenFile,
 )
-from logferry.sinks.s3.pgp_upload import PgpUpload
-from logferry.sinks.s3.recovery import Recovery
 from logferry.sinks.s3.stats import S3SinkStats, SinkNeedsRecovery
-from logferry.sinks.s3.upload import Uploader
 from logferry.sinks.s3_budget import InflightBudget, shared_budget
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.sinks.s3_journal import ActiveFile, Journal, JournalState
@@ -73,7 +71,7 @@ IN_FLIGHT_POLL: Final = 1.0
 net should a `wake` be missed; endpoints with nothing in flight never poll."""
 
 
-class S3Sink(FilePlanner, Uploader, PgpUpload, Recovery, S3Calls):
+class S3Sink:
     """Delivers one endpoint's spool to S3 files (see the module docstring); a `Sink`.
 
     Not thread-safe: one worker thread uses it at a time. With an `io_executor`, AWS calls run
@@ -340,3 +338,51 @@ class S3Sink(FilePlanner, Uploader, PgpUpload, Recovery, S3Calls):
         except BaseException:
             self._failed = True
             raise
+
+    # --- methods defined by role in their own modules (see the package docstring) ---
+
+    # files
+    _feed = files._feed
+    _frame = files._frame
+    _fit = files._fit
+    _open = files._open
+    _add = files._add
+    _seal = files._seal
+    _take = files._take
+    _drain = files._drain
+
+    # upload
+    _active = upload._active
+    _save = upload._save
+    _journal_file = upload._journal_file
+    _cut_part = upload._cut_part
+    _close = upload._close
+    _advance = upload._advance
+    _step_file = upload._step_file
+    _part_call = upload._part_call
+    _submit = upload._submit
+    _quiesce = upload._quiesce
+    _complete = upload._complete
+    _finish = upload._finish
+
+    # pgp_upload
+    _close_pgp = pgp_upload._close_pgp
+
+    # recovery
+    recover = recovery.recover
+    discard = recovery.discard
+    _create_upload = recovery._create_upload
+    _abort_unjournaled_uploads = recovery._abort_unjournaled_uploads
+    _discard_memory = recovery._discard_memory
+    _remove_temp_files = recovery._remove_temp_files
+    _abort = recovery._abort
+    _abort_upload = recovery._abort_upload
+    _resume = recovery._resume
+
+    # client
+    _client = client._client
+    _call = client._call
+    _on_retry = client._on_retry
+    _refresh = client._refresh
+    _error = client._error
+    _success = client._success
