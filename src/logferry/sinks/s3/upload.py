@@ -158,10 +158,10 @@ def _step_file(self: S3Sink, f: OpenFile) -> bool:
             self._budget_wait = True  # the same budget as parts: one bound for all bodies
             return False
         self._budget_wait = False
-        body = f.buf.take_bytes()
+        whole = f.buf.take_bytes()
         f.final_size = size
         f.final = self._submit(
-            lambda: self._call("PutObject", Key=f.key, Body=body, **self._put_args),
+            lambda: self._call("PutObject", Key=f.key, Body=whole, **self._put_args),
             budget=size,
         )
     return True
