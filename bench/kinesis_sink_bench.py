@@ -27,7 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the blocking driver
 
+from kinesis_helpers import deliver
 from logferry.local.emulator import Emulator, start_emulator
 from logferry.sinks.kinesis import KinesisSink
 from logferry.sinks.kinesis_config import KinesisEndpoint
@@ -63,7 +65,7 @@ def run(emulator: Emulator, lines: list[bytes], *, shards: int, packing: bool) -
     sink = KinesisSink(endpoint, emulator.clients())
     chunks = make_chunks(lines, 1000)
     start = time.perf_counter()
-    sink.deliver(chunks)
+    deliver(sink, chunks)
     elapsed = time.perf_counter() - start
     stats = sink.stats
     assert stats.lines == len(lines), (stats.lines, len(lines))

@@ -26,7 +26,7 @@ from typing import Any
 
 from common import box_speed, machine_info, print_table, start_emulator, write_results
 from logferry.aws.clients import DEFAULT_CONFIG
-from logferry.sinks.s3 import _PUT_HANDLER, _put_without_expect
+from logferry.sinks.s3.client import _PUT_HANDLER, _put_without_expect
 
 BUCKET = "bench-put-object-cpu"
 

@@ -10,6 +10,8 @@ Reusable by later service tests:
   (they are cut out of the request and answered with the real per-record error shape), so
   "exactly once" can be proven, and counts what every call carried.
 - `FakeClock`: monotonic clock + sleep that only advance together, for tests without real waits.
+- `deliver(sink, chunks)`: the blocking test-only driver over the sink's `feed`/`pump` (the
+  service's worker pumps without blocking); bench/kinesis_sink_bench.py uses it too.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from botocore.credentials import Credentials
 from logferry.aws.clients import AwsClients
 from logferry.aws.names import StreamArn, parse_stream_arn
 from logferry.aws.policies import kinesis_permission_policy, trust_policy
+from logferry.errors import AwsErrorInfo, LogferryError, SetupError, TransientError
 from logferry.local.emulator import Emulator
+from logferry.sinks.backoff import wait
+from logferry.sinks.kinesis import KinesisSink
 from logferry.sinks.kinesis_config import KinesisEndpoint
 from logferry.spool.chunk import Chunk
 
@@ -324,3 +329,99 @@ def sample_lines(count: int, *, seed: int = 1, size: int = 120) -> list[bytes]:
         body = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789 /-") for _ in range(size))
         out.append(f"{i:07d} GET /{body}".encode())
     return out
+
+
+# --- a blocking driver over the Sink interface (moved here from the sink: tests and bench only) ---
+
+_WAIT_SLICE = 0.5
+
+
+class DeliveryInterrupted(LogferryError):
+    """`stop` was set while `deliver` waited (retry backoff or pacing). Nothing is lost: the
+    caller keeps the chunks; the first `completed_chunks` of them were fully accepted."""
+
+    def __init__(self, message: str, *, completed_chunks: int, pending_records: int) -> None:
+        super().__init__(message, fix="None needed: deliver the remaining chunks again later.")
+        self.completed_chunks = completed_chunks
+        self.pending_records = pending_records
+
+
+class KinesisSetupError(SetupError):
+    """A SetupError raised by `deliver`, with how far delivery got (`completed_chunks`)."""
+
+    def __init__(
+        self, message: str, info: AwsErrorInfo, *, fix: str | None, completed_chunks: int
+    ) -> None:
+        super().__init__(message, info, fix=fix)
+        self.completed_chunks = completed_chunks
+
+
+def deliver(sink: KinesisSink, chunks: list[Chunk]) -> None:
+    """Feed `chunks` and return once Kinesis has accepted every line: the sink's `feed`/`pump`
+    driven in a loop on this thread, waiting with the sink's own clock, sleep and stop (the
+    service's worker pumps instead and never blocks).
+
+    Raises `KinesisSetupError` (a SetupError) when the customer's setup prevents delivery and
+    `DeliveryInterrupted` when `stop` is set during a wait; in both cases the records stay
+    queued, the exception's `completed_chunks` says how many leading chunks were fully
+    accepted, and calling `deliver` again with the same chunks carries on (lines already
+    fed are not fed twice).
+    """
+    if not chunks:
+        return
+    for chunk in chunks:
+        sink.feed(chunk)
+    failures = 0
+    while True:
+        try:
+            delay = sink.pump(caught_up=True)
+            failures = 0
+        except SetupError as exc:
+            raise KinesisSetupError(
+                exc.message, exc.info, fix=exc.fix, completed_chunks=_completed(sink, chunks)
+            ) from exc
+        except TransientError:
+            failures += 1
+            delay = sink._call_backoff.delay(failures - 1)
+        if delay is None:
+            return
+        if sink._in_flight and not failures:
+            # Calls on the I/O pool: wait for an answer (or the pacing delay).
+            if sink._stop is not None and sink._stop.is_set():
+                raise _interrupted(sink, chunks)
+            sink.answered.wait(delay)
+            continue
+        _wait(sink, delay, chunks, "backoff_seconds" if failures else "paced_seconds")
+
+
+def _completed(sink: KinesisSink, chunks: list[Chunk]) -> int:
+    durable = sink.durable
+    return sum(1 for c in chunks if c.end <= durable)
+
+
+def _wait(sink: KinesisSink, seconds: float, chunks: list[Chunk], counter: str) -> None:
+    """Sleep in slices, watching `stop`; raise DeliveryInterrupted when it is set."""
+    if seconds <= 0:
+        return
+    start = sink._clock()
+    remaining = seconds
+    try:
+        while remaining > 0:
+            step = min(remaining, _WAIT_SLICE)
+            if not wait(step, stop=sink._stop, sleep=sink._sleep):
+                raise _interrupted(sink, chunks)
+            remaining -= step
+    finally:
+        elapsed = max(0.0, sink._clock() - start)
+        setattr(sink.stats, counter, getattr(sink.stats, counter) + elapsed)
+
+
+def _interrupted(sink: KinesisSink, chunks: list[Chunk]) -> DeliveryInterrupted:
+    done = _completed(sink, chunks)
+    pending = sink._progress.outstanding
+    return DeliveryInterrupted(
+        f"Delivery to {sink.stream_arn} stopped while waiting (retry backoff or shard "
+        f"pacing): {pending} records not yet accepted, {done} leading chunks complete.",
+        completed_chunks=done,
+        pending_records=pending,
+    )

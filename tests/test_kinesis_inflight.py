@@ -20,6 +20,7 @@ import pytest
 from kinesis_helpers import (
     FakeClock,
     PutRecordsFaults,
+    deliver,
     kinesis_setup,
     lines_of,
     make_chunks,
@@ -88,7 +89,7 @@ def test_calls_overlap_up_to_the_limit_and_every_line_arrives_once(
     lines = sample_lines(6000, size=60)
     chunks = make_chunks(lines, 500)
 
-    sink.deliver(chunks)
+    deliver(sink, chunks)
 
     assert Counter(lines_of(read_stream(emulator, setup.stream))) == Counter(lines)
     assert active["max"] == 3, active  # overlapping, and never more than max_in_flight_calls
@@ -163,7 +164,7 @@ def test_a_throttled_record_is_retried_alone_while_later_records_flow(
         return None
 
     faults = PutRecordsFaults(sink.client, error_codes=codes)
-    sink.deliver(chunks)
+    deliver(sink, chunks)
 
     assert Counter(lines_of(read_stream(emulator, setup.stream))) == Counter(lines)
     presented = Counter(k for call in faults.calls for k in call.presented)
@@ -195,7 +196,7 @@ def test_one_pacer_per_stream_shared_by_endpoints_and_rebuilt_sinks(
 
     # The first sink fills the shard's second; a rebuilt sink object must wait for it.
     chunks = make_chunks(sample_lines(1000, size=30), 500)
-    first.deliver(chunks)
+    deliver(first, chunks)
     rebuilt.open(chunks[-1].end)
     rebuilt.feed(make_chunks(sample_lines(10, seed=2), 10, start=chunks[-1].end)[0])
     delay = rebuilt.pump(caught_up=True)

@@ -18,6 +18,7 @@ from botocore.config import Config
 
 from kinesis_helpers import (
     FakeClock,
+    deliver,
     kinesis_setup,
     lines_of,
     make_chunks,
@@ -164,7 +165,7 @@ def test_the_sink_retries_throttled_records_until_every_line_arrives_once(
     ):
         via = AwsClients(setup.clients.credentials, AwsTarget(endpoint_url=proxy.url))
         sink = KinesisSink(setup.endpoint, via, hostname="node-1", io_executor=pool)
-        sink.deliver(make_chunks(lines, 300))
+        deliver(sink, make_chunks(lines, 300))
     assert Counter(lines_of(read_stream(emulator, setup.stream))) == Counter(lines)
     stats = quota.stats()
     assert stats["records"] == 900

@@ -17,9 +17,12 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 
 from kinesis_helpers import (
+    DeliveryInterrupted,
     FakeClock,
     KinesisSetup,
+    KinesisSetupError,
     PutRecordsFaults,
+    deliver,
     kinesis_role,
     kinesis_setup,
     lines_of,
@@ -32,12 +35,7 @@ from kinesis_helpers import (
 from logferry.aws.clients import AwsClients
 from logferry.errors import SetupError
 from logferry.local.emulator import Emulator
-from logferry.sinks.kinesis import (
-    DEFAULT_MAX_RECORD_BYTES,
-    DeliveryInterrupted,
-    KinesisSetupError,
-    KinesisSink,
-)
+from logferry.sinks.kinesis import DEFAULT_MAX_RECORD_BYTES, KinesisSink
 from logferry.sinks.kinesis_config import KinesisEndpoint
 from logferry.sinks.pacing import ShardPacer, ThrottleMonitor
 from logferry.sinks.shard_map import HASH_KEY_MAX, Shard, ShardMap, parse_shards
@@ -73,7 +71,7 @@ def test_partial_failures_arrive_exactly_once_and_only_failed_records_are_resent
     faults = PutRecordsFaults(sink.client, throttle=0.30, internal=0.05, seed=11)
     lines = sample_lines(3000)
 
-    sink.deliver(make_chunks(lines, 250))
+    deliver(sink, make_chunks(lines, 250))
 
     stored = read_stream(emulator, setup.stream)
     assert Counter(lines_of(stored)) == Counter(lines)  # every line, exactly once
@@ -115,7 +113,7 @@ def test_whole_call_failures_are_retried_by_the_sink(emulator: Emulator, unique:
 
     sink.client.meta.events.register("before-call.kinesis.PutRecords", unavailable)
     lines = sample_lines(800, seed=3)
-    sink.deliver(make_chunks(lines, 100))
+    deliver(sink, make_chunks(lines, 100))
     assert Counter(lines_of(read_stream(emulator, setup.stream))) == Counter(lines)
     assert sink.stats.failed_calls == 3
     assert sink.stats.backoff_seconds > 0
@@ -143,7 +141,7 @@ def test_spread_is_even_and_follows_update_shard_count_mid_run(
 
     faults = PutRecordsFaults(sink.client, on_call=reshard)
     lines = sample_lines(8000, seed=5, size=60)
-    sink.deliver(make_chunks(lines, 500))
+    deliver(sink, make_chunks(lines, 500))
 
     stored = read_stream(emulator, setup.stream, open_only=True)
     assert Counter(lines_of(stored)) == Counter(lines)
@@ -175,7 +173,7 @@ def test_split_and_merge_between_deliveries(emulator: Emulator, unique: Unique) 
         misrouted = sink.stats.misrouted_records
         chunks = make_chunks(lines, 200, start=log_end[0])
         log_end[0] = chunks[-1].end
-        sink.deliver(chunks)
+        deliver(sink, chunks)
         if sink.stats.misrouted_records > misrouted:
             first_call += 1
         return Counter(s for call in faults.calls[first_call:] for s in call.landed)
@@ -219,7 +217,7 @@ def test_list_shards_is_paginated(emulator: Emulator, unique: Unique) -> None:
     sink.client.meta.events.register(
         "before-parameter-build.kinesis.ListShards", lambda params, **_: calls.append(dict(params))
     )
-    sink.deliver(make_chunks(sample_lines(500), 100))
+    deliver(sink, make_chunks(sample_lines(500), 100))
     assert len(calls) == 3 and all("StreamName" not in c for c in calls)
     stored = read_stream(emulator, setup.stream)
     assert sorted(len(v) for v in stored.values()) == [100] * 5
@@ -235,7 +233,7 @@ def test_guide_policy_is_enough_and_describe_denial_is_harmless(
     sink = _sink(setup, FakeClock())
     sink.healthcheck()
     lines = sample_lines(50)
-    sink.deliver(make_chunks(lines, 10))
+    deliver(sink, make_chunks(lines, 10))
     assert Counter(lines_of(read_stream(emulator, setup.stream))) == Counter(lines)
     status = sink.status()
     assert status["state"] == "ok"
@@ -247,7 +245,7 @@ def test_guide_policy_is_enough_and_describe_denial_is_harmless(
     sink.client.meta.events.register(
         "before-call.kinesis.DescribeStreamSummary", lambda **_: asked.append("x")
     )
-    sink.deliver(make_chunks(lines, 10, start=10_000))
+    deliver(sink, make_chunks(lines, 10, start=10_000))
     assert asked == []
 
 
@@ -259,7 +257,7 @@ def test_without_list_shards_the_error_names_the_action(emulator: Emulator, uniq
     assert "kinesis:ListShards" in str(info.value)
     assert info.value.code == "AccessDeniedException"
     with pytest.raises(KinesisSetupError) as delivering:
-        sink.deliver(make_chunks(sample_lines(5), 5))
+        deliver(sink, make_chunks(sample_lines(5), 5))
     assert "kinesis:ListShards" in (delivering.value.fix or "")
     assert delivering.value.completed_chunks == 0
     status = sink.status()
@@ -272,7 +270,7 @@ def test_without_put_records_the_error_names_the_action(emulator: Emulator, uniq
     sink = _sink(setup, FakeClock())
     sink.healthcheck()  # ListShards alone is allowed
     with pytest.raises(KinesisSetupError) as info:
-        sink.deliver(make_chunks(sample_lines(5), 5))
+        deliver(sink, make_chunks(sample_lines(5), 5))
     assert "kinesis:PutRecords" in (info.value.fix or "")
     assert read_stream(emulator, setup.stream) == {"shardId-000000000000": []}
 
@@ -288,7 +286,7 @@ def test_missing_stream_is_a_setup_error(emulator: Emulator, unique: Unique) -> 
         endpoint, role_clients(emulator, role, external_id), clock=FakeClock(), sleep=lambda s: None
     )
     with pytest.raises(KinesisSetupError) as info:
-        sink.deliver(make_chunks(sample_lines(3), 3))
+        deliver(sink, make_chunks(sample_lines(3), 3))
     assert info.value.code == "ResourceNotFoundException"
     assert "Create the stream" in (info.value.fix or "")
 
@@ -309,14 +307,14 @@ def test_kms_errors_are_setup_errors_and_nothing_is_lost(
     sink.client.meta.events.register("before-call.kinesis.PutRecords", kms_denied)
     chunks = make_chunks(sample_lines(20), 10)
     with pytest.raises(KinesisSetupError) as info:
-        sink.deliver(chunks)
+        deliver(sink, chunks)
     assert info.value.code == "KMSAccessDeniedException"
     assert "kms:GenerateDataKey" in (info.value.fix or "")
     assert info.value.completed_chunks == 0
     assert sink.status()["state"] == "error"
     # The caller still has the chunks; once the key is fixed they go through.
     sink.client.meta.events.unregister("before-call.kinesis.PutRecords", kms_denied)
-    sink.deliver(chunks)
+    deliver(sink, chunks)
     assert len(lines_of(read_stream(emulator, setup.stream))) == 20
     assert sink.status()["state"] == "ok"
 
@@ -336,7 +334,7 @@ def test_describe_stream_summary_raises_the_record_limit_when_allowed(
         parsed["StreamDescriptionSummary"]["MaxRecordSizeInKiB"] = 4096
 
     sink.client.meta.events.register("after-call.kinesis.DescribeStreamSummary", large_records)
-    sink.deliver(make_chunks(sample_lines(10), 10))
+    deliver(sink, make_chunks(sample_lines(10), 10))
     status = sink.status()
     assert status["describe_stream_summary"] == "allowed"
     assert status["max_record_bytes"] == 4 * 1024 * 1024
@@ -351,7 +349,7 @@ def test_persistent_throttling_shows_under_provisioned(emulator: Emulator, uniqu
     sink = _sink(setup, clock)
     # Each call "takes" 2 s of stream time, so 30 % throttling lasts well over 30 s.
     PutRecordsFaults(sink.client, throttle=0.3, seed=3, on_call=lambda _: clock.advance(2.0))
-    sink.deliver(make_chunks(sample_lines(6000, size=40), 500))
+    deliver(sink, make_chunks(sample_lines(6000, size=40), 500))
     message = sink.status()["under_provisioned"]
     assert message is not None
     assert message.startswith(
@@ -379,7 +377,7 @@ def test_stop_interrupts_retries_and_keeps_the_data(emulator: Emulator, unique: 
 
     faults = PutRecordsFaults(sink.client, error_codes=throttle_from_second_chunk)
     with pytest.raises(DeliveryInterrupted) as info:
-        sink.deliver(chunks)
+        deliver(sink, chunks)
     assert info.value.completed_chunks == 1  # the caller may drop the first chunk only
     assert info.value.pending_records == 20
     assert len(faults.calls) == 5
@@ -401,7 +399,7 @@ def test_oversize_lines_are_split_into_marked_pieces(
     sink = _sink(setup, FakeClock())
     big = bytes(range(32, 127)) * (5 * 1024 * 1024 // 95 // 2)  # ≈2.5 MiB
     lines = [b"before", big, b"after"]
-    sink.deliver(make_chunks(lines, 3))
+    deliver(sink, make_chunks(lines, 3))
     stored = read_stream(emulator, setup.stream)
     records = [r for shard in stored.values() for r in shard]
     pieces = sorted(
@@ -426,7 +424,7 @@ def test_oversize_truncate_is_counted_and_marked(emulator: Emulator, unique: Uni
     setup = kinesis_setup(emulator, unique, oversize="truncate")
     sink = _sink(setup, FakeClock())
     big = b"x" * (DEFAULT_MAX_RECORD_BYTES + 1000)
-    sink.deliver(make_chunks([b"small", big], 2))
+    deliver(sink, make_chunks([b"small", big], 2))
     records = [r for shard in read_stream(emulator, setup.stream).values() for r in shard]
     cut = next(r for r in records if "truncated-from-" in r["PartitionKey"])
     assert cut["PartitionKey"].endswith(f":truncated-from-{len(big)}")
@@ -440,7 +438,7 @@ def test_packing_puts_many_lines_in_few_records(emulator: Emulator, unique: Uniq
     setup = kinesis_setup(emulator, unique, shards=2, packing=True)
     sink = _sink(setup, FakeClock())
     lines = sample_lines(20_000, size=100)
-    sink.deliver(make_chunks(lines, 1000))
+    deliver(sink, make_chunks(lines, 1000))
     stored = read_stream(emulator, setup.stream)
     records = [r for shard in stored.values() for r in shard]
     assert Counter(lines_of(stored, packed=True)) == Counter(lines)
@@ -459,7 +457,7 @@ def test_packing_puts_many_lines_in_few_records(emulator: Emulator, unique: Uniq
 def test_format_frames_each_line(emulator: Emulator, unique: Unique) -> None:
     setup = kinesis_setup(emulator, unique, format="classic", name="LogTest")
     sink = _sink(setup, FakeClock())
-    sink.deliver(make_chunks([b"hello", b"world"], 2, at=1467671846.0))
+    deliver(sink, make_chunks([b"hello", b"world"], 2, at=1467671846.0))
     records = sorted(
         (r for shard in read_stream(emulator, setup.stream).values() for r in shard),
         key=lambda r: int(r["PartitionKey"].split(":")[1]),

@@ -1,8 +1,9 @@
 """Turn botocore exceptions into our tree: SetupError (the customer must fix something, never
 retried) or TransientError (retried with backoff), each with the AWS code and a one-sentence fix.
 
-Shared by the S3 and Kinesis sinks. The split follows AWS's own retry guidance (botocore's
-`standard` retry mode: throttling codes, 5xx, connection errors and timeouts are transient) plus
+The one AWS error module of the sinks (S3 and Kinesis): service quirks and per-record error
+codes are classified here too. The split follows AWS's own retry guidance (botocore's `standard`
+retry mode: throttling codes, 5xx, connection errors and timeouts are transient) plus
 what the field teaches: expired session tokens are transient (the broker refreshes them), and
 everything a customer controls (permissions, bucket/stream existence, KMS keys, storage class,
 region) is a setup error whose fix names the exact permission and resource, because "Access
@@ -66,6 +67,14 @@ REFRESH_CODES: Final = frozenset(
     {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired", "RequestExpired"}
 )
 """Codes fixed by fresh credentials: transient, and worth one immediate retry after a refresh."""
+
+SERVICE_TRANSIENT: Final[dict[tuple[str, str], str]] = {
+    ("kinesis", "ResourceInUseException"): "None needed: the stream is being created or updated; "
+    "logferry retries.",
+    ("kinesis", "ExpiredNextTokenException"): "None needed: logferry lists the shards again from "
+    "the start.",
+}
+"""(service, code) → fix: codes that look like setup errors but pass by themselves there."""
 
 KMS_CODES: Final = frozenset(
     {
@@ -205,6 +214,28 @@ def _fix_for(
     )
 
 
+def classify_code(
+    code: str,
+    message: str,
+    *,
+    service: str,
+    operation: str,
+    region: str | None,
+    resource: str | None = None,
+    target: str | None = None,
+) -> AwsError:
+    """An error code inside a successful answer (a PutRecords record's `ErrorCode`), classified
+    exactly as the same code answered to a whole call."""
+    return classify(
+        ClientError({"Error": {"Code": code, "Message": message}}, operation),
+        service=service,
+        operation=operation,
+        region=region,
+        resource=resource,
+        target=target,
+    )
+
+
 def classify(
     exc: BaseException,
     *,
@@ -256,6 +287,9 @@ def classify(
             or code in REFRESH_CODES
             or (status is not None and (status >= 500 or status == 429))
         )
+        passing = SERVICE_TRANSIENT.get((service, code))
+        if passing is not None and not transient:
+            transient, fix = True, passing
         return (TransientError if transient else SetupError)(text, info, fix=fix)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
         info = AwsErrorInfo(

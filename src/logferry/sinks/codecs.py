@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import threading
+import types
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,10 +31,11 @@ from isal import igzip, isal_zlib
 
 from logferry.errors import InputError
 
+_deflate_lib: types.ModuleType
 try:  # Optional but recommended: used for gzip levels 0 and 3-9 (see the measurements below).
     from zlib_ng import zlib_ng as _deflate_lib
 except ImportError:  # pragma: no cover - exercised only where zlib-ng is not installed
-    _deflate_lib = zlib  # type: ignore[assignment]
+    _deflate_lib = zlib
 _DEFLATE_NAME: Final = "zlib" if _deflate_lib is zlib else "zlib-ng"
 
 CodecName = Literal["none", "gzip", "zstd", "snappy"]
@@ -66,11 +68,33 @@ def gzip_backend(level: int) -> tuple[str, int]:
 
 
 class Codec(Protocol):
-    name: str  # "none" | "gzip" | "zstd" | "snappy"
-    suffix: str  # "" | ".gz" | ".zst" | ".snappy"
-    content_type: str  # Content-Type of the object
-    content_encoding: str | None  # Content-Encoding header (always None: see GzipCodec)
-    level: int | None  # the codec's level (None for none / snappy)
+    """What a sink needs of a codec. Members are read-only properties so the frozen dataclasses
+    below match it (a plain annotation would ask for settable attributes)."""
+
+    @property
+    def name(self) -> str:
+        """One of none, gzip, zstd, snappy."""
+        ...
+
+    @property
+    def suffix(self) -> str:
+        """The object name's suffix: empty, .gz, .zst or .snappy."""
+        ...
+
+    @property
+    def content_type(self) -> str:
+        """Content-Type of the object."""
+        ...
+
+    @property
+    def content_encoding(self) -> str | None:
+        """Content-Encoding header (always None: see GzipCodec)."""
+        ...
+
+    @property
+    def level(self) -> int | None:
+        """The codec's level (None for none / snappy)."""
+        ...
 
     def compress(self, data: bytes) -> bytes:
         """One complete, independently decodable member."""

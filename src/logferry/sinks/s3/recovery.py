@@ -1,0 +1,237 @@
+"""Recovery: finish, resume or abort what the journal and the upload notes describe.
+
+The recovery methods of `S3Sink` (functions taking the sink as `self`, bound in its class body
+so that mypy checks them against its attributes). `recover()` returns the spool offset to re-
+feed from; upload notes (`created-*.json`) name multipart uploads the journal may not hold yet,
+so none is left billing in the customer's bucket after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from typing import TYPE_CHECKING, Final
+
+from logferry.errors import AwsError, TransientError
+from logferry.sinks.s3.client import REWRITE_CODES
+from logferry.sinks.s3.files import ENCRYPTED_SUFFIX, SPILL_SUFFIX, OpenFile
+from logferry.sinks.s3_journal import ActiveFile, JournalState
+from logferry.spool.files import write_atomic
+
+if TYPE_CHECKING:
+    from logferry.sinks.s3.sink import S3Sink
+
+CREATED_PREFIX: Final = "created-"
+"""`created-<id>.json`: a multipart upload whose ID the journal may not hold yet (see
+`_create_upload`); recovery aborts every one the journal does not name."""
+LEGACY_PROBE_FILE: Final = "healthcheck-probe.json"
+"""Where earlier versions noted the write probe's upload (read by recovery, never written)."""
+
+
+def recover(self: S3Sink) -> int:
+    """Finish, resume or abort what the journal describes; return the offset to feed from.
+
+    The caller feeds chunks starting at or before the returned offset (a chunk straddling
+    it is fine: its prefix is skipped). Raises SetupError (e.g. AbortMultipartUpload denied)
+    with the journal untouched, so a later call can finish the job.
+    """
+    self._quiesce()
+    self._discard_memory()
+    self._failed = True  # until this succeeds
+    self._remove_temp_files()
+    loaded = self._journal.load()
+    journaled = loaded.active.upload_id if loaded and loaded.active else None
+    self._abort_unjournaled_uploads(keep=journaled)
+    state = loaded or JournalState(incarnation=self._incarnation)
+    changed = state.incarnation != self._incarnation
+    active = state.active
+    resume_at: int | None = None
+    if (
+        active is not None
+        and active.upload_id is not None
+        and changed
+        and active.parts
+        and not active.pgp
+    ):
+        # Its parts hold lines the spool has already released: finish the object as it
+        # is (old settings) and start the rest under the new ones.
+        self._complete(active.key, active.upload_id, active.parts)
+        state.durable = active.parts[-1].end
+        state.active = active = None
+        self._save(state)
+        self.stats.objects += 1
+        self._success(None)
+    if active is not None:
+        if active.upload_id is not None and (active.pgp or changed):
+            self._abort(active)  # an OpenPGP message / other settings: cannot be continued
+            active.upload_id, active.parts = None, []
+            self._save(state)
+        if active.upload_id is not None:
+            resume_at = self._resume(state, active)
+        elif changed:
+            resume_at = active.start  # rebuilt with the new settings (and new keys)
+            state.active = None
+        else:
+            resume_at = active.start
+            self._plan = active  # rebuild [start, end) under the same key
+    state.incarnation = self._incarnation
+    self._state = state
+    if loaded is None or changed:
+        self._save(state)
+    if resume_at is None:
+        resume_at = self.durable_offset
+    self._pos = resume_at if (loaded is not None or resume_at) else None
+    self._recovered = True
+    self._failed = False
+    return resume_at
+
+
+def discard(self: S3Sink) -> None:
+    """The endpoint is being deleted: abort its open multipart upload (never leave one
+    billing in the customer's bucket) and forget the journal. Unsent data is dropped with
+    the endpoint. Raises (journal kept) when the abort fails, so it can be retried."""
+    self._quiesce()
+    self._discard_memory()
+    self._remove_temp_files()
+    self._abort_unjournaled_uploads(keep=None)
+    state = self._journal.load()
+    if state is not None and state.active is not None and state.active.upload_id:
+        self._abort(state.active)
+    if self.state_dir.is_dir():
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _create_upload(self: S3Sink, key: str) -> tuple[str, str]:
+    """CreateMultipartUpload, and note `(key, upload ID)` on disk the moment the answer
+    arrives (any thread): the journal learns the ID later, on the delivery thread, and a
+    crash or failure in between must leave a note recovery aborts, not an upload nobody
+    can name (finding it again would need s3:ListBucketMultipartUploads). Returns the ID
+    and the note, which the caller removes once the journal holds the ID. Not fsynced: it
+    survives a kill -9 (page cache); the journal's fsync follows within milliseconds."""
+    self.state_dir.mkdir(parents=True, exist_ok=True)
+    note = str(self.state_dir / f"{CREATED_PREFIX}{uuid.uuid4().hex[:16]}.json")
+    upload_id = str(self._call("CreateMultipartUpload", Key=key, **self._put_args)["UploadId"])
+    write_atomic(note, json.dumps({"key": key, "upload_id": upload_id}).encode(), durable=False)
+    return upload_id, note
+
+
+def _abort_unjournaled_uploads(self: S3Sink, *, keep: str | None) -> None:
+    """Abort every noted upload but `keep` (the journal's: resumed or aborted by the
+    caller), then forget the notes. Raises (notes kept) when an abort fails."""
+    try:
+        # A note the crash caught before its rename is read too: complete, it names an
+        # upload as well; torn, it is removed below.
+        paths = [
+            p
+            for p in self.state_dir.iterdir()
+            if p.name.startswith(CREATED_PREFIX) or p.name == LEGACY_PROBE_FILE
+        ]
+    except FileNotFoundError:
+        return
+    for path in paths:
+        try:
+            noted = json.loads(path.read_bytes())
+            key, upload_id = str(noted["key"]), str(noted["upload_id"])
+        except FileNotFoundError:
+            continue
+        except (ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)  # torn by the crash: write_atomic never leaves one
+            continue
+        if upload_id != keep:
+            self._abort_upload(key, upload_id)
+        path.unlink(missing_ok=True)
+
+
+def _discard_memory(self: S3Sink) -> None:
+    for f in self._files:
+        if f.spill is not None:
+            f.spill.close()
+    self._files.clear()
+    self._file = None
+    self._plan = None
+    self._pos = None
+    self._budget_wait = False
+
+
+def _remove_temp_files(self: S3Sink) -> None:
+    if not self.state_dir.is_dir():
+        return
+    for path in self.state_dir.iterdir():
+        if path.suffix in (SPILL_SUFFIX, ENCRYPTED_SUFFIX):
+            path.unlink(missing_ok=True)
+
+
+def _abort(self: S3Sink, active: ActiveFile) -> None:
+    assert active.upload_id is not None
+    self._abort_upload(active.key, active.upload_id)
+
+
+def _abort_upload(self: S3Sink, key: str, upload_id: str) -> None:
+    try:
+        self._call("AbortMultipartUpload", Key=key, UploadId=upload_id)
+    except TransientError as exc:
+        if exc.code != "NoSuchUpload":
+            raise
+    else:
+        self.stats.aborted_uploads += 1
+
+
+def _resume(self: S3Sink, state: JournalState, active: ActiveFile) -> int:
+    """Continue `active`'s multipart upload (or complete it); restart it if it is gone."""
+    assert active.upload_id is not None
+    try:
+        if active.end is not None and active.resume_offset >= active.end and active.parts:
+            self._complete(active.key, active.upload_id, active.parts)
+            state.durable = active.end
+            state.active = None
+            self._save(state)
+            self.stats.objects += 1
+            self._success(active.key)
+            return active.end
+        # The only way to test an upload with the allowed calls: an empty UploadPart at the
+        # next part number (overwritten by the real part; never listed when completing).
+        self._call(
+            "UploadPart",
+            Key=active.key,
+            UploadId=active.upload_id,
+            PartNumber=len(active.parts) + 1,
+            Body=b"",
+        )
+    except AwsError as exc:
+        if exc.code not in REWRITE_CODES:
+            raise
+        if exc.code != "NoSuchUpload":
+            self._abort(active)  # it exists but cannot be completed as journaled
+        released = max(state.committed, self._spool_committed)
+        if active.parts and released > active.start:
+            lost_end = min(released, active.parts[-1].end)
+            self.lost.append(
+                (
+                    active.start,
+                    lost_end,
+                    f"multipart upload {active.upload_id} of {active.key} is gone "
+                    f"({exc.code}); its parts held spool positions {active.start}.."
+                    f"{lost_end}, which were already released",
+                )
+            )
+        active.upload_id, active.parts = None, []
+        self._save(state)
+        self._plan = active  # rebuild [start, end) from the spool under the same key
+        return active.start
+    f = OpenFile(
+        key=active.key,
+        start=active.start,
+        period_start=active.period_start,
+        boundary=active.end,
+        data_end=active.resume_offset,
+        framed=active.framed,
+        sealed_end=active.resume_offset,
+        sealed_framed=active.framed,
+        upload_id=active.upload_id,
+        parts=list(active.parts),
+        next_number=len(active.parts) + 1,
+    )
+    self._file = f
+    self._files.append(f)
+    return active.resume_offset

@@ -1,0 +1,37 @@
+"""What an S3 sink reports: its counters, its last error, and the error that asks for recovery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+class SinkNeedsRecovery(RuntimeError):
+    """`feed`/`tick`/`flush` after a failure: call `recover()` and re-feed from its offset."""
+
+
+@dataclass
+class LastError:
+    code: str
+    message: str
+    fix: str | None
+    time: float
+    transient: bool
+
+
+@dataclass
+class S3SinkStats:
+    """Counters for status pages and metrics (bytes count every upload, re-uploads included)."""
+
+    objects: int = 0
+    parts: int = 0
+    bytes_in: int = 0
+    """Line bytes accepted from the spool (before framing)."""
+    bytes_out: int = 0
+    """Object bytes uploaded (after compression / encryption)."""
+    retries: int = 0
+    aborted_uploads: int = 0
+    last_key: str | None = None
+    last_success: float | None = None
+    last_error: LastError | None = None
+    state: Literal["ok", "retrying", "error"] = "ok"
