@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from logferry.spool import log as spool_log
+from logferry.spool import writer as spool_writer
 from logferry.spool.log import Spool
 from logferry.spool.manager import SpoolManager
 
@@ -192,16 +192,16 @@ def _finish(futs: list[asyncio.Future[int]]) -> None:
 
 def count_fsyncs() -> tuple[Callable[[], int], Callable[[], None]]:
     calls = [0]
-    real = spool_log._fdatasync
+    real = spool_writer._fdatasync
 
     def counting(fd: int) -> None:
         calls[0] += 1
         real(fd)
 
-    spool_log._fdatasync = counting
+    spool_writer._fdatasync = counting
 
     def restore() -> None:
-        spool_log._fdatasync = real
+        spool_writer._fdatasync = real
 
     return (lambda: calls[0]), restore
 

@@ -9,6 +9,7 @@ so none is left billing in the customer's bucket after a crash.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import uuid
 from typing import TYPE_CHECKING, Final
@@ -18,6 +19,8 @@ from logferry.sinks.s3.client import REWRITE_CODES
 from logferry.sinks.s3.files import ENCRYPTED_SUFFIX, SPILL_SUFFIX, OpenFile
 from logferry.sinks.s3_journal import ActiveFile, JournalState
 from logferry.spool.files import write_atomic
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from logferry.sinks.s3.sink import S3Sink
@@ -112,7 +115,16 @@ def _create_upload(self: S3Sink, key: str) -> tuple[str, str]:
     self.state_dir.mkdir(parents=True, exist_ok=True)
     note = str(self.state_dir / f"{CREATED_PREFIX}{uuid.uuid4().hex[:16]}.json")
     upload_id = str(self._call("CreateMultipartUpload", Key=key, **self._put_args)["UploadId"])
-    write_atomic(note, json.dumps({"key": key, "upload_id": upload_id}).encode(), durable=False)
+    try:
+        write_atomic(note, json.dumps({"key": key, "upload_id": upload_id}).encode(), durable=False)
+    except OSError:
+        # No note, so no recovery could name it later (a read-only or full disk): abort it
+        # now, while its ID is in hand, rather than leave an empty upload in the bucket.
+        try:
+            self._abort_upload(key, upload_id)
+        except Exception:  # the disk error is what the caller must see; the abort was best effort
+            _log.warning("could not abort upload %s of %s after its note failed", upload_id, key)
+        raise
     return upload_id, note
 
 
