@@ -29,6 +29,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from logferry.aws.destination import default_policy_name, default_role_name, resolve_destination
 from logferry.aws.names import parse_role_arn, role_arn, validate_policy_name, validate_role_name
 from logferry.aws.policies import KinesisDestination, build_policies
 from logferry.aws.render import cli_commands, cloudformation_template, terraform_config
@@ -186,12 +187,6 @@ def console_router(
         ),
         _: Any = Depends(customer_or_admin),
     ) -> Any:
-        from logferry.commands.role import (
-            default_policy_name,
-            default_role_name,
-            resolve_destination,
-        )
-
         record = _customer(customer_id)
         vendor = service.config.vendor.account_id
         try:

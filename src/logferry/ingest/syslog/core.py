@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 
+from logferry.errors import LogferryError
 from logferry.ingest.lines import Normalized, normalize
 from logferry.ingest.syslog.config import SyslogListenerConfig
 from logferry.ingest.syslog.counters import SyslogCounters
@@ -41,8 +42,11 @@ RETRY_LOG_EVERY_S = 30.0
 STOP_GRACE_S = 5.0
 
 
-class _EndpointMissing(Exception):
-    """The listener's endpoint no longer exists: what was read cannot be delivered."""
+class _EndpointMissing(LogferryError):
+    """The listener's endpoint no longer exists: what was read cannot be delivered.
+
+    Internal: caught inside the TCP handler and counted, never raised to a caller.
+    """
 
 
 class ListenerBase:

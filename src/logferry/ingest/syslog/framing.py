@@ -8,11 +8,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from logferry.errors import LogferryError
 from logferry.ingest.lines import drop_partial_char, normalize
 
 
-class _FramingError(Exception):
-    """A TCP stream that cannot be framed any further: the connection is closed."""
+class _FramingError(LogferryError):
+    """A TCP stream that cannot be framed any further: the connection is closed.
+
+    Internal: the TCP handler counts and logs it and closes that connection.
+    """
 
 
 class MessageBatch:

@@ -251,7 +251,7 @@ class TcpSide(ListenerBase):
                 await self._deliver(norm.data, norm.lines)
             except Exception as exc:
                 if not self._endpoint_ok():
-                    raise _EndpointMissing() from exc
+                    raise _EndpointMissing("the listener's endpoint no longer exists") from exc
                 if self._stopping:
                     self.counters.lost_on_stop += norm.lines
                     log.warning(
