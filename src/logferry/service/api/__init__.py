@@ -7,7 +7,7 @@ ingest route in plain ASGI in front of this app (service/ingest_route.py: a smal
 
 One module per resource, each an `APIRouter` (docs/architecture-modules.md): auth.py (the bearer
 token dependencies), probes.py (/healthz, /readyz, /metrics), ingest.py, customers.py, tokens.py,
-endpoints.py; the console's routes and /v1/sts/regions live in service/console_api.py.
+endpoints.py, sts.py; the console's own routes are in service/console_api.py.
 app.py's `create_app` composes them in a fixed order (the OpenAPI document depends on it).
 """
 

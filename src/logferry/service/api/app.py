@@ -13,6 +13,7 @@ from logferry.service.api.customers import customers_router
 from logferry.service.api.endpoints import endpoints_router
 from logferry.service.api.ingest import ingest_router
 from logferry.service.api.probes import probes_router
+from logferry.service.api.sts import sts_router
 from logferry.service.api.tokens import tokens_router
 from logferry.service.console_api import CONSOLE_DIR, console_router
 from logferry.service.endpoints import FieldError
@@ -95,6 +96,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(tokens_router(service, auth))
     app.include_router(endpoints_router(service, auth))
     app.include_router(console_router(service, auth.principal, auth.admin, auth.customer_or_admin))
+    app.include_router(sts_router(service, auth))
 
     @app.get("/console", include_in_schema=False)
     async def console_redirect() -> Response:
