@@ -39,6 +39,13 @@ from botocore.exceptions import (
 from pydantic import BaseModel, Field
 
 from logferry.aws.clients import AwsClients
+from logferry.aws.errors import (
+    ACCESS_DENIED_CODES,
+    BAD_CREDENTIAL_CODES,
+    client_error_info,
+    error_code,
+    is_transient,
+)
 from logferry.aws.names import (
     FASTLY_ACCOUNT_ID,
     IAM_REGION,
@@ -146,26 +153,6 @@ class Step:
 
 # --- AWS error translation ----------------------------------------------------------------------
 
-_ACCESS_DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
-_BAD_CREDENTIALS = {
-    "InvalidClientTokenId",
-    "UnrecognizedClientException",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "ExpiredTokenException",
-    "InvalidAccessKeyId",
-    "InvalidToken",
-}
-_TRANSIENT = {
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "ServiceUnavailable",
-    "ServiceUnavailableException",
-    "InternalError",
-    "InternalFailure",
-    "SlowDown",
-}
 RERUN = "`logferry role create` is safe to re-run: it continues where it stopped."
 
 
@@ -173,28 +160,18 @@ def translate_error(
     exc: ClientError, *, service: str, operation: str, doing: str, region: str | None = None
 ) -> LogferryError:
     """One clear sentence with a fix for an AWS error code (the raw code travels in `info`)."""
-    err = exc.response.get("Error", {})
-    code = str(err.get("Code", "Unknown"))
-    message = str(err.get("Message", "")).strip()
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    info = AwsErrorInfo(
-        code=code,
-        message=message,
-        service=service,
-        operation=operation,
-        region=region,
-        http_status=status,
-    )
+    info = client_error_info(exc, service=service, operation=operation, region=region)
+    code, message, status = info.code, info.message, info.http_status
     said = f" (AWS said: {message})" if message else ""
     action = f"{service}:{operation}"
-    if code in _ACCESS_DENIED:
+    if code in ACCESS_DENIED_CODES:
         return SetupError(
             f"AWS denied {action} while {doing}{said}.",
             info,
             fix=f"Use credentials allowed to call {action} on this resource "
             "(e.g. --profile with an administrator), or ask your AWS administrator to grant it.",
         )
-    if code in _BAD_CREDENTIALS:
+    if code in BAD_CREDENTIAL_CODES:
         return SetupError(
             f"AWS did not accept the credentials while {doing} ({code}){said}.",
             info,
@@ -246,7 +223,7 @@ def translate_error(
             info,
             fix="Check --stream-arn (name, region and account) and that the stream is ACTIVE.",
         )
-    if code in _TRANSIENT or (isinstance(status, int) and status >= 500):
+    if is_transient(code, status):
         return TransientError(
             f"AWS was temporarily unavailable while {doing} ({code}){said}.",
             info,
@@ -428,7 +405,7 @@ class RoleProvisioner:
         try:
             role = iam.get_role(RoleName=self.req.role_name)["Role"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NoSuchEntity":
+            if error_code(exc) == "NoSuchEntity":
                 return None
             raise translate_error(
                 exc, service="iam", operation="GetRole", doing=f"reading role {self.req.role_name}"
@@ -443,7 +420,7 @@ class RoleProvisioner:
         try:
             return dict(iam.get_policy(PolicyArn=arn)["Policy"])
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NoSuchEntity":
+            if error_code(exc) == "NoSuchEntity":
                 return None
             raise translate_error(
                 exc, service="iam", operation="GetPolicy", doing=f"reading policy {arn}"
@@ -483,7 +460,7 @@ class RoleProvisioner:
         try:
             resp = self._s3().get_bucket_lifecycle_configuration(Bucket=bucket)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+            if error_code(exc) == "NoSuchLifecycleConfiguration":
                 return {"Rules": []}
             raise translate_error(
                 exc,

@@ -9,7 +9,6 @@ the object — so one cache entry per (role, external ID) serves every endpoint 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import threading
@@ -31,23 +30,12 @@ from botocore.exceptions import (
 )
 
 from logferry.aws.clients import DELIVERY_CONFIG, AwsClients, AwsTarget
+from logferry.aws.errors import STS_FAILOVER_CODES, THROTTLING_CODES, client_error_info
 from logferry.errors import AwsErrorInfo, InputError, SetupError, TransientError
 
 DEFAULT_STS_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
 MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 900, 43200, 3600
 
-# Codes that mean "this region cannot serve us now": try the next region.
-FAILOVER_CODES = {
-    "RegionDisabledException",
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "ServiceUnavailable",
-    "InternalFailure",
-    "InternalError",
-    "IDPCommunicationError",
-    "RequestTimeout",
-}
 
 _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
 T = TypeVar("T")
@@ -176,7 +164,7 @@ def _unreachable_fix(region: str, endpoint: str | None) -> str:
 def _outcome_for(code: str | None) -> str:
     if code == "RegionDisabledException":
         return "region_disabled"
-    if code in {"Throttling", "ThrottlingException", "RequestLimitExceeded"}:
+    if code in THROTTLING_CODES:
         return "throttled"
     if code is None:
         return "unreachable"
@@ -186,7 +174,7 @@ def _outcome_for(code: str | None) -> str:
 class CredentialBroker:
     """Temporary credentials per (role ARN, external ID), refreshed ahead of expiry.
 
-    Thread-safe; asyncio callers use the `a*` methods (blocking STS calls run in a thread).
+    Thread-safe; STS calls block, so asyncio callers run them in a thread.
     """
 
     def __init__(
@@ -233,7 +221,10 @@ class CredentialBroker:
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self._health = {region: RegionHealth() for region in self.regions}
         self._lock = threading.Lock()
-        self._key_locks: dict[RoleKey, threading.Lock] = {}
+        # One lock per key while an initial AssumeRole for it is wanted, with how many callers
+        # hold or wait for it; removed when the last one leaves, so the dict stays as small as
+        # the fetches in flight (not one entry per role ever seen).
+        self._key_locks: dict[RoleKey, tuple[threading.Lock, int]] = {}
         self._cache: dict[RoleKey, RefreshableCredentials] = {}
         self._failures: dict[RoleKey, tuple[float, Exception]] = {}
         self._sts_clients: dict[str, BaseClient] = {}
@@ -349,18 +340,9 @@ class CredentialBroker:
         try:
             response = call(self._sts(region))
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code") or "Unknown")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            info = AwsErrorInfo(
-                code=code,
-                message=str(error.get("Message", "")),
-                service="sts",
-                operation=operation,
-                region=region,
-                http_status=status,
-            )
-            if code in FAILOVER_CODES or (status is not None and status >= 500):
+            info = client_error_info(exc, service="sts", operation=operation, region=region)
+            code, status = info.code, info.http_status
+            if code in STS_FAILOVER_CODES or (status is not None and status >= 500):
                 self.outcomes[(region, _outcome_for(code))] += 1
                 raise TransientError(
                     f"STS {region}: {code}: {info.message}".rstrip(": "), info, fix=fix(code)
@@ -519,35 +501,48 @@ class CredentialBroker:
             cached = self._cache.get(key)
             if cached is not None:
                 return cached
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:  # at most one initial AssumeRole per key, however many callers
+            key_lock, users = self._key_locks.get(key, (threading.Lock(), 0))
+            self._key_locks[key] = (key_lock, users + 1)
+        try:
+            with key_lock:  # at most one initial AssumeRole per key, however many callers
+                return self._first_credentials(key)
+        finally:
             with self._lock:
-                cached = self._cache.get(key)
-                failed = self._failures.get(key)
-            if cached is not None:
-                return cached
-            if failed and self.clock() - failed[0] < self.negative_cache_seconds:
-                raise failed[1]
-            try:
-                metadata = self._fetch(key)
-            except (SetupError, TransientError) as exc:
-                with self._lock:
-                    self._failures[key] = (self.clock(), exc)
-                raise
-            duration = key.duration
-            made = RefreshableCredentials.create_from_metadata(
-                metadata=metadata,
-                refresh_using=lambda: self._fetch(key),
-                method="logferry-sts-broker",
-                # botocore's defaults (15/10 min) would refresh 15-minute tokens on every use.
-                advisory_timeout=min(15 * 60, duration // 4),
-                mandatory_timeout=min(10 * 60, duration // 6),
-            )
-            made._time_fetcher = self._now_datetime
+                key_lock, users = self._key_locks[key]
+                if users > 1:
+                    self._key_locks[key] = (key_lock, users - 1)
+                else:
+                    del self._key_locks[key]
+
+    def _first_credentials(self, key: RoleKey) -> RefreshableCredentials:
+        """The cached credentials, or the first AssumeRole for `key` (caller holds its lock)."""
+        with self._lock:
+            cached = self._cache.get(key)
+            failed = self._failures.get(key)
+        if cached is not None:
+            return cached
+        if failed and self.clock() - failed[0] < self.negative_cache_seconds:
+            raise failed[1]
+        try:
+            metadata = self._fetch(key)
+        except (SetupError, TransientError) as exc:
             with self._lock:
-                self._cache[key] = made
-                self._failures.pop(key, None)
-            return made
+                self._failures[key] = (self.clock(), exc)
+            raise
+        duration = key.duration
+        made = RefreshableCredentials.create_from_metadata(
+            metadata=metadata,
+            refresh_using=lambda: self._fetch(key),
+            method="logferry-sts-broker",
+            # botocore's defaults (15/10 min) would refresh 15-minute tokens on every use.
+            advisory_timeout=min(15 * 60, duration // 4),
+            mandatory_timeout=min(10 * 60, duration // 6),
+        )
+        made._time_fetcher = self._now_datetime
+        with self._lock:
+            self._cache[key] = made
+            self._failures.pop(key, None)
+        return made
 
     def _now_datetime(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), tz=dt.UTC)
@@ -637,14 +632,3 @@ class CredentialBroker:
             for key in [k for k in self._failures if k.role_arn == role_arn]:
                 del self._failures[key]
         self.release(role_arn, external_id)
-
-    def cached_roles(self) -> int:
-        with self._lock:
-            return len(self._cache)
-
-    async def acredentials(
-        self, role_arn: str, external_id: str | None, *, customer_id: str | None = None
-    ) -> RefreshableCredentials:
-        return await asyncio.to_thread(
-            self.credentials, role_arn, external_id, customer_id=customer_id
-        )
