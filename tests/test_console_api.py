@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -265,3 +267,15 @@ def test_every_command_the_console_names_exists() -> None:
             words.append(word)
         result = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, (command, result.output)
+
+
+def test_the_console_routes_do_not_import_the_cli_layer() -> None:
+    """service/ sits below commands/: the console's role documents come from aws/ directly."""
+    code = (
+        "import sys, logferry.service.console_api;"
+        "print(sorted(m for m in sys.modules if m.startswith('logferry.commands')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -104,6 +104,19 @@ def test_fifty_concurrent_callers_cause_one_assume_role(emulator: Emulator, uniq
         t.join()
     assert len(seen) == 50 and len({id(c) for c in seen}) == 1
     assert _calls(broker) == 1
+    # The per-role lock lives only while a first AssumeRole is wanted: none is kept after.
+    assert broker._key_locks == {}
+
+
+def test_no_lock_is_kept_per_role_after_success_or_failure(emulator: Emulator, unique) -> None:
+    """One entry per role ever seen would grow for as long as the service runs."""
+    broker = _broker(emulator, {"us-east-1": emulator.url})
+    for n in range(5):
+        role = make_s3_role(emulator, unique(f"role{n}"), unique("bkt"), "cust-1")
+        broker.credentials(role, "cust-1", customer_id="cust-1")
+        with pytest.raises(SetupError):
+            broker.credentials(role, "wrong-id", customer_id="cust-1")
+    assert broker._key_locks == {}
 
 
 def test_refresh_ahead_of_expiry_while_clients_keep_working(emulator: Emulator, unique) -> None:

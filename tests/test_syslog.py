@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from logferry import netaddr
 from logferry.errors import InputError
 from logferry.ingest.lines import normalize
 from logferry.ingest.syslog import (
@@ -61,6 +62,15 @@ def test_parse_listen() -> None:
     for bad in ("514", ":514", "::1:514", "[::1]514", "[nope]:1", "h:70000", "h:x"):
         with pytest.raises(ValueError):
             parse_listen(bad)
+
+
+def test_one_listen_parser_for_every_listener() -> None:
+    """The syslog listeners use logferry.netaddr's parser, the one [server] listen is to use."""
+    assert parse_listen is netaddr.parse_listen
+    with pytest.raises(ValueError, match="0 to 65535"):
+        netaddr.parse_listen("127.0.0.1:99999", example="127.0.0.1:8080")
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1:8080"):
+        netaddr.parse_listen("8080", example="127.0.0.1:8080")
 
 
 def test_config_validation() -> None:

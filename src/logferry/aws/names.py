@@ -2,7 +2,7 @@
 
 Pure functions, no I/O. Every validator returns the (normalised) value or raises `InputError`
 whose message says what is wrong and what is allowed; callers attach the flag / key path with
-`logferry.commands.common.validated` (the `where` given here is only a default).
+`validated` below (the `where` given here is only a default).
 
 We validate before calling AWS because AWS's own errors for bad names are vague
 ("MalformedPolicyDocument", "ValidationError") and arrive after some writes have already happened.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -408,3 +409,11 @@ def policy_arn(partition: Partition, account_id: str, name: str, path: str = "/"
 
 def account_root_arn(partition: Partition, account_id: str) -> str:
     return f"arn:{partition}:iam::{account_id}:root"
+
+
+def validated(where: str, check: Callable[[str], str], value: str) -> str:
+    """Run a validator and attach the flag / key path `where` to its error."""
+    try:
+        return check(value)
+    except InputError as exc:
+        raise InputError(where, exc.message, fix=exc.fix) from None

@@ -20,19 +20,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from logferry.aws.address_guard import REFUSAL_FIX, DomainRefused, refusal_message
 from logferry.aws.clients import DELIVERY_CONFIG, AwsClients, AwsTarget
+from logferry.aws.errors import error_code, is_denied
 from logferry.aws.names import StreamArn
 from logferry.aws.sts_broker import AssumeResult, CredentialBroker, RoleKey
 from logferry.errors import SetupError, TransientError
 
 Status = Literal["pass", "warn", "fail"]
-
-DENIED_CODES = {
-    "AccessDenied",
-    "AccessDeniedException",
-    "UnauthorizedOperation",
-    "Forbidden",
-    "403",
-}
 
 
 @dataclass
@@ -95,15 +88,6 @@ class S3Target:
 @dataclass(frozen=True)
 class KinesisTarget:
     stream: StreamArn
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code") or "Unknown")
-
-
-def _denied(exc: ClientError) -> bool:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return _code(exc) in DENIED_CODES or (status == 403 and _code(exc) != "RegionDisabledException")
 
 
 def check_role(
@@ -243,8 +227,8 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
     try:
         upload_id = s3.create_multipart_upload(Bucket=target.bucket, Key=key, **headers)["UploadId"]
     except ClientError as exc:
-        code = _code(exc)
-        if _denied(exc):
+        code = error_code(exc)
+        if is_denied(exc):
             report.add(
                 "s3 write",
                 "fail",
@@ -280,7 +264,7 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
             report.add(
                 "s3 abort",
                 "fail",
-                f"AbortMultipartUpload was denied ({_code(exc)}): s3:AbortMultipartUpload is "
+                f"AbortMultipartUpload was denied ({error_code(exc)}): s3:AbortMultipartUpload is "
                 f"missing. The probe's upload {upload_id} of {key} is still open.",
                 f"allow s3:AbortMultipartUpload on {resource}; then remove the probe with: aws "
                 f"s3api abort-multipart-upload --bucket {target.bucket} --key {key} "
@@ -295,7 +279,7 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
             call()
             extra.append(label)
         except ClientError as exc:
-            if _code(exc) in ok_codes:
+            if error_code(exc) in ok_codes:
                 extra.append(label)
         except BotoCoreError:
             pass
@@ -353,8 +337,8 @@ def _kinesis_probes(
         open_shards = [s for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]]
         report.add("kinesis list-shards", "pass", f"{len(open_shards)} open shard(s)")
     except ClientError as exc:
-        code = _code(exc)
-        if _denied(exc):
+        code = error_code(exc)
+        if is_denied(exc):
             fix = f"the role's permission policy must allow kinesis:ListShards on {stream.arn}"
         elif code == "ResourceNotFoundException":
             fix = f"create the stream {stream.name} in {stream.region} or correct the stream ARN"
@@ -388,7 +372,7 @@ def _kinesis_probes(
             report.add(
                 "kinesis put-records",
                 "fail",
-                f"PutRecords failed: {_code(exc)}",
+                f"PutRecords failed: {error_code(exc)}",
                 f"the role's permission policy must allow kinesis:PutRecords on {stream.arn}",
             )
     extra: list[str] = []
@@ -407,7 +391,7 @@ def _kinesis_probes(
             call()
             extra.append(label)
         except ClientError as exc:
-            if not _denied(exc) and _code(exc) != "ResourceNotFoundException":
+            if not is_denied(exc) and error_code(exc) != "ResourceNotFoundException":
                 extra.append(label)
         except BotoCoreError:
             pass

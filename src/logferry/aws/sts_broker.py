@@ -9,14 +9,11 @@ the object — so one cache entry per (role, external ID) serves every endpoint 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import re
 import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from botocore.client import BaseClient
@@ -31,162 +28,44 @@ from botocore.exceptions import (
 )
 
 from logferry.aws.clients import DELIVERY_CONFIG, AwsClients, AwsTarget
+from logferry.aws.errors import STS_FAILOVER_CODES, client_error_info
+from logferry.aws.sts_results import (
+    VENDOR_CREDENTIALS_FIX,
+    AssumeAttempt,
+    AssumeResult,
+    CallerIdentity,
+    RegionHealth,
+    RoleKey,
+    assume_fix,
+    outcome_for,
+    role_session_name,
+    unreachable_fix,
+    vendor_fix,
+)
 from logferry.errors import AwsErrorInfo, InputError, SetupError, TransientError
+
+__all__ = [
+    "DEFAULT_DURATION",
+    "DEFAULT_STS_REGIONS",
+    "MAX_DURATION",
+    "MIN_DURATION",
+    "AssumeAttempt",
+    "AssumeResult",
+    "CallerIdentity",
+    "CredentialBroker",
+    "RoleKey",
+    "role_session_name",
+]
 
 DEFAULT_STS_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
 MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 900, 43200, 3600
-
-# Codes that mean "this region cannot serve us now": try the next region.
-FAILOVER_CODES = {
-    "RegionDisabledException",
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "ServiceUnavailable",
-    "InternalFailure",
-    "InternalError",
-    "IDPCommunicationError",
-    "RequestTimeout",
-}
-
-_SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
 T = TypeVar("T")
-
-
-def role_session_name(vendor: str, customer_id: str | None, role_arn: str) -> str:
-    """`<vendor>-<customer>` within STS limits (2–64 chars of [\\w+=,.@-]).
-
-    It shows in the customer's CloudTrail, so it names who is writing and for which customer.
-    """
-    who = customer_id or role_arn.rsplit("/", 1)[-1]
-    name = _SESSION_NAME_BAD.sub("-", f"{vendor}-{who}")[:64]
-    return name if len(name) >= 2 else f"{name}--"[:2]
-
-
-def _account_of(role_arn: str) -> str:
-    parts = role_arn.split(":")
-    return parts[4] if len(parts) > 5 else "?"
-
-
-@dataclass(frozen=True)
-class RoleKey:
-    role_arn: str
-    external_id: str | None
-    session_name: str
-    duration: int
-    source_identity: str | None = None
-
-
-@dataclass
-class RegionHealth:
-    failures: int = 0
-    cooldown_until: float = 0.0
-    last_error: str | None = None
-
-
-@dataclass
-class AssumeAttempt:
-    """One STS call (AssumeRole or GetCallerIdentity) in one region, for reports and logs."""
-
-    region: str
-    outcome: str  # "ok" | "denied" | "region_disabled" | "unreachable" | "throttled" | "error"
-    code: str | None = None
-    message: str | None = None
-    fix: str | None = None
-
-
-@dataclass
-class CallerIdentity:
-    """The vendor's own account, the region that answered, and what every region tried said."""
-
-    account: str
-    region: str
-    attempts: list[AssumeAttempt]
-
-
-@dataclass
-class AssumeResult:
-    region: str
-    access_key: str
-    secret_key: str
-    token: str = field(repr=False)
-    expiration: dt.datetime
-    assumed_role_arn: str
-    attempts: list[AssumeAttempt]
-
-
-def _fix_for(
-    code: str, *, role_arn: str, vendor_account: str | None, external_id: str | None, region: str
-) -> str:
-    if code == "RegionDisabledException":
-        return (
-            f"activate STS in {region} for account {_account_of(role_arn)}: "
-            "IAM console → Account settings → Security Token Service (STS) → Activate"
-        )
-    if code == "AccessDenied":
-        ext = f" with external ID {external_id!r}" if external_id else ""
-        who = f"account {vendor_account}" if vendor_account else "the vendor account"
-        return (
-            f"the trust policy of {role_arn} must let {who} call sts:AssumeRole{ext} "
-            "(and the role must exist): re-run `logferry role create` or fix the trust policy"
-        )
-    if code in {"MalformedPolicyDocument", "PackedPolicyTooLarge"}:
-        return "the session policy sent to STS is invalid; report this to the vendor"
-    if code in {"ValidationError", "InvalidParameterValue"}:
-        return (
-            "check the role ARN and that DurationSeconds does not exceed the role's "
-            "MaximumSessionDuration"
-        )
-    if code == "ExpiredTokenException":
-        return "the vendor's own AWS credentials have expired; renew them"
-    if code in {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"}:
-        return (
-            "the vendor's own AWS credentials are invalid; check the service's AWS credential chain"
-        )
-    return "see the AWS error message"
-
-
-_VENDOR_CREDENTIALS_FIX = (
-    "Give `logferry serve` valid vendor AWS credentials (AWS_ACCESS_KEY_ID, a profile or an "
-    "instance role)."
-)
-
-
-def _vendor_fix(code: str, region: str) -> str:
-    """The fix for a failed sts:GetCallerIdentity (it runs as the vendor, in its own account)."""
-    if code == "RegionDisabledException":
-        return (
-            f"activate STS in {region} for the vendor's own account (IAM console → Account "
-            "settings → Security Token Service (STS) → Activate), or remove "
-            f"{region} from vendor.sts_regions"
-        )
-    if code == "ExpiredTokenException":
-        return "the vendor's own AWS credentials have expired; renew them"
-    return _VENDOR_CREDENTIALS_FIX
-
-
-def _unreachable_fix(region: str, endpoint: str | None) -> str:
-    where = f" at {endpoint}" if endpoint else ""
-    return (
-        f"STS {region} is down or unreachable from the vendor{where}: check the network path "
-        "and vendor.sts_endpoints; other regions are used meanwhile"
-    )
-
-
-def _outcome_for(code: str | None) -> str:
-    if code == "RegionDisabledException":
-        return "region_disabled"
-    if code in {"Throttling", "ThrottlingException", "RequestLimitExceeded"}:
-        return "throttled"
-    if code is None:
-        return "unreachable"
-    return "error"
 
 
 class CredentialBroker:
     """Temporary credentials per (role ARN, external ID), refreshed ahead of expiry.
 
-    Thread-safe; asyncio callers use the `a*` methods (blocking STS calls run in a thread).
+    Thread-safe; STS calls block, so asyncio callers run them in a thread.
     """
 
     def __init__(
@@ -233,7 +112,10 @@ class CredentialBroker:
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self._health = {region: RegionHealth() for region in self.regions}
         self._lock = threading.Lock()
-        self._key_locks: dict[RoleKey, threading.Lock] = {}
+        # One lock per key while an initial AssumeRole for it is wanted, with how many callers
+        # hold or wait for it; removed when the last one leaves, so the dict stays as small as
+        # the fetches in flight (not one entry per role ever seen).
+        self._key_locks: dict[RoleKey, tuple[threading.Lock, int]] = {}
         self._cache: dict[RoleKey, RefreshableCredentials] = {}
         self._failures: dict[RoleKey, tuple[float, Exception]] = {}
         self._sts_clients: dict[str, BaseClient] = {}
@@ -286,7 +168,7 @@ class CredentialBroker:
                 "GetCallerIdentity",
                 lambda sts: sts.get_caller_identity(),
                 what="sts:GetCallerIdentity",
-                fix=lambda code: _vendor_fix(code, region),
+                fix=lambda code: vendor_fix(code, region),
             )
 
         response, region, attempts = self._failover(one, what="answer sts:GetCallerIdentity")
@@ -349,19 +231,10 @@ class CredentialBroker:
         try:
             response = call(self._sts(region))
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code") or "Unknown")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            info = AwsErrorInfo(
-                code=code,
-                message=str(error.get("Message", "")),
-                service="sts",
-                operation=operation,
-                region=region,
-                http_status=status,
-            )
-            if code in FAILOVER_CODES or (status is not None and status >= 500):
-                self.outcomes[(region, _outcome_for(code))] += 1
+            info = client_error_info(exc, service="sts", operation=operation, region=region)
+            code, status = info.code, info.http_status
+            if code in STS_FAILOVER_CODES or (status is not None and status >= 500):
+                self.outcomes[(region, outcome_for(code))] += 1
                 raise TransientError(
                     f"STS {region}: {code}: {info.message}".rstrip(": "), info, fix=fix(code)
                 ) from None
@@ -377,7 +250,7 @@ class CredentialBroker:
                 AwsErrorInfo(
                     code="NoCredentials", service="sts", operation=operation, region=region
                 ),
-                fix=_VENDOR_CREDENTIALS_FIX,
+                fix=VENDOR_CREDENTIALS_FIX,
             ) from None
         except (ConnectionError, HTTPClientError, BotoCoreError, OSError) as exc:
             self.outcomes[(region, "unreachable")] += 1
@@ -392,7 +265,7 @@ class CredentialBroker:
             raise TransientError(
                 f"STS {region} unreachable at {endpoint or 'AWS'}: {exc}",
                 info,
-                fix=_unreachable_fix(region, endpoint),
+                fix=unreachable_fix(region, endpoint),
             ) from None
         self.outcomes[(region, "ok")] += 1
         return response
@@ -413,7 +286,7 @@ class CredentialBroker:
                 result = call_one(region)
             except TransientError as exc:
                 self._mark(region, False, f"{exc.code}: {exc.info.message}")
-                outcome = _outcome_for(None if exc.code == "Unreachable" else exc.code)
+                outcome = outcome_for(None if exc.code == "Unreachable" else exc.code)
                 attempts.append(AssumeAttempt(region, outcome, exc.code, exc.info.message, exc.fix))
                 last = exc
                 continue
@@ -449,7 +322,7 @@ class CredentialBroker:
             params["SourceIdentity"] = key.source_identity
 
         def fix(code: str) -> str:
-            return _fix_for(
+            return assume_fix(
                 code,
                 role_arn=key.role_arn,
                 vendor_account=self.vendor_account_id,
@@ -519,35 +392,48 @@ class CredentialBroker:
             cached = self._cache.get(key)
             if cached is not None:
                 return cached
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:  # at most one initial AssumeRole per key, however many callers
+            key_lock, users = self._key_locks.get(key, (threading.Lock(), 0))
+            self._key_locks[key] = (key_lock, users + 1)
+        try:
+            with key_lock:  # at most one initial AssumeRole per key, however many callers
+                return self._first_credentials(key)
+        finally:
             with self._lock:
-                cached = self._cache.get(key)
-                failed = self._failures.get(key)
-            if cached is not None:
-                return cached
-            if failed and self.clock() - failed[0] < self.negative_cache_seconds:
-                raise failed[1]
-            try:
-                metadata = self._fetch(key)
-            except (SetupError, TransientError) as exc:
-                with self._lock:
-                    self._failures[key] = (self.clock(), exc)
-                raise
-            duration = key.duration
-            made = RefreshableCredentials.create_from_metadata(
-                metadata=metadata,
-                refresh_using=lambda: self._fetch(key),
-                method="logferry-sts-broker",
-                # botocore's defaults (15/10 min) would refresh 15-minute tokens on every use.
-                advisory_timeout=min(15 * 60, duration // 4),
-                mandatory_timeout=min(10 * 60, duration // 6),
-            )
-            made._time_fetcher = self._now_datetime
+                key_lock, users = self._key_locks[key]
+                if users > 1:
+                    self._key_locks[key] = (key_lock, users - 1)
+                else:
+                    del self._key_locks[key]
+
+    def _first_credentials(self, key: RoleKey) -> RefreshableCredentials:
+        """The cached credentials, or the first AssumeRole for `key` (caller holds its lock)."""
+        with self._lock:
+            cached = self._cache.get(key)
+            failed = self._failures.get(key)
+        if cached is not None:
+            return cached
+        if failed and self.clock() - failed[0] < self.negative_cache_seconds:
+            raise failed[1]
+        try:
+            metadata = self._fetch(key)
+        except (SetupError, TransientError) as exc:
             with self._lock:
-                self._cache[key] = made
-                self._failures.pop(key, None)
-            return made
+                self._failures[key] = (self.clock(), exc)
+            raise
+        duration = key.duration
+        made = RefreshableCredentials.create_from_metadata(
+            metadata=metadata,
+            refresh_using=lambda: self._fetch(key),
+            method="logferry-sts-broker",
+            # botocore's defaults (15/10 min) would refresh 15-minute tokens on every use.
+            advisory_timeout=min(15 * 60, duration // 4),
+            mandatory_timeout=min(10 * 60, duration // 6),
+        )
+        made._time_fetcher = self._now_datetime
+        with self._lock:
+            self._cache[key] = made
+            self._failures.pop(key, None)
+        return made
 
     def _now_datetime(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), tz=dt.UTC)
@@ -637,14 +523,3 @@ class CredentialBroker:
             for key in [k for k in self._failures if k.role_arn == role_arn]:
                 del self._failures[key]
         self.release(role_arn, external_id)
-
-    def cached_roles(self) -> int:
-        with self._lock:
-            return len(self._cache)
-
-    async def acredentials(
-        self, role_arn: str, external_id: str | None, *, customer_id: str | None = None
-    ) -> RefreshableCredentials:
-        return await asyncio.to_thread(
-            self.credentials, role_arn, external_id, customer_id=customer_id
-        )

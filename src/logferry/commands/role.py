@@ -15,17 +15,13 @@ from typing import Any
 import typer
 
 from logferry.aws.clients import AwsClients, AwsTarget
+from logferry.aws.destination import default_policy_name, default_role_name, resolve_destination
 from logferry.aws.names import (
     FASTLY_ACCOUNT_ID,
-    Partition,
     parse_role_arn,
-    parse_stream_arn,
     role_arn,
     validate_account_id,
-    validate_bucket_name,
     validate_external_id,
-    validate_key_prefix,
-    validate_partition,
     validate_policy_name,
     validate_region,
     validate_role_name,
@@ -33,7 +29,6 @@ from logferry.aws.names import (
 from logferry.aws.policies import (
     Destination,
     KinesisDestination,
-    S3Destination,
     build_policies,
 )
 from logferry.aws.provision import ProvisionResult, RoleRequest, provision_role
@@ -105,81 +100,12 @@ VendorAccountOption = typer.Option(
 )
 
 
-def resolve_destination(
-    kind: TargetKind | str | None,
-    bucket: str | None,
-    prefix: str,
-    stream_arn: str | None,
-    partition: str | None = None,
-) -> Destination:
-    """Check that the selector flags fit together and are valid; flags name themselves."""
-    kind_s = kind.value if isinstance(kind, TargetKind) else kind
-    if kind_s is None:
-        if bucket is not None and stream_arn is not None:
-            raise InputError(
-                "--bucket/--stream-arn",
-                "give one destination, not both.",
-                fix="Use --bucket for S3 or --stream-arn for Kinesis.",
-            )
-        if bucket is None and stream_arn is None:
-            raise InputError(
-                "--bucket/--stream-arn",
-                "no destination given.",
-                fix="Pass --bucket BUCKET (S3) or --stream-arn ARN (Kinesis).",
-            )
-        kind_s = "s3" if bucket is not None else "kinesis"
-    if kind_s == "s3":
-        if stream_arn is not None:
-            raise InputError(
-                "--stream-arn", "applies to Kinesis only.", fix="Drop it, or use --for kinesis."
-            )
-        if bucket is None:
-            raise InputError("--bucket", "is required with --for s3.", fix="Pass --bucket BUCKET.")
-        part: Partition = validated("--partition", validate_partition, partition or "aws")  # type: ignore[assignment]
-        return S3Destination(
-            bucket=validated("--bucket", validate_bucket_name, bucket),
-            prefix=validated("--prefix", validate_key_prefix, prefix),
-            partition=part,
-        )
-    if kind_s == "kinesis":
-        if bucket is not None:
-            raise InputError("--bucket", "applies to S3 only.", fix="Drop it, or use --for s3.")
-        if prefix:
-            raise InputError("--prefix", "applies to S3 only.", fix="Drop --prefix for Kinesis.")
-        if stream_arn is None:
-            raise InputError(
-                "--stream-arn",
-                "is required with --for kinesis.",
-                fix="Pass --stream-arn arn:aws:kinesis:REGION:ACCOUNT:stream/NAME.",
-            )
-        try:
-            stream = parse_stream_arn(stream_arn)
-        except InputError as exc:
-            raise InputError("--stream-arn", exc.message, fix=exc.fix) from None
-        if partition is not None and partition != stream.partition:
-            raise InputError(
-                "--partition",
-                f"is {partition} but the stream ARN is in {stream.partition}.",
-                fix="Drop --partition: the stream ARN decides it.",
-            )
-        return KinesisDestination(stream)
-    raise InputError("--for", f"{kind_s!r} is not a destination type.", fix="Use s3 or kinesis.")
-
-
 def check_external_id(value: str) -> str:
     return validated("--external-id", validate_external_id, value)
 
 
 def check_vendor_account(value: str) -> str:
     return validated("--vendor-account", validate_account_id, value)
-
-
-def default_role_name(dest: Destination) -> str:
-    return f"logferry-{dest.kind}-logging"
-
-
-def default_policy_name(role_name: str) -> str:
-    return f"{role_name}-policy"
 
 
 # --- role policies ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from logferry.aws.clients import AwsTarget
+from logferry.aws.destination import resolve_destination
 from logferry.aws.names import StreamArn, validate_region
 from logferry.aws.policies import KinesisDestination, S3Destination
 from logferry.aws.role_check import KinesisTarget, Report, S3Target, check_role
@@ -32,7 +33,6 @@ from logferry.commands.role import (
     VendorAccountOption,
     check_external_id,
     check_vendor_account,
-    resolve_destination,
 )
 from logferry.errors import InputError
 from logferry.sinks.s3_config import S3Endpoint

@@ -9,7 +9,8 @@ Routes (all JSON, all in OpenAPI):
 - `GET /v1/customers/{id}/endpoints/{name}/history`: per-minute delivered lines/bytes and errors
   for the last hour (see `service.history`).
 - `GET /v1/endpoints/status`: every endpoint's state and counters in one call (admin).
-- `GET /v1/sts/regions`: the vendor's STS regions and their health (any valid token).
+
+`GET /v1/sts/regions` (the STS health page) is in service/api/sts.py.
 
 The console itself is one static HTML page, one ES module and one CSS file under
 `service/console/`, mounted at `/console/`. Why static + vanilla JS: no build step, no
@@ -20,7 +21,6 @@ framework or CDN to fetch (it works offline and on a fresh machine), and it uses
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from logferry.aws.destination import default_policy_name, default_role_name, resolve_destination
 from logferry.aws.names import parse_role_arn, role_arn, validate_policy_name, validate_role_name
 from logferry.aws.policies import KinesisDestination, build_policies
 from logferry.aws.render import cli_commands, cloudformation_template, terraform_config
@@ -120,28 +121,6 @@ def sts_checklist(vendor_regions: list[str]) -> list[StsRegionStep]:
     ]
 
 
-def own_sts_errors(store: Any, customer_id: str, regions: list[str]) -> dict[str, str]:
-    """Per STS region, the customer's newest AssumeRole error that names it (from its own
-    endpoints' stored errors; reads SQLite, so call it in a thread).
-
-    The broker's per-region `last_error` is whoever failed last there: another tenant's role,
-    and its account ID in a RegionDisabledException. A customer sees only what its own roles
-    caused: "AssumeRole ARN via STS REGION failed: …" and "no STS region could issue
-    credentials for ARN (REGION: CODE; …)" are the broker's messages for them.
-    """
-    found: dict[str, tuple[float, str]] = {}
-    patterns = {r: re.compile(rf"(?<![\w-]){re.escape(r)}(?![\w-])") for r in regions}
-    for endpoint in store.list_endpoints(customer_id):
-        for error in store.errors(endpoint.uid_prefix):
-            message = str(error.get("message") or "")
-            if "STS " not in message:
-                continue
-            for region, pattern in patterns.items():
-                if pattern.search(message) and error["time"] > found.get(region, (0.0, ""))[0]:
-                    found[region] = (error["time"], f"{error['code']}: {message}")
-    return {region: text for region, (_, text) in found.items()}
-
-
 def console_router(
     service: Any,
     principal: Callable[..., Any],
@@ -186,12 +165,6 @@ def console_router(
         ),
         _: Any = Depends(customer_or_admin),
     ) -> Any:
-        from logferry.commands.role import (
-            default_policy_name,
-            default_role_name,
-            resolve_destination,
-        )
-
         record = _customer(customer_id)
         vendor = service.config.vendor.account_id
         try:
@@ -299,32 +272,6 @@ def console_router(
             status.pop("errors", None)
             status.pop("sink", None)
             out.append(shape_times(status))
-        return out
-
-    @router.get(
-        "/v1/sts/regions",
-        tags=["console"],
-        summary="The vendor's STS regions and their health (any valid token). `last_error`: "
-        "the admin sees the region's last error whoever caused it; a customer only its own "
-        "endpoints' latest AssumeRole error naming that region (errors can name AWS accounts).",
-    )
-    async def sts_regions(who: Any = Depends(principal)) -> list[dict[str, Any]]:
-        health = service.broker.region_health()
-        regions = list(service.config.vendor.sts_regions)
-        own: dict[str, str] = {}
-        if not who.admin:
-            own = await asyncio.to_thread(own_sts_errors, service.store, who.customer_id, regions)
-        out = []
-        for region in regions:
-            h = health.get(region, {"healthy": True, "failures": 0, "last_error": None})
-            out.append(
-                {
-                    "region": region,
-                    "healthy": bool(h["healthy"]),
-                    "failures": h["failures"],
-                    "last_error": h["last_error"] if who.admin else own.get(region),
-                }
-            )
         return out
 
     return router
