@@ -16,22 +16,27 @@ from typing import Any
 from botocore.credentials import Credentials
 
 from logferry.aws.clients import AwsTarget
-from logferry.aws.names import parse_stream_arn
-from logferry.aws.role_check import KinesisTarget, Report, S3Target, check_role
+from logferry.aws.role_check import Report
 from logferry.aws.sts_broker import CredentialBroker
 from logferry.errors import InputError, LogferryError
 from logferry.ingest.syslog import SyslogServer
 from logferry.service.accept_backlog import AcceptBacklog
 from logferry.service.config import ServiceConfig
-from logferry.service.endpoints import EndpointModel, endpoint_document, parse_endpoint
+from logferry.service.endpoints import (
+    EndpointModel,
+    endpoint_document,
+    parse_endpoint,
+    stored_model,
+)
 from logferry.service.fair_pool import FairPool
 from logferry.service.history import EndpointHistory
 from logferry.service.limits import KeyedBuckets
 from logferry.service.logs import log
 from logferry.service.metrics import Metrics
 from logferry.service.store import CustomerRecord, EndpointRecord, Store
-from logferry.service.worker import EndpointWorker, model_for
-from logferry.sinks.registry import SinkContext, factory
+from logferry.service.worker import EndpointWorker
+from logferry.sinks.base import SinkContext
+from logferry.sinks.registry import factory
 from logferry.sinks.s3_budget import configure_shared_budget
 from logferry.spool import Chunk, SpoolManager
 from logferry.spool.budget import LayeredBudget
@@ -141,7 +146,8 @@ class Service:
         for record in self.store.list_endpoints():
             self._uid_customer[record.uid_prefix] = record.customer_id
             try:
-                self.endpoints[(record.customer_id, record.name)] = (record, model_for(record))
+                model = stored_model(record.type, record.name, record.config)
+                self.endpoints[(record.customer_id, record.name)] = (record, model)
             except Exception as exc:  # a stored endpoint no longer validates: keep its data
                 reason = str(exc) or type(exc).__name__
                 self.invalid[(record.customer_id, record.name)] = (record, reason)
@@ -166,7 +172,9 @@ class Service:
         self._apply_static_config()
         # Resume delivery of whatever a previous run left in the spool (file-system work: off
         # the loop, a crash may leave segments to scan).
-        live = {record.uid_prefix: key for key, (record, _) in self.endpoints.items()}
+        live = {
+            record.uid_prefix: (key, record.type) for key, (record, _) in self.endpoints.items()
+        }
         resume = await asyncio.to_thread(self._reopen_spools, live)
         for key in resume:
             self.worker(*key).notify()
@@ -209,22 +217,28 @@ class Service:
             except Exception:  # counters only; the next change saves them again
                 logger.exception("saving endpoint stats failed")
 
-    def _reopen_spools(self, live: dict[str, EndpointKey]) -> list[EndpointKey]:
+    def _reopen_spools(self, live: dict[str, tuple[EndpointKey, str]]) -> list[EndpointKey]:
         """Open the spools left on disk (drop those of deleted endpoints); keys to resume."""
         resume = []
         kept = {record.uid_prefix for record, _ in self.invalid.values()}
         for uid in self.spools.keys_on_disk():
-            key = live.get(uid)
+            found = live.get(uid)
             if uid in kept:
                 continue  # an invalid endpoint keeps its accepted lines until fixed or deleted
-            if key is None:
+            if found is None:
                 log(logger, logging.WARNING, "spool of a deleted endpoint removed", uid=uid)
                 self.spools.drop(uid)
                 continue
+            key, type_ = found
             spool = self.spools.open(uid)
-            if spool.end_offset > spool.committed_offset or (self.state_dir / "s3" / uid).exists():
+            if spool.end_offset > spool.committed_offset or self._has_state(type_, uid):
                 resume.append(key)
         return resume
+
+    def _has_state(self, type_: str, uid: str) -> bool:
+        """The destination kept durable state for this endpoint (e.g. an open upload)."""
+        sink_factory = factory(type_)
+        return sink_factory.durable_state and sink_factory.state_dir(self.state_dir, uid).exists()
 
     def _apply_static_config(self) -> None:
         import os
@@ -491,9 +505,9 @@ class Service:
     def _discard(self, record: EndpointRecord, model: EndpointModel) -> None:
         """Leave nothing half-done at the destination (S3: abort the open multipart upload)."""
         sink_factory = factory(record.type)
-        state = self.state_dir / "s3" / record.uid_prefix
-        if not sink_factory.journaled or not state.exists():
+        if not self._has_state(record.type, record.uid_prefix):
             return
+        state = sink_factory.state_dir(self.state_dir, record.uid_prefix)
         customer = self.store.get_customer(record.customer_id)
         try:
             if customer is None:  # fail closed: never guess an external ID
@@ -598,27 +612,12 @@ class Service:
                 f"no customer {customer_id!r}.",
                 fix=f"Create it: PUT /v1/customers/{customer_id}",
             )
-        external_id = customer.external_id
-        target: S3Target | KinesisTarget
-        if type_ == "s3":
-            path = getattr(model, "path", "") or ""
-            prefix = path.split("%", 1)[0]
-            target = S3Target(
-                model.bucket_name,
-                prefix,
-                getattr(model, "region", None) or "us-east-1",
-                put_args=tuple(sorted(model.put_args().items())),
-            )
-        else:
-            target = KinesisTarget(parse_stream_arn(model.stream_arn()))
-        return check_role(
+        return factory(type_).verify(
+            model,
             broker=self.broker,
-            role_arn=model.iam_role,
-            external_id=external_id,
-            target=target,
+            external_id=customer.external_id,
             customer_id=customer_id,
-            # Where delivery writes: an S3 `domain` is probed there, not at AWS.
-            aws_target=factory(type_).target(model, self.aws_target),
+            aws_target=self.aws_target,
         )
 
     def remember_verified(self, record: EndpointRecord, report: Report) -> None:

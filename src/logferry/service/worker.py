@@ -34,11 +34,8 @@ from typing import TYPE_CHECKING, Any
 from logferry.errors import AwsErrorInfo, LogferryError, SetupError
 from logferry.service.logs import log
 from logferry.sinks.backoff import Backoff
-from logferry.sinks.base import RETRY_POLICY, SETUP_RETRY_POLICY, Sink
-from logferry.sinks.kinesis_config import KinesisEndpoint
-from logferry.sinks.registry import SinkContext, SinkFactory, factory
-from logferry.sinks.s3_config import S3Endpoint
-from logferry.sinks.s3_journal import Journal
+from logferry.sinks.base import RETRY_POLICY, SETUP_RETRY_POLICY, Sink, SinkContext, SinkFactory
+from logferry.sinks.registry import factory
 from logferry.spool import SpoolCorrupt
 
 if TYPE_CHECKING:
@@ -107,9 +104,9 @@ class EndpointWorker:
         self.record = record
         self.model = model
         self.kind = record.type
-        self.lazy = record.type == "s3"
-        """Files built over a period: new data need not be read before the file is due."""
         self.factory: SinkFactory = factory(record.type)
+        self.lazy = self.factory.lazy
+        """Batches built over a period: new data need not be read before the batch is due."""
         self.stats = EndpointStats.from_dict(service.store.load_stats(record.uid_prefix))
         self.state = "idle"
         self.last_error: dict[str, Any] | None = None
@@ -173,9 +170,9 @@ class EndpointWorker:
         return found
 
     def lag_budget(self) -> float:
-        """How old an undelivered line may be before this endpoint counts as late: its
-        period (S3) plus LAG_SLACK_SECONDS."""
-        return float(getattr(self.model, "period", 0) or 0) + LAG_SLACK_SECONDS
+        """How old an undelivered line may be before this endpoint counts as late: the
+        sink's own period plus LAG_SLACK_SECONDS."""
+        return self.factory.period(self.model) + LAG_SLACK_SECONDS
 
     def accepted(self, lines: int, nbytes: int) -> None:
         """Count an acknowledged append. A running worker is not woken: it waits on the spool
@@ -212,12 +209,7 @@ class EndpointWorker:
             return True
         if self._sink is not None and self._sink.holds_data():
             return True
-        journal = Journal(self._journal_dir())
-        if self.factory.journaled and journal.exists():
-            with contextlib.suppress(OSError, ValueError):
-                state = journal.load()
-                return state is not None and state.active is not None
-        return False
+        return self.factory.durable_state and self.factory.has_unfinished_state(self._state_dir())
 
     async def halt(self) -> None:
         """Stop delivering without flushing (the endpoint is being deleted). Returns only once
@@ -311,7 +303,7 @@ class EndpointWorker:
             return False  # (a retiring sink is flushed by the step first)
         if self._sink is not None or stopping or spool.end_offset > spool.committed_offset:
             return True
-        return self.factory.journaled and self._journal_dir().exists()
+        return self.factory.durable_state and self._state_dir().exists()
 
     async def _activate(self, spool: Spool) -> None:
         """Make, open and (the first time) probe the sink on the activation pool. Why not in a
@@ -454,7 +446,7 @@ class EndpointWorker:
         )
         self.stop_event.clear()
         context = SinkContext(
-            state_dir=svc.state_dir / "s3" / self.record.uid_prefix,
+            state_dir=self._state_dir(),
             uid_prefix=self.record.uid_prefix,
             stop=self.stop_event,
             wake=self._wake_from_thread,
@@ -528,8 +520,8 @@ class EndpointWorker:
         first = spool.first_pending_accepted_at()
         return None if first is None else max(0.0, time.time() - first)
 
-    def _journal_dir(self) -> Path:
-        return self.service.state_dir / "s3" / self.record.uid_prefix
+    def _state_dir(self) -> Path:
+        return self.factory.state_dir(self.service.state_dir, self.record.uid_prefix)
 
     def _drop_sink(self) -> None:
         self._fed.clear()
@@ -661,12 +653,11 @@ class EndpointWorker:
         while fed and fed[0][0] <= durable:
             self.last_lag = max(0.0, time.time() - fed.popleft()[1])
         self._count_units(sink)
-        for start, end, why in getattr(sink, "lost", [])[self._lost_seen :]:
+        for lost in self.factory.lost_ranges(sink)[self._lost_seen :]:
             self._record_error(
                 LogferryError(
-                    f"lines at positions {start}..{end} were lost: {why}",
-                    fix="Keep the bucket's AbortIncompleteMultipartUpload rule longer than the "
-                    "endpoint's period (logferry role create --abort-incomplete-multipart-days).",
+                    f"lines at positions {lost.start}..{lost.end} were lost: {lost.why}",
+                    fix=lost.fix,
                 ),
                 "setup",
             )
@@ -818,8 +809,3 @@ def setup_fingerprint(record: EndpointRecord, external_id: str) -> str:
         [record.type, record.config, external_id], sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha256(doc.encode()).hexdigest()[:32]
-
-
-def model_for(record: EndpointRecord) -> S3Endpoint | KinesisEndpoint:
-    cls = S3Endpoint if record.type == "s3" else KinesisEndpoint
-    return cls.model_validate({**record.config, "name": record.name})
