@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from logferry.sinks.backoff import Backoff
 from logferry.spool.chunk import Chunk
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from logferry.aws.role_check import Report
     from logferry.aws.sts_broker import CredentialBroker
     from logferry.sinks.endpoint_base import EndpointBase
+
+ModelClass: TypeAlias = "type[EndpointBase]"
+"""An endpoint model class (a name of its own: `SinkFactory.type` shadows `type` in the class)."""
 
 
 @dataclass
@@ -140,14 +143,22 @@ class SinkFactory(Protocol):
 
     type: str
     """The endpoint body's `type` this factory serves (the registry key)."""
-    model: type[EndpointBase]
-    """The pydantic model that validates endpoint bodies of this type."""
+
+    @property
+    def model(self) -> ModelClass:
+        """The pydantic model that validates endpoint bodies of this type."""
+        ...
+
     unit: str
     """What `SinkCounters.units` counts, as status names it ("objects" or "calls")."""
     lazy: bool
     """Data is batched over a period: new data need not be read before the batch is due."""
     durable_state: bool
     """The sink keeps state in `state_dir` that must be resumed after a restart."""
+
+    def configure(self, server: Any) -> None:
+        """Take process-wide settings from the service's `[server]` config (once, at start)."""
+        ...
 
     def state_dir(self, root: Path, uid_prefix: str) -> Path:
         """This endpoint incarnation's private directory under the service's state root."""
@@ -188,10 +199,13 @@ class BaseSinkFactory:
     """Defaults for a destination without durable state, lazy reads or a lag period."""
 
     type: str
-    model: type[EndpointBase]
+    model: ModelClass
     unit: str = "calls"
     lazy: bool = False
     durable_state: bool = False
+
+    def configure(self, server: Any) -> None:
+        pass
 
     def state_dir(self, root: Path, uid_prefix: str) -> Path:
         return root / self.type / uid_prefix

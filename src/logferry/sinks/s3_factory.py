@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logferry.sinks.base import BaseSinkFactory, LostRange, Sink, SinkContext
+from logferry.sinks.s3_budget import configure_shared_budget
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.sinks.s3_journal import Journal
 
@@ -35,6 +36,10 @@ class S3Factory(BaseSinkFactory):
     unit = "objects"
     lazy = True
     durable_state = True
+
+    def configure(self, server: Any) -> None:
+        # S3 bodies in flight share one budget per process (server.upload_memory_bytes).
+        configure_shared_budget(int(server.upload_memory_bytes))
 
     def state_dir(self, root: Path, uid_prefix: str) -> Path:
         return root / "s3" / uid_prefix  # where every release so far kept the journal
