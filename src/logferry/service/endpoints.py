@@ -1,7 +1,8 @@
-"""Endpoint bodies of the management API: `{"type": "s3"|"kinesis", ...Fastly fields}`.
+"""Endpoint bodies of the management API: `{"type": <a registered destination>, ...fields}`.
 
-The sink's own pydantic model is the single source of truth for fields and validation; this
-module only dispatches on `type` and turns validation errors into per-field messages.
+The destination's own pydantic model (its `SinkFactory.model`, found through `sinks.registry`)
+is the single source of truth for fields and validation; this module only dispatches on `type`
+and turns validation errors into per-field messages.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from pydantic import BaseModel, ValidationError
 
 from logferry.aws.address_guard import SETTING as PRIVATE_DOMAIN_SETTING
 from logferry.aws.address_guard import domain_host, literal_refusal
-from logferry.sinks.kinesis_config import KinesisEndpoint
-from logferry.sinks.s3_config import S3Endpoint
+from logferry.sinks.endpoint_base import EndpointBase
+from logferry.sinks.registry import FACTORIES, factory
 
-ENDPOINT_TYPES: dict[str, type[BaseModel]] = {"s3": S3Endpoint, "kinesis": KinesisEndpoint}
 _ID_RE = re.compile(r"^[A-Za-z0-9_+=,.@:-]{2,128}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_+=,.@:-]{1,100}$")
 
-EndpointModel = S3Endpoint | KinesisEndpoint
+EndpointModel = EndpointBase
+"""Any destination's endpoint model (they all derive from `EndpointBase`)."""
 
 
 class FieldError(Exception):
@@ -113,12 +114,12 @@ def parse_endpoint(
         raise FieldError([{"loc": ["body"], "msg": "must be a JSON object", "type": "type_error"}])
     fields = dict(body)
     type_ = fields.pop("type", None)
-    if type_ not in ENDPOINT_TYPES:
+    if type_ not in FACTORIES:
         raise FieldError(
             [
                 {
                     "loc": ["body", "type"],
-                    "msg": f"must be one of {sorted(ENDPOINT_TYPES)} (got {type_!r})",
+                    "msg": f"must be one of {sorted(FACTORIES)} (got {type_!r})",
                     "type": "value_error",
                 }
             ]
@@ -134,10 +135,11 @@ def parse_endpoint(
             ]
         )
     fields["name"] = name
-    if type_ == "s3" and fields.get("domain") is not None:
+    model_cls = FACTORIES[type_].model
+    if "domain" in model_cls.model_fields and fields.get("domain") is not None:
         check_domain(fields["domain"], allow_http=allow_http_domain)
     try:
-        model = ENDPOINT_TYPES[type_].model_validate(fields)
+        model = model_cls.model_validate(fields)
     except ValidationError as exc:
         raise FieldError(
             [
@@ -153,8 +155,14 @@ def parse_endpoint(
     domain = getattr(model, "domain", None)
     if domain is not None:
         check_domain_address(domain, allow_private=allow_private_domain)
-    return type_, model  # type: ignore[return-value]
+    return type_, model
 
 
 def endpoint_document(type_: str, model: BaseModel) -> dict[str, Any]:
     return {"type": type_, **model.model_dump(mode="json", exclude_none=True)}
+
+
+def stored_model(type_: str, name: str, config: dict[str, Any]) -> EndpointModel:
+    """A stored endpoint's model; raises when its type is gone or its settings no longer
+    validate (the service then keeps its data and shows it as invalid)."""
+    return factory(type_).model.model_validate({**config, "name": name})

@@ -7,55 +7,54 @@ import contextlib
 import functools
 import logging
 import secrets
-import threading
-from collections import Counter
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.credentials import Credentials
 
 from logferry.aws.clients import AwsTarget
-from logferry.aws.names import parse_stream_arn
-from logferry.aws.role_check import KinesisTarget, Report, S3Target, check_role
+from logferry.aws.role_check import Report
 from logferry.aws.sts_broker import CredentialBroker
-from logferry.errors import InputError, LogferryError
+from logferry.errors import InputError
 from logferry.ingest.syslog import SyslogServer
 from logferry.service.accept_backlog import AcceptBacklog
 from logferry.service.config import ServiceConfig
-from logferry.service.endpoints import EndpointModel, endpoint_document, parse_endpoint
+from logferry.service.endpoint_changes import (
+    EndpointChanges,
+    EndpointConflict,
+    EndpointKey,
+    UnknownEndpoint,
+)
+from logferry.service.endpoints import (
+    EndpointModel,
+    parse_endpoint,
+    stored_model,
+)
 from logferry.service.fair_pool import FairPool
 from logferry.service.history import EndpointHistory
-from logferry.service.limits import KeyedBuckets
 from logferry.service.logs import log
 from logferry.service.metrics import Metrics
+from logferry.service.service_status import ServiceStatus
 from logferry.service.store import CustomerRecord, EndpointRecord, Store
-from logferry.service.worker import EndpointWorker, model_for
-from logferry.sinks.registry import SinkContext, factory
-from logferry.sinks.s3_budget import configure_shared_budget
+from logferry.service.tenants import TenantLimits
+from logferry.service.worker import EndpointWorker, WorkerDeps
+from logferry.service.worker_stats import StatsBook
+from logferry.sinks.registry import FACTORIES, factory
 from logferry.spool import Chunk, SpoolManager
-from logferry.spool.budget import LayeredBudget
-from logferry.spool.log import SpoolBudget
 
 logger = logging.getLogger("logferry.service")
 
-EndpointKey = tuple[str, str]
+__all__ = ["EndpointConflict", "EndpointKey", "Service", "UnknownEndpoint"]
 STATS_SAVE_SECONDS = 2.0
 """How often changed endpoint stats are saved (all of them in one transaction)."""
-HEAVY_SLOTS = 2
-"""Concurrent CPU-heavy ingest jobs (threads competing with the event loop for the GIL)."""
 
 
-class UnknownEndpoint(InputError):
-    pass
+class Service(TenantLimits, EndpointChanges, ServiceStatus):
+    """Everything `logferry serve` runs, minus the HTTP server (see `service.api`).
 
-
-class EndpointConflict(InputError):
-    """The change would strand accepted lines (HTTP 409): deliver them first."""
-
-
-class Service:
-    """Everything `logferry serve` runs, minus the HTTP server (see `service.api`)."""
+    Split by role: tenant limits (`service.tenants`), endpoint changes
+    (`service.endpoint_changes`), status and metrics snapshot (`service.service_status`); this
+    module wires them and runs start-up, shutdown and ingest."""
 
     def __init__(self, config: ServiceConfig, *, vendor_credentials: Credentials | None = None):
         self.config = config
@@ -66,16 +65,7 @@ class Service:
             if sub.exists():
                 _private_dir(sub)
         self.store = Store(config.db_path)
-        # Tenant quotas: one budget per customer, layered over the shared one (see spool.budget).
-        self._quotas: dict[str, SpoolBudget] = {}
-        self._layered: dict[str, LayeredBudget] = {}
-        self._uid_customer: dict[str, str] = {}
-        self.customer_limits: dict[str, CustomerRecord] = {}
-        self.ingest_bytes_buckets = KeyedBuckets()
-        self.ingest_lines_buckets = KeyedBuckets()
-        self.verify_buckets = KeyedBuckets()
-        self._heavy_per_customer: dict[str, asyncio.Semaphore] = {}
-        self._heavy_all: asyncio.Semaphore | None = None
+        self._init_tenant_limits()
         self.spools = SpoolManager(
             config.spool.dir / "data",
             max_bytes=config.spool.max_bytes,
@@ -111,8 +101,9 @@ class Service:
         self.activation_executor = ThreadPoolExecutor(
             max_workers=config.server.activation_threads, thread_name_prefix="activate"
         )
-        # S3 bodies in flight share one budget per process (server.upload_memory_bytes).
-        configure_shared_budget(config.server.upload_memory_bytes)  # type: ignore[arg-type]
+        # Process-wide settings a destination takes (S3: its upload memory budget).
+        for sink_factory in FACTORIES.values():
+            sink_factory.configure(config.server)
         # Calls a sink keeps in flight wait on the network here, not on a delivery thread.
         self.io_executor = ThreadPoolExecutor(
             max_workers=config.server.aws_io_threads, thread_name_prefix="aws-io"
@@ -127,10 +118,32 @@ class Service:
         """Stored endpoints that no longer validate: their spools are kept until they are
         fixed (PUT) or deleted; status shows `invalid` with the reason."""
         self.listeners: list[SyslogServer] = []
-        self.stats_lock = threading.Lock()
-        self.stats_dirty: set[EndpointWorker] = set()
-        """Workers whose stats changed since the last batch save (see `_save_stats_loop`)."""
+        self.stats_book = StatsBook()
+        """Endpoint stats changed since the last batch save (see `_save_stats_loop`)."""
         self._stats_task: asyncio.Task[None] | None = None
+        self._endpoint_writes = asyncio.Lock()
+        self.store_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        """SQLite writes a caller must not wait for (endpoint errors), in order, off the loop."""
+        self.worker_deps = WorkerDeps(
+            spools=self.spools,
+            metrics=self.metrics,
+            broker=self.broker,
+            aws_target=self.aws_target,
+            state_root=self.state_dir,
+            get_customer=self.store.get_customer,
+            load_stats=self.store.load_stats,
+            save_stats=self.store.save_stats,
+            add_error=self.add_error_soon,
+            stats=self.stats_book,
+            delivery_pool=self.delivery_executor,
+            sts_pool=self.sts_executor,
+            activation_pool=self.activation_executor,
+            io_pool=self.io_executor,
+            accept_backlog=self.accept_backlog,
+            shutdown_flush_seconds=config.server.shutdown_flush_seconds,
+            idle_flush_seconds=config.server.idle_flush_seconds,
+            stopping=lambda: self.stopping,
+        )
         self.history = EndpointHistory()
         """Per-minute delivered lines and errors for the console's chart (last hour)."""
         self.ready = False
@@ -141,7 +154,8 @@ class Service:
         for record in self.store.list_endpoints():
             self._uid_customer[record.uid_prefix] = record.customer_id
             try:
-                self.endpoints[(record.customer_id, record.name)] = (record, model_for(record))
+                model = stored_model(record.type, record.name, record.config)
+                self.endpoints[(record.customer_id, record.name)] = (record, model)
             except Exception as exc:  # a stored endpoint no longer validates: keep its data
                 reason = str(exc) or type(exc).__name__
                 self.invalid[(record.customer_id, record.name)] = (record, reason)
@@ -166,7 +180,9 @@ class Service:
         self._apply_static_config()
         # Resume delivery of whatever a previous run left in the spool (file-system work: off
         # the loop, a crash may leave segments to scan).
-        live = {record.uid_prefix: key for key, (record, _) in self.endpoints.items()}
+        live = {
+            record.uid_prefix: (key, record.type) for key, (record, _) in self.endpoints.items()
+        }
         resume = await asyncio.to_thread(self._reopen_spools, live)
         for key in resume:
             self.worker(*key).notify()
@@ -200,29 +216,28 @@ class Service:
             await self.save_dirty_stats()
 
     async def save_dirty_stats(self) -> None:
-        with self.stats_lock:
-            workers, self.stats_dirty = self.stats_dirty, set()
-            rows = [w.stats_row() for w in workers if not w.halted]
+        rows = self.stats_book.take()
         if rows:
             try:
                 await asyncio.to_thread(self.store.save_stats_many, rows)
             except Exception:  # counters only; the next change saves them again
                 logger.exception("saving endpoint stats failed")
 
-    def _reopen_spools(self, live: dict[str, EndpointKey]) -> list[EndpointKey]:
+    def _reopen_spools(self, live: dict[str, tuple[EndpointKey, str]]) -> list[EndpointKey]:
         """Open the spools left on disk (drop those of deleted endpoints); keys to resume."""
         resume = []
         kept = {record.uid_prefix for record, _ in self.invalid.values()}
         for uid in self.spools.keys_on_disk():
-            key = live.get(uid)
+            found = live.get(uid)
             if uid in kept:
                 continue  # an invalid endpoint keeps its accepted lines until fixed or deleted
-            if key is None:
+            if found is None:
                 log(logger, logging.WARNING, "spool of a deleted endpoint removed", uid=uid)
                 self.spools.drop(uid)
                 continue
+            key, type_ = found
             spool = self.spools.open(uid)
-            if spool.end_offset > spool.committed_offset or (self.state_dir / "s3" / uid).exists():
+            if spool.end_offset > spool.committed_offset or self._has_state(type_, uid):
                 resume.append(key)
         return resume
 
@@ -267,8 +282,25 @@ class Service:
             "allow_private_domain": self.config.aws.allow_private_domain,
         }
 
+    def add_error_soon(
+        self, uid: str, code: str, message: str, fix: str | None, when: float
+    ) -> None:
+        """Record an endpoint error on the store thread: the caller (the event loop, a delivery
+        thread) never waits for SQLite. Errors keep their order; `stop` waits for them."""
+        try:
+            self.store_writer.submit(self._add_error, uid, code, message, fix, when)
+        except RuntimeError:  # shut down: the service is stopping and the store closing
+            log(logger, logging.WARNING, "endpoint error not saved", uid=uid, code=code)
+
+    def _add_error(self, uid: str, code: str, message: str, fix: str | None, when: float) -> None:
+        try:
+            self.store.add_error(uid, code, message, fix, when)
+        except Exception:  # the error is still in status (last_error) and the log
+            logger.exception("saving an endpoint error failed")
+
     def close_quietly(self) -> None:
         """Release the spool lock and the database when the service never started."""
+        self.store_writer.shutdown(wait=False, cancel_futures=True)
         self.delivery_executor.shutdown(wait=False, cancel_futures=True)
         self.activation_executor.shutdown(wait=False, cancel_futures=True)
         self.io_executor.shutdown(wait=False, cancel_futures=True)
@@ -286,6 +318,7 @@ class Service:
         flush = self.config.server.shutdown_flush_seconds
         await asyncio.gather(*(w.stop(flush) for w in list(self.workers.values())))
         await self.save_dirty_stats()
+        await asyncio.to_thread(self.store_writer.shutdown, wait=True)  # errors saved first
         self.delivery_executor.shutdown(wait=False, cancel_futures=True)
         self.sts_executor.shutdown(wait=False, cancel_futures=True)
         self.activation_executor.shutdown(wait=False, cancel_futures=True)
@@ -310,213 +343,31 @@ class Service:
         external_id: str | None = None,
         limits: dict[str, Any] | None = None,
     ) -> tuple[CustomerRecord, bool]:
-        """Create (or update the limits of) a customer; raises ExternalIdTaken on reuse."""
-        if external_id is None and self.store.get_customer(customer_id) is None:
-            external_id = self.new_external_id(customer_id)
-        record, new = self.store.put_customer(customer_id, external_id or "", limits)
+        """Create (or update the limits of) a customer; raises ExternalIdTaken on reuse.
+        Blocks on SQLite: for start-up and tools; the API's routes use `save_customer`."""
+        record, new = self._store_customer(customer_id, external_id, limits)
         self._apply_limits(record)
         return record, new
 
-    # ------------------------------------------------------------------ tenant limits
-
-    def _quota(self, customer_id: str) -> SpoolBudget:
-        quota = self._quotas.get(customer_id)
-        if quota is None:
-            # Until the customer sets its own spool_max_bytes: the default share, so one
-            # customer whose role is broken cannot fill the spool every customer shares.
-            quota = self._quotas[customer_id] = SpoolBudget(
-                self.config.spool.default_customer_quota(), 0
-            )
-            self._layered[customer_id] = LayeredBudget(
-                [
-                    (self._quota_label(customer_id, own=False), quota),
-                    ("the spool directory (spool.max_bytes)", self.spools.budget),
-                ]
-            )
-        return quota
-
-    def _quota_label(self, customer_id: str, *, own: bool) -> str:
-        """Names the limit a 429 hit, and so the setting that raises it."""
-        if own:
-            return f"customer {customer_id!r}'s spool quota (spool_max_bytes)"
-        share = self.config.spool.default_customer_share
-        return (
-            f"customer {customer_id!r}'s default spool quota ({share:g} of spool.max_bytes: "
-            "spool.default_customer_share; set spool_max_bytes for this customer to change it)"
+    async def save_customer(
+        self,
+        customer_id: str,
+        external_id: str | None = None,
+        limits: dict[str, Any] | None = None,
+    ) -> tuple[CustomerRecord, bool]:
+        """`put_customer` for the event loop: the SQLite work runs on a thread."""
+        record, new = await asyncio.to_thread(
+            self._store_customer, customer_id, external_id, limits
         )
-
-    def _budget_for(self, uid: str) -> SpoolBudget | None:
-        customer_id = self._uid_customer.get(uid)
-        if customer_id is None:
-            return None
-        self._quota(customer_id)
-        return self._layered[customer_id]
-
-    def _apply_limits(self, record: CustomerRecord) -> None:
-        quota = self._quota(record.id)
-        own = record.spool_max_bytes is not None
-        quota.max_bytes = (
-            record.spool_max_bytes if own else self.config.spool.default_customer_quota()
-        )
-        self._layered[record.id].layers[0] = (self._quota_label(record.id, own=own), quota)
-        self.customer_limits[record.id] = record
-
-    def ingest_wait(self, customer_id: str, nbytes: int | None = None) -> float:
-        """Seconds the customer must wait under its ingest rate (0.0: go ahead). With `nbytes`,
-        an admitted request is charged for them."""
-        record = self.customer_limits.get(customer_id)
-        if record is None:
-            return 0.0
-        waits = []
-        if record.ingest_rate_bytes:
-            bucket = self.ingest_bytes_buckets.get(customer_id, record.ingest_rate_bytes)
-            waits.append(bucket.wait() if nbytes is None else bucket.take(nbytes))
-        if record.ingest_rate_lines:
-            bucket = self.ingest_lines_buckets.get(customer_id, record.ingest_rate_lines)
-            waits.append(bucket.wait())
-        return max(waits, default=0.0)
-
-    def charge_lines(self, customer_id: str, lines: int) -> None:
-        record = self.customer_limits.get(customer_id)
-        if record is not None and record.ingest_rate_lines and lines:
-            self.ingest_lines_buckets.get(customer_id, record.ingest_rate_lines).charge(lines)
-
-    @contextlib.asynccontextmanager
-    async def heavy_slot(self, customer_id: str) -> AsyncIterator[None]:
-        """A slot for CPU-heavy ingest work (gunzip, normalisation of a large body): one per
-        customer and HEAVY_SLOTS in all, so one tenant's flood waits for itself."""
-        mine = self._heavy_per_customer.setdefault(customer_id, asyncio.Semaphore(1))
-        if self._heavy_all is None:
-            self._heavy_all = asyncio.Semaphore(HEAVY_SLOTS)
-        async with mine, self._heavy_all:
-            yield
-
-    def verify_wait(self, customer_id: str) -> float:
-        """Per-customer verify budget (each verify costs up to 6 AssumeRole calls)."""
-        per_minute = self.config.server.verify_per_minute
-        bucket = self.verify_buckets.get(customer_id, per_minute / 60.0, max(1.0, per_minute))
-        return bucket.take(1.0, debt=False)
-
-    async def delete_customer(self, customer_id: str) -> None:
-        for key in [k for k in self.endpoints if k[0] == customer_id]:
-            await self._retire(key)
-        for uid in await asyncio.to_thread(self.store.delete_customer, customer_id):
-            await asyncio.to_thread(self.spools.drop, uid)
-        self.customer_limits.pop(customer_id, None)
-        self._heavy_per_customer.pop(customer_id, None)
-        for buckets in (self.ingest_bytes_buckets, self.ingest_lines_buckets, self.verify_buckets):
-            buckets.forget(customer_id)
-
-    def put_endpoint(
-        self, customer_id: str, name: str, type_: str, model: EndpointModel
-    ) -> tuple[EndpointRecord, bool]:
-        document = endpoint_document(type_, model)
-        document.pop("type")
-        key = (customer_id, name)
-        old = self.endpoints.get(key)
-        broken = self.invalid.get(key)
-        old_type = old[0].type if old else broken[0].type if broken else None
-        if old_type is not None and old_type != type_ and self._has_pending(key):
-            raise EndpointConflict(
-                "endpoint",
-                f"endpoint {name!r} of customer {customer_id!r} still has accepted lines pending "
-                f"for its {old_type} destination; changing its type now would strand them.",
-                fix=f"Wait until GET /v1/customers/{customer_id}/endpoints/{name}/status shows "
-                "0 pending lines (or DELETE the endpoint to drop them), then change its type.",
-            )
-        record, new = self.store.put_endpoint(customer_id, name, type_, document)
-        self._uid_customer[record.uid_prefix] = customer_id
-        if broken is not None:
-            self.invalid.pop(key, None)
-            if broken[0].uid_prefix != record.uid_prefix:
-                self._drop_later(broken[0].uid_prefix)
-        if old is not None and old[0].uid_prefix != record.uid_prefix:
-            # Another type: a new incarnation. Retire the old one (abort its open upload).
-            self.endpoints.pop(key, None)
-            worker = self.workers.pop(key, None)
-            asyncio.get_running_loop().create_task(self._retire(key, old, worker))
-        self.endpoints[key] = (record, model)
-        worker = self.workers.get(key)
-        if worker is not None:
-            worker.reconfigure(record, model)
-        elif broken is not None and broken[0].uid_prefix == record.uid_prefix:
-            self.worker(customer_id, name).notify()  # deliver what it kept while invalid
+        self._apply_limits(record)
         return record, new
 
-    def _has_pending(self, key: EndpointKey) -> bool:
-        worker = self.workers.get(key)
-        if worker is None and key in self.endpoints:
-            worker = self.worker(*key)
-        if worker is not None:
-            return worker.has_pending()
-        record = self.invalid[key][0]
-        spool = self.spools.get(record.uid_prefix)
-        return bool(spool is not None and spool.pending_bytes > 0)
-
-    def _drop_later(self, uid: str) -> None:
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self.spools.drop, uid))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def delete_endpoint(self, customer_id: str, name: str) -> bool:
-        key = (customer_id, name)
-        broken = self.invalid.pop(key, None)
-        if broken is not None:
-            await asyncio.to_thread(self.spools.drop, broken[0].uid_prefix)
-            self.store.delete_endpoint(customer_id, name)
-            return True
-        if key not in self.endpoints:
-            return False
-        await self._retire(key)
-        self.store.delete_endpoint(customer_id, name)
-        return True
-
-    async def _retire(
-        self,
-        key: EndpointKey,
-        entry: tuple[EndpointRecord, EndpointModel] | None = None,
-        worker: EndpointWorker | None = None,
-    ) -> None:
-        """Stop delivery, abort an open multipart upload, drop the spool: nothing half-done."""
-        entry = entry or self.endpoints.pop(key, None)
-        worker = worker or self.workers.pop(key, None)
-        if worker is not None:
-            await worker.halt()
-        if entry is None:
-            return
-        record, model = entry
-        await asyncio.to_thread(self._discard, record, model)
-        await asyncio.to_thread(self.spools.drop, record.uid_prefix)
-
-    def _discard(self, record: EndpointRecord, model: EndpointModel) -> None:
-        """Leave nothing half-done at the destination (S3: abort the open multipart upload)."""
-        sink_factory = factory(record.type)
-        state = self.state_dir / "s3" / record.uid_prefix
-        if not sink_factory.journaled or not state.exists():
-            return
-        customer = self.store.get_customer(record.customer_id)
-        try:
-            if customer is None:  # fail closed: never guess an external ID
-                raise LogferryError(f"customer {record.customer_id!r} has no record")
-            clients = self.broker.clients(
-                model.iam_role,
-                customer.external_id,
-                customer_id=record.customer_id,
-                target=sink_factory.target(model, self.aws_target),
-            )
-            context = SinkContext(state, record.uid_prefix, threading.Event())
-            sink_factory.build(model, clients, context).discard()
-        except LogferryError as exc:
-            log(
-                logger,
-                logging.ERROR,
-                "could not abort the open upload of a deleted endpoint",
-                customer=record.customer_id,
-                endpoint=record.name,
-                error=str(exc),
-                fix="an AbortIncompleteMultipartUpload lifecycle rule on the bucket removes it "
-                "(logferry role create --abort-incomplete-multipart-days 1)",
-            )
+    def _store_customer(
+        self, customer_id: str, external_id: str | None, limits: dict[str, Any] | None
+    ) -> tuple[CustomerRecord, bool]:
+        if external_id is None and self.store.get_customer(customer_id) is None:
+            external_id = self.new_external_id(customer_id)
+        return self.store.put_customer(customer_id, external_id or "", limits)
 
     def no_customer(self, record: EndpointRecord) -> str:
         """Fail closed when an endpoint's customer record is missing: never guess the ID."""
@@ -550,7 +401,7 @@ class Service:
         worker = self.workers.get(key)
         if worker is None:
             record, model = self.endpoint(customer_id, name)
-            worker = self.workers[key] = EndpointWorker(self, record, model)
+            worker = self.workers[key] = EndpointWorker(self.worker_deps, record, model)
         return worker
 
     # ------------------------------------------------------------------ ingest
@@ -598,27 +449,12 @@ class Service:
                 f"no customer {customer_id!r}.",
                 fix=f"Create it: PUT /v1/customers/{customer_id}",
             )
-        external_id = customer.external_id
-        target: S3Target | KinesisTarget
-        if type_ == "s3":
-            path = getattr(model, "path", "") or ""
-            prefix = path.split("%", 1)[0]
-            target = S3Target(
-                model.bucket_name,
-                prefix,
-                getattr(model, "region", None) or "us-east-1",
-                put_args=tuple(sorted(model.put_args().items())),
-            )
-        else:
-            target = KinesisTarget(parse_stream_arn(model.stream_arn()))
-        return check_role(
+        return factory(type_).verify(
+            model,
             broker=self.broker,
-            role_arn=model.iam_role,
-            external_id=external_id,
-            target=target,
+            external_id=customer.external_id,
             customer_id=customer_id,
-            # Where delivery writes: an S3 `domain` is probed there, not at AWS.
-            aws_target=factory(type_).target(model, self.aws_target),
+            aws_target=self.aws_target,
         )
 
     def remember_verified(self, record: EndpointRecord, report: Report) -> None:
@@ -627,67 +463,6 @@ class Service:
         if report.write_proven():
             worker = self.worker(record.customer_id, record.name)
             worker.remember_setup_proof(record, report.external_id)
-
-    # ------------------------------------------------------------------ status
-
-    def endpoint_status(self, customer_id: str, name: str) -> dict[str, Any]:
-        broken = self.invalid.get((customer_id, name))
-        if broken is not None:
-            return self._invalid_status(*broken)
-        record, _ = self.endpoint(customer_id, name)
-        worker = self.worker(customer_id, name)
-        status = worker.status()  # pending and delivered read together (spools.get opens it)
-        status["errors"] = self.store.errors(record.uid_prefix)
-        return status
-
-    def _invalid_status(self, record: EndpointRecord, reason: str) -> dict[str, Any]:
-        spool = self.spools.get(record.uid_prefix)
-        return {
-            "customer_id": record.customer_id,
-            "name": record.name,
-            "type": record.type,
-            "state": "invalid",
-            "reason": reason,
-            "fix": "PUT the endpoint again with valid settings (its accepted lines are kept and "
-            "delivered then), or DELETE it to drop them.",
-            "lines": {"pending": spool.pending_lines if spool else 0},
-            "bytes": {"pending": spool.pending_bytes if spool else 0},
-            "errors": self.store.errors(record.uid_prefix),
-        }
-
-    def snapshot(self) -> dict[str, Any]:
-        pending = {}
-        lag = {}
-        late = 0
-        for key, worker in list(self.workers.items()):
-            spool = self.spools.get(worker.record.uid_prefix)
-            if spool is not None:
-                pending[key] = (spool.pending_bytes, spool.pending_lines)
-            if worker.running:
-                # Lines not yet read count too (a lazy S3 file, a role that never worked):
-                # one cached header read per spool, and /metrics renders off the event loop.
-                age = worker.oldest_undelivered_age()
-                lag[key] = 0.0 if age is None else age
-                if age is not None and age > worker.lag_budget():
-                    late += 1
-        states: Counter[tuple[str, str]] = Counter()
-        for key, (record, _) in list(self.endpoints.items()):
-            worker = self.workers.get(key)
-            states[(record.type, worker.state if worker else "idle")] += 1
-        return {
-            "sts": dict(self.broker.outcomes),
-            "regions": self.broker.region_health(),
-            "pending": pending,
-            "lag": lag,
-            "late": late,
-            "delivery_queue_wait": self.delivery_executor.oldest_wait(),
-            "delivery_queued": self.delivery_executor.queued(),
-            "disk": self.spools.total_bytes,
-            "states": dict(states),
-            "syslog": {
-                f"{ln.config.protocol}://{ln.config.listen}": ln.counters for ln in self.listeners
-            },
-        }
 
 
 def _private_dir(path: Any) -> None:

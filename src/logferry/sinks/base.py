@@ -1,15 +1,18 @@
-"""The one interface the delivery worker drives, whatever the destination.
+"""The seam between the delivery worker and a destination: `Sink` and `SinkFactory`.
 
 A sink turns spool chunks into writes at one destination (S3 files, Kinesis records, …). The
 worker never asks which kind it has: it reads chunks from the spool, `feed`s them, calls `pump`
-for time-driven work, and commits the spool up to `durable`. Adding a destination is one new
-module that implements `Sink` plus one line in `sinks.registry`.
+for time-driven work, and commits the spool up to `durable`. Everything else that differs per
+destination — the endpoint model, whether data is read lazily, where durable state lives, the
+AWS target, the role check, how a lost range is reported — is the destination's `SinkFactory`.
+Adding a destination is one module with a `Sink` and a `SinkFactory` plus one line in
+`sinks.registry` (or, for tests and extensions, `LOGFERRY_SINK_PLUGINS`; see the registry).
 
 Contract, in positions (see `logferry.spool`: line-boundary byte offsets):
 
-- `open()` finishes or resumes whatever a crash left behind (S3: the journaled multipart
-  upload) and returns the position to feed from; it is never below the spool's committed
-  position for data the sink has not journaled.
+- `open(committed)` finishes or resumes whatever a crash left behind (S3: the journaled
+  multipart upload), given the spool's committed position (data below it is gone), and returns
+  the position to feed from; it is never below `committed` for data the sink has not journaled.
 - `feed(chunk)` hands over chunks in spool order; bytes below the resume position are skipped.
   It may do work (compress, upload a full part) but never *waits*: pacing, throttling and
   retry backoff are returned by `pump` as a delay, so the worker can wait asynchronously
@@ -29,11 +32,24 @@ Contract, in positions (see `logferry.spool`: line-boundary byte offsets):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from logferry.sinks.backoff import Backoff
 from logferry.spool.chunk import Chunk
+
+if TYPE_CHECKING:
+    from logferry.aws.clients import AwsClients, AwsTarget
+    from logferry.aws.role_check import Report
+    from logferry.aws.sts_broker import CredentialBroker
+    from logferry.sinks.endpoint_base import EndpointBase
+
+ModelClass: TypeAlias = "type[EndpointBase]"
+"""An endpoint model class (a name of its own: `SinkFactory.type` shadows `type` in the class)."""
 
 
 @dataclass
@@ -50,9 +66,11 @@ class SinkCounters:
 
 @runtime_checkable
 class Sink(Protocol):
+    """What the worker drives (see the module docstring for the contract)."""
+
     kind: str
 
-    def open(self) -> int: ...
+    def open(self, committed: int) -> int: ...
 
     def feed(self, chunk: Chunk) -> None: ...
 
@@ -86,6 +104,123 @@ class Sink(Protocol):
     def counters(self) -> SinkCounters: ...
 
     def status(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What every sink may need besides its endpoint model and clients."""
+
+    state_dir: Path
+    """This endpoint incarnation's private directory (`SinkFactory.state_dir`)."""
+    uid_prefix: str
+    stop: threading.Event
+    wake: Callable[[], None] = field(default=lambda: None)
+    """Thread-safe: call when an AWS call the sink left in flight has finished, so the worker
+    pumps again at once instead of waiting for its next timer."""
+    io_executor: Executor | None = None
+    """The service's shared pool for AWS calls that only wait on the network. A sink may keep
+    several calls in flight here (bounded per sink) and must never block a delivery thread
+    waiting for them in `pump`; None = make every call inline (tools and tests)."""
+
+
+@dataclass(frozen=True)
+class LostRange:
+    """Lines the destination lost after the spool had released them (never silent)."""
+
+    start: int
+    end: int
+    why: str
+    fix: str
+
+
+@runtime_checkable
+class SinkFactory(Protocol):
+    """Everything destination-specific the service needs, so it never names a destination.
+
+    Endpoint models derive from `EndpointBase` (`name`, `iam_role`): the worker assumes the
+    customer's role for every destination.
+    """
+
+    type: str
+    """The endpoint body's `type` this factory serves (the registry key)."""
+
+    @property
+    def model(self) -> ModelClass:
+        """The pydantic model that validates endpoint bodies of this type."""
+        ...
+
+    unit: str
+    """What `SinkCounters.units` counts, as status names it ("objects" or "calls")."""
+    lazy: bool
+    """Data is batched over a period: new data need not be read before the batch is due."""
+    durable_state: bool
+    """The sink keeps state in `state_dir` that must be resumed after a restart."""
+
+    def configure(self, server: Any) -> None:
+        """Take process-wide settings from the service's `[server]` config (once, at start)."""
+        ...
+
+    def state_dir(self, root: Path, uid_prefix: str) -> Path:
+        """This endpoint incarnation's private directory under the service's state root."""
+        ...
+
+    def has_unfinished_state(self, state_dir: Path) -> bool:
+        """`state_dir` describes work the destination has not finished (data still pending)."""
+        ...
+
+    def period(self, model: Any) -> float:
+        """Seconds the sink may hold a line by design (the lag budget before it is late)."""
+        ...
+
+    def target(self, model: Any, base: AwsTarget) -> AwsTarget:
+        """Where this endpoint's AWS calls go (e.g. an S3-compatible `domain`)."""
+        ...
+
+    def build(self, model: Any, clients: AwsClients, ctx: SinkContext) -> Sink: ...
+
+    def verify(
+        self,
+        model: Any,
+        *,
+        broker: CredentialBroker,
+        external_id: str,
+        customer_id: str,
+        aws_target: AwsTarget,
+    ) -> Report:
+        """The role check for this endpoint: assume the role, probe the write it needs."""
+        ...
+
+    def lost_ranges(self, sink: Sink) -> Sequence[LostRange]:
+        """Every range `sink` reported lost so far, in order (the worker shows new ones)."""
+        ...
+
+
+class BaseSinkFactory:
+    """Defaults for a destination without durable state, lazy reads or a lag period."""
+
+    type: str
+    model: ModelClass
+    unit: str = "calls"
+    lazy: bool = False
+    durable_state: bool = False
+
+    def configure(self, server: Any) -> None:
+        pass
+
+    def state_dir(self, root: Path, uid_prefix: str) -> Path:
+        return root / self.type / uid_prefix
+
+    def has_unfinished_state(self, state_dir: Path) -> bool:
+        return False
+
+    def period(self, model: Any) -> float:
+        return 0.0
+
+    def target(self, model: Any, base: AwsTarget) -> AwsTarget:
+        return base
+
+    def lost_ranges(self, sink: Sink) -> Sequence[LostRange]:
+        return ()
 
 
 RETRY_POLICY = Backoff(base=2.0, cap=30.0)

@@ -1,0 +1,49 @@
+"""What a delivery worker may use of the running service: exactly this, nothing more.
+
+Why a narrow object and not the `Service`: the worker's reach is visible in one place (a test
+can build one without a service), and the service never has to hand out its internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from logferry.aws.clients import AwsTarget
+    from logferry.aws.sts_broker import CredentialBroker
+    from logferry.service.accept_backlog import AcceptBacklog
+    from logferry.service.fair_pool import FairPool
+    from logferry.service.metrics import Metrics
+    from logferry.service.store import CustomerRecord
+    from logferry.service.worker_stats import StatsBook
+    from logferry.spool import SpoolManager
+
+
+@dataclass(frozen=True)
+class WorkerDeps:
+    spools: SpoolManager
+    metrics: Metrics
+    broker: CredentialBroker
+    aws_target: AwsTarget
+    state_root: Path
+    """The service's state directory; each factory places its endpoints' state under it."""
+    get_customer: Callable[[str], CustomerRecord | None]
+    """A SQLite read (the customer's external ID): called on the loop, as before."""
+    load_stats: Callable[[str], dict[str, Any]]
+    save_stats: Callable[[str, dict[str, Any]], None]
+    """Blocking: the worker calls it on a thread, never on the event loop."""
+    add_error: Callable[[str, str, str, str | None, float], None]
+    """Records an endpoint error without waiting for SQLite (any thread, the loop included)."""
+    stats: StatsBook
+    delivery_pool: FairPool
+    sts_pool: Executor
+    activation_pool: Executor
+    io_pool: Executor
+    accept_backlog: AcceptBacklog
+    shutdown_flush_seconds: float
+    idle_flush_seconds: float
+    stopping: Callable[[], bool]
