@@ -53,7 +53,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from logferry.errors import InputError
+from logferry.errors import InputError, LogferryError
 
 Encoding = Literal["protobuf", "json"]
 PROTOBUF_TYPE = "application/x-protobuf"
@@ -299,7 +299,7 @@ def _objects(value: Any) -> list[dict[str, Any]]:
 # -- conversion ------------------------------------------------------------------------------------
 
 
-class Unconvertible(ValueError):
+class Unconvertible(LogferryError, ValueError):
     """One record cannot become a line; it is rejected alone (partial success)."""
 
 

@@ -24,6 +24,7 @@ from logferry.aws.names import validate_account_id, validate_region
 from logferry.aws.sts_broker import DEFAULT_STS_REGIONS, MAX_DURATION, MIN_DURATION
 from logferry.errors import InputError
 from logferry.ingest.syslog import SyslogListenerConfig
+from logferry.netaddr import parse_listen
 from logferry.spool.size import parse_size
 
 
@@ -397,11 +398,9 @@ class ServiceConfig(_Strict):
 
 
 def split_listen(value: str) -> tuple[str, int]:
-    """ "HOST:PORT" or "[v6]:PORT" → (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)")
-    return host.strip("[]"), int(port)
+    """ "HOST:PORT" or "[v6]:PORT" → (host, port): the syslog listeners' parser, so port 99999
+    or an unbracketed IPv6 address is refused here too."""
+    return parse_listen(value, example="127.0.0.1:8080")
 
 
 class ConfigProblem(NamedTuple):

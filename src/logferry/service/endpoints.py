@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from logferry.aws.address_guard import SETTING as PRIVATE_DOMAIN_SETTING
 from logferry.aws.address_guard import domain_host, literal_refusal
+from logferry.errors import LogferryError
 from logferry.sinks.endpoint_base import EndpointBase
 from logferry.sinks.registry import FACTORIES, factory
 
@@ -25,7 +26,7 @@ EndpointModel = EndpointBase
 """Any destination's endpoint model (they all derive from `EndpointBase`)."""
 
 
-class FieldError(Exception):
+class FieldError(LogferryError):
     """Per-field validation problems, shaped like FastAPI's 422 `detail` list."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect, Request
 
+from logferry.errors import LogferryError
 from logferry.ingest.lines import BadGzip, BodyTooLarge, TooManyGzipMembers, gunzip_limited
 from logferry.spool import SpoolBroken, SpoolClosed, SpoolError, SpoolFull
 
@@ -22,7 +23,7 @@ SPLIT_FIX = "split the lines into several requests"
 
 
 @dataclass
-class BodyRefused(Exception):
+class BodyRefused(LogferryError):
     """The body cannot be taken: HTTP `status`, counted under `reason`."""
 
     status: int

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from logferry.errors import LogferryError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (
     id TEXT PRIMARY KEY,
@@ -100,7 +102,7 @@ class CustomerRecord:
         )
 
 
-class ExternalIdTaken(Exception):
+class ExternalIdTaken(LogferryError):
     """The external ID belongs (or belonged, before a delete) to a customer: never reuse it."""
 
     def __init__(self, external_id: str, owner: str, deleted: bool) -> None:
@@ -114,7 +116,7 @@ class ExternalIdTaken(Exception):
         self.deleted = deleted
 
 
-class ConfigToken(Exception):
+class ConfigToken(LogferryError):
     """The token comes from the config file ([[customers]] token_env / token_file): the config
     is its truth, so only the config can revoke (rotate or remove) it."""
 
@@ -385,7 +387,10 @@ class Store:
                     (token_id, customer_id),
                 ).fetchone()
             if live is not None:
-                raise ConfigToken(token_id)
+                raise ConfigToken(
+                    f"token {token_id} comes from the config",
+                    fix="remove or rotate it in [[customers]] and reload",
+                )
             return False
         with self._tokens_changing(), self._tx() as db:
             cursor = db.execute(

@@ -86,8 +86,8 @@ def customers_router(service: Service, auth: Auth) -> APIRouter:
         check_customer_id(customer_id)
         limits = body.limits() if body else {}
         try:
-            record, new = await asyncio.to_thread(
-                service.put_customer, customer_id, body.external_id if body else None, limits
+            record, new = await service.save_customer(
+                customer_id, body.external_id if body else None, limits
             )
         except ExternalIdTaken as exc:
             return problem(

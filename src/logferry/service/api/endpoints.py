@@ -84,7 +84,7 @@ def endpoints_router(service: Service, auth: Auth) -> APIRouter:
                     "fix the role (see `logferry role check`), or retry with ?verify=false",
                     report=report.as_json(),
                 )
-        record, new = service.put_endpoint(customer_id, name, type_, model)
+        record, new = await service.save_endpoint(customer_id, name, type_, model)
         if report is not None:
             service.remember_verified(record, report)
         log(
