@@ -73,6 +73,14 @@ REFRESH_CODES: Final = frozenset(
 )
 """Codes fixed by fresh credentials: transient, and worth one immediate retry after a refresh."""
 
+SERVICE_TRANSIENT: Final[dict[tuple[str, str], str]] = {
+    ("kinesis", "ResourceInUseException"): "None needed: the stream is being created or updated; "
+    "logferry retries.",
+    ("kinesis", "ExpiredNextTokenException"): "None needed: logferry lists the shards again from "
+    "the start.",
+}
+"""(service, code) → fix: codes that look like setup errors but pass by themselves there."""
+
 KMS_CODES: Final = frozenset(
     {
         "KMS.NotFoundException",
@@ -323,7 +331,11 @@ def classify(
         if info.message:
             text += f" ({info.message.rstrip('.')})"
         text += "."
-        return (TransientError if is_transient(code, status) else SetupError)(text, info, fix=fix)
+        transient = is_transient(code, status)
+        passing = SERVICE_TRANSIENT.get((service, code))
+        if passing is not None and not transient:
+            transient, fix = True, passing
+        return (TransientError if transient else SetupError)(text, info, fix=fix)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
         info = AwsErrorInfo(
             code=type(exc).__name__, message=str(exc), service=service, operation=operation,
@@ -366,3 +378,25 @@ def classify(
             "access to the endpoint (domain/region).",
         )
     raise TypeError(f"classify() cannot handle {type(exc).__name__}: {exc}") from exc
+
+
+def classify_code(
+    code: str,
+    message: str,
+    *,
+    service: str,
+    operation: str,
+    region: str | None,
+    resource: str | None = None,
+    target: str | None = None,
+) -> AwsError:
+    """An error code inside a successful answer (a PutRecords record's `ErrorCode`), classified
+    exactly as the same code answered to a whole call."""
+    return classify(
+        ClientError({"Error": {"Code": code, "Message": message}}, operation),
+        service=service,
+        operation=operation,
+        region=region,
+        resource=resource,
+        target=target,
+    )
