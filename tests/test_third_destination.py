@@ -171,3 +171,16 @@ def test_a_third_destination_delivers_through_serve(
     assert files and not list(bucket.glob(".*.tmp"))
     landed = b"".join(p.read_bytes() for p in files).split(b"\n")[:-1]
     assert sorted(landed) == sorted(sent)
+
+
+def test_config_endpoint_types_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[[customers.endpoints]] type` accepts whatever the registry holds, a plugin included,
+    and names the known types when it is wrong."""
+    from logferry.service.config import load_config
+    from logferry.sinks import registry
+
+    customers = [{"id": "acme", "endpoints": [{"type": "directory", "name": "d"}]}]
+    with pytest.raises(InputError, match=r"unknown endpoint type 'directory'; one of: kinesis, s3"):
+        load_config(None, {"customers": customers})
+    monkeypatch.setitem(registry.FACTORIES, "directory", DIRECTORY)
+    assert load_config(None, {"customers": customers}).customers[0].endpoints[0].type == "directory"

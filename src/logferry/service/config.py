@@ -324,8 +324,20 @@ class StaticEndpoint(BaseModel):
     """An endpoint in the file: `type` plus the Fastly fields (validated by the sink's model)."""
 
     model_config = ConfigDict(extra="allow")
-    type: Literal["s3", "kinesis"]
+    type: str
     name: str
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        # The destinations are whatever the sink registry holds (built-ins and plugins).
+        from logferry.sinks.registry import FACTORIES
+
+        if value not in FACTORIES:
+            raise ValueError(
+                f"unknown endpoint type {value!r}; one of: {', '.join(sorted(FACTORIES))}"
+            )
+        return value
 
 
 class CustomerLimits(_Strict):
