@@ -22,7 +22,7 @@ The position contract (one currency between spool, worker, sinks, journals and S
 The seam: `spool/base.py` holds the `Spool` and `SpoolProvider` protocols (what ingest, the
 worker and the service use); `LocalSpool` / `SpoolManager` are the local-disk backend. The name
 `Spool` exported here is `LocalSpool`, kept for the importers that construct it; code that only
-uses a spool types it with `logferry.spool.base.Spool` (docs/architecture-spool.md).
+uses a spool types it with `logferry.spool.base.Spool` (docs/architecture.md, "The spool").
 """
 
 from logferry.spool.base import SpoolProvider

@@ -10,7 +10,7 @@ syslog listeners through `runtime.append`, and the sinks, which see only `Chunk`
   that per-customer quotas layer over).
 
 `LocalSpool` / `SpoolManager` (local disk, `log.py` / `manager.py`) implement them. A second
-backend is one package that implements both (docs/architecture-spool.md). For NATS JetStream
+backend is one package that implements both (docs/architecture.md, "The spool"). For NATS JetStream
 (issue 29): `append` publishes a request's messages and returns once every part is acknowledged
 by a quorum; positions are computed deterministically from the subject's messages; `commit` is
 the compare-and-set of the KV cursor, then a purge of the subject below it; `wait_for_data_async`

@@ -2,7 +2,7 @@
 
 `LocalSpool` implements the `Spool` protocol (`spool/base.py`; positions as defined in
 `logferry.spool`). It is composed of one layer per role, each in its own module and each using
-only the layers below it (docs/architecture-spool.md):
+only the layers below it (docs/architecture.md, "The spool"):
 
   state.py      the shared state, locks and file helpers
   waiters.py    waiting for durable data (threads and the event loop)

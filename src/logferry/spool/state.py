@@ -1,8 +1,8 @@
 """The local log's shared state: what one endpoint's spool knows about its segment files.
 
 Every role module of the local spool (recovery, reader, retention, quarantine, waiters,
-writer; docs/architecture-spool.md) is a layer over `LogState`, each using only the layers below
-it, so the state, the locks that guard it and a few small file helpers live here once.
+writer; docs/architecture.md, "The spool") is a layer over `LogState`, each using only the
+layers below it, so the state, the locks that guard it and a few small file helpers live here once.
 
 Lock order (outer to inner): `_commit_lock`, `_io`, `_rd`, `_mu`, budget. `_io` serialises file
 mutation (the flush batch, retiring the active segment, release/close), `_rd` the read-side

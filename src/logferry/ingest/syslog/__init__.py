@@ -54,7 +54,7 @@ are refused and datagrams dropped, counted, with one log line when it goes and o
 back; a connection open at that moment is closed and what it had read is counted in
 `endpoint_missing_lines`.
 
-Layout (docs/architecture-modules.md): config.py (listener options), counters.py, parse.py
+Layout (docs/architecture.md): config.py (listener options), counters.py, parse.py
 (format recognition), framing.py (RFC 6587 framer, message batches), core.py (state both
 transports share), tcp.py, udp.py, server.py (SyslogServer). This package re-exports what
 importers use, so `from logferry.ingest.syslog import ...` keeps working.

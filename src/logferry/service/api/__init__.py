@@ -5,7 +5,7 @@ OpenAPI document for free); ingest reads the raw body stream itself so a large b
 parsed twice and the 413 limit is enforced while reading, not after. `logferry serve` answers the
 ingest route in plain ASGI in front of this app (service/ingest_route.py: a small request's CPU).
 
-One module per resource, each an `APIRouter` (docs/architecture-modules.md): auth.py (the bearer
+One module per resource, each an `APIRouter` (docs/architecture.md): auth.py (the bearer
 token dependencies), probes.py (/healthz, /readyz, /metrics), ingest.py, customers.py, tokens.py,
 endpoints.py, sts.py; the console's own routes are in service/console_api.py.
 app.py's `create_app` composes them in a fixed order (the OpenAPI document depends on it).
