@@ -254,7 +254,8 @@ def classify(
     if isinstance(exc, AwsError):
         return exc
     if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), AwsError):
-        return exc.kwargs["error"]  # type: ignore[no-any-return]  # raised while connecting
+        # raised while connecting; kwargs is botocore's (untyped), checked just above
+        return exc.kwargs["error"]  # type: ignore[no-any-return]
     name = _SERVICE_NAMES.get(service, service)
     on = f" for {target}" if target else ""
     where = f" in {region}" if region else ""
