@@ -35,13 +35,14 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not slow'
 
 # mypy over src/ with pyproject's [tool.mypy] (strict where the issue-28 seams are). Part of
-# `make lint`; not yet of `make test` (the tree is not clean yet).
+# `make lint` and `make test`.
 typecheck: install
 	$(BIN)/mypy
 

@@ -234,8 +234,10 @@ class _GuardedConnection:
             # CONNECT tunnel); the proxy itself must refuse inside addresses (docs/security.md).
             if self._tunnel_host:
                 self.guard.checked_addresses(self._tunnel_host, self._tunnel_port or 443)
-            return super()._new_conn()  # type: ignore[misc,no-any-return]
+            # A mixin: _new_conn is the urllib3 connection class's it is mixed into (_pool_classes).
+            return super()._new_conn()  # type: ignore[misc]
         addresses = self.guard.checked_addresses(self._dns_host, self.port)
+        # arg-type (twice): urllib3 wants its HTTPConnection; self is one once mixed in.
         error: Exception = NewConnectionError(self, f"no address for {self.host}")  # type: ignore[arg-type]
         for address in addresses:
             try:
@@ -250,7 +252,7 @@ class _GuardedConnection:
                     self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
                 )
             except OSError as exc:
-                error = NewConnectionError(self, f"Failed to establish a new connection: {exc}")  # type: ignore[arg-type]
+                error = NewConnectionError(self, f"Failed to establish a new connection: {exc}")  # type: ignore[arg-type]  # see above
         raise error
 
 
@@ -283,15 +285,15 @@ def install(client: BaseClient, guard: AddressGuard = DEFAULT_GUARD) -> None:
     URLLib3Session hands to urllib3; anything unexpected raises (no client is made) rather than
     leaving the domain unguarded.
     """
-    session = client._endpoint.http_session  # type: ignore[attr-defined]
+    session = client._endpoint.http_session
     pools = getattr(session, "_pool_classes_by_scheme", None)
-    manager = getattr(session, "_manager", None)
+    manager: Any = getattr(session, "_manager", None)  # urllib3's PoolManager, or None
     if (
         not isinstance(session, URLLib3Session)
-        or not isinstance(pools, dict)
         or getattr(manager, "pool_classes_by_scheme", None) is not pools
+        or not isinstance(pools, dict)  # after the `is not`: for mypy that re-widens pools
         or getattr(manager, "pools", None) is None
-        or len(manager.pools)  # type: ignore[union-attr]
+        or len(manager.pools)
     ):
         raise RuntimeError(
             "cannot guard this botocore client's connections (botocore changed?); refusing to "
@@ -302,5 +304,5 @@ def install(client: BaseClient, guard: AddressGuard = DEFAULT_GUARD) -> None:
 
 def is_guarded(client: BaseClient) -> bool:
     """Whether `install` ran on `client` (for tests and status)."""
-    pools = client._endpoint.http_session._pool_classes_by_scheme  # type: ignore[attr-defined]
+    pools = client._endpoint.http_session._pool_classes_by_scheme
     return all(issubclass(cls.ConnectionCls, _GuardedConnection) for cls in pools.values())

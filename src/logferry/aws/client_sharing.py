@@ -127,9 +127,9 @@ def install() -> bool:
         if not _signatures_match():
             log.info("botocore internals differ; clients do not share rulesets and classes")
             return False
-        botocore.regions.EndpointProvider = _shared_provider  # type: ignore[assignment,misc]
-        botocore.client.ClientCreator._create_client_class = _shared_client_class  # type: ignore[method-assign]
-        botocore.client.ClientCreator._load_service_model = _shared_service_model  # type: ignore[method-assign]
+        botocore.regions.EndpointProvider = _shared_provider
+        botocore.client.ClientCreator._create_client_class = _shared_client_class
+        botocore.client.ClientCreator._load_service_model = _shared_service_model
         _installed = True
         return True
 

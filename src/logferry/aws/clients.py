@@ -287,7 +287,7 @@ class AwsClients:
             config = _with_domain_config(config)
         if self._chain is not None:
             client = self._chain.create_client(
-                service,  # type: ignore[call-overload]
+                service,
                 region_name=region,
                 endpoint_url=url,
                 config=config,

@@ -303,7 +303,7 @@ def classify(
     if isinstance(exc, AwsError):
         return exc
     if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), AwsError):
-        return exc.kwargs["error"]  # type: ignore[no-any-return]  # raised while connecting
+        return exc.kwargs["error"]  # raised while connecting
     name = _SERVICE_NAMES.get(service, service)
     on = f" for {target}" if target else ""
     where = f" in {region}" if region else ""

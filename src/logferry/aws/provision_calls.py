@@ -141,7 +141,7 @@ def call_aws(client: BaseClient, operation: str, doing: str, **kwargs: Any) -> d
     service = client.meta.service_model.endpoint_prefix
     api_name = client.meta.method_to_api_mapping.get(operation, operation)
     try:
-        return getattr(client, operation)(**kwargs)  # type: ignore[no-any-return]
+        return getattr(client, operation)(**kwargs)
     except ClientError as exc:
         raise translate_error(
             exc, service=service, operation=api_name, doing=doing, region=client.meta.region_name

@@ -120,7 +120,7 @@ class CredentialBroker:
         self._failures: dict[RoleKey, tuple[float, Exception]] = {}
         self._sts_clients: dict[str, BaseClient] = {}
         # The vendor's own identity; its STS clients share the process-wide service models.
-        self._vendor = AwsClients(vendor_credentials, profile=profile)  # type: ignore[arg-type]
+        self._vendor = AwsClients(vendor_credentials, profile=profile)
         # Clients per (role, external ID, target), least recently used first. Bounded, and
         # dropped after `client_idle_seconds` unused (or by `release`), so memory follows the
         # identities that are active, not every identity ever served.
@@ -295,6 +295,7 @@ class CredentialBroker:
                 self._mark(region, True)
                 outcome = "denied" if exc.code == "AccessDenied" else "error"
                 attempts.append(AssumeAttempt(region, outcome, exc.code, exc.info.message, exc.fix))
+                # attempts: an extra attribute serve reads with getattr (not on the error classes)
                 exc.attempts = attempts  # type: ignore[attr-defined]
                 raise
             self._mark(region, True)
@@ -306,7 +307,7 @@ class CredentialBroker:
         error = TransientError(
             f"no STS region could {what} ({summary})", last.info, fix=fixes or last.fix
         )
-        error.attempts = attempts  # type: ignore[attr-defined]
+        error.attempts = attempts  # type: ignore[attr-defined]  # as above
         raise error
 
     def assume_in_region(self, key: RoleKey, region: str) -> AssumeResult:

@@ -73,7 +73,7 @@ class AssumeResult:
     access_key: str
     secret_key: str
     token: str = field(repr=False)
-    expiration: dt.datetime
+    expiration: dt.datetime | str  # botocore parses it; str if its timestamp parser is off
     assumed_role_arn: str
     attempts: list[AssumeAttempt]
 

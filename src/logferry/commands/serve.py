@@ -378,7 +378,7 @@ async def serve_async(
                 BodyBudgetMiddleware(
                     IngestFastPath(app, service),
                     budget,
-                    cfg.server.max_body_bytes,
+                    int(cfg.server.max_body_bytes),
                     lambda reason: service.metrics.http_refused.labels(reason).inc(),
                 )
             ),

@@ -35,15 +35,17 @@ it stops as soon as the output would exceed the limit (zip-bomb safe).
 from __future__ import annotations
 
 import re
+import types
 import zlib
 from dataclasses import dataclass
 
 from logferry.errors import InputError
 
+_inflate_lib: types.ModuleType  # either module (as codecs.py's _deflate_lib)
 try:  # ISA-L's inflate is a drop-in for zlib's (same decompressobj API), and faster.
     from isal import isal_zlib as _inflate_lib
 except ImportError:  # pragma: no cover - isal is a dependency; zlib is the safety net
-    _inflate_lib = zlib  # type: ignore[assignment]
+    _inflate_lib = zlib
 
 MIN_LINE_BYTES = 4
 """Smallest allowed `max_line_bytes`: one UTF-8 character of any length must fit."""

@@ -26,7 +26,7 @@ from logferry.service.endpoints import (
     parse_endpoint,
 )
 from logferry.service.store import Store
-from logferry.tls import server_ssl_context
+from logferry.tls import ClientAuth, server_ssl_context
 
 
 class KnownState(Protocol):
@@ -93,10 +93,12 @@ def _files(cfg: ServiceConfig, *, spool: bool) -> list[ConfigProblem]:
     return problems
 
 
-def _tls(where: str, cert: Path, key: Path, ca: Path | None, auth: str) -> list[ConfigProblem]:
+def _tls(
+    where: str, cert: Path, key: Path, ca: Path | None, auth: ClientAuth
+) -> list[ConfigProblem]:
     """Load it exactly as serving will (`logferry.tls.server_ssl_context`)."""
     try:
-        server_ssl_context(where, cert, key, ca, auth)  # type: ignore[arg-type]  # Literal
+        server_ssl_context(where, cert, key, ca, auth)
     except InputError as exc:
         return [ConfigProblem(exc.where, exc.message, exc.fix)]
     return []

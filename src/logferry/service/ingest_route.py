@@ -166,7 +166,7 @@ async def ingest_request(
 
     The caller has authenticated the request for `customer_id`.
     """
-    max_body = service.config.server.max_body_bytes
+    max_body = int(service.config.server.max_body_bytes)  # an int once validated
     try:
         service.endpoint(customer_id, name)
     except UnknownEndpoint as exc:
@@ -200,7 +200,7 @@ async def ingest_request(
         if wait > 0:
             service.metrics.ingest_rejected.labels("rate_limited").inc()
             return _over_rate(customer_id, wait)
-        max_line = service.config.server.max_line_bytes
+        max_line = int(service.config.server.max_line_bytes)
         if len(body) > NORMALIZE_INLINE_BYTES:
             norm = await asyncio.to_thread(normalize, body, max_line_bytes=max_line)
         else:

@@ -95,7 +95,7 @@ def run_local(config_path: Path | None, overrides: dict[str, Any]) -> None:
             _, token = service.store.issue_token(DEMO_CUSTOMER)
             from logferry.service.endpoints import parse_endpoint
 
-            bodies = {
+            bodies: dict[str, dict[str, Any]] = {
                 "s3-demo": {
                     "type": "s3",
                     "bucket_name": DEMO_BUCKET,

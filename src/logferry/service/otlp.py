@@ -123,8 +123,8 @@ def otlp_router(service: Service, authorize: Callable[..., Any]) -> APIRouter:
     """The OTLP routes; `authorize` is the API's customer-or-admin bearer-token dependency."""
     router = APIRouter(tags=["ingest"])
     server = service.config.server
-    max_body = server.max_body_bytes
-    max_line = server.max_line_bytes
+    max_body = int(server.max_body_bytes)  # ints once validated (ServerConfig._size)
+    max_line = int(server.max_line_bytes)
     rejected_requests = service.metrics.ingest_rejected
     records = service.metrics.otlp_records
 

@@ -43,7 +43,7 @@ LIVE_SECTIONS = ("customers", "listeners")
 
 def install_sighup(
     service: Service, path: Path | None, overrides: dict[str, Any] | None
-) -> Callable[[], None]:
+) -> Callable[[], object]:
     """Reload on SIGHUP (one at a time, in order); returns the function that uninstalls it."""
     loop = asyncio.get_running_loop()
     lock = asyncio.Lock()

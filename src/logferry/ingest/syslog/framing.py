@@ -203,6 +203,7 @@ class TcpFramer:
                     if frames:
                         batch.add_messages(frames)
                         continue
+                    assert m is not None  # no frames: the loop broke on its first (partial) match
                     length = int(m.group(1))
                     start = m.end()
                     have = n - start

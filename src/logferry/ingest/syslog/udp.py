@@ -22,7 +22,7 @@ from logferry.ingest.syslog.core import (
 )
 
 try:
-    from logferry.spool import SpoolFull  # type: ignore[attr-defined]
+    from logferry.spool import SpoolFull
 except ImportError:
     from logferry.spool.log import SpoolFull
 

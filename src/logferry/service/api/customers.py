@@ -63,6 +63,7 @@ def customers_router(service: Service, auth: Auth) -> APIRouter:
             f"{service.config.vendor.account_id} (--bucket B | --stream-arn ARN)"
         )
         vendor = service.config.vendor.account_id
+        assert vendor is not None  # serve sets it from GetCallerIdentity before the API serves
         policies = {
             kind: trust_policy(kind, record.external_id, vendor) for kind in ("s3", "kinesis")
         }

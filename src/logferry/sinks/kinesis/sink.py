@@ -191,7 +191,7 @@ class KinesisSink:
         if self._progress.fed_end is None or self._progress.outstanding == 0:
             self._progress = Progress()
             self._progress.fed_end = committed
-        return self._progress.fed_end if self._progress.fed_end is not None else committed
+        return self._progress.fed_end  # set just above when it was None
 
     def feed(self, chunk: Chunk) -> None:
         """Frame the chunk's lines into records (skipping lines already fed) and queue them."""

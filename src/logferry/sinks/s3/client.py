@@ -46,7 +46,7 @@ def _call(self: S3Sink, operation: str, **kwargs: Any) -> dict[str, Any]:
     target = f"s3://{self.endpoint.bucket_name}/{kwargs.get('Key', '')}"
 
     def call() -> dict[str, Any]:
-        return method(**kwargs)  # type: ignore[no-any-return]
+        return method(**kwargs)  # type: ignore[no-any-return]  # botocore is untyped
 
     def classify_error(exc: BaseException) -> AwsError:
         return classify(
