@@ -39,7 +39,7 @@ from logferry.local.latency_proxy import (
     ProxyRequest,
     ProxyResponse,
 )
-from service_helpers import ServeProcess
+from service_helpers import ServeProcess, base_config
 
 SEED_ENV = "LOGFERRY_CHAOS_SEED"
 
@@ -293,6 +293,44 @@ def gated_proxy(
 
 
 # ---------------------------------------------------------------------------- senders
+
+
+def proxied_s3_config(
+    emulator: Emulator,
+    spool_dir: Path,
+    proxy_url: str,
+    spool_backend: dict[str, Any],
+    customer: str,
+    role: Any,
+    *,
+    server: dict[str, Any] | None = None,
+    **endpoint: Any,
+) -> dict[str, Any]:
+    """A serve config whose AWS traffic (S3 and STS in two regions) goes through the chaos proxy,
+    with one customer (token from $CHAOS_TOKEN) and one S3 endpoint named "s3"."""
+    return base_config(
+        emulator,
+        spool_dir,
+        vendor={"sts_endpoints": {"us-east-1": proxy_url, "us-west-2": proxy_url}},
+        aws={"endpoint_url": proxy_url},
+        server={"idle_flush_seconds": 1, **(server or {})},
+        spool={**spool_backend},
+        customers=[
+            {
+                "id": customer,
+                "token_env": "CHAOS_TOKEN",
+                "endpoints": [
+                    {
+                        "type": "s3",
+                        "name": "s3",
+                        "bucket_name": role.bucket,
+                        "iam_role": role.role_arn,
+                        **endpoint,
+                    }
+                ],
+            }
+        ],
+    )
 
 
 @dataclass

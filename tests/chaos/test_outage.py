@@ -19,13 +19,14 @@ from chaos.harness import (
     compare,
     gated_proxy,
     outputs_of,
+    proxied_s3_config,
     write_tally,
 )
 from e2e_helpers import bucket_content, wait_pending_zero
 from logferry.local.emulator import Emulator
 from logferry.local.latency_proxy import LinkProfile, ProxyConfig
 from s3_helpers import make_s3_role, pending_uploads
-from service_helpers import ADMIN_TOKEN, ServeProcess, base_config
+from service_helpers import ADMIN_TOKEN, ServeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -54,28 +55,14 @@ def test_s3_outage_with_slow_calls_loses_and_duplicates_nothing(
     slow = ProxyConfig(services={"default": LinkProfile(delay_ms=100)}, seed=seed)
     outage = rng.uniform(15, 25)
     with gated_proxy(emulator, slow) as (proxy, gate):
-        config = base_config(
+        config = proxied_s3_config(
             emulator,
             tmp_path / "spool",
-            vendor={"sts_endpoints": {"us-east-1": proxy.url, "us-west-2": proxy.url}},
-            aws={"endpoint_url": proxy.url},
-            server={"idle_flush_seconds": 1},
-            spool={**spool_backend},
-            customers=[
-                {
-                    "id": customer,
-                    "token_env": "CHAOS_TOKEN",
-                    "endpoints": [
-                        {
-                            "type": "s3",
-                            "name": "s3",
-                            "bucket_name": role.bucket,
-                            "iam_role": role.role_arn,
-                            "period": 2,
-                        }
-                    ],
-                }
-            ],
+            proxy.url,
+            spool_backend,
+            customer,
+            role,
+            period=2,
         )
         serve = ServeProcess(emulator, config, tmp_path, env={"CHAOS_TOKEN": TOKEN}).start()
         path = f"/v1/ingest/{customer}/s3"

@@ -25,13 +25,14 @@ from chaos.harness import (
     compare,
     gated_proxy,
     outputs_of,
+    proxied_s3_config,
     wait_until,
     write_tally,
 )
 from e2e_helpers import bucket_content, wait_pending_zero
 from logferry.local.emulator import Emulator
 from s3_helpers import make_s3_role, pending_uploads
-from service_helpers import ADMIN_TOKEN, ServeProcess, base_config
+from service_helpers import ADMIN_TOKEN, ServeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -86,28 +87,14 @@ def test_kill9_during_sts_refresh_and_group_commit_loses_nothing(
     tally = Tally("kill9-sts-refresh-group-commit", seed)
     short = ShortCredentials(30)
     with gated_proxy(emulator, more=[short]) as (proxy, gate):
-        config = base_config(
+        config = proxied_s3_config(
             emulator,
             tmp_path / "spool",
-            vendor={"sts_endpoints": {"us-east-1": proxy.url, "us-west-2": proxy.url}},
-            aws={"endpoint_url": proxy.url},
-            server={"idle_flush_seconds": 1},
-            spool={**spool_backend},
-            customers=[
-                {
-                    "id": customer,
-                    "token_env": "CHAOS_TOKEN",
-                    "endpoints": [
-                        {
-                            "type": "s3",
-                            "name": "s3",
-                            "bucket_name": role.bucket,
-                            "iam_role": role.role_arn,
-                            "period": 1,
-                        }
-                    ],
-                }
-            ],
+            proxy.url,
+            spool_backend,
+            customer,
+            role,
+            period=1,
         )
         serve = ServeProcess(emulator, config, tmp_path, env={"CHAOS_TOKEN": TOKEN})
         plan = list(MOMENTS)

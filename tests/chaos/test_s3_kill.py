@@ -20,12 +20,13 @@ from chaos.harness import (
     compare,
     gated_proxy,
     outputs_of,
+    proxied_s3_config,
     write_tally,
 )
 from e2e_helpers import bucket_content, wait_pending_zero
 from logferry.local.emulator import Emulator
 from s3_helpers import make_s3_role, pending_uploads
-from service_helpers import ADMIN_TOKEN, ServeProcess, base_config
+from service_helpers import ADMIN_TOKEN, ServeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -103,29 +104,15 @@ def test_kill9_at_seeded_moments_loses_and_duplicates_nothing(
     ledger = Ledger()
     tally = Tally("s3-kill9", seed)
     with gated_proxy(emulator) as (proxy, gate):
-        config = base_config(
+        config = proxied_s3_config(
             emulator,
             tmp_path / "spool",
-            vendor={"sts_endpoints": {"us-east-1": proxy.url, "us-west-2": proxy.url}},
-            aws={"endpoint_url": proxy.url},
-            server={"idle_flush_seconds": 1},
-            spool={**spool_backend},
-            customers=[
-                {
-                    "id": customer,
-                    "token_env": "CHAOS_TOKEN",
-                    "endpoints": [
-                        {
-                            "type": "s3",
-                            "name": "s3",
-                            "bucket_name": role.bucket,
-                            "iam_role": role.role_arn,
-                            "period": 3600,
-                            "file_max_bytes": "12MiB",
-                        }
-                    ],
-                }
-            ],
+            proxy.url,
+            spool_backend,
+            customer,
+            role,
+            period=3600,
+            file_max_bytes="12MiB",
         )
         serve = ServeProcess(emulator, config, tmp_path, env={"CHAOS_TOKEN": TOKEN})
         plan = [MOMENTS[i % len(MOMENTS)] for i in range(KILLS + SPARE)]

@@ -21,12 +21,13 @@ from chaos.harness import (
     compare,
     gated_proxy,
     outputs_of,
+    proxied_s3_config,
     write_tally,
 )
 from e2e_helpers import bucket_content, wait_pending_zero
 from logferry.local.emulator import Emulator
 from s3_helpers import make_s3_role, pending_uploads
-from service_helpers import ADMIN_TOKEN, ServeProcess, base_config
+from service_helpers import ADMIN_TOKEN, ServeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -52,29 +53,16 @@ def test_sigterm_during_a_multipart_upload(
     runs_out = held_for > flush_seconds
     tally = Tally(f"s3-sigterm-{'flush-runs-out' if runs_out else 'flushes'}", seed)
     with gated_proxy(emulator) as (proxy, gate):
-        config = base_config(
+        config = proxied_s3_config(
             emulator,
             tmp_path / "spool",
-            vendor={"sts_endpoints": {"us-east-1": proxy.url, "us-west-2": proxy.url}},
-            aws={"endpoint_url": proxy.url},
-            server={"shutdown_flush_seconds": flush_seconds, "idle_flush_seconds": 1},
-            spool={**spool_backend},
-            customers=[
-                {
-                    "id": customer,
-                    "token_env": "CHAOS_TOKEN",
-                    "endpoints": [
-                        {
-                            "type": "s3",
-                            "name": "s3",
-                            "bucket_name": role.bucket,
-                            "iam_role": role.role_arn,
-                            "period": 3600,
-                            "file_max_bytes": "64MiB",
-                        }
-                    ],
-                }
-            ],
+            proxy.url,
+            spool_backend,
+            customer,
+            role,
+            period=3600,
+            file_max_bytes="64MiB",
+            server={"shutdown_flush_seconds": flush_seconds},
         )
         serve = ServeProcess(emulator, config, tmp_path, env={"CHAOS_TOKEN": TOKEN}).start()
         path = f"/v1/ingest/{customer}/s3"
