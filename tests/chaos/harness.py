@@ -295,6 +295,12 @@ def gated_proxy(
 # ---------------------------------------------------------------------------- senders
 
 
+def chaos_s3_customers(customer: str, role: Any, **endpoint: Any) -> list[dict[str, Any]]:
+    """`[[customers]]` with one customer (token from $CHAOS_TOKEN) and one S3 endpoint "s3"."""
+    s3 = {"type": "s3", "name": "s3", "bucket_name": role.bucket, "iam_role": role.role_arn}
+    return [{"id": customer, "token_env": "CHAOS_TOKEN", "endpoints": [{**s3, **endpoint}]}]
+
+
 def proxied_s3_config(
     emulator: Emulator,
     spool_dir: Path,
@@ -315,21 +321,7 @@ def proxied_s3_config(
         aws={"endpoint_url": proxy_url},
         server={"idle_flush_seconds": 1, **(server or {})},
         spool={**spool_backend},
-        customers=[
-            {
-                "id": customer,
-                "token_env": "CHAOS_TOKEN",
-                "endpoints": [
-                    {
-                        "type": "s3",
-                        "name": "s3",
-                        "bucket_name": role.bucket,
-                        "iam_role": role.role_arn,
-                        **endpoint,
-                    }
-                ],
-            }
-        ],
+        customers=chaos_s3_customers(customer, role, **endpoint),
     )
 
 

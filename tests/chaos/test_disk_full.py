@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from chaos.harness import Ledger, Tally, compare, gated_proxy, wait_until, write_tally
+from chaos.harness import (
+    Ledger,
+    Tally,
+    chaos_s3_customers,
+    compare,
+    gated_proxy,
+    wait_until,
+    write_tally,
+)
 from e2e_helpers import bucket_content, wait_pending_zero
 from logferry.local.emulator import Emulator
 from s3_helpers import make_s3_role, pending_uploads
@@ -57,21 +65,7 @@ def test_full_spool_disk_pushes_back_and_recovers(
             server={"idle_flush_seconds": 1},
             # The limit is far above the disk: the disk itself runs out (ENOSPC), not the quota.
             spool={"max_bytes": "1GiB", "segment_bytes": "4MiB", **spool_backend},
-            customers=[
-                {
-                    "id": customer,
-                    "token_env": "CHAOS_TOKEN",
-                    "endpoints": [
-                        {
-                            "type": "s3",
-                            "name": "s3",
-                            "bucket_name": role.bucket,
-                            "iam_role": role.role_arn,
-                            "period": 3600,
-                        }
-                    ],
-                }
-            ],
+            customers=chaos_s3_customers(customer, role, period=3600),
         )
         serve = ServeProcess(emulator, config, tmp_path, env={"CHAOS_TOKEN": TOKEN}).start()
         gate.pause(S3_CALLS)  # S3 down: nothing leaves the spool

@@ -24,7 +24,15 @@ from typing import Any
 
 import pytest
 
-from chaos.harness import Ledger, Tally, compare, gated_proxy, wait_until, write_tally
+from chaos.harness import (
+    Ledger,
+    Tally,
+    chaos_s3_customers,
+    compare,
+    gated_proxy,
+    wait_until,
+    write_tally,
+)
 from e2e_helpers import bucket_content, wait_pending_zero
 from logferry.local.emulator import Emulator
 from s3_helpers import make_s3_role, pending_uploads
@@ -125,21 +133,7 @@ def test_read_only_spool_answers_503_and_recovers(
             aws={"endpoint_url": proxy.url},
             server={"idle_flush_seconds": 1},
             spool={**spool_backend},
-            customers=[
-                {
-                    "id": customer,
-                    "token_env": "CHAOS_TOKEN",
-                    "endpoints": [
-                        {
-                            "type": "s3",
-                            "name": "s3",
-                            "bucket_name": role.bucket,
-                            "iam_role": role.role_arn,
-                            "period": 1,
-                        }
-                    ],
-                }
-            ],
+            customers=chaos_s3_customers(customer, role, period=1),
         )
         serve = ServeProcess(emulator, config, tmp_path, env={"CHAOS_TOKEN": TOKEN}).start()
         with serve.as_token(TOKEN) as client:

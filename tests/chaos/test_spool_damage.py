@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from chaos.harness import Ledger, Tally, compare, gated_proxy, write_tally
+from chaos.harness import Ledger, Tally, chaos_s3_customers, compare, gated_proxy, write_tally
 from e2e_helpers import bucket_content, endpoint_uid, segment_files, wait_pending_zero
 from logferry.local.emulator import Emulator
 from logferry.spool.format import _REC_HDR, REC_HEADER_BYTES, SEG_HEADER_BYTES
@@ -72,21 +72,7 @@ def test_damaged_byte_after_kill_is_quarantined_and_nothing_else_lost(
             aws={"endpoint_url": proxy.url},
             server={"idle_flush_seconds": 1},
             spool={"segment_bytes": "1MiB", **spool_backend},
-            customers=[
-                {
-                    "id": customer,
-                    "token_env": "CHAOS_TOKEN",
-                    "endpoints": [
-                        {
-                            "type": "s3",
-                            "name": "s3",
-                            "bucket_name": role.bucket,
-                            "iam_role": role.role_arn,
-                            "period": 3600,
-                        }
-                    ],
-                }
-            ],
+            customers=chaos_s3_customers(customer, role, period=3600),
         )
         serve = ServeProcess(emulator, config, tmp_path, env={"CHAOS_TOKEN": TOKEN})
         gate.pause(S3_CALLS)  # S3 is down: everything stays in the spool
