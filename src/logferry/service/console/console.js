@@ -8,6 +8,10 @@ const main = document.getElementById("main");
 const live = document.getElementById("live");
 let refreshTimer = null;
 let quietRender = false; // auto-refresh redraws without moving keyboard focus
+// Each route() aborts the previous one's reads: a slow page (or an auto-refresh in flight) that
+// answers after the user moved on must not draw over the newer page.
+let routeReads = new AbortController();
+class Superseded extends Error {}
 
 // ---------------------------------------------------------------- small DOM helpers
 
@@ -69,8 +73,19 @@ class ApiError extends Error {
 async function api(method, path, body) {
   const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await response.text();
+  const reads = routeReads.signal;
+  // Only reads are cancelled: a write the user started runs to its end, its answer just is not drawn.
+  const signal = method === "GET" ? reads : undefined;
+  let text;
+  let response;
+  try {
+    response = await fetch(path, { method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body) });
+    text = await response.text();
+  } catch (error) {
+    if (reads.aborted) throw new Superseded();
+    throw error;
+  }
+  if (reads.aborted) throw new Superseded();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = { error: text }; }
   if (!response.ok) throw new ApiError(response.status, data);
@@ -123,8 +138,7 @@ function signInPage(message) {
       try {
         const who = await api("GET", "/v1/whoami");
         sessionStorage.setItem("logferry.who", JSON.stringify(who));
-        location.hash = who.admin ? "#/admin" : `#/c/${enc(who.customer_id)}`;
-        route();
+        go(who.admin ? "#/admin" : `#/c/${enc(who.customer_id)}`);
       } catch (error) {
         sessionStorage.removeItem(TOKEN_KEY);
         form.after(errorBox(error.message, "Use a customer token from `logferry admin tokens create CUSTOMER`, or the admin token."));
@@ -136,6 +150,12 @@ function signInPage(message) {
   input,
   h("div", { class: "actions" }, h("button", { type: "submit", id: "signin" }, "Sign in")));
   show("Sign in", message ? errorBox(message) : null, form);
+}
+
+// Setting a new hash fires hashchange, which routes; route directly only when the hash stays.
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
 }
 
 function who() {
@@ -440,6 +460,8 @@ async function adminPage() {
 
 async function route(quiet = false) {
   clearTimeout(refreshTimer);
+  routeReads.abort();
+  routeReads = new AbortController();
   quietRender = quiet;
   header();
   if (!sessionStorage.getItem(TOKEN_KEY)) return signInPage();
@@ -454,6 +476,7 @@ async function route(quiet = false) {
     else if (me) await customerPage(me.customer_id);
     else signInPage();
   } catch (error) {
+    if (error instanceof Superseded) return; // a newer route() owns the page now
     if (error.status === 401) {
       sessionStorage.clear();
       return signInPage(error.message);
@@ -467,8 +490,7 @@ async function route(quiet = false) {
 
 document.getElementById("signout").addEventListener("click", () => {
   sessionStorage.clear();
-  location.hash = "#/";
-  route();
+  go("#/");
 });
 window.addEventListener("hashchange", () => route());
 route();
