@@ -66,6 +66,8 @@ def test_a_config_token_cannot_be_revoked_through_the_api_before_or_after_a_rest
             env={"LOGFERRY_ADMIN_TOKEN": ADMIN_TOKEN, "COLUMNS": "200"},
         )
         assert cli.exit_code == 1 and "remove or rotate it there" in cli.stderr, cli.output
+        # Printed as the server said it: rich markup must not eat the TOML table name.
+        assert f"([[customers]] id={customer})" in " ".join(cli.stderr.split()), cli.stderr
         # `tokens list` says which is which.
         sources = {t["id"]: t.get("source") for t in tokens}
         assert sources == {static_id: "config", issued["id"]: "api"}

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from logferry.errors import InputError, LogferryError
 
@@ -39,7 +40,7 @@ def fail(
     if as_json:
         print_json({"error": message, **extra})
     else:
-        err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(exit_code)
 
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from logferry.aws.clients import AwsClients, AwsTarget
 from logferry.aws.destination import default_policy_name, default_role_name, resolve_destination
@@ -384,7 +385,7 @@ def print_create_result(result: ProvisionResult) -> None:
     else:
         out.print("Everything is already up to date; nothing to change.", highlight=False)
     for warning in result.warnings:
-        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     verb = "would be" if result.dry_run else "is"
     out.print(f"\nRole ARN ({verb}): [bold]{result.role_arn}[/]", highlight=False)
     out.print("Give it to the vendor as the endpoint's iam_role.", highlight=False)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from logferry.commands.api_client import (
@@ -178,7 +179,7 @@ def send_command(
             )
         if error is not None:
             if not as_json:
-                err.print(f"[bold red]error:[/] {error}", highlight=False)
+                err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
                 err.print(
                     f"{stats.lines_undelivered:,} line(s) read were not delivered.",
                     highlight=False,
