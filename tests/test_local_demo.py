@@ -98,3 +98,47 @@ def test_serve_local_prints_working_commands_and_local_ls_shows_what_landed(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+def test_serve_local_reloads_its_config_on_sighup(tmp_path: Path) -> None:
+    """`serve --local --config F`: a customer added to F works after SIGHUP, without a restart."""
+    port = free_port()
+    config = tmp_path / "logferry.toml"
+    config.write_text("")
+    env = {**os.environ, "LATE_TOKEN": "late-customer-token-0123456789"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "logferry.cli",
+            "serve",
+            "--local",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "Ctrl-C stops" in line:
+                break
+        url = f"http://127.0.0.1:{port}/v1/whoami"
+        headers = {"Authorization": f"Bearer {env['LATE_TOKEN']}"}
+        assert httpx.get(url, headers=headers, timeout=30).status_code == 401
+        config.write_text('[[customers]]\nid = "late"\ntoken_env = "LATE_TOKEN"\n')
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while (answer := httpx.get(url, headers=headers, timeout=30)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
+        assert answer.json()["customer_id"] == "late"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

@@ -120,7 +120,14 @@ def run_local(config_path: Path | None, overrides: dict[str, Any]) -> None:
             _write_state(emulator, roles)
             _print_banner(cfg.server.listen, token, admin_token)
 
-        run_service(cfg, on_ready=on_ready, credentials=emulator.vendor.credentials())
+        run_service(
+            cfg,
+            on_ready=on_ready,
+            credentials=emulator.vendor.credentials(),
+            # SIGHUP re-reads --config with the same demo settings, as plain `serve` does.
+            config_path=config_path,
+            overrides={**settings, **overrides},
+        )
     finally:
         emulator.stop()
         shutil.rmtree(workdir, ignore_errors=True)
