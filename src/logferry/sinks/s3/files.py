@@ -124,6 +124,8 @@ class OpenFile:
     sealed_end: int = 0
     sealed_framed: int = 0
     upload_id: str | None = None
+    created: float | None = None
+    """When the upload was created (journaled with it; see `ActiveFile.created`)."""
     parts: list[Part] = field(default_factory=list)
     spill: Any = None
     spill_path: Path | None = None
