@@ -148,13 +148,13 @@ def make_sink(
     **kwargs: Any,
 ) -> S3Sink:
     kwargs.setdefault("backoff", Backoff(base=0.01, cap=0.01, max_attempts=1))
+    kwargs.setdefault("hostname", "cache-fence")
     return S3Sink(
         ep,
         clients,
         state_dir,
         uid_prefix="fx-",
         clock=clock,
-        hostname="cache-fence",
         sleep=lambda _: None,
         journal=journal,
         **kwargs,
@@ -417,6 +417,80 @@ def test_a_409_conflict_is_retried_not_an_endpoint_error(
     sink.flush()
     assert sink.stats.state == "ok" and sink.durable_offset == chunk.end
     assert objects(emulator, role, ep) == {next(iter(objects(emulator, role, ep))): chunk.data}
+
+
+def test_a_file_max_cut_replayed_on_another_host_ends_at_the_same_line(
+    emulator: Emulator, role: S3Role, tmp_path: Path
+) -> None:
+    """`file_max_bytes` counts framed bytes, and classic framing holds the delivering host's
+    name: another node would cut the file elsewhere, and its fenced write (412 for the key of
+    the first cut) would then drop or double lines. With a shared journal the cut is journaled
+    before the write, so the new owner rebuilds exactly the first owner's file."""
+    ep = endpoint(role, message_type="classic", file_max_bytes=MIB)
+    lines = hex_lines(20_000)  # ≈ 2.5 MiB raw, ≈ 3.4 MiB framed: three or four files
+    chunk = one_chunk(lines)
+    kv = MemoryKv()
+    a = make_sink(
+        clients_for(emulator, role), ep, tmp_path / "a", journal=kv.take("a"), hostname="a"
+    )
+    a.recover()
+
+    class Killed(BaseException):
+        pass
+
+    def die(**_: Any) -> None:
+        raise Killed
+
+    a._client().meta.events.register("after-call.s3.PutObject", die)
+    with pytest.raises(Killed):
+        a.feed(chunk)  # the first file is written, then the process dies
+    assert len(objects(emulator, role, ep)) == 1
+    b = make_sink(
+        clients_for(emulator, role),
+        ep,
+        tmp_path / "b",
+        journal=kv.take("b"),
+        hostname="cache-node-with-a-much-longer-name",
+    )
+    assert b.open(0) == 0
+    b.feed(chunk)
+    b.flush()
+    assert b.stats.already_complete == 1 and b.durable_offset == chunk.end
+    got: list[bytes] = []
+    for body in objects(emulator, role, ep).values():
+        got += [line.split(b"]: ", 1)[1] for line in body.split(b"\n")[:-1]]
+    assert sorted(got) == sorted(lines)  # every line exactly once
+
+
+def test_a_domain_without_conditional_writes_is_written_unfenced(
+    emulator: Emulator, role: S3Role, tmp_path: Path
+) -> None:
+    """An S3-compatible store answering 501 NotImplemented to If-None-Match (a before-send hook
+    stands in for it) still gets its files: the sink writes without the header from then on."""
+    ep = endpoint(role)
+    chunk = one_chunk(hex_lines(500))
+    sink = make_sink(clients_for(emulator, role), ep, tmp_path)
+    sink.recover()
+    body = b"<Error><Code>NotImplemented</Code><Message>If-None-Match</Message></Error>"
+    seen: list[bytes | str | None] = []
+
+    class Raw:
+        def stream(self, **_: Any) -> Iterator[bytes]:
+            yield body
+
+    def refuse_condition(request: Any, **_: Any) -> AWSResponse | None:
+        seen.append(request.headers.get("If-None-Match"))
+        if request.headers.get("If-None-Match") is None:
+            return None
+        return AWSResponse(request.url, 501, {"Content-Type": "application/xml"}, Raw())
+
+    sink._client().meta.events.register("before-send.s3.PutObject", refuse_condition)
+    sink.feed(chunk)
+    sink.flush()
+    assert seen == [b"*", None]
+    assert sink.stats.unfenced and sink.status()["unfenced"] is True
+    assert sink.stats.state == "ok" and sink.durable_offset == chunk.end
+    assert list(objects(emulator, role, ep).values()) == [chunk.data]
 
 
 # --- a completion whose answer is lost ----------------------------------------------------------

@@ -15,16 +15,21 @@ permission beyond `s3:PutObject` (the guide's policy: PutObject + AbortMultipart
 read); two conditional writes racing on one key end with one 200 and the other 412, or `409
 ConditionalRequestConflict`, which AWS says to retry (the retry then meets the 412). The
 emulator (moto 5.2.5) checks both headers, but not atomically with the write:
-`logferry.local.patches` closes that gap for the race tests.
+`logferry.local.patches` closes that gap for the race tests. An S3-compatible `domain` that
+answers `501 NotImplemented` to the header gets unconditional writes from then on (a warning in
+the log, `unfenced` in status): replays then rewrite a key with the same lines, as before.
 
 The functions below are methods of `S3Sink` (bound in its class body, as in the sibling modules).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from logferry.errors import AwsError, TransientError
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from logferry.sinks.s3.sink import S3Sink
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 ALREADY_COMPLETE: Final = "LogferryAlreadyComplete"
 """Set in the result of a fenced write that S3 refused because the key exists (412)."""
 PRECONDITION_FAILED: Final = "PreconditionFailed"
+NOT_IMPLEMENTED: Final = "NotImplemented"
 CONFLICT: Final = "ConditionalRequestConflict"
 _CONFLICT_FIX: Final = (
     "None needed: another writer was completing the same key at that moment (a stale owner "
@@ -45,10 +51,25 @@ def already_complete(result: dict[str, Any]) -> bool:
 
 def _fenced(self: S3Sink, operation: str, **kwargs: Any) -> dict[str, Any]:
     """`operation` with `If-None-Match: *`; a 412 returns `{ALREADY_COMPLETE: True}`."""
+    if self.stats.unfenced:
+        return self._call(operation, **kwargs)
     before = (self.stats.state, self.stats.last_error)
     try:
         return self._call(operation, IfNoneMatch="*", **kwargs)
     except AwsError as exc:
+        if exc.code == NOT_IMPLEMENTED or exc.info.http_status == 501:
+            # An S3-compatible `domain` without conditional writes: write as before fencing
+            # existed (a replay rewrites the key with the same lines) rather than never.
+            _log.warning(
+                "S3 %s to bucket %s: the destination answered %s to If-None-Match; writing "
+                "without it from now on (a replay then rewrites a key with the same lines)",
+                operation,
+                self.endpoint.bucket_name,
+                exc.code,
+            )
+            self.stats.unfenced = True
+            self.stats.state, self.stats.last_error = before
+            return self._call(operation, **kwargs)
         if exc.code == PRECONDITION_FAILED or exc.info.http_status == 412:
             # `_call` recorded it as an endpoint error; it is the proof of delivery instead.
             last = self.stats.last_error

@@ -63,6 +63,7 @@ from logferry.sinks.s3_budget import InflightBudget, shared_budget
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.sinks.s3_journal import (
     ActiveFile,
+    Journal,
     JournalDocuments,
     JournalState,
     JournalStore,
@@ -138,6 +139,13 @@ class S3Sink:
         self._journal: JournalStore = journal_store(journal, self.state_dir)
         """Where the crash journal lives: the local file under `state_dir` unless given (the
         NATS backend keeps it in the endpoint's KV record; `state_dir` is then scratch)."""
+        self._portable_sizes = (
+            isinstance(self._journal, Journal) or endpoint.message_type == "blank"
+        )
+        """A file_max_bytes cut is the same on replay: framed sizes hold the delivering host's
+        name (classic/loggly/logplex), the same for the local journal's replay but not for a
+        shared journal's, which another node may replay. Otherwise that end is journaled
+        before the write that ends the file, like a flush's (see `upload._step_file`)."""
         self._incarnation = hashlib.sha256(
             (uid_prefix + "\n" + endpoint.model_dump_json()).encode()
         ).hexdigest()[:32]
@@ -255,6 +263,7 @@ class S3Sink:
             "bytes_uploaded": self.stats.bytes_out,
             "aborted_uploads": self.stats.aborted_uploads,
             "already_complete": self.stats.already_complete,
+            "unfenced": self.stats.unfenced,
             "lost_ranges": list(self.lost),
         }
 

@@ -34,6 +34,9 @@ class S3SinkStats:
     already_complete: int = 0
     """Completions S3 refused with 412 (`If-None-Match: *`): the key was already written, by
     an earlier life of this sink whose answer was lost or by a stale owner. Delivered."""
+    unfenced: bool = False
+    """The destination (an S3-compatible `domain`) answered 501 to `If-None-Match`: writes go
+    without it (see `fencing`)."""
     last_key: str | None = None
     last_success: float | None = None
     last_error: LastError | None = None
