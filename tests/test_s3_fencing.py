@@ -16,6 +16,7 @@ import json
 import random
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -826,3 +827,63 @@ def _pieces(chunk: Chunk) -> list[Chunk]:
         out.append(Chunk(start, end, T0, chunk.data[start:end], 0))
         start = end
     return out
+
+
+# --- through a real `logferry serve` ----------------------------------------------------------
+
+
+class ReplyLog:
+    """Proxy middleware (behind the chaos gate): which S3 writes the emulator answered how."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    async def __call__(self, request: ProxyRequest, forward: Forward) -> ProxyResponse:
+        answer = await forward()
+        if request.service == "s3":
+            self.seen.append((s3_operation(request), answer.status))
+        return answer
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_serve_killed_while_a_put_reply_was_lost_meets_the_412_on_restart(
+    emulator: Emulator, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """kill -9 of `logferry serve` while the emulator has written a file but its answer is held
+    by the fault proxy: the restarted serve replays the file, S3 answers 412, and the bucket
+    holds every acknowledged line once, in one object, with no endpoint error."""
+    from chaos.harness import gated_proxy, proxied_s3_config
+    from e2e_helpers import bucket_content, wait_pending_zero
+    from service_helpers import ServeProcess
+
+    customer = unique("fence")
+    token = "fence-customer-token-0123456789abcdef"
+    role = make_s3_role(emulator, unique, external_id=customer)
+    replies = ReplyLog()
+    lines = [b"fence %05d %s" % (i, uuid.uuid4().hex.encode()) for i in range(2000)]
+    with gated_proxy(emulator, more=[replies]) as (proxy, gate):
+        config = proxied_s3_config(
+            emulator, tmp_path / "spool", proxy.url, {}, customer, role, period=3600
+        )
+        serve = ServeProcess(emulator, config, tmp_path, env={"CHAOS_TOKEN": token})
+        serve.start()
+        armed = gate.arm(["PutObject"], "after")
+        answer = serve.as_token(token).post(
+            f"/v1/ingest/{customer}/s3", content=b"\n".join(lines) + b"\n"
+        )
+        assert answer.status_code == 202
+        assert armed.held.wait(60), "the idle flush never sent its PutObject"
+        serve.kill9()
+        gate.disarm()
+        assert len(read_objects(emulator, role.bucket)) == 1  # written; serve never knew
+        serve.start()
+        wait_pending_zero(serve, customer, "s3", timeout=120)
+        status = serve.admin().get(f"/v1/customers/{customer}/endpoints/s3/status").json()
+        assert serve.terminate() == 0
+    assert ("PutObject", 412) in replies.seen
+    assert [r for r in replies.seen if r[0] == "PutObject" and r[1] == 200] == [("PutObject", 200)]
+    assert len(read_objects(emulator, role.bucket)) == 1
+    assert bucket_content(emulator, role.bucket).lines == Counter(lines)
+    assert status["errors"] == [] and status["last_error"] is None, status
+    assert status["sink"]["already_complete"] == 1 and status["sink"]["state"] == "ok", status
