@@ -364,6 +364,9 @@ def test_replaying_the_same_range_writes_the_same_keys(
     after = h.objects(ep)
     assert set(after) == set(before)
     assert {k: o.body for k, o in after.items()} == {k: o.body for k, o in before.items()}
+    # Each key was found written (If-None-Match: * → 412): nothing rewritten, no error.
+    assert replay.stats.already_complete == len(before) and replay.stats.objects == 0
+    assert replay.stats.state == "ok"
 
 
 def test_restart_skips_what_is_durable_and_keeps_flush_boundaries(

@@ -40,6 +40,7 @@ def apply_all() -> None:
     _patch_kinesis_routing()
     _patch_kinesis_shard_performance()
     _patch_s3_unknown_upload()
+    _patch_s3_conditional_write_atomicity()
     _patch_backend_lookup()
     _patch_iam_thread_safety()
     _applied = True
@@ -454,6 +455,35 @@ def _patch_s3_unknown_upload() -> None:
 
     _replace(S3Backend, "upload_part", guarded(S3Backend.upload_part))
     _replace(S3Backend, "complete_multipart_upload", guarded(S3Backend.complete_multipart_upload))
+
+
+# Conditional writes (`If-None-Match: *` on PutObject and CompleteMultipartUpload): S3 checks
+# that the key is absent atomically with the write, so of two racing writes one gets 200 and the
+# other 412 (or 409 ConditionalRequestConflict). moto 5.2.5 checks the header (S3Response
+# `put_object`, `_key_response_post`) but looks the key up and writes it in two steps on its
+# threaded server, so both racing writes may succeed. One lock around those two request
+# handlers while the header is present (logferry's write fencing; tests/test_s3_fencing.py).
+# --------------------------------------------------------------------------------------------
+
+CONDITIONAL_WRITE_LOCK = threading.Lock()
+
+
+def _patch_s3_conditional_write_atomicity() -> None:
+    from moto.s3.responses import S3Response
+
+    def serialised(method: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: S3Response, *a: Any, **k: Any) -> Any:
+            if self.headers.get("If-None-Match") is None:
+                return method(self, *a, **k)
+            with CONDITIONAL_WRITE_LOCK:
+                return method(self, *a, **k)
+
+        wrapper.__name__ = method.__name__
+        vars(wrapper)["__wrapped__"] = method
+        return wrapper
+
+    _replace(S3Response, "put_object", serialised(S3Response.put_object))
+    _replace(S3Response, "_key_response_post", serialised(S3Response._key_response_post))
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from logferry.aws.role_check import Report
     from logferry.aws.sts_broker import CredentialBroker
     from logferry.sinks.endpoint_base import EndpointBase
+    from logferry.sinks.s3_journal import JournalDocuments, JournalStore
 
 ModelClass: TypeAlias = "type[EndpointBase]"
 """An endpoint model class (a name of its own: `SinkFactory.type` shadows `type` in the class)."""
@@ -121,6 +122,10 @@ class SinkContext:
     """The service's shared pool for AWS calls that only wait on the network. A sink may keep
     several calls in flight here (bounded per sink) and must never block a delivery thread
     waiting for them in `pump`; None = make every call inline (tools and tests)."""
+    journal: JournalStore | JournalDocuments | None = None
+    """Where a sink with durable state keeps it: None = files under `state_dir` (the local
+    backend); else a store shared by the nodes that may own the endpoint (the NATS backend's
+    `EndpointJournal`: one JSON document, saved compare-and-set), `state_dir` being scratch."""
 
 
 @dataclass(frozen=True)

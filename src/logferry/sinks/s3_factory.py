@@ -1,14 +1,14 @@
 """S3 as a destination for the service: everything about it the worker must not know.
 
 Files are built over a period (lazy reads), the multipart upload in progress is journaled under
-`state/s3/<uid>` (the path running installs already have, so it must not move), a custom `domain`
+`state/s3/<uid>` (the path running installs already have, so it must not move) or in the store
+`SinkContext.journal` gives (the NATS backend's KV record), a custom `domain`
 redirects the S3 calls, and an upload that vanished after the spool released its lines is a
 lost range with a fix.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from logferry.sinks.base import BaseSinkFactory, LostRange, Sink, SinkContext
 from logferry.sinks.s3_budget import configure_shared_budget
 from logferry.sinks.s3_config import S3Endpoint
-from logferry.sinks.s3_journal import Journal
+from logferry.sinks.s3_journal import Journal, has_unfinished
 
 if TYPE_CHECKING:
     from logferry.aws.clients import AwsClients, AwsTarget
@@ -45,13 +45,9 @@ class S3Factory(BaseSinkFactory):
         return root / "s3" / uid_prefix  # where every release so far kept the journal
 
     def has_unfinished_state(self, state_dir: Path) -> bool:
-        journal = Journal(state_dir)
-        if not journal.exists():
-            return False
-        with contextlib.suppress(OSError, ValueError):
-            state = journal.load()
-            return state is not None and state.active is not None
-        return False
+        """The local journal under `state_dir` names a file not completed yet (a shared
+        journal is asked with `s3_journal.has_unfinished(store)`)."""
+        return has_unfinished(Journal(state_dir))
 
     def period(self, model: Any) -> float:
         return float(model.period)
@@ -74,6 +70,7 @@ class S3Factory(BaseSinkFactory):
             stop=ctx.stop,
             io_executor=ctx.io_executor,
             wake=ctx.wake,
+            journal=ctx.journal,
         )
 
     def verify(

@@ -3,7 +3,8 @@
 One role per module (see docs/architecture.md, "Sinks"): `sink` (the `S3Sink` the worker
 drives), `files` (file planning: framing, members, parts), `upload` (the multipart state
 machine and its journal writes), `recovery` (journal and upload notes after a crash),
-`pgp_upload` (the one-message PGP path), `client` (AWS calls, retries, credential refresh),
+`pgp_upload` (the one-message PGP path), `fencing` (`If-None-Match: *` on the writes that end a
+file), `client` (AWS calls, retries, credential refresh),
 `stats`. This module re-exports the names importers use.
 """
 

@@ -124,6 +124,8 @@ class OpenFile:
     sealed_end: int = 0
     sealed_framed: int = 0
     upload_id: str | None = None
+    created: float | None = None
+    """When the upload was created (journaled with it; see `ActiveFile.created`)."""
     parts: list[Part] = field(default_factory=list)
     spill: Any = None
     spill_path: Path | None = None
@@ -209,7 +211,7 @@ def _feed(self: S3Sink, chunk: Chunk) -> None:
         if f.boundary is None and file_max and f.framed + len(framed) > file_max:
             cut = self._fit(piece, file_max - f.framed, chunk.accepted_at)
             if cut == 0 and f.framed > 0:
-                self._close(f, implied=True)
+                self._close(f, implied=self._portable_sizes)
                 continue
             cut = cut or piece.index(b"\n") + 1  # one oversized line: a file of its own
             piece = piece[:cut]
@@ -219,7 +221,7 @@ def _feed(self: S3Sink, chunk: Chunk) -> None:
         self.stats.bytes_in += len(piece)
         i += len(piece)
         if full or f.must_close or (f.boundary is not None and f.data_end >= f.boundary):
-            self._close(f, implied=True)
+            self._close(f, implied=not full or self._portable_sizes)
 
 
 def _frame(self: S3Sink, piece: bytes, accepted_at: float) -> bytes:

@@ -2,19 +2,23 @@
 
 An OpenPGP message cannot be resumed part by part, so its compressed members wait in a spill
 file; at close it is stream-encrypted and uploaded (PutObject, or a multipart upload made in
-one go). After a crash the file is rebuilt from the spool.
+one go). After a crash the file is rebuilt from the spool. Both writes that end the file are
+fenced like every other (`fencing`): a rebuilt file whose object is already there meets a 412
+and is taken as delivered; its encryption differs from the first (a fresh session key), so it
+must never replace it either.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pysequoia
 
 from logferry.errors import InputError
 from logferry.sinks import pgp
+from logferry.sinks.s3.fencing import already_complete
 from logferry.sinks.s3.files import ENCRYPTED_SUFFIX, OpenFile
 from logferry.sinks.s3.stats import LastError
 from logferry.sinks.s3_journal import Part
@@ -23,7 +27,8 @@ if TYPE_CHECKING:
     from logferry.sinks.s3.sink import S3Sink
 
 
-def _close_pgp(self: S3Sink, f: OpenFile, end: int) -> None:
+def _close_pgp(self: S3Sink, f: OpenFile, end: int) -> dict[str, Any]:
+    """Encrypt and upload `f`; the answer of the write that ended it (see `fencing`)."""
     assert f.spill is not None and f.spill_path is not None and self._pgp_key is not None
     f.spill.close()
     f.spill = None
@@ -45,9 +50,10 @@ def _close_pgp(self: S3Sink, f: OpenFile, end: int) -> None:
         with open(encrypted, "rb") as source:
             if size < self.part_size:
                 body = source.read()
-                self._call("PutObject", Key=f.key, Body=body, **self._put_args)
-                self.stats.bytes_out += len(body)
-                return
+                result = self._put_object(f.key, body)
+                if not already_complete(result):  # 412: delivered already
+                    self.stats.bytes_out += len(body)
+                return result
             f.upload_id, note = self._create_upload(f.key)
             f_active.upload_id = f.upload_id
             self._save()
@@ -66,7 +72,7 @@ def _close_pgp(self: S3Sink, f: OpenFile, end: int) -> None:
                 self._save()
                 self.stats.parts += 1
                 self.stats.bytes_out += len(block)
-            self._complete(f.key, f.upload_id, f.parts)
+            return self._complete(f.key, f.upload_id, f.parts)
     finally:
         f.spill_path.unlink(missing_ok=True)
         encrypted.unlink(missing_ok=True)

@@ -4,6 +4,16 @@ The recovery methods of `S3Sink` (functions taking the sink as `self`, bound in 
 so that mypy checks them against its attributes). `recover()` returns the spool offset to re-
 feed from; upload notes (`created-*.json`) name multipart uploads the journal may not hold yet,
 so none is left billing in the customer's bucket after a crash.
+
+A journaled upload whose completion may already have happened (its end and every part
+journaled: `ActiveFile.completing`) is completed again with `If-None-Match: *` (`fencing`): 200
+or 412 both mean delivered. `NoSuchUpload` is the hard case, since no bucket read is allowed;
+`_completed_elsewhere` says what the journal proves: logferry only ever completes or aborts such
+an upload, and every abort it decides is journaled first (`JournalState.abandoned`), so absence
+means completed — unless a lifecycle rule (never within a day of creation, `ActiveFile.created`)
+or a person aborted it. While the spool still holds the file it is simply rebuilt under the same
+key (the fence settles it); an upload older than a day is taken as delivered and reported as a
+possibly lost range naming the key.
 """
 
 from __future__ import annotations
@@ -16,8 +26,9 @@ from typing import TYPE_CHECKING, Final
 
 from logferry.errors import AwsError, TransientError
 from logferry.sinks.s3.client import REWRITE_CODES
+from logferry.sinks.s3.fencing import ALREADY_COMPLETE, already_complete
 from logferry.sinks.s3.files import ENCRYPTED_SUFFIX, SPILL_SUFFIX, OpenFile
-from logferry.sinks.s3_journal import ActiveFile, JournalState
+from logferry.sinks.s3_journal import Abandoned, ActiveFile, JournalState
 from logferry.spool.files import write_atomic
 
 _log = logging.getLogger(__name__)
@@ -30,6 +41,9 @@ CREATED_PREFIX: Final = "created-"
 `_create_upload`); recovery aborts every one the journal does not name."""
 LEGACY_PROBE_FILE: Final = "healthcheck-probe.json"
 """Where earlier versions noted the write probe's upload (read by recovery, never written)."""
+LIFECYCLE_PROOF_SECONDS: Final = 86_400 - 3_600
+"""An upload younger than this cannot have been aborted by a lifecycle rule (S3's shortest
+DaysAfterInitiation is 1 day), with an hour's margin for clocks of different nodes."""
 
 
 def recover(self: S3Sink) -> int:
@@ -47,6 +61,7 @@ def recover(self: S3Sink) -> int:
     journaled = loaded.active.upload_id if loaded and loaded.active else None
     self._abort_unjournaled_uploads(keep=journaled)
     state = loaded or JournalState(incarnation=self._incarnation)
+    self._abort_abandoned(state)
     changed = state.incarnation != self._incarnation
     active = state.active
     resume_at: int | None = None
@@ -58,23 +73,23 @@ def recover(self: S3Sink) -> int:
         and not active.pgp
     ):
         # Its parts hold lines the spool has already released: finish the object as it
-        # is (old settings) and start the rest under the new ones.
-        self._complete(active.key, active.upload_id, active.parts)
-        state.durable = active.parts[-1].end
-        state.active = active = None
-        self._save(state)
-        self.stats.objects += 1
-        self._success(None)
+        # is (old settings) and start the rest under the new ones. Its end is journaled
+        # first, as for every completion (what `_completed_elsewhere` relies on).
+        if active.end != active.parts[-1].end:
+            active.end = active.parts[-1].end
+            self._save(state)
+        self._complete_journaled(state, active)
+        active = state.active  # None once delivered; else rebuilt below (new settings)
     if active is not None:
         if active.upload_id is not None and (active.pgp or changed):
-            self._abort(active)  # an OpenPGP message / other settings: cannot be continued
-            active.upload_id, active.parts = None, []
-            self._save(state)
+            # An OpenPGP message / other settings: cannot be continued.
+            self._give_up_upload(state, active)
         if active.upload_id is not None:
             resume_at = self._resume(state, active)
         elif changed:
             resume_at = active.start  # rebuilt with the new settings (and new keys)
             state.active = None
+            self._plan = None
         else:
             resume_at = active.start
             self._plan = active  # rebuild [start, end) under the same key
@@ -99,8 +114,11 @@ def discard(self: S3Sink) -> None:
     self._remove_temp_files()
     self._abort_unjournaled_uploads(keep=None)
     state = self._journal.load()
-    if state is not None and state.active is not None and state.active.upload_id:
-        self._abort(state.active)
+    if state is not None:
+        self._abort_abandoned(state, save=False)
+        if state.active is not None and state.active.upload_id:
+            self._abort(state.active)
+    self._journal.discard()
     if self.state_dir.is_dir():
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
@@ -192,15 +210,10 @@ def _abort_upload(self: S3Sink, key: str, upload_id: str) -> None:
 def _resume(self: S3Sink, state: JournalState, active: ActiveFile) -> int:
     """Continue `active`'s multipart upload (or complete it); restart it if it is gone."""
     assert active.upload_id is not None
+    if active.completing:
+        done = self._complete_journaled(state, active)
+        return active.start if done is None else done
     try:
-        if active.end is not None and active.resume_offset >= active.end and active.parts:
-            self._complete(active.key, active.upload_id, active.parts)
-            state.durable = active.end
-            state.active = None
-            self._save(state)
-            self.stats.objects += 1
-            self._success(active.key)
-            return active.end
         # The only way to test an upload with the allowed calls: an empty UploadPart at the
         # next part number (overwritten by the real part; never listed when completing).
         self._call(
@@ -213,23 +226,7 @@ def _resume(self: S3Sink, state: JournalState, active: ActiveFile) -> int:
     except AwsError as exc:
         if exc.code not in REWRITE_CODES:
             raise
-        if exc.code != "NoSuchUpload":
-            self._abort(active)  # it exists but cannot be completed as journaled
-        released = max(state.committed, self._spool_committed)
-        if active.parts and released > active.start:
-            lost_end = min(released, active.parts[-1].end)
-            self.lost.append(
-                (
-                    active.start,
-                    lost_end,
-                    f"multipart upload {active.upload_id} of {active.key} is gone "
-                    f"({exc.code}); its parts held spool positions {active.start}.."
-                    f"{lost_end}, which were already released",
-                )
-            )
-        active.upload_id, active.parts = None, []
-        self._save(state)
-        self._plan = active  # rebuild [start, end) from the spool under the same key
+        self._rebuild(state, active, exc.code)
         return active.start
     f = OpenFile(
         key=active.key,
@@ -241,9 +238,114 @@ def _resume(self: S3Sink, state: JournalState, active: ActiveFile) -> int:
         sealed_end=active.resume_offset,
         sealed_framed=active.framed,
         upload_id=active.upload_id,
+        created=active.created,
         parts=list(active.parts),
         next_number=len(active.parts) + 1,
     )
     self._file = f
     self._files.append(f)
     return active.resume_offset
+
+
+def _complete_journaled(self: S3Sink, state: JournalState, active: ActiveFile) -> int | None:
+    """Complete `active` (every part journaled, its end decided): its end when the range is
+    delivered (completed now, or found completed), None when it is to be rebuilt from the
+    spool under the same key (`self._plan`)."""
+    assert active.upload_id is not None and active.end is not None
+    try:
+        result = self._complete(active.key, active.upload_id, active.parts)
+    except AwsError as exc:
+        if exc.code not in REWRITE_CODES:
+            raise
+        if exc.code != "NoSuchUpload" or not self._completed_elsewhere(state, active):
+            self._rebuild(state, active, exc.code)
+            return None
+        result = {ALREADY_COMPLETE: True}
+    end = active.end
+    state.durable = end
+    state.active = None
+    self._save(state)
+    if not already_complete(result):
+        self.stats.objects += 1
+    self._success(active.key)
+    return end
+
+
+def _completed_elsewhere(self: S3Sink, state: JournalState, active: ActiveFile) -> bool:
+    """`NoSuchUpload` for `active`, whose end and every part are journaled: was it completed
+    (its answer lost, or by a stale owner) rather than aborted?
+
+    What the journal proves (no bucket read is allowed): logferry calls only Complete or Abort
+    on such an upload, and every abort it decides is journaled first (`abandoned`), so the
+    upload was completed unless someone else aborted it — a lifecycle rule, or a person. When
+    the spool still holds the whole file, nothing needs proving: it is rebuilt under the same
+    key and `If-None-Match` settles it (412 = it was completed; 200 = it was not, and now is).
+    Otherwise an upload younger than the shortest AbortIncompleteMultipartUpload rule (1 day;
+    less an hour for the clocks of different nodes) cannot have been aborted by one, so it was
+    completed. An older one may have been either: it is taken as delivered (its lines cannot
+    be sent again) and reported as a possibly lost range, naming the key to check. (A person
+    aborting a young upload by hand, or a 409 conflict that dropped the upload while the racing
+    write failed too, would be missed: neither is observable with PutObject and Abort only.)
+    """
+    released = max(state.committed, self._spool_committed)
+    if released <= active.start:
+        return False
+    age = None if active.created is None else self._clock() - active.created
+    if age is not None and age < LIFECYCLE_PROOF_SECONDS:
+        return True
+    self.lost.append(
+        (
+            active.start,
+            active.end or active.resume_offset,
+            f"multipart upload {active.upload_id} of {active.key} was gone when its "
+            f"completion was retried, "
+            + (f"{age / 86400:.1f} days" if age is not None else "an unknown time")
+            + " after it was created: it was completed (then the object exists and nothing "
+            "is lost) or a lifecycle rule aborted it; the spool had already released its "
+            f"positions {active.start}..{active.end}",
+        )
+    )
+    return True
+
+
+def _rebuild(self: S3Sink, state: JournalState, active: ActiveFile, code: str) -> None:
+    """`active`'s upload is gone (`NoSuchUpload`) or cannot be completed as journaled: give it
+    up and rebuild the file [start, end) from the spool under the same key."""
+    released = max(state.committed, self._spool_committed)
+    if active.parts and released > active.start:
+        lost_end = min(released, active.parts[-1].end)
+        self.lost.append(
+            (
+                active.start,
+                lost_end,
+                f"multipart upload {active.upload_id} of {active.key} is gone "
+                f"({code}); its parts held spool positions {active.start}.."
+                f"{lost_end}, which were already released",
+            )
+        )
+    if code != "NoSuchUpload":
+        self._give_up_upload(state, active)  # it exists but cannot be completed as journaled
+    active.upload_id, active.parts, active.created = None, [], None
+    self._save(state)
+    self._plan = active  # rebuild [start, end) from the spool under the same key
+
+
+def _give_up_upload(self: S3Sink, state: JournalState, active: ActiveFile) -> None:
+    """Abort `active`'s upload, journaled as abandoned first: a later recovery must never read
+    its absence as a completion (`_completed_elsewhere`)."""
+    assert active.upload_id is not None
+    state.abandoned.append(Abandoned(active.key, active.upload_id))
+    active.upload_id, active.parts, active.created = None, [], None
+    self._save(state)
+    self._abort_abandoned(state)
+
+
+def _abort_abandoned(self: S3Sink, state: JournalState, *, save: bool = True) -> None:
+    """Abort every upload the journal says logferry gave up, then forget them. Raises (the
+    rest kept) when an abort fails, so a later recovery finishes the job."""
+    while state.abandoned:
+        gone = state.abandoned[0]
+        self._abort_upload(gone.key, gone.upload_id)
+        state.abandoned.pop(0)
+        if save:
+            self._save(state)

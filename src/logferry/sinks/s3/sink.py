@@ -51,7 +51,7 @@ from logferry.errors import SetupError
 from logferry.sinks.backoff import Backoff
 from logferry.sinks.base import SinkCounters
 from logferry.sinks.framing import stable_pid
-from logferry.sinks.s3 import client, files, pgp_upload, recovery, upload
+from logferry.sinks.s3 import client, fencing, files, pgp_upload, recovery, upload
 from logferry.sinks.s3.files import (
     DEFAULT_MEMBER_SIZE,
     DEFAULT_PART_SIZE,
@@ -61,7 +61,14 @@ from logferry.sinks.s3.files import (
 from logferry.sinks.s3.stats import S3SinkStats, SinkNeedsRecovery
 from logferry.sinks.s3_budget import InflightBudget, shared_budget
 from logferry.sinks.s3_config import S3Endpoint
-from logferry.sinks.s3_journal import ActiveFile, Journal, JournalState
+from logferry.sinks.s3_journal import (
+    ActiveFile,
+    Journal,
+    JournalDocuments,
+    JournalState,
+    JournalStore,
+    journal_store,
+)
 from logferry.spool.chunk import Chunk
 from logferry.spool.files import make_durable
 
@@ -101,6 +108,7 @@ class S3Sink:
         wake: Callable[[], None] | None = None,
         parts_in_flight: int = DEFAULT_PARTS_IN_FLIGHT,
         budget: InflightBudget | None = None,
+        journal: JournalStore | JournalDocuments | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
@@ -128,7 +136,16 @@ class S3Sink:
         self._put_args = endpoint.put_args()
         self._region = endpoint.effective_region
         self._s3: BaseClient | None = None
-        self._journal = Journal(self.state_dir)
+        self._journal: JournalStore = journal_store(journal, self.state_dir)
+        """Where the crash journal lives: the local file under `state_dir` unless given (the
+        NATS backend keeps it in the endpoint's KV record; `state_dir` is then scratch)."""
+        self._portable_sizes = (
+            isinstance(self._journal, Journal) or endpoint.message_type == "blank"
+        )
+        """A file_max_bytes cut is the same on replay: framed sizes hold the delivering host's
+        name (classic/loggly/logplex), the same for the local journal's replay but not for a
+        shared journal's, which another node may replay. Otherwise that end is journaled
+        before the write that ends the file, like a flush's (see `upload._step_file`)."""
         self._incarnation = hashlib.sha256(
             (uid_prefix + "\n" + endpoint.model_dump_json()).encode()
         ).hexdigest()[:32]
@@ -245,13 +262,15 @@ class S3Sink:
             "parts_uploaded": self.stats.parts,
             "bytes_uploaded": self.stats.bytes_out,
             "aborted_uploads": self.stats.aborted_uploads,
+            "already_complete": self.stats.already_complete,
+            "unfenced": self.stats.unfenced,
             "lost_ranges": list(self.lost),
         }
 
     @property
     def journal_fsyncs(self) -> int:
         """fsync calls the journal made so far (benchmarks and tests count them per object)."""
-        return self._journal.fsyncs
+        return int(getattr(self._journal, "fsyncs", 0))
 
     @property
     def open_file(self) -> str | None:
@@ -362,8 +381,12 @@ class S3Sink:
     _part_call = upload._part_call
     _submit = upload._submit
     _quiesce = upload._quiesce
-    _complete = upload._complete
     _finish = upload._finish
+
+    # fencing
+    _fenced = fencing._fenced
+    _complete = fencing._complete
+    _put_object = fencing._put_object
 
     # pgp_upload
     _close_pgp = pgp_upload._close_pgp
@@ -378,6 +401,11 @@ class S3Sink:
     _abort = recovery._abort
     _abort_upload = recovery._abort_upload
     _resume = recovery._resume
+    _complete_journaled = recovery._complete_journaled
+    _completed_elsewhere = recovery._completed_elsewhere
+    _rebuild = recovery._rebuild
+    _give_up_upload = recovery._give_up_upload
+    _abort_abandoned = recovery._abort_abandoned
 
     # client
     _client = client._client

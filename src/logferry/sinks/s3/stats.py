@@ -31,6 +31,12 @@ class S3SinkStats:
     """Object bytes uploaded (after compression / encryption)."""
     retries: int = 0
     aborted_uploads: int = 0
+    already_complete: int = 0
+    """Completions S3 refused with 412 (`If-None-Match: *`): the key was already written, by
+    an earlier life of this sink whose answer was lost or by a stale owner. Delivered."""
+    unfenced: bool = False
+    """The destination (an S3-compatible `domain`) answered 501 to `If-None-Match`: writes go
+    without it (see `fencing`)."""
     last_key: str | None = None
     last_success: float | None = None
     last_error: LastError | None = None

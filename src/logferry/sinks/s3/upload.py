@@ -4,6 +4,7 @@ The upload methods of `S3Sink` (functions taking the sink as `self`, bound in it
 that mypy checks them against its attributes). Only the first unfinished file makes AWS calls;
 its parts go up on the io pool within `parts_in_flight` and the process-wide budget, and the
 journal records a part only once every lower part is uploaded, so `durable` never passes a hole.
+The writes that end a file (PutObject, CompleteMultipartUpload) are fenced (`fencing`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
+from logferry.sinks.s3.fencing import already_complete
 from logferry.sinks.s3.files import Flight, OpenFile
 from logferry.sinks.s3_journal import ActiveFile, JournalState, Part
 
@@ -30,6 +32,7 @@ def _active(self: S3Sink, f: OpenFile, end: int | None) -> ActiveFile:
         upload_id=f.upload_id,
         parts=list(f.parts),
         pgp=f.pgp,
+        created=f.created,
     )
 
 
@@ -79,15 +82,16 @@ def _advance(self: S3Sink) -> None:
             pass
         if f.final is None or not f.final.done():
             return
-        f.final.result()  # raises the call's error
-        if not f.upload_id:
+        result = f.final.result()  # raises the call's error
+        written = not already_complete(result)  # else: the key was there (412), delivered
+        if not f.upload_id and written:
             self.stats.bytes_out += f.final_size
         self._files.popleft()
         # A single PutObject needs no fsync here: the worker's spool commit (fsynced) at
-        # `durable` is what a restart resumes from, and a replay before it rewrites the
-        # same key with the same lines. A multipart completion is journaled durably (a
+        # `durable` is what a restart resumes from, and a replay before it finds the same
+        # key written (412, see `fencing`). A multipart completion is journaled durably (a
         # restart must not try to resume an upload that no longer exists).
-        self._finish(f.key, f.end, sync=bool(f.upload_id))
+        self._finish(f.key, f.end, sync=bool(f.upload_id), written=written)
 
 
 def _step_file(self: S3Sink, f: OpenFile) -> bool:
@@ -96,14 +100,14 @@ def _step_file(self: S3Sink, f: OpenFile) -> bool:
         return False
     if f.pgp:
         if f.closed:
-            self._close_pgp(f, f.end)
-            f.final = _done_future({})
+            f.final = _done_future(self._close_pgp(f, f.end))
         return False
     changed = False
     if f.create is not None and f.create.done():
         future, f.create = f.create, None
         created = future.result()
         f.upload_id = created["UploadId"]
+        f.created = self._clock()
         self._journal_file(f)  # before any part: a crash from here on aborts or resumes it
         os.unlink(created["note"])
         changed = True
@@ -160,10 +164,7 @@ def _step_file(self: S3Sink, f: OpenFile) -> bool:
         self._budget_wait = False
         whole = f.buf.take_bytes()
         f.final_size = size
-        f.final = self._submit(
-            lambda: self._call("PutObject", Key=f.key, Body=whole, **self._put_args),
-            budget=size,
-        )
+        f.final = self._submit(lambda: self._put_object(f.key, whole), budget=size)
     return True
 
 
@@ -210,20 +211,13 @@ def _quiesce(self: S3Sink) -> None:
         wait_futures(pending)
 
 
-def _complete(self: S3Sink, key: str, upload_id: str, parts: list[Part]) -> dict[str, Any]:
-    return self._call(
-        "CompleteMultipartUpload",
-        Key=key,
-        UploadId=upload_id,
-        MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
-    )
-
-
-def _finish(self: S3Sink, key: str, end: int, *, sync: bool = True) -> None:
+def _finish(self: S3Sink, key: str, end: int, *, sync: bool = True, written: bool = True) -> None:
+    """The file ending at `end` is in S3 (`written`: by this call; else found there, 412)."""
     self._state.durable = end
     self._state.active = None
     self._save(sync=sync)
-    self.stats.objects += 1
+    if written:
+        self.stats.objects += 1
     self._success(key)
 
 
