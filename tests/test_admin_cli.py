@@ -85,6 +85,9 @@ def test_the_whole_operator_flow(served: ServeProcess, emulator: Emulator, uniqu
     assert admin_json(served, "endpoints", "put", customer, "two", "--file", str(json_file))
     names = [e["name"] for e in admin_json(served, "endpoints", "list", customer)]
     assert names == ["s3", "two"]
+    # The destination column comes from the endpoint type's model (sinks.registry).
+    human_list = admin(served, "endpoints", "list", customer)
+    assert human_list.exit_code == 0 and f"s3://{role.bucket}/cli/" in human_list.stdout
     assert admin_json(served, "endpoints", "get", customer, "s3")["path"] == "cli/"
     verify = admin(served, "endpoints", "verify", customer, "s3")
     assert verify.exit_code == 0 and "role OK" in verify.stdout

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from botocore.credentials import Credentials
@@ -13,6 +16,7 @@ from aws_helpers import REGION_DISABLED_BODY, canned_server, free_port, make_s3_
 from logferry.aws.sts_broker import CredentialBroker, role_session_name
 from logferry.errors import InputError, SetupError, TransientError
 from logferry.local.emulator import Emulator
+from logferry.local.latency_proxy import Forward, LatencyProxy, ProxyRequest, ProxyResponse
 
 
 def _broker(emulator: Emulator, endpoints: dict[str, str], **kwargs) -> CredentialBroker:
@@ -141,6 +145,79 @@ def test_refresh_ahead_of_expiry_while_clients_keep_working(emulator: Emulator, 
     assert first.get_frozen_credentials().access_key != key_before
     keys = {o["Key"] for o in emulator.client("s3").list_objects_v2(Bucket=bucket)["Contents"]}
     assert keys == {"before.log", "still.log", "after.log"}
+
+
+class _ShortExpiry:
+    """Proxy middleware: every AssumeRole answer says the key expires `lifetime` s after `now()`.
+
+    STS can grant less than the DurationSeconds asked for (moto honours it, and AWS refuses
+    less than 900 s), so the proxy shortens the Expiration, as the chaos suite's 30-s keys do."""
+
+    def __init__(self, now: Callable[[], float], lifetime: float) -> None:
+        self.now, self.lifetime, self.issued = now, lifetime, 0
+
+    async def __call__(self, request: ProxyRequest, forward: Forward) -> ProxyResponse:
+        answer = await forward()
+        if b"Action=AssumeRole" not in request.body or answer.status != 200:
+            return answer
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.now() + self.lifetime))
+        body, n = re.subn(
+            rb"<Expiration>[^<]+</Expiration>",
+            b"<Expiration>" + stamp.encode() + b"</Expiration>",
+            answer.body,
+        )
+        assert n == 1
+        self.issued += 1
+        return ProxyResponse(answer.status, answer.headers, body)
+
+
+def test_refresh_follows_the_expiration_sts_returned(emulator: Emulator, unique) -> None:
+    """Asked for an hour, granted 30 s: the windows follow the 30 s, so AssumeRole runs about
+    once per three quarters of a lifetime — not before every call (the requested duration's
+    15-minute window would cover the whole 30-s life) — and no key is used after it expired."""
+    bucket = unique("bkt")
+    role = make_s3_role(emulator, unique("role"), bucket, "cust-1")
+    now = [float(int(time.time()))]
+    lifetime, minutes = 30, 2
+    short = _ShortExpiry(lambda: now[0], lifetime)
+    proxy = LatencyProxy(emulator.url, middlewares=[short], rewrite_token=emulator.rewrite_token)
+    proxy.start()
+    try:
+        broker = _broker(emulator, {"us-east-1": proxy.url}, clock=lambda: now[0])
+        assert broker.duration_seconds == 3600
+        creds = broker.credentials(role, "cust-1", customer_id="cust-1")
+        s3 = broker.clients(role, "cust-1", customer_id="cust-1").client("s3", "us-east-1")
+        expires: dict[str, float] = {}
+        for second in range(minutes * 60):  # one signed call per simulated second
+            frozen = creds.get_frozen_credentials()
+            expires.setdefault(frozen.access_key, now[0] + creds.lifetime)
+            assert now[0] < expires[frozen.access_key], "a key was used after it expired"
+            if second % 20 == 0:  # the keys really work (every call would be slow here)
+                s3.put_object(Bucket=bucket, Key=f"{second}.log", Body=b"x\n")
+            now[0] += 1
+    finally:
+        proxy.stop()
+    calls = broker.outcomes[("us-east-1", "ok")]
+    assert calls == short.issued == len(expires) == creds.refreshes + 1
+    assert creds.lifetime == pytest.approx(lifetime, abs=1)
+    # A refresh at most every lifetime - advisory window (3/4 of it), at least one per lifetime.
+    assert minutes * 60 / lifetime <= calls <= 1 + math.ceil(minutes * 60 / (lifetime * 3 / 4))
+    listed = emulator.client("s3").list_objects_v2(Bucket=bucket)["Contents"]
+    assert len(listed) == minutes * 3
+
+
+def test_expired_token_forces_a_refresh_inside_the_lifetime(emulator: Emulator, unique) -> None:
+    """AWS may call a key expired before our clock does (skew, a key cut short): the sink's
+    `force_refresh` fetches a new one at once, and later uses keep the new one."""
+    role = make_s3_role(emulator, unique("role"), unique("bkt"), "cust-1")
+    broker = _broker(emulator, {"us-east-1": emulator.url})
+    creds = broker.credentials(role, "cust-1", customer_id="cust-1")
+    first = creds.get_frozen_credentials().access_key
+    assert not creds.refresh_needed()
+    creds.force_refresh()
+    second = creds.get_frozen_credentials().access_key
+    assert second != first and creds.get_frozen_credentials().access_key == second
+    assert _calls(broker) == 2 and creds.refreshes == 1 and not creds.refresh_needed()
 
 
 def test_identities_keep_their_own_credentials_on_shared_models(emulator: Emulator, unique) -> None:

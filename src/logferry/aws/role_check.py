@@ -1,8 +1,9 @@
 """The role doctor: does the customer's role work, is it safe, and does it grant only what we need?
 
 Used by `logferry role check` (customer / support side) and by the service before it accepts an
-endpoint. Every probe leaves nothing behind: S3 writes are a multipart upload that is aborted,
-Kinesis is probed with ListShards (a test record only on request, and marked as such).
+endpoint. Every probe leaves nothing behind: S3 writes are a multipart upload that is aborted
+(`aws/write_probe.py`, the same probe the S3 sink runs before delivering), Kinesis is probed with
+ListShards (a test record only on request, and marked as such).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from logferry.aws.clients import DELIVERY_CONFIG, AwsClients, AwsTarget
 from logferry.aws.errors import error_code, is_denied
 from logferry.aws.names import StreamArn
 from logferry.aws.sts_broker import AssumeResult, CredentialBroker, RoleKey
-from logferry.errors import SetupError, TransientError
+from logferry.aws.write_probe import S3Target, probe_s3_write, s3_call, was_answered, was_denied
+from logferry.errors import AwsError, SetupError, TransientError
+
+__all__ = ["Check", "KinesisTarget", "Report", "S3Target", "Status", "check_role"]
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -73,16 +77,6 @@ class Report:
         return "; ".join(
             f"{c.name}: {c.detail}" + (f" Fix: {c.fix}" if c.fix else "") for c in self.failures()
         )
-
-
-@dataclass(frozen=True)
-class S3Target:
-    bucket: str
-    prefix: str = ""
-    region: str = "us-east-1"
-    put_args: tuple[tuple[str, str], ...] = ()
-    """The headers the endpoint writes with (StorageClass, SSE, KMS key, ACL): the write probe
-    sends them too, so it proves what delivery needs (kms:GenerateDataKey, s3:PutObjectAcl)."""
 
 
 @dataclass(frozen=True)
@@ -219,25 +213,49 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
             return
     s3 = clients.client("s3", target.region)
     key = f"{target.prefix}logferry-role-check-{probe}.probe"
-    resource = f"arn:aws:s3:::{target.bucket}/{target.prefix}*"
-    upload_id = None
     headers = dict(target.put_args)
     shown = sorted(k for k in headers if k not in ("ContentType", "ContentEncoding"))
     with_headers = f" with {', '.join(shown)}" if shown else ""
+    opened: list[str] = []
     try:
-        upload_id = s3.create_multipart_upload(Bucket=target.bucket, Key=key, **headers)["UploadId"]
-    except ClientError as exc:
-        code = error_code(exc)
-        if is_denied(exc):
+        probe_s3_write(s3_call(s3), target, key, created=opened.append)
+        report.add(
+            "s3 write",
+            "pass",
+            f"CreateMultipartUpload{with_headers} + AbortMultipartUpload under "
+            f"s3://{target.bucket}/{target.prefix} (nothing left behind)",
+        )
+    except AwsError as exc:
+        if exc.info.operation == "AbortMultipartUpload" and was_answered(exc):
+            report.add(
+                "s3 abort",
+                "fail",
+                f"AbortMultipartUpload was denied ({exc.code}): s3:AbortMultipartUpload is "
+                f"missing. The probe's upload {opened[0]} of {key} is still open.",
+                exc.fix,
+            )
+        elif exc.info.operation == "AbortMultipartUpload":
+            report.add(
+                "s3 abort",
+                "warn",
+                f"S3 unreachable for AbortMultipartUpload: {exc.info.message}. The probe's "
+                f"upload {opened[0]} of {key} may still be open.",
+                exc.fix,
+            )
+        elif not was_answered(exc):
+            if domain is not None:  # refused at connect time, connection refused, timeout, TLS
+                _domain_unusable(report, domain)
+                return
+            report.add("s3 write", "warn", f"S3 unreachable: {exc.info.message}", None)
+        elif was_denied(exc):
             report.add(
                 "s3 write",
                 "fail",
                 f"CreateMultipartUpload{with_headers} on s3://{target.bucket}/{key} was denied "
-                f"({code}).",
-                f"the role's permission policy must allow s3:PutObject on {resource}"
-                + _header_permissions(headers),
+                f"({exc.code}).",
+                exc.fix,
             )
-        elif code == "NoSuchBucket":
+        elif exc.code == "NoSuchBucket":
             report.add(
                 "s3 write",
                 "fail",
@@ -245,31 +263,7 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
                 "create the bucket or correct the bucket name",
             )
         else:
-            report.add("s3 write", "fail", f"CreateMultipartUpload failed: {code}", None)
-    except BotoCoreError as exc:
-        if domain is not None:  # refused at connect time, connection refused, timeout, TLS...
-            _domain_unusable(report, domain)
-            return
-        report.add("s3 write", "warn", f"S3 unreachable: {exc}", None)
-    if upload_id is not None:
-        try:
-            s3.abort_multipart_upload(Bucket=target.bucket, Key=key, UploadId=upload_id)
-            report.add(
-                "s3 write",
-                "pass",
-                f"CreateMultipartUpload{with_headers} + AbortMultipartUpload under "
-                f"s3://{target.bucket}/{target.prefix} (nothing left behind)",
-            )
-        except ClientError as exc:
-            report.add(
-                "s3 abort",
-                "fail",
-                f"AbortMultipartUpload was denied ({error_code(exc)}): s3:AbortMultipartUpload is "
-                f"missing. The probe's upload {upload_id} of {key} is still open.",
-                f"allow s3:AbortMultipartUpload on {resource}; then remove the probe with: aws "
-                f"s3api abort-multipart-upload --bucket {target.bucket} --key {key} "
-                f"--upload-id {upload_id}",
-            )
+            report.add("s3 write", "fail", f"CreateMultipartUpload failed: {exc.code}", None)
 
     # Over-privilege: every one of these should be denied.
     extra: list[str] = []
@@ -299,17 +293,6 @@ def _s3_probes(report: Report, clients: AwsClients, target: S3Target, probe: str
 
         allowed(f"s3:PutObject outside {target.prefix}", write_outside, set())
     _over_privilege(report, extra)
-
-
-def _header_permissions(headers: dict[str, str]) -> str:
-    """What the endpoint's headers need beyond s3:PutObject."""
-    needs = []
-    if headers.get("ServerSideEncryption") == "aws:kms":
-        key = headers.get("SSEKMSKeyId", "the bucket's KMS key")
-        needs.append(f"kms:GenerateDataKey on {key} (the key policy must allow the role too)")
-    if "ACL" in headers:
-        needs.append("s3:PutObjectAcl (or remove the endpoint's acl)")
-    return f"; this endpoint also needs {' and '.join(needs)}" if needs else ""
 
 
 def _over_privilege(report: Report, extra: list[str]) -> None:

@@ -1,10 +1,12 @@
-"""Credential broker: AssumeRole into customers' roles with regional STS failover.
+"""Credential broker: AssumeRole into customers' roles, cached and refreshed ahead of expiry.
 
 Why not botocore's own AssumeRoleProvider: it talks to one STS endpoint and cannot tell a
 customer mistake (AccessDenied: never retry, tell them) from a sick region (fail over, cool the
-region down). We keep botocore's `RefreshableCredentials` for the part it does well: refreshing
-ahead of expiry under a lock (advisory and mandatory windows), shared by every client that holds
-the object — so one cache entry per (role, external ID) serves every endpoint using that role.
+region down) — that half is `aws/sts_failover.py`, which this class extends. We keep botocore's
+`RefreshableCredentials` for the part it does well: refreshing ahead of expiry under a lock
+(advisory and mandatory windows), shared by every client that holds the object — so one cache
+entry per (role, external ID) serves every endpoint using that role. The windows follow the
+lifetime STS actually granted (`aws/sts_credentials.py`), not the one we asked for.
 """
 
 from __future__ import annotations
@@ -12,37 +14,20 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import TypeVar
-
-from botocore.client import BaseClient
-from botocore.config import Config
-from botocore.credentials import RefreshableCredentials
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-)
 
 from logferry.aws.clients import DELIVERY_CONFIG, AwsClients, AwsTarget
-from logferry.aws.errors import STS_FAILOVER_CODES, client_error_info
+from logferry.aws.sts_credentials import StsCredentials
+from logferry.aws.sts_failover import DEFAULT_STS_REGIONS, StsFailover
 from logferry.aws.sts_results import (
-    VENDOR_CREDENTIALS_FIX,
     AssumeAttempt,
     AssumeResult,
     CallerIdentity,
-    RegionHealth,
     RoleKey,
-    assume_fix,
-    outcome_for,
     role_session_name,
-    unreachable_fix,
-    vendor_fix,
 )
-from logferry.errors import AwsErrorInfo, InputError, SetupError, TransientError
+from logferry.errors import InputError, SetupError, TransientError
 
 __all__ = [
     "DEFAULT_DURATION",
@@ -57,12 +42,10 @@ __all__ = [
     "role_session_name",
 ]
 
-DEFAULT_STS_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2")
 MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 900, 43200, 3600
-T = TypeVar("T")
 
 
-class CredentialBroker:
+class CredentialBroker(StsFailover):
     """Temporary credentials per (role ARN, external ID), refreshed ahead of expiry.
 
     Thread-safe; STS calls block, so asyncio callers run them in a thread.
@@ -95,32 +78,30 @@ class CredentialBroker:
                 f"must be between {MIN_DURATION} and {MAX_DURATION} seconds, "
                 f"got {duration_seconds}.",
             )
+        super().__init__(
+            vendor_account_id=vendor_account_id,
+            regions=regions,
+            sts_endpoints=sts_endpoints,
+            target=target,
+            vendor_credentials=vendor_credentials,
+            profile=profile,
+            cooldown_seconds=cooldown_seconds,
+            max_cooldown_seconds=max_cooldown_seconds,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            clock=clock,
+        )
         self.vendor_name = vendor_name
-        self.vendor_account_id = vendor_account_id
         self.source_identity = source_identity
         """Default SourceIdentity of every AssumeRole (shows in the customer's CloudTrail)."""
-        self.regions = list(regions)
-        if not self.regions:
-            raise InputError("sts regions", "at least one STS region is needed.")
-        self.sts_endpoints = dict(sts_endpoints or {})
-        self.target = target or AwsTarget()
         self.duration_seconds = duration_seconds
-        self.cooldown_seconds = cooldown_seconds
-        self.max_cooldown_seconds = max_cooldown_seconds
         self.negative_cache_seconds = negative_cache_seconds
-        self.clock = clock
-        self.outcomes: Counter[tuple[str, str]] = Counter()
-        self._health = {region: RegionHealth() for region in self.regions}
-        self._lock = threading.Lock()
         # One lock per key while an initial AssumeRole for it is wanted, with how many callers
         # hold or wait for it; removed when the last one leaves, so the dict stays as small as
         # the fetches in flight (not one entry per role ever seen).
         self._key_locks: dict[RoleKey, tuple[threading.Lock, int]] = {}
-        self._cache: dict[RoleKey, RefreshableCredentials] = {}
+        self._cache: dict[RoleKey, StsCredentials] = {}
         self._failures: dict[RoleKey, tuple[float, Exception]] = {}
-        self._sts_clients: dict[str, BaseClient] = {}
-        # The vendor's own identity; its STS clients share the process-wide service models.
-        self._vendor = AwsClients(vendor_credentials, profile=profile)
         # Clients per (role, external ID, target), least recently used first. Bounded, and
         # dropped after `client_idle_seconds` unused (or by `release`), so memory follows the
         # identities that are active, not every identity ever served.
@@ -129,234 +110,6 @@ class CredentialBroker:
         self._clients: OrderedDict[tuple[str, str | None, str], tuple[AwsClients, float]] = (
             OrderedDict()
         )
-        self._sts_config = Config(
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries={"max_attempts": 1, "mode": "standard"},  # failover is our retry
-        )
-
-    # ---------------------------------------------------------------- regions
-
-    def endpoint_for(self, region: str) -> str | None:
-        return self.sts_endpoints.get(region) or self.target.url_for("sts")
-
-    def _sts(self, region: str) -> BaseClient:
-        with self._lock:
-            client = self._sts_clients.get(region)
-            if client is None:
-                client = self._vendor.make_client(
-                    "sts", region, endpoint_url=self.endpoint_for(region), config=self._sts_config
-                )
-                self._sts_clients[region] = client
-            return client
-
-    def caller_account(self) -> str:
-        """The vendor's own account, from sts:GetCallerIdentity (see `caller_identity`)."""
-        return self.caller_identity().account
-
-    def caller_identity(self) -> CallerIdentity:
-        """sts:GetCallerIdentity with the same regional failover as AssumeRole (`_failover`):
-        an unreachable, throttled or not-activated region moves on to the next one.
-
-        Raises TransientError when no region answers and SetupError when the vendor's
-        credentials are missing or rejected; both carry `attempts` (one per region tried).
-        """
-
-        def one(region: str) -> dict[str, object]:
-            return self._call_in_region(
-                region,
-                "GetCallerIdentity",
-                lambda sts: sts.get_caller_identity(),
-                what="sts:GetCallerIdentity",
-                fix=lambda code: vendor_fix(code, region),
-            )
-
-        response, region, attempts = self._failover(one, what="answer sts:GetCallerIdentity")
-        return CallerIdentity(str(response["Account"]), region, attempts)
-
-    def region_order(self) -> list[str]:
-        """Healthy regions in configured order, then cooling ones by soonest recovery."""
-        now = self.clock()
-        with self._lock:
-            healthy = [r for r in self.regions if self._health[r].cooldown_until <= now]
-            cooling = sorted(
-                (r for r in self.regions if self._health[r].cooldown_until > now),
-                key=lambda r: self._health[r].cooldown_until,
-            )
-        return healthy + cooling
-
-    def region_health(self) -> dict[str, dict[str, object]]:
-        now = self.clock()
-        with self._lock:
-            return {
-                r: {
-                    "healthy": h.cooldown_until <= now,
-                    "failures": h.failures,
-                    "cooldown_remaining": max(0.0, h.cooldown_until - now),
-                    "last_error": h.last_error,
-                }
-                for r, h in self._health.items()
-            }
-
-    def _mark(self, region: str, ok: bool, error: str | None = None) -> None:
-        with self._lock:
-            health = self._health.setdefault(region, RegionHealth())
-            if ok:
-                health.failures = 0
-                health.cooldown_until = 0.0
-                health.last_error = None
-            else:
-                health.failures += 1
-                backoff = self.cooldown_seconds * 2 ** min(health.failures - 1, 6)
-                health.cooldown_until = self.clock() + min(backoff, self.max_cooldown_seconds)
-                health.last_error = error
-
-    # ---------------------------------------------------------------- one call
-
-    def _call_in_region(
-        self,
-        region: str,
-        operation: str,
-        call: Callable[[BaseClient], T],
-        *,
-        what: str,
-        fix: Callable[[str], str],
-    ) -> T:
-        """One STS call in one region, classified the one way every STS caller shares.
-
-        A region that cannot serve now (unreachable, throttled, 5xx, RegionDisabledException)
-        raises TransientError: `_failover` moves on. Any other AWS answer raises SetupError with
-        `fix(code)`: the region is healthy, the setup is not, and no other region would differ.
-        """
-        try:
-            response = call(self._sts(region))
-        except ClientError as exc:
-            info = client_error_info(exc, service="sts", operation=operation, region=region)
-            code, status = info.code, info.http_status
-            if code in STS_FAILOVER_CODES or (status is not None and status >= 500):
-                self.outcomes[(region, outcome_for(code))] += 1
-                raise TransientError(
-                    f"STS {region}: {code}: {info.message}".rstrip(": "), info, fix=fix(code)
-                ) from None
-            self.outcomes[(region, "denied" if code == "AccessDenied" else "error")] += 1
-            raise SetupError(
-                f"{what} via STS {region} failed: {code}: {info.message}", info, fix=fix(code)
-            ) from None
-        except NoCredentialsError:
-            # Before BotoCoreError (its parent): no region can help, the vendor must act.
-            self.outcomes[(region, "error")] += 1
-            raise SetupError(
-                f"no vendor AWS credentials for {operation}",
-                AwsErrorInfo(
-                    code="NoCredentials", service="sts", operation=operation, region=region
-                ),
-                fix=VENDOR_CREDENTIALS_FIX,
-            ) from None
-        except (ConnectionError, HTTPClientError, BotoCoreError, OSError) as exc:
-            self.outcomes[(region, "unreachable")] += 1
-            endpoint = self.endpoint_for(region)
-            info = AwsErrorInfo(
-                code="Unreachable",
-                message=str(exc),
-                service="sts",
-                operation=operation,
-                region=region,
-            )
-            raise TransientError(
-                f"STS {region} unreachable at {endpoint or 'AWS'}: {exc}",
-                info,
-                fix=unreachable_fix(region, endpoint),
-            ) from None
-        self.outcomes[(region, "ok")] += 1
-        return response
-
-    def _failover(
-        self, call_one: Callable[[str], T], *, what: str
-    ) -> tuple[T, str, list[AssumeAttempt]]:
-        """Try `call_one(region)` in `region_order()` until one answers: the one failover loop
-        for delivery (AssumeRole) and start-up (GetCallerIdentity). A region's health follows
-        each outcome; a SetupError stops at once (the region answered). Returns the result,
-        the region and one attempt per region tried; errors carry `attempts` too, and when
-        every region failed the fix names each region's own fix.
-        """
-        attempts: list[AssumeAttempt] = []
-        last: TransientError | None = None
-        for region in self.region_order():
-            try:
-                result = call_one(region)
-            except TransientError as exc:
-                self._mark(region, False, f"{exc.code}: {exc.info.message}")
-                outcome = outcome_for(None if exc.code == "Unreachable" else exc.code)
-                attempts.append(AssumeAttempt(region, outcome, exc.code, exc.info.message, exc.fix))
-                last = exc
-                continue
-            except SetupError as exc:
-                # The region answered: it is healthy, the setup is not.
-                self._mark(region, True)
-                outcome = "denied" if exc.code == "AccessDenied" else "error"
-                attempts.append(AssumeAttempt(region, outcome, exc.code, exc.info.message, exc.fix))
-                # attempts: an extra attribute serve reads with getattr (not on the error classes)
-                exc.attempts = attempts  # type: ignore[attr-defined]
-                raise
-            self._mark(region, True)
-            attempts.append(AssumeAttempt(region, "ok"))
-            return result, region, attempts
-        assert last is not None
-        summary = "; ".join(f"{a.region}: {a.code}" for a in attempts)
-        fixes = "; ".join(f"{a.region}: {a.fix}" for a in attempts if a.fix)
-        error = TransientError(
-            f"no STS region could {what} ({summary})", last.info, fix=fixes or last.fix
-        )
-        error.attempts = attempts  # type: ignore[attr-defined]  # as above
-        raise error
-
-    def assume_in_region(self, key: RoleKey, region: str) -> AssumeResult:
-        """One AssumeRole in one region; raises SetupError (customer) or TransientError."""
-        params: dict[str, object] = {
-            "RoleArn": key.role_arn,
-            "RoleSessionName": key.session_name,
-            "DurationSeconds": key.duration,
-        }
-        if key.external_id is not None:
-            params["ExternalId"] = key.external_id
-        if key.source_identity:
-            params["SourceIdentity"] = key.source_identity
-
-        def fix(code: str) -> str:
-            return assume_fix(
-                code,
-                role_arn=key.role_arn,
-                vendor_account=self.vendor_account_id,
-                external_id=key.external_id,
-                region=region,
-            )
-
-        response = self._call_in_region(
-            region,
-            "AssumeRole",
-            lambda sts: sts.assume_role(**params),
-            what=f"AssumeRole {key.role_arn}",
-            fix=fix,
-        )
-        creds = response["Credentials"]
-        return AssumeResult(
-            region=region,
-            access_key=creds["AccessKeyId"],
-            secret_key=creds["SecretAccessKey"],
-            token=creds["SessionToken"],
-            expiration=creds["Expiration"],
-            assumed_role_arn=response["AssumedRoleUser"]["Arn"],
-            attempts=[AssumeAttempt(region, "ok")],
-        )
-
-    def assume(self, key: RoleKey) -> AssumeResult:
-        """AssumeRole with failover across regions; customer errors stop at the first region."""
-        result, _, attempts = self._failover(
-            lambda region: self.assume_in_region(key, region),
-            what=f"issue credentials for {key.role_arn}",
-        )
-        result.attempts = attempts
-        return result
 
     # ---------------------------------------------------------------- cache
 
@@ -384,7 +137,7 @@ class CredentialBroker:
         *,
         customer_id: str | None = None,
         source_identity: str | None = None,
-    ) -> RefreshableCredentials:
+    ) -> StsCredentials:
         """Shared, self-refreshing credentials for the role (one AssumeRole per lifetime)."""
         key = self.role_key(
             role_arn, external_id, customer_id=customer_id, source_identity=source_identity
@@ -406,7 +159,7 @@ class CredentialBroker:
                 else:
                     del self._key_locks[key]
 
-    def _first_credentials(self, key: RoleKey) -> RefreshableCredentials:
+    def _first_credentials(self, key: RoleKey) -> StsCredentials:
         """The cached credentials, or the first AssumeRole for `key` (caller holds its lock)."""
         with self._lock:
             cached = self._cache.get(key)
@@ -421,25 +174,14 @@ class CredentialBroker:
             with self._lock:
                 self._failures[key] = (self.clock(), exc)
             raise
-        duration = key.duration
-        made = RefreshableCredentials.create_from_metadata(
-            metadata=metadata,
-            refresh_using=lambda: self._fetch(key),
-            method="logferry-sts-broker",
-            # botocore's defaults (15/10 min) would refresh 15-minute tokens on every use.
-            advisory_timeout=min(15 * 60, duration // 4),
-            mandatory_timeout=min(10 * 60, duration // 6),
-        )
-        made._time_fetcher = self._now_datetime
+        made = StsCredentials(metadata, lambda: self._fetch(key), clock=self.clock)
         with self._lock:
             self._cache[key] = made
             self._failures.pop(key, None)
         return made
 
-    def _now_datetime(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.clock(), tz=dt.UTC)
-
     def _fetch(self, key: RoleKey) -> dict[str, str]:
+        """One AssumeRole (with failover) as botocore's refresh metadata."""
         result = self.assume(key)
         expiration = result.expiration
         if isinstance(expiration, dt.datetime) and expiration.tzinfo is None:

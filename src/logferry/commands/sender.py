@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from isal import igzip
 
+from logferry.backoff import Backoff
 from logferry.commands.api_client import ApiError, ApiTarget, error_from_response, tls_fix
 
 READ_BLOCK = 64 * 1024
@@ -184,6 +185,7 @@ class Sender:
         self.path = path
         self.sources = sources
         self.options = options
+        self._policy = Backoff(base=options.backoff_base, cap=options.backoff_max, jitter="equal")
         self.on_progress = on_progress or (lambda _s: None)
         self.stats = SendStats()
         self.error: ApiError | None = None
@@ -249,12 +251,11 @@ class Sender:
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """The server's Retry-After plus up to 25 % jitter (so many senders do not return in
-        step); without one, exponential backoff with jitter, capped at backoff_max."""
+        step); without one, the one backoff policy (`logferry.backoff`) capped at backoff_max,
+        with "equal" jitter: never sooner than half the schedule, as a shared server wants."""
         if retry_after is not None:
             return max(0.05, retry_after) * random.uniform(1.0, 1.25)
-        opts = self.options
-        exp = min(opts.backoff_max, opts.backoff_base * 2 ** min(attempt, 16))
-        return random.uniform(exp / 2, exp)
+        return self._policy.delay(attempt)
 
     def deliver(self, http: httpx.Client, data: bytes, lines: int) -> None:
         """POST one batch until a 2xx; raises ApiError when it must give up."""

@@ -1,24 +1,26 @@
-"""Capped exponential backoff with full jitter, interruptible by a stop event.
+"""AWS calls retried with the one backoff policy (`logferry/backoff.py`), interruptible by a stop
+event.
 
 Shared by the sinks (S3, Kinesis) so every retry loop behaves the same: attempt n waits a
-uniform random time in [0, min(cap, base * 2**n)] ("full jitter", AWS Architecture Blog
-"Exponential Backoff And Jitter"), which spreads retries of many endpoints hitting the same
-throttled service instead of synchronising them. A stop event cuts any wait short so shutdown is
-never delayed by a sleeping retry; `sleep` is injectable so tests run without real waits.
+uniform random time in [0, min(cap, base * 2**n)] (`Backoff`'s default "full" jitter). A stop
+event cuts any wait short so shutdown is never delayed by a sleeping retry; `sleep` is injectable
+so tests run without real waits. `Backoff` and `wait` live in `logferry.backoff` (every layer
+uses them) and are re-exported here for the sinks' existing imports.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from logferry.backoff import Backoff, wait
 from logferry.errors import AwsError, TransientError
+
+__all__ = ["RETRYABLE_TYPES", "Backoff", "Stopped", "retry_call", "wait"]
 
 RETRYABLE_TYPES: tuple[type[BaseException], ...] = (AwsError, ClientError, BotoCoreError, OSError)
 """Exceptions `retry_call` classifies; anything else is a bug and propagates untouched."""
@@ -35,41 +37,6 @@ class Stopped(TransientError):
             f"Stopped while retrying after: {error.message}", error.info, fix=error.fix
         )
         self.error = error
-
-
-@dataclass
-class Backoff:
-    """Delay policy: `base` seconds doubled per attempt, capped at `cap`, full jitter."""
-
-    base: float = 0.25
-    cap: float = 20.0
-    max_attempts: int = 8
-    """Calls made in total before the last TransientError is raised to the caller."""
-    rng: random.Random = field(default_factory=random.Random, repr=False)
-
-    def delay(self, attempt: int) -> float:
-        """Wait before retry number `attempt` (0 = first retry)."""
-        ceiling = min(self.cap, self.base * (2 ** min(attempt, 30)))
-        return self.rng.uniform(0.0, ceiling)
-
-
-def wait(
-    seconds: float,
-    *,
-    stop: threading.Event | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> bool:
-    """Wait `seconds`; return False if `stop` is (or becomes) set.
-
-    With the real `time.sleep` and a stop event, waits on the event (interrupted at once);
-    with an injected `sleep` (tests), calls it and then checks the event.
-    """
-    if stop is not None and stop.is_set():
-        return False
-    if stop is not None and sleep is time.sleep:
-        return not stop.wait(seconds)
-    sleep(seconds)
-    return not (stop is not None and stop.is_set())
 
 
 def retry_call(

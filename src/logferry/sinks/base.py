@@ -228,9 +228,10 @@ class BaseSinkFactory:
         return ()
 
 
-RETRY_POLICY = Backoff(base=2.0, cap=30.0)
-"""The worker's backoff after a transient failure (full jitter, capped: an outage is noticed
-to be over within half a minute)."""
-SETUP_RETRY_POLICY = Backoff(base=2.0, cap=300.0)
+RETRY_POLICY = Backoff(base=2.0, cap=30.0, jitter="equal")
+"""The worker's backoff after a transient failure (capped: an outage is noticed to be over
+within half a minute; "equal" jitter: failing endpoints spread out, but a retry is never
+immediate)."""
+SETUP_RETRY_POLICY = Backoff(base=2.0, cap=300.0, jitter="equal")
 """After a customer-setup error: slower, since only the customer can fix it (a successful
 `verify` wakes the worker at once)."""

@@ -7,6 +7,7 @@ point is the cross-account role), so those fields are refused with a pointer to 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -36,6 +37,12 @@ class EndpointBase(BaseModel):
     """Endpoint name (Fastly's `name`); the syslog service name in framed lines."""
     iam_role: str
     """The customer's role ARN (trusts the vendor account with the customer's external ID)."""
+
+    @classmethod
+    def destination_of(cls, body: Mapping[str, Any]) -> str:
+        """Where an endpoint body of this type delivers, in one short line for listings (the
+        operator CLI's `endpoints list`); read from the body as the API returns it, unvalidated."""
+        return "-"
 
     @model_validator(mode="before")
     @classmethod

@@ -13,7 +13,8 @@ before any AWS call, turns AWS's vague errors into messages that name the field 
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -65,6 +66,10 @@ class KinesisEndpoint(EndpointBase):
       `<name>:<offset>:truncated-from-<original length>`; counted in `oversize_lines` and
       `truncated_bytes`.
     """
+
+    @classmethod
+    def destination_of(cls, body: Mapping[str, Any]) -> str:
+        return f"{body.get('topic')} ({body.get('region', '-')})"
 
     @field_validator("topic")
     @classmethod

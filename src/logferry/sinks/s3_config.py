@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, Final, Literal
 
@@ -118,6 +119,10 @@ class S3Endpoint(EndpointBase):
     """Canned ACL for each object (needs s3:PutObjectAcl; see the module docstring)."""
     public_key: str | None = None
     """ASCII-armored PGP public key: each file is encrypted to it after compression (.pgp)."""
+
+    @classmethod
+    def destination_of(cls, body: Mapping[str, Any]) -> str:
+        return f"s3://{body.get('bucket_name')}/{body.get('path', '')}"
 
     # --- field checks -------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 
+from logferry.backoff import Backoff
 from logferry.ingest.lines import Normalized
 from logferry.ingest.syslog.core import (
     READ_BYTES,
@@ -244,7 +245,9 @@ class TcpSide(ListenerBase):
 
         Raises _EndpointMissing when a refusal is because the endpoint was deleted.
         """
-        delay = RETRY_MIN_S
+        # The one backoff policy without jitter: 20 ms doubling to 1 s (the spool's
+        # `retry_after` hint, when it gives one, wins within the same bounds).
+        policy = Backoff(base=RETRY_MIN_S, cap=RETRY_MAX_S, jitter="none")
         failures = 0
         while True:
             try:
@@ -273,8 +276,8 @@ class TcpSide(ListenerBase):
                         exc,
                     )
                 hint = getattr(exc, "retry_after", None)
+                delay = policy.delay(failures - 1)
                 wait = hint if isinstance(hint, int | float) and hint > 0 else delay
-                delay = min(delay * 2, RETRY_MAX_S)
                 await self._sleep(min(max(wait, RETRY_MIN_S), RETRY_MAX_S))
                 continue
             self._delivered(norm)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from botocore.client import BaseClient
 from botocore.credentials import RefreshableCredentials
 
+from logferry.aws.sts_credentials import StsCredentials
 from logferry.errors import AwsError, SetupError, TransientError
 from logferry.sinks.aws_errors import REFRESH_CODES, classify
 from logferry.sinks.backoff import retry_call
@@ -90,16 +91,18 @@ def _on_retry(self: S3Sink, error: AwsError, delay: float) -> None:
 
 
 def _refresh(self: S3Sink, error: AwsError) -> bool:
-    """Expired session token: refresh refreshable credentials now, then retry at once."""
+    """Expired session token: refresh refreshable credentials now, then retry at once.
+
+    The broker's credentials (`StsCredentials`) refresh on demand; any other refreshable
+    credentials refresh through botocore's public path when inside their refresh windows.
+    """
     if error.code not in REFRESH_CODES:
         return False
     creds = self._clients.session.get_credentials()
-    force = getattr(creds, "force_refresh", None)
-    if callable(force):
-        force()
+    if isinstance(creds, StsCredentials):
+        creds.force_refresh()
     elif isinstance(creds, RefreshableCredentials):
-        with creds._refresh_lock:
-            creds._protected_refresh(is_mandatory=True)
+        creds.get_frozen_credentials()
     return True
 
 

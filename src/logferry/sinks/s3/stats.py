@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from logferry.errors import LogferryError
 
-class SinkNeedsRecovery(RuntimeError):
-    """`feed`/`tick`/`flush` after a failure: call `recover()` and re-feed from its offset."""
+
+class SinkNeedsRecovery(LogferryError, RuntimeError):
+    """`feed`/`tick`/`flush` after a failure: call `recover()` and re-feed from its offset.
+
+    Not a setup error (nothing for the customer to fix): the worker re-opens (recovers) the
+    sink after every failure, so it never sees this; if it did, the transient path (re-open,
+    `RETRY_POLICY`) is the remedy. Still a RuntimeError for callers that catch that.
+    """
 
 
 @dataclass
