@@ -34,6 +34,7 @@ in-memory file is discarded: the caller calls `recover()` again and re-feeds fro
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import threading
 import time
@@ -47,7 +48,8 @@ from typing import Any, Final
 from botocore.client import BaseClient
 
 from logferry.aws.clients import AwsClients
-from logferry.errors import SetupError
+from logferry.aws.write_probe import S3Target, probe_s3_write
+from logferry.errors import AwsError
 from logferry.sinks.backoff import Backoff
 from logferry.sinks.base import SinkCounters
 from logferry.sinks.framing import stable_pid
@@ -58,6 +60,7 @@ from logferry.sinks.s3.files import (
     MIN_PART_SIZE,
     OpenFile,
 )
+from logferry.sinks.s3.recovery import CREATED_PREFIX
 from logferry.sinks.s3.stats import S3SinkStats, SinkNeedsRecovery
 from logferry.sinks.s3_budget import InflightBudget, shared_budget
 from logferry.sinks.s3_config import S3Endpoint
@@ -70,7 +73,7 @@ from logferry.sinks.s3_journal import (
     journal_store,
 )
 from logferry.spool.chunk import Chunk
-from logferry.spool.files import make_durable
+from logferry.spool.files import make_durable, write_atomic
 
 DEFAULT_PARTS_IN_FLIGHT: Final = 4
 IN_FLIGHT_POLL: Final = 1.0
@@ -324,23 +327,36 @@ class S3Sink:
         self._state.committed = max(self._state.committed, offset)
 
     def healthcheck(self) -> None:
-        """Prove the role can write here and clean up after itself: CreateMultipartUpload under
-        the path prefix (with the endpoint's headers: SSE, storage class, ACL), then
-        AbortMultipartUpload. Needs no permission beyond the guide's policy; raises SetupError
-        naming the missing permission."""
+        """Prove the role can write here and clean up after itself: the one S3 write probe
+        (`aws.write_probe`, the role check's too) with the endpoint's headers, through this
+        sink's retrying `_call`. Needs no permission beyond the guide's policy; raises
+        SetupError naming the missing permission."""
         key = f"{self.endpoint.key_prefix}.logferry-healthcheck-{uuid.uuid4().hex[:12]}"
-        upload_id, note = self._create_upload(key)
-        make_durable(note)  # the probe stays open for a round trip: keep it past a power loss
+        target = S3Target(
+            self.endpoint.bucket_name,
+            self.endpoint.key_prefix,
+            self._region,
+            put_args=tuple(sorted(self._put_args.items())),
+        )
+        notes: list[str] = []
+
+        def noted(upload_id: str) -> None:
+            # The probe stays open for a round trip: a kill -9 (or power loss) then leaves a
+            # note recovery aborts, never an upload nobody can name.
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            note = str(self.state_dir / f"{CREATED_PREFIX}{uuid.uuid4().hex[:16]}.json")
+            doc = json.dumps({"key": key, "upload_id": upload_id}).encode()
+            write_atomic(note, doc, durable=False)
+            make_durable(note)
+            notes.append(note)
+
         try:
-            self._call("AbortMultipartUpload", Key=key, UploadId=upload_id)
-        except SetupError as exc:
-            exc.fix = (
-                f"{exc.fix} Then remove the probe: aws s3api abort-multipart-upload --bucket "
-                f"{self.endpoint.bucket_name} --key '{key}' --upload-id {upload_id}"
-            )
-            self._error(exc)
+            probe_s3_write(self._call, target, key, created=noted)
+        except AwsError as exc:
+            self._error(exc)  # again: the probe words the fix more precisely than `_call`
             raise
-        Path(note).unlink(missing_ok=True)
+        for note in notes:
+            Path(note).unlink(missing_ok=True)
         self._success(None)
 
     def _ready(self) -> None:
