@@ -29,6 +29,11 @@ from nats_helpers import nats_server  # noqa: F401 - fixture
 from nats_spool_helpers import backend, settings, until
 
 
+def _typed(spool: NatsSpool, provider: NatsSpoolProvider) -> tuple[base.Spool, base.SpoolProvider]:
+    """Never called: mypy checks here that the NATS backend implements both protocols."""
+    return spool, provider
+
+
 def _params(fn: object) -> list[tuple[str, object, object]]:
     sig = inspect.signature(fn)  # type: ignore[arg-type]
     return [(p.name, p.kind, p.default) for p in sig.parameters.values()]

@@ -87,6 +87,10 @@ class SubjectLog:
             config=ConsumerConfig(opt_start_seq=max(1, self._head_seq)),
             idle_heartbeat=2.0,
         )
+        if self.closed:  # stopped while subscribing (ownership lost at once)
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            return
         self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
         self.ready.set()
 
@@ -325,6 +329,10 @@ class SubjectLog:
             del self._starts[:drop]
 
     def first_pending_accepted_at(self) -> float | None:
-        if self.committed >= self.end or not self.entries:
+        """Any thread: a commit on the loop may shrink `entries` meanwhile (then None)."""
+        try:
+            if self.committed >= self.end or not self.entries:
+                return None
+            return self.entries[max(0, self._index(self.committed))].acc
+        except IndexError:
             return None
-        return self.entries[self._index(self.committed)].acc

@@ -262,11 +262,13 @@ class NatsSpool:
         self.wake(0, value=False)
 
     def record_changed(self) -> None:
+        """The record changed (the owner published its backlog): what this spool charged to
+        its budget becomes the published backlog, so commits on any node free quota here."""
         with self._mu:
             self._appended = 0
             self._appended_lines = 0
         budget = self._budget
-        if budget is not None and not self.following:
+        if budget is not None:
             held = self._backlog()[0]
             with self._mu:
                 delta, self._charged = held - self._charged, held
