@@ -18,6 +18,7 @@ from logferry.spool.chunk import Chunk
 from logferry.spool.errors import SpoolError, SpoolFull
 from logferry.spool.log import LocalSpool
 from logferry.spool.nats import (
+    EndpointJournal,
     NatsBackend,
     NatsSpool,
     NatsSpoolProvider,
@@ -52,6 +53,17 @@ def test_nats_backend_has_every_protocol_member(proto: type, impl: type) -> None
         have = getattr(impl, name)
         assert inspect.iscoroutinefunction(have) == inspect.iscoroutinefunction(want), name
         assert _params(have)[: len(_params(want))] == _params(want), name
+
+
+def test_the_journal_is_a_plain_document_store() -> None:
+    """The S3 sink adapts a store of JSON documents; one with `exists` would be taken for a
+    typed JournalStore (runtime_checkable protocols compare members only)."""
+    members = {n for n in vars(EndpointJournal) if not n.startswith("_")}
+    assert members == {"load", "save", "discard"}
+    assert _params(EndpointJournal.save)[1:] == [
+        ("doc", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+        ("sync", inspect.Parameter.KEYWORD_ONLY, True),
+    ]
 
 
 def test_errors_are_spool_errors_and_keys_round_trip() -> None:
@@ -302,6 +314,8 @@ def test_ingest_only_node_appends_and_reads_the_published_backlog(
             await until(lambda: owner.end_offset == 8, "owner sees the ingest node's append")
             await until(lambda: i.provider.key_disk_bytes("q") == 8, "backlog reaches ingest")
             assert ingest.pending_lines == 2
+            # Every node's shared budget follows the streams' byte counts.
+            await until(lambda: i.provider.total_bytes >= 8, "ingest node counts stored bytes")
             ingest.max_bytes = 10
             with pytest.raises(SpoolFull):
                 await ingest.append(b"three\n", 1)

@@ -111,9 +111,8 @@ class Ownership:
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.records_ready.wait(), 10)
-        if self.backend.deliver:
-            await self.tick()
-            self._tasks.append(asyncio.get_running_loop().create_task(self._beat()))
+        await self.tick()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._beat()))
 
     async def stop(self, *, release: bool) -> None:
         self._stopping = True
@@ -166,7 +165,11 @@ class Ownership:
     # -- the tick ----------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Check the lease (before renewing it), renew, then take and release endpoints."""
+        """Check the lease (before renewing it), renew, then take and release endpoints;
+        on every node, refresh the shared budget from the streams."""
+        if not self.backend.deliver:
+            await self.backend.provider.refresh_usage()
+            return
         if self._mine and not self.lease_valid():
             self._lose_all("its lease may have expired (no heartbeat renewed in time)")
         s = self.backend.settings
