@@ -321,3 +321,32 @@ def test_ingest_only_node_appends_and_reads_the_published_backlog(
                 await ingest.append(b"three\n", 1)
 
     asyncio.run(run())
+
+
+def test_concurrent_appends_share_messages_and_each_line_is_stored_once(
+    nats_server: NatsCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Group commit: appends that arrive while a publish is in flight go out together."""
+
+    async def run() -> None:
+        s = settings(nats_server)
+        async with backend(s, "n1", tmp_path) as b:
+            b.set_endpoints(["gc"])
+            await until(lambda: "gc" in b.owned(), "owns gc")
+            spool = await asyncio.to_thread(b.provider.open, "gc")
+            bodies = [b"append %03d line %d\n" % (i, j) for i in range(60) for j in range(2)]
+            pairs = [bodies[i] + bodies[i + 1] for i in range(0, len(bodies), 2)]
+            await asyncio.gather(*(spool.append(p, 2) for p in pairs))
+            total = sum(map(len, pairs))
+            await until(lambda: spool.end_offset == total, "all indexed")
+            got = await asyncio.to_thread(spool.read, 0, 1 << 20)
+            data = b"".join(c.data for c in got)
+            assert sorted(data.splitlines(keepends=True)) == sorted(bodies)
+            assert spool.pending_lines == len(bodies)
+            info = await asyncio.wrap_future(
+                b.run(b.js.stream_info(spool.stream, subjects_filter=spool.subject))
+            )
+            assert 1 <= info.state.messages < len(pairs)
+
+    asyncio.run(run())
