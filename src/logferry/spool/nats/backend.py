@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import secrets
@@ -245,10 +246,10 @@ class NatsBackend:
         await self._provider.close_async()
         self._closed = True
         if self._nc is not None and not self._nc.is_closed:
-            try:
-                await asyncio.wait_for(self._nc.drain(), 5)
-            except (TimeoutError, nats.errors.Error):
-                await self._nc.close()
+            # Nothing is left to flush (every append awaited its ack); close, not drain,
+            # whose per-subscription tasks would outlive the loop.
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                await asyncio.wait_for(self._nc.close(), 5)
 
     async def _on_error(self, exc: Exception) -> None:
         if self._closed:
