@@ -77,6 +77,7 @@ class SubjectLog:
         self._expiry: asyncio.Task[None] | None = None
         self._cache: dict[int, bytes] = {}
         self.ready = asyncio.Event()
+        self.commit_lock = asyncio.Lock()
         self.closed = False
 
     # -- following ---------------------------------------------------------------------------

@@ -231,11 +231,14 @@ class NatsSpool:
 
     async def _commit(self, log_: SubjectLog, offset: int) -> None:
         await log_.ready.wait()
-        if offset <= log_.committed:
-            return
-        cursor = await log_.cursor_at(offset)
-        await self.backend.ownership.write(self.name, lambda doc: doc.__setitem__("cursor", cursor))
-        log_.committed_to(cursor)
+        async with log_.commit_lock:  # a later, lower commit must not move the cursor back
+            if offset <= log_.committed:
+                return
+            cursor = await log_.cursor_at(offset)
+            await self.backend.ownership.write(
+                self.name, lambda doc: doc.__setitem__("cursor", cursor)
+            )
+            log_.committed_to(cursor)
         try:
             await self.backend.js.purge_stream(self.stream, seq=cursor["seq"], subject=self.subject)
         except (TimeoutError, nats.errors.Error) as exc:
