@@ -227,8 +227,24 @@ class NatsBackend:
             if exc.err_code != STREAM_EXISTS_DIFFERENT:
                 raise
             kv = await self.js.key_value(bucket)
+            if ttl is not None:
+                await self._retune_ttl(bucket, ttl)
         self._kvs[bucket] = kv
         return kv
+
+    async def _retune_ttl(self, bucket: str, ttl: float) -> None:
+        """A bucket made with another TTL (lease_seconds changed): heartbeats that outlive
+        the lease would only delay takeovers, but ones that expire before it would let a
+        node take over from an owner that still holds its lease, so the TTL follows."""
+        info = await self.js.stream_info(f"KV_{bucket}")
+        if info.config.max_age is not None and abs(info.config.max_age - ttl) < 1e-3:
+            return
+        config = info.config
+        config.max_age = ttl
+        if config.duplicate_window > ttl:
+            config.duplicate_window = ttl
+        await self.js.update_stream(config)
+        log.warning("KV bucket %s: TTL set to %gs (spool.lease_seconds)", bucket, ttl)
 
     async def close(self) -> None:
         """Release owned endpoints (so others take over at once), close spools and connection."""
