@@ -90,8 +90,14 @@ class NatsBackend:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Blocking `run` for delivery threads (never call it on the backend's own loop)."""
-        return self.run(coro).result(timeout)
+        """Blocking `run` for delivery threads (never call it on the backend's own loop);
+        no answer within `timeout` is NatsUnavailable (a SpoolError, as callers expect)."""
+        future = self.run(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise NatsUnavailable(f"NATS did not answer within {timeout}s") from None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
