@@ -196,7 +196,7 @@ class Ownership:
             await self.backend.js.publish(
                 f"$KV.{s.nodes_bucket}.{encode_key(self.backend.node_id)}",
                 beat,
-                timeout=s.heartbeat_seconds,
+                timeout=max(s.heartbeat_seconds, 1.0),
             )
             self._renewed = sent
             try:
