@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from chaos.disks import Ext4Disk, run
 from chaos.harness import SEED_ENV, chaos_seed
 from service_helpers import reap_all
 
@@ -54,6 +55,29 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield target
     finally:
         subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+@pytest.fixture
+def ext4_disk(tmp_path: Path) -> Iterator[Ext4Disk]:
+    """A 64 MiB ext4 image on a loop device that a test can fail (read-only) and repair."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root (CI runs the chaos suite as root)")
+    for tool in ("mkfs.ext4", "e2fsck", "mount", "findmnt"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"no {tool} on this machine (e2fsprogs, util-linux)")
+    if not Path("/dev/loop-control").exists() or not Path("/sys/fs/ext4").exists():
+        pytest.skip("no loop devices or no ext4 in this kernel")
+    image, path = tmp_path / "spool.ext4", tmp_path / "ext4-disk"
+    path.mkdir()
+    with image.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    run(["mkfs.ext4", "-q", str(image)])
+    disk = Ext4Disk(image, path)
+    disk.mount()
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture(autouse=True)
