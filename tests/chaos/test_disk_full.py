@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from chaos.backends import LOCAL_SPOOL_ONLY
 from chaos.disks import fill
 from chaos.harness import (
     Ledger,
@@ -32,6 +33,7 @@ S3_CALLS = ["PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipa
 BACKPRESSURE = {429, 507}
 
 
+@LOCAL_SPOOL_ONLY
 @pytest.mark.parametrize("filled_by", ["ingest", "neighbour"])
 def test_full_spool_disk_pushes_back_and_recovers(
     filled_by: str,

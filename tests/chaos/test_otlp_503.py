@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from chaos.backends import LOCAL_SPOOL_ONLY
 from chaos.disks import Ext4Disk, fill
 from chaos.harness import (
     Tally,
@@ -130,6 +131,7 @@ class Sender:
         self.provider.force_flush()
 
 
+@LOCAL_SPOOL_ONLY
 @pytest.mark.parametrize("disk", ["full", "failed"])
 def test_otlp_exporter_retrying_on_503_lands_exactly_what_it_exported(
     disk: str,

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from chaos.backends import LOCAL_SPOOL_ONLY
 from chaos.disks import Ext4Disk
 from chaos.harness import (
     Ledger,
@@ -40,6 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 TOKEN = "chaos-readonly-customer-token-0123456789"
 
 
+@LOCAL_SPOOL_ONLY
 @pytest.mark.parametrize(
     "moment",
     [
