@@ -1,5 +1,14 @@
-"""Chaos fixtures: the spool backend as a parameter, the run's seed (printed on failure), and
-no serve process left behind."""
+"""Chaos fixtures: the spool backend as a parameter, the run's seed (printed on failure), the
+disks of the disk-fault cases, and no serve process left behind.
+
+Backends: every case that takes `spool_backend` runs once per entry of `chaos.backends.BACKENDS`
+("local" today). The "nats" path is ready: a loopback nats-server (`nats_helpers.nats_server`,
+one per module) and `[spool] backend = "nats"` with its URL, a stream prefix of the test's own,
+2 shards, 1 replica. Adding "nats" to `BACKENDS` is the one-line switch once issue 29's backend
+lands; until then a "nats" row skips with `nats_pending()`'s reason (try it with
+LOGFERRY_CHAOS_BACKENDS=local,nats). Cases about the local spool's own files carry
+`LOCAL_SPOOL_ONLY`: one "local" row whatever `BACKENDS` holds, never a "nats" skip.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +16,18 @@ import os
 import random
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chaos.backends import BACKENDS, nats_pending, nats_spool
+from chaos.disks import Ext4Disk, run
 from chaos.harness import SEED_ENV, chaos_seed
+from nats_helpers import nats_server  # noqa: F401  # the "nats" rows' server (a fixture)
 from service_helpers import reap_all
-
-BACKENDS = ["local"]
-"""Spool backends every case runs against ("nats" joins when that backend lands)."""
 
 
 @pytest.fixture(params=BACKENDS)
@@ -25,7 +35,13 @@ def spool_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The `[spool]` settings that select the backend (merged into the serve config)."""
     if request.param == "local":
         return {}
-    raise NotImplementedError(request.param)  # pragma: no cover - future backends
+    if request.param == "nats":
+        reason = nats_pending()
+        if reason is not None:
+            pytest.skip(reason)
+        cluster = request.getfixturevalue("nats_server")
+        return nats_spool(cluster.urls, f"chaos-{uuid.uuid4().hex[:12]}")
+    raise ValueError(f"unknown spool backend {request.param!r}")
 
 
 @pytest.fixture
@@ -56,6 +72,29 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(target)], check=False)
 
 
+@pytest.fixture
+def ext4_disk(tmp_path: Path) -> Iterator[Ext4Disk]:
+    """A 64 MiB ext4 image on a loop device that a test can fail (read-only) and repair."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root (CI runs the chaos suite as root)")
+    for tool in ("mkfs.ext4", "e2fsck", "mount", "findmnt"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"no {tool} on this machine (e2fsprogs, util-linux)")
+    if not Path("/dev/loop-control").exists() or not Path("/sys/fs/ext4").exists():
+        pytest.skip("no loop devices or no ext4 in this kernel")
+    image, path = tmp_path / "spool.ext4", tmp_path / "ext4-disk"
+    path.mkdir()
+    with image.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    run(["mkfs.ext4", "-q", str(image)])
+    disk = Ext4Disk(image, path)
+    disk.mount()
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 @pytest.fixture(autouse=True)
 def _no_server_left_behind() -> Iterator[None]:
     yield
@@ -64,7 +103,7 @@ def _no_server_left_behind() -> Iterator[None]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     seed = getattr(item, "chaos_seed", None)
     if seed is not None and report.failed:

@@ -229,10 +229,12 @@ class ShortCredentials:
     AssumeRole cannot ask for less than 900 s (DESIGN §4), so the proxy rewrites `Expiration`
     in every AssumeRole reply to issue + `lifetime`, and answers any later call signed with that
     key `ExpiredToken` / `ExpiredTokenException`, as AWS does. It records when each data call
-    reached the emulator, so a test can show delivery paused while STS was down."""
+    reached the emulator, so a test can show delivery paused while STS was down. With `roles`,
+    only those roles' keys are short-lived (the others keep what STS issued)."""
 
-    def __init__(self, lifetime: float) -> None:
+    def __init__(self, lifetime: float, roles: Iterable[str] | None = None) -> None:
         self.lifetime = lifetime
+        self.roles = None if roles is None else frozenset(roles)
         self._lock = threading.Lock()
         self.expires: dict[str, float] = {}
         self.issued = 0
@@ -252,7 +254,7 @@ class ShortCredentials:
                 self.rejected[op] += 1
             return _expired_answer(request.service)
         answer = await forward()
-        if op == "AssumeRole" and answer.status == 200:
+        if op == "AssumeRole" and answer.status == 200 and self._shortens(request):
             expires_at = int(time.time() + self.lifetime)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)).encode()
             body = _EXPIRATION.sub(b"<Expiration>" + stamp + b"</Expiration>", answer.body)
@@ -266,6 +268,12 @@ class ShortCredentials:
             with self._lock:
                 self.forwarded.append((time.time(), op))
         return answer
+
+    def _shortens(self, request: ProxyRequest) -> bool:
+        if self.roles is None:
+            return True
+        form = parse_qs(request.body.decode(errors="replace"))
+        return form.get("RoleArn", [""])[0] in self.roles
 
     def data_calls_between(self, start: float, end: float) -> Counter[str]:
         with self._lock:

@@ -3,7 +3,6 @@ nothing acknowledged is lost, and ingest recovers once delivery frees the space.
 
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from chaos.backends import LOCAL_SPOOL_ONLY
+from chaos.disks import fill
 from chaos.harness import (
     Ledger,
     Tally,
@@ -32,15 +33,7 @@ S3_CALLS = ["PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipa
 BACKPRESSURE = {429, 507}
 
 
-def fill(disk: Path, leave: int) -> Path:
-    """Another writer takes all but `leave` bytes of the filesystem (the budget cannot know)."""
-    stat = os.statvfs(disk)
-    filler = disk / "neighbour.bin"
-    with filler.open("wb") as f:
-        f.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
-    return filler
-
-
+@LOCAL_SPOOL_ONLY
 @pytest.mark.parametrize("filled_by", ["ingest", "neighbour"])
 def test_full_spool_disk_pushes_back_and_recovers(
     filled_by: str,

@@ -6,24 +6,22 @@ A tmpfs cannot be remounted read-only while serve holds its newest segment open 
 kernel answers EBUSY: `mount -o remount,ro` exits 32), and neither can a read-only bind mount. So
 the case does what Linux itself does after an I/O error: an ext4 image on a loop device mounted
 `errors=remount-ro`, turned read-only under the open writer through ext4's own
-`/sys/fs/ext4/<dev>/trigger_fs_error`. Such a filesystem refuses `remount,rw` ("emergency_ro")
-until it is unmounted and checked, so recovery is the operator's: stop serve, `e2fsck`, mount,
-start serve."""
+`/sys/fs/ext4/<dev>/trigger_fs_error` (`chaos.disks.Ext4Disk`, fixture `ext4_disk`). Such a
+filesystem refuses `remount,rw` ("emergency_ro") until it is unmounted and checked, so recovery
+is the operator's: stop serve, `e2fsck`, mount, start serve."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chaos.backends import LOCAL_SPOOL_ONLY
+from chaos.disks import Ext4Disk
 from chaos.harness import (
     Ledger,
     Tally,
@@ -43,52 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 TOKEN = "chaos-readonly-customer-token-0123456789"
 
 
-class Ext4Disk:
-    """A 64 MiB ext4 image on a loop device, mounted `errors=remount-ro` at `path`."""
-
-    def __init__(self, image: Path, path: Path) -> None:
-        self.image, self.path = image, path
-
-    def mount(self) -> None:
-        run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.path)])
-
-    def fail(self) -> None:
-        """An ext4 error: the kernel makes the filesystem read-only at once."""
-        device = run(["findmnt", "-n", "-o", "SOURCE", str(self.path)]).strip()
-        Path(f"/sys/fs/ext4/{Path(device).name}/trigger_fs_error").write_text("1")
-
-    def repair(self) -> None:
-        run(["umount", str(self.path)])
-        subprocess.run(["e2fsck", "-fy", str(self.image)], capture_output=True, check=False)
-        self.mount()
-
-
-def run(argv: list[str]) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-@pytest.fixture
-def ext4_disk(tmp_path: Path) -> Iterator[Ext4Disk]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a loop device needs root (CI runs the chaos suite as root)")
-    for tool in ("mkfs.ext4", "e2fsck", "mount", "findmnt"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"no {tool} on this machine (e2fsprogs, util-linux)")
-    if not Path("/dev/loop-control").exists() or not Path("/sys/fs/ext4").exists():
-        pytest.skip("no loop devices or no ext4 in this kernel")
-    image, path = tmp_path / "spool.ext4", tmp_path / "ext4-disk"
-    path.mkdir()
-    with image.open("wb") as f:
-        f.truncate(64 * 1024 * 1024)
-    run(["mkfs.ext4", "-q", str(image)])
-    disk = Ext4Disk(image, path)
-    disk.mount()
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
+@LOCAL_SPOOL_ONLY
 @pytest.mark.parametrize(
     "moment",
     [

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from chaos.backends import LOCAL_SPOOL_ONLY
 from chaos.harness import Ledger, Tally, chaos_s3_customers, compare, gated_proxy, write_tally
 from e2e_helpers import bucket_content, endpoint_uid, segment_files, wait_pending_zero
 from logferry.local.emulator import Emulator
@@ -43,6 +44,7 @@ def records(segment: Path) -> list[tuple[int, int, bytes]]:
     return out
 
 
+@LOCAL_SPOOL_ONLY
 @pytest.mark.parametrize(
     "where",
     [
