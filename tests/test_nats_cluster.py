@@ -31,9 +31,7 @@ def test_three_nodes_keep_acknowledged_messages_through_a_leader_kill(tmp_path: 
     async def run(cluster: NatsCluster) -> None:
         nc = await nats.connect(cluster.urls.split(","), max_reconnect_attempts=-1)
         js = nc.jetstream()
-        config = StreamConfig(
-            name="T", subjects=["t.>"], num_replicas=3, storage=StorageType.FILE
-        )
+        config = StreamConfig(name="T", subjects=["t.>"], num_replicas=3, storage=StorageType.FILE)
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -299,8 +299,14 @@ class EndpointWorker(DeliveryStep):
                 # Cleared before the step, not before the wait: a call that finishes while the
                 # step runs must still wake the wait that follows it.
                 self._wake.clear()
+                before = spool.committed_offset
                 worked, delay = await self._in_thread(self._step, stopping)
-                self._failures = 0
+                # Only progress resets the backoff: with calls in flight, the step that starts a
+                # doomed call returns fine and its failure surfaces a step later, so "no raise"
+                # is no proof the destination is back (the long-outage chaos case).
+                sink = self._sink
+                if spool.committed_offset != before or sink is None or not sink.holds_data():
+                    self._failures = 0
                 if self.state != "active" and (worked or self.state in ("idle", "retrying")):
                     self.state = "active"
             except SetupError as exc:
@@ -377,10 +383,10 @@ class EndpointWorker(DeliveryStep):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     def _next_delay(self, policy: Backoff) -> float:
-        ceiling = min(policy.cap, policy.base * (2 ** min(self._failures, 16)))
+        # The policies use equal jitter: failing endpoints spread out, a retry is never immediate.
+        delay = policy.delay(self._failures)
         self._failures += 1
-        # Half fixed, half jitter: failing endpoints spread out, but a retry is never immediate.
-        return float(ceiling / 2 + policy.rng.uniform(0, ceiling / 2))
+        return delay
 
     def _failed(self, exc: BaseException, kind: str) -> None:
         self._record_error(exc, kind)
