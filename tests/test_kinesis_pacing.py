@@ -1,6 +1,7 @@
 """The stream's pacer: a shard never gets more than its budget in any one-second window of the
-moments calls *leave*, however long a call waits for an I/O thread and however long its
-answer takes; and it never holds back a call the window has room for.
+moments calls *leave* (nor more than half of it in any quarter second), however long a call
+waits for an I/O thread and however long its answer takes; and it never holds back a call the
+windows have room for.
 
 Properties run the real `ShardPacer` on a fake clock (hypothesis draws the calls, how long each
 waits before it leaves and when it is answered); the end-to-end test runs the real sink through
@@ -35,15 +36,17 @@ from logferry.local.emulator import Emulator
 from logferry.local.kinesis_quota import KinesisQuota, list_shards_with
 from logferry.local.latency_proxy import LinkProfile, ProxyConfig, latency_proxy
 from logferry.sinks.kinesis import KinesisSink
-from logferry.sinks.pacing import PENDING_LIMIT, Booking, ShardPacer
+from logferry.sinks.pacing import PENDING_LIMIT, PENDING_POLL, Booking, ShardPacer
 
 Unique = Callable[[str], str]
 RECORDS, BYTES = 1_000, 1_000_000
+BURST_SPAN, BURST_RECORDS, BURST_BYTES = 0.25, 500, 500_000
 SHARDS = ("s0", "s1", "s2")
 
+# What one call asks of a shard: never more than a burst (the sink's batches never do).
 demand_strategy = st.dictionaries(
     st.sampled_from(SHARDS),
-    st.tuples(st.integers(1, RECORDS), st.integers(1, BYTES)),
+    st.tuples(st.integers(1, BURST_RECORDS), st.integers(1, BURST_BYTES)),
     min_size=1,
     max_size=len(SHARDS),
 )
@@ -56,13 +59,13 @@ call_strategy = st.tuples(
 )
 
 
-def _worst_window(sends: list[tuple[float, int, int]]) -> tuple[int, int]:
-    """The most records and bytes that left within any one-second window [t, t + 1)."""
+def _worst_window(sends: list[tuple[float, int, int]], span: float) -> tuple[int, int]:
+    """The most records and bytes that left within any window [t, t + span)."""
     sends = sorted(sends)
     times = [t for t, _, _ in sends]
     worst = (0, 0)
     for i, (t, _, _) in enumerate(sends):
-        inside = sends[i : bisect.bisect_left(times, t + 1.0)]
+        inside = sends[i : bisect.bisect_left(times, t + span)]
         worst = (
             max(worst[0], sum(r for _, r, _ in inside)),
             max(worst[1], sum(b for _, _, b in inside)),
@@ -108,8 +111,10 @@ def test_no_shard_gets_more_than_its_budget_in_any_second_whatever_the_latency(
     run_until(max(answered, default=clock()) + PENDING_LIMIT)
 
     for shard, sends in left.items():
-        records, size = _worst_window(sends)
+        records, size = _worst_window(sends, 1.0)
         assert records <= RECORDS and size <= BYTES, (shard, records, size)
+        records, size = _worst_window(sends, BURST_SPAN)
+        assert records <= BURST_RECORDS and size <= BURST_BYTES, (shard, records, size)
 
 
 @settings(max_examples=300, deadline=None)
@@ -120,8 +125,9 @@ def test_no_shard_gets_more_than_its_budget_in_any_second_whatever_the_latency(
 def test_the_pacer_never_holds_back_what_the_window_has_room_for(
     calls: list[tuple[dict[str, tuple[int, int]], float]], ask: dict[str, tuple[int, int]]
 ) -> None:
-    """Whatever was sent before: a demand that fits every shard's last second goes at once,
-    and a refused one is told exactly when it fits (not later: no room is left unused)."""
+    """Whatever was sent before: a demand that fits every shard's last second and last quarter
+    second goes at once, and a refused one is told when it fits, to the microsecond (not
+    later: no room is left unused)."""
     clock = FakeClock(0.0)
     pacer = ShardPacer(clock=clock)
     sent: dict[str, list[tuple[float, int, int]]] = defaultdict(list)
@@ -133,46 +139,52 @@ def test_the_pacer_never_holds_back_what_the_window_has_room_for(
 
     def fits_at(now: float) -> bool:
         for shard, (records, size) in ask.items():
-            recent = [(r, b) for t, r, b in sent[shard] if t + 1.0 > now]
-            if sum(r for r, _ in recent) + records > RECORDS:
-                return False
-            if sum(b for _, b in recent) + size > BYTES:
-                return False
+            for span, most_records, most_bytes in (
+                (1.0, RECORDS, BYTES),
+                (BURST_SPAN, BURST_RECORDS, BURST_BYTES),
+            ):
+                recent = [(r, b) for t, r, b in sent[shard] if t + span > now]
+                if sum(r for r, _ in recent) + records > most_records:
+                    return False
+                if sum(b for _, b in recent) + size > most_bytes:
+                    return False
         return True
 
     delay = pacer.delay(ask)
     assert (delay == 0.0) == fits_at(clock())
     if delay > 0:
-        assert fits_at(clock() + delay)
+        assert fits_at(clock() + delay + 1e-9)
         assert not fits_at(clock() + delay - 1e-6)
-        clock.advance(delay)
+        clock.advance(delay + 1e-9)
         assert pacer.reserve(ask) == 0.0
 
 
 def test_a_held_call_counts_from_when_it_leaves_or_gives_its_room_back() -> None:
     clock = FakeClock(0.0)
     pacer = ShardPacer(clock=clock)
-    first = pacer.hold({"a": (600, 1_000)})
+    first = pacer.hold({"a": (300, 1_000)})
     assert isinstance(first, Booking)
     clock.advance(5.0)  # waited 5 s for an I/O thread: it has not left, it still counts
-    assert pacer.room("a") == (400, 999_000)
+    assert pacer.room("a") == (200, 499_000)  # in the quarter second too
+    assert pacer.delay({"a": (300, 10)}) == PENDING_POLL  # ask again soon: it leaves soon
     pacer.started(first)
     clock.advance(0.9)
-    assert pacer.delay({"a": (500, 10)}) == pytest.approx(0.1)  # one second from leaving
+    assert pacer.room("a") == (500, 500_000)  # out of the quarter second, not the second
+    assert pacer.delay({"a": (800, 10)}) == pytest.approx(0.1)  # one second from leaving
     second = pacer.hold({"a": (400, 10)})
     assert isinstance(second, Booking)
-    assert pacer.room("a") == (0, 998_990)
+    assert pacer.room("a") == (100, 499_990)
     pacer.release(second)  # cancelled before it left
-    assert pacer.room("a") == (400, 999_000)
+    assert pacer.room("a") == (500, 500_000)
     pacer.started(second)  # released: starting it later changes nothing
-    assert pacer.room("a") == (400, 999_000)
+    assert pacer.room("a") == (500, 500_000)
     # A held call that never starts stops counting after PENDING_LIMIT.
-    stuck = pacer.hold({"b": (1000, 10)})
-    assert isinstance(stuck, Booking) and pacer.room("b") == (0, 999_990)
+    stuck = pacer.hold({"b": (500, 10)})
+    assert isinstance(stuck, Booking) and pacer.room("b") == (0, 499_990)
     clock.advance(PENDING_LIMIT + 1.0)
-    assert pacer.room("b") == (1000, BYTES)
+    assert pacer.room("b") == (BURST_RECORDS, BURST_BYTES)
     pacer.started(stuck)  # ... and counts again from the moment it does leave
-    assert pacer.room("b") == (0, 999_990)
+    assert pacer.room("b") == (0, 499_990)
 
 
 def test_every_record_arrives_once_at_the_quota_through_latency_with_no_throttle(
@@ -204,22 +216,26 @@ def test_every_record_arrives_once_at_the_quota_through_latency_with_no_throttle
     assert sink.stats.max_in_flight_seen > 1 and answered.is_set()
 
 
-@pytest.mark.parametrize(("shards", "calls"), [(1, 8), (8, 16), (40, 64)])
+@pytest.mark.parametrize(
+    ("shards", "calls", "outstanding"), [(1, 8, 8000), (8, 24, 16_000), (40, 64, 64_000)]
+)
 def test_by_default_the_calls_in_flight_follow_the_stream_so_the_pacer_is_the_brake(
-    emulator: Emulator, unique: Unique, shards: int, calls: int
+    emulator: Emulator, unique: Unique, shards: int, calls: int, outstanding: int
 ) -> None:
-    """Unset `max_in_flight_calls`: two calls per open shard (8 to 64), so that a stream's
+    """Unset `max_in_flight_calls`: three calls per open shard (8 to 64), so that a stream's
     quota, not the number of calls, bounds the rate at round trips up to about a second;
-    what a crash may replay scales with it (`2 × calls × 500` records)."""
+    what a crash may replay is two seconds of the stream's quota (at least 8,000 records,
+    never more than `2 × calls × 500`)."""
     setup = kinesis_setup(emulator, unique, shards=shards)
     assert setup.endpoint.max_in_flight_calls is None
     with ThreadPoolExecutor(2) as pool:
         sink = KinesisSink(setup.endpoint, setup.clients, hostname="node-1", io_executor=pool)
         deliver(sink, make_chunks(sample_lines(10, size=20), 10))
     assert sink.status()["max_in_flight_calls"] == calls
-    assert sink._max_outstanding == 2 * calls * 500
+    assert sink._max_outstanding == outstanding <= 2 * calls * 500
     chosen = setup.endpoint.model_copy(update={"max_in_flight_calls": 3})
-    assert KinesisSink(chosen, setup.clients, io_executor=pool)._max_in_flight == 3
+    explicit = KinesisSink(chosen, setup.clients, io_executor=pool)
+    assert (explicit._max_in_flight, explicit._max_outstanding) == (3, 3000)
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ class Batch:
         records, size = self.demand.get(shard.shard_id, (0, 0))
         if records >= self._shard_records:
             return False
-        # A shard takes at most one second's worth per call (one oversized record alone).
+        # A shard takes at most one burst's worth per call (one oversized record alone).
         if records and size + record.size > self._shard_bytes:
             return False
         if self._room is None:

@@ -14,6 +14,14 @@ across rebuilds) may write to one stream, so the pacer is shared: `shared_pacer`
 `ShardPacer` of a stream (keyed by the Kinesis endpoint URL and the stream ARN, which names the
 account and region), and `reserve` checks and books a call's demand atomically under its lock.
 
+Kinesis meters a shard when a call *arrives*, and arrival is the moment the call left plus a
+network delay that varies (and on a loaded sender, thread scheduling): a window that hands out
+a whole second's quota at once repeats that burst every second, and a burst that arrives a few
+ms early finds the shard's bucket not yet refilled (issue 31: 152 of 6,000 records throttled at
+load 10). So a shard also takes at most half a second's quota (`BURST_QUOTA_SHARE`) in any
+quarter second (`BURST_SPAN_SHARE`): the one-second window still allows the full rate, and the
+shard's bucket keeps half a second of slack, which absorbs arrival jitter of up to ~250 ms.
+
 A call counts from the moment it *leaves*, not from the moment it is booked: a call handed to a
 busy I/O pool may wait there, and had its second started at booking it would end early and let
 the next second's calls reach the shard less than a second after it. So `hold` books a call
@@ -42,17 +50,25 @@ SHARD_BYTES_PER_SECOND = 1_000_000
 PENDING_LIMIT = 60.0
 """Seconds a held call counts with no end before `started` (a call that never runs, e.g.
 cancelled by a pool shutdown, must not hold its shards for ever)."""
+PENDING_POLL = 0.05
+"""When only calls not yet left stand in the way, ask again this soon (they leave as soon as
+an I/O thread is free, and nothing wakes a sink when another sink's call leaves)."""
+BURST_SPAN_SHARE = 0.25
+BURST_QUOTA_SHARE = 0.5
+"""At most half a second's quota in any quarter second (see the module docstring)."""
 
 
 class _Entry:
-    """One call's share of one shard's window; `expires` is when it stops counting."""
+    """One call's share of one shard's window; `expires` is when it stops counting, `left`
+    when its call left (None while it waits for an I/O thread)."""
 
-    __slots__ = ("bytes", "expires", "records")
+    __slots__ = ("bytes", "expires", "left", "records")
 
-    def __init__(self, expires: float, records: int, size: int) -> None:
+    def __init__(self, expires: float, records: int, size: int, left: float | None) -> None:
         self.expires = expires
         self.records = records
         self.bytes = size
+        self.left = left
 
     def __lt__(self, other: _Entry) -> bool:
         return self.expires < other.expires
@@ -97,8 +113,22 @@ class _Window:
         if drop:
             del self.entries[:drop]
 
-    def delay(self, now: float, records: int, size: int, limits: tuple[int, int]) -> float:
-        """Seconds until `records`/`size` more fit (0 when they fit now)."""
+    def delay(
+        self,
+        now: float,
+        records: int,
+        size: int,
+        limits: tuple[int, int],
+        burst: tuple[float, int, int],
+    ) -> float:
+        """Seconds until `records`/`size` more fit both the one-second window and the burst
+        window (0 when they fit now)."""
+        return max(
+            self._window_delay(now, records, size, limits),
+            self._burst_delay(now, records, size, burst),
+        )
+
+    def _window_delay(self, now: float, records: int, size: int, limits: tuple[int, int]) -> float:
         max_records, max_bytes = limits
         # Anything larger than a whole window's quota goes alone on an empty window.
         need_records = min(records, max_records)
@@ -110,8 +140,37 @@ class _Window:
             have_records -= entry.records
             have_bytes -= entry.bytes
             if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
+                if entry.left is None:
+                    return PENDING_POLL
                 return max(0.0, entry.expires - now)
         return 0.0  # unreachable: an empty window always fits the capped demand
+
+    def burst_use(self, now: float, span: float) -> list[_Entry]:
+        """Entries that left within the last `span` seconds (or have not left yet), oldest
+        first."""
+        recent = [e for e in self.entries if e.left is None or e.left + span > now]
+        recent.sort(key=lambda e: float("inf") if e.left is None else e.left)
+        return recent
+
+    def _burst_delay(
+        self, now: float, records: int, size: int, burst: tuple[float, int, int]
+    ) -> float:
+        span, max_records, max_bytes = burst
+        need_records = min(records, max_records)
+        need_bytes = min(size, max_bytes)
+        recent = self.burst_use(now, span)
+        have_records = sum(e.records for e in recent)
+        have_bytes = sum(e.bytes for e in recent)
+        if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
+            return 0.0
+        for entry in recent:
+            have_records -= entry.records
+            have_bytes -= entry.bytes
+            if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
+                if entry.left is None:
+                    return PENDING_POLL
+                return max(0.0, entry.left + span - now)
+        return 0.0  # unreachable: an empty burst window always fits the capped demand
 
     @staticmethod
     def hold(span: float, records: int, size: int, limits: tuple[int, int]) -> float:
@@ -164,6 +223,11 @@ class ShardPacer:
         self._clock = clock
         self._limits = (records_per_second, bytes_per_second)
         self._span = span
+        self._burst = (
+            span * BURST_SPAN_SHARE,
+            int(records_per_second * BURST_QUOTA_SHARE),
+            int(bytes_per_second * BURST_QUOTA_SHARE),
+        )
         self._windows: dict[str, _Window] = {}
         self._lock = threading.Lock()
 
@@ -174,6 +238,15 @@ class ShardPacer:
     @property
     def bytes_per_second(self) -> int:
         return self._limits[1]
+
+    @property
+    def burst_records(self) -> int:
+        """The most records one shard takes in any `BURST_SPAN_SHARE` of the span."""
+        return self._burst[1]
+
+    @property
+    def burst_bytes(self) -> int:
+        return self._burst[2]
 
     def delay(self, demand: Mapping[str, tuple[int, int]]) -> float:
         """Seconds to wait before sending `demand` (shard id → (records, bytes))."""
@@ -187,19 +260,32 @@ class ShardPacer:
             if window is None:
                 continue
             window.expire(now)
-            worst = max(worst, window.delay(now, records, size, self._limits))
+            worst = max(worst, window.delay(now, records, size, self._limits, self._burst))
         return worst
 
     def room(self, shard_id: str) -> tuple[int, int]:
-        """(records, bytes) the shard can take right now without exceeding its window."""
+        """(records, bytes) the shard can take right now without exceeding its one-second
+        window or its burst window."""
+        span, burst_records, burst_bytes = self._burst
         with self._lock:
             window = self._windows.get(shard_id)
             if window is None:
-                return self._limits
-            window.expire(self._clock())
+                return burst_records, burst_bytes
+            now = self._clock()
+            window.expire(now)
+            recent = window.burst_use(now, span)
             return (
-                max(0, self._limits[0] - window.records),
-                max(0, self._limits[1] - window.bytes),
+                max(
+                    0,
+                    min(
+                        self._limits[0] - window.records,
+                        burst_records - sum(e.records for e in recent),
+                    ),
+                ),
+                max(
+                    0,
+                    min(self._limits[1] - window.bytes, burst_bytes - sum(e.bytes for e in recent)),
+                ),
             )
 
     def commit(self, demand: Mapping[str, tuple[int, int]]) -> None:
@@ -216,7 +302,12 @@ class ShardPacer:
                 window = self._windows[shard_id] = _Window()
             window.expire(now)
             hold = window.hold(self._span, records, size, self._limits)
-            entry = _Entry(now + (hold if started else hold + PENDING_LIMIT), records, size)
+            entry = _Entry(
+                now + (hold if started else hold + PENDING_LIMIT),
+                records,
+                size,
+                now if started else None,
+            )
             window.add(entry)
             booking.entries.append((window, entry))
             booking.holds.append(hold)
@@ -253,6 +344,7 @@ class ShardPacer:
             booking.started = True
             now = self._clock()
             for (window, entry), hold in zip(booking.entries, booking.holds, strict=True):
+                entry.left = now
                 window.move(entry, now + hold)
 
     def release(self, booking: Booking) -> None:

@@ -40,8 +40,8 @@ def _next_batch(self: KinesisSink, state: Progress) -> Batch:
     assert shards is not None
     batch = Batch(
         max(MAX_BYTES_PER_CALL, self._max_record_bytes),
-        self._pacer.records_per_second,
-        self._pacer.bytes_per_second,
+        self._pacer.burst_records,
+        self._pacer.burst_bytes,
         room=self._room,
     )
     now = self._clock()
