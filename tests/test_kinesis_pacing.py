@@ -217,12 +217,12 @@ def test_every_record_arrives_once_at_the_quota_through_latency_with_no_throttle
 
 
 @pytest.mark.parametrize(
-    ("shards", "calls", "outstanding"), [(1, 8, 8000), (8, 24, 16_000), (40, 64, 64_000)]
+    ("shards", "calls", "outstanding"), [(1, 8, 8000), (8, 32, 16_000), (40, 64, 64_000)]
 )
 def test_by_default_the_calls_in_flight_follow_the_stream_so_the_pacer_is_the_brake(
     emulator: Emulator, unique: Unique, shards: int, calls: int, outstanding: int
 ) -> None:
-    """Unset `max_in_flight_calls`: three calls per open shard (8 to 64), so that a stream's
+    """Unset `max_in_flight_calls`: four calls per open shard (8 to 64), so that a stream's
     quota, not the number of calls, bounds the rate at round trips up to about a second;
     what a crash may replay is two seconds of the stream's quota (at least 8,000 records,
     never more than `2 × calls × 500`)."""

@@ -49,7 +49,7 @@ class KinesisEndpoint(EndpointBase):
     and at most 1 MB, one second of a shard's write quota (far fewer records and PutRecords
     calls; consumers split records on newlines)."""
     max_in_flight_calls: int | None = Field(None, ge=1, le=64)
-    """PutRecords calls this endpoint keeps in flight at once (1-64). Unset (the default): three
+    """PutRecords calls this endpoint keeps in flight at once (1-64). Unset (the default): four
     per open shard, at least 8 and at most 64, so that the shared pacer (the stream's quota),
     not the number of calls, is the brake at any round trip up to about a second. One call
     carries at most 500 records: at a 100 ms round trip 8 calls move at most ~40,000

@@ -71,7 +71,7 @@ from logferry.spool.chunk import Chunk
 
 AUTO_MIN_CALLS = 8
 AUTO_MAX_CALLS = 64
-AUTO_CALLS_PER_SHARD = 3
+AUTO_CALLS_PER_SHARD = 4
 """Bounds of the default number of calls in flight (see `KinesisSink._max_in_flight`)."""
 DEFAULT_MAX_HELD_BYTES = 16 * 1024 * 1024
 """Record bytes one sink holds (fed, not yet accepted) before it stops asking for data."""
