@@ -170,7 +170,7 @@ class KinesisSink:
         enough for the stream that the pacer, not this cap, is the brake: AUTO_CALLS_PER_SHARD
         per open shard, so that calls of a few hundred records fill the one-second-per-shard
         bound on records in flight, at least AUTO_MIN_CALLS and at most AUTO_MAX_CALLS (the
-        shared I/O pool's default size). At a 100 ms round trip 8 calls move ~30,000
+        shared I/O pool's default size). At a 100 ms round trip 8 calls move at most 40,000
         records/s, half a 64-shard stream's quota; at 700 ms (the emulator on a loaded box)
         5,700/s, 70 % of an 8-shard one."""
         given = self._max_in_flight_given
