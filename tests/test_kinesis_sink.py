@@ -557,12 +557,13 @@ def test_pacer_room_is_what_the_window_still_takes() -> None:
 
     now = [100.0]
     pacer = ShardPacer(clock=lambda: now[0])
-    assert pacer.room("s1") == (1000, 1_000_000)
+    # At most half a second's quota in any quarter second, a second's in any second.
+    assert pacer.room("s1") == (500, 500_000)
     pacer.commit({"s1": (1, 600_000)})
-    assert pacer.room("s1") == (999, 400_000)
-    assert pacer.room("s2") == (1000, 1_000_000)
-    now[0] += 0.5
+    assert pacer.room("s1") == (499, 0)
+    assert pacer.room("s2") == (500, 500_000)
+    now[0] += 0.5  # the first entry left the quarter second, not the second
     pacer.commit({"s1": (10, 300_000)})
-    assert pacer.room("s1") == (989, 100_000)
-    now[0] += 0.6  # the first entry left the one-second window
-    assert pacer.room("s1") == (990, 700_000)
+    assert pacer.room("s1") == (490, 100_000)
+    now[0] += 0.6  # the first entry left the one-second window, the second the quarter
+    assert pacer.room("s1") == (500, 500_000)

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 
 from logferry.sinks.kinesis_records import Record, Unit
+from logferry.sinks.pacing import Booking
 from logferry.sinks.shard_map import Shard
 
 MAX_RECORDS_PER_CALL = 500
@@ -86,6 +87,8 @@ class Batch:
         self._rooms: dict[str, tuple[int, int]] = {}
         self.taken_fresh: list[Record] = []
         self.taken_retry: list[tuple[float, int, Record]] = []
+        self.booking: Booking | None = None
+        """Its demand held in the stream's pacer until the call leaves (`ShardPacer.hold`)."""
 
     def fits(self, record: Record, shard: Shard) -> bool:
         if len(self.items) >= MAX_RECORDS_PER_CALL:
@@ -95,7 +98,7 @@ class Batch:
         records, size = self.demand.get(shard.shard_id, (0, 0))
         if records >= self._shard_records:
             return False
-        # A shard takes at most one second's worth per call (one oversized record alone).
+        # A shard takes at most one burst's worth per call (one oversized record alone).
         if records and size + record.size > self._shard_bytes:
             return False
         if self._room is None:

@@ -49,12 +49,15 @@ class KinesisEndpoint(EndpointBase):
     True: consecutive lines, each newline-terminated, packed into records up to the size limit
     and at most 1 MB, one second of a shard's write quota (far fewer records and PutRecords
     calls; consumers split records on newlines)."""
-    max_in_flight_calls: int = Field(8, ge=1, le=64)
-    """PutRecords calls this endpoint keeps in flight at once (1-64, default 8). One call
-    carries at most 500 records, so at a 30 ms round trip one call at a time moves at most
-    ~16,000 records/s; 8 calls reach ~130,000 records/s, more than a 64-shard stream takes
-    (the shared pacer holds the rate at the stream's quota anyway). A crash replays at most
-    `2 × max_in_flight_calls × 500` records (see `KinesisSink`). 1 = one call at a time."""
+    max_in_flight_calls: int | None = Field(None, ge=1, le=64)
+    """PutRecords calls this endpoint keeps in flight at once (1-64). Unset (the default): four
+    per open shard, at least 8 and at most 64, so that the shared pacer (the stream's quota),
+    not the number of calls, is the brake at any round trip up to about a second. One call
+    carries at most 500 records: at a 100 ms round trip 8 calls move at most ~40,000
+    records/s, less than a 64-shard stream takes. A crash replays at most
+    `2 × max_in_flight_calls × 500` records (unset: two seconds of the stream's quota, at
+    least 8,000; see `KinesisSink`), and never more than a second's quota per shard in
+    flight. 1 = one call at a time."""
     oversize: OversizePolicy = "split"
     """A line over the record size limit (1 MiB including the partition key, or the stream's
     MaxRecordSizeInKiB when DescribeStreamSummary is allowed) is never dropped silently:

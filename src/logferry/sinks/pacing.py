@@ -14,6 +14,24 @@ across rebuilds) may write to one stream, so the pacer is shared: `shared_pacer`
 `ShardPacer` of a stream (keyed by the Kinesis endpoint URL and the stream ARN, which names the
 account and region), and `reserve` checks and books a call's demand atomically under its lock.
 
+Kinesis meters a shard when a call *arrives*, and arrival is the moment the call left plus a
+network delay that varies (and on a loaded sender, thread scheduling): a window that hands out
+a whole second's quota at once repeats that burst every second, and a burst that arrives a few
+ms early finds the shard's bucket not yet refilled (issue 31: 152 of 6,000 records throttled at
+load 10). So a shard also takes at most half a second's quota (`BURST_QUOTA_SHARE`) in any
+quarter second (`BURST_SPAN_SHARE`): the one-second window still allows the full rate, and the
+shard's bucket keeps half a second of slack, which absorbs arrival jitter of up to ~250 ms.
+
+A call counts from the moment it *leaves*, not from the moment it is booked: a call handed to a
+busy I/O pool may wait there, and had its second started at booking it would end early and let
+the next second's calls reach the shard less than a second after it. So `hold` books a call
+whose second has not started yet (it counts against the window, with no end, until `started`
+or for at most `PENDING_LIMIT`), and the I/O thread calls `started` just before sending: the
+window then holds it for one second from there. Counting until the *answer* instead (the other
+safe choice) would keep each record's room busy for a round trip plus a second, a ceiling of
+1/(1 + RTT) of the quota (91 % at 100 ms, 59 % at 700 ms); counting from the start keeps the
+ceiling at the quota whatever the round trip.
+
 `ThrottleMonitor` turns persistent `ProvisionedThroughputExceededException` answers into the
 status line "stream under-provisioned: N open shards, ≈M needed for the observed rate".
 """
@@ -29,36 +47,88 @@ from dataclasses import dataclass
 
 SHARD_RECORDS_PER_SECOND = 1_000
 SHARD_BYTES_PER_SECOND = 1_000_000
+PENDING_LIMIT = 60.0
+"""Seconds a held call counts with no end before `started` (a call that never runs, e.g.
+cancelled by a pool shutdown, must not hold its shards for ever)."""
+PENDING_POLL = 0.05
+"""When only calls not yet left stand in the way, ask again this soon (they leave as soon as
+an I/O thread is free, and nothing wakes a sink when another sink's call leaves)."""
+BURST_SPAN_SHARE = 0.25
+BURST_QUOTA_SHARE = 0.5
+"""At most half a second's quota in any quarter second (see the module docstring)."""
+
+
+class _Entry:
+    """One call's share of one shard's window; `expires` is when it stops counting, `left`
+    when its call left (None while it waits for an I/O thread)."""
+
+    __slots__ = ("bytes", "expires", "left", "records")
+
+    def __init__(self, expires: float, records: int, size: int, left: float | None) -> None:
+        self.expires = expires
+        self.records = records
+        self.bytes = size
+        self.left = left
+
+    def __lt__(self, other: _Entry) -> bool:
+        return self.expires < other.expires
+
+
+class Booking:
+    """A call held in the pacer (`ShardPacer.hold`) until `ShardPacer.started`."""
+
+    __slots__ = ("entries", "holds", "started")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[_Window, _Entry]] = []
+        self.holds: list[float] = []
+        """Per entry: seconds it counts once started (one second, more for oversize records)."""
+        self.started = False
 
 
 class _Window:
     """What was sent to one shard and still counts against its quota, in expiry order.
 
-    An entry normally counts for `span` (one second). A single call larger than a whole
-    second's quota (one record of up to 10 MiB) counts for proportionally longer, so that the
-    average never exceeds the limit: 4 MB on a 1 MB/s shard blocks it for 4 s.
+    An entry normally counts for `span` (one second) from the moment its call left. A single
+    call larger than a whole second's quota (one record of up to 10 MiB) counts for
+    proportionally longer, so that the average never exceeds the limit: 4 MB on a 1 MB/s shard
+    blocks it for 4 s. An entry of a call not yet left counts until it is started.
     """
 
     __slots__ = ("bytes", "entries", "records")
 
     def __init__(self) -> None:
-        self.entries: list[tuple[float, int, int]] = []  # (expires at, records, bytes)
+        self.entries: list[_Entry] = []
         self.records = 0
         self.bytes = 0
 
     def expire(self, now: float) -> None:
         drop = 0
-        for expires, records, size in self.entries:
-            if expires > now:
+        for entry in self.entries:
+            if entry.expires > now:
                 break
-            self.records -= records
-            self.bytes -= size
+            self.records -= entry.records
+            self.bytes -= entry.bytes
             drop += 1
         if drop:
             del self.entries[:drop]
 
-    def delay(self, now: float, records: int, size: int, limits: tuple[int, int]) -> float:
-        """Seconds until `records`/`size` more fit (0 when they fit now)."""
+    def delay(
+        self,
+        now: float,
+        records: int,
+        size: int,
+        limits: tuple[int, int],
+        burst: tuple[float, int, int],
+    ) -> float:
+        """Seconds until `records`/`size` more fit both the one-second window and the burst
+        window (0 when they fit now)."""
+        return max(
+            self._window_delay(now, records, size, limits),
+            self._burst_delay(now, records, size, burst),
+        )
+
+    def _window_delay(self, now: float, records: int, size: int, limits: tuple[int, int]) -> float:
         max_records, max_bytes = limits
         # Anything larger than a whole window's quota goes alone on an empty window.
         need_records = min(records, max_records)
@@ -66,20 +136,73 @@ class _Window:
         have_records, have_bytes = self.records, self.bytes
         if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
             return 0.0
-        for expires, r, b in self.entries:
-            have_records -= r
-            have_bytes -= b
+        for entry in self.entries:
+            have_records -= entry.records
+            have_bytes -= entry.bytes
             if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
-                return max(0.0, expires - now)
+                if entry.left is None:
+                    return PENDING_POLL
+                return max(0.0, entry.expires - now)
         return 0.0  # unreachable: an empty window always fits the capped demand
 
-    def add(
-        self, now: float, records: int, size: int, span: float, limits: tuple[int, int]
-    ) -> None:
-        hold = span * max(1.0, records / limits[0], size / limits[1])
-        bisect.insort(self.entries, (now + hold, records, size))
-        self.records += records
-        self.bytes += size
+    def burst_use(self, now: float, span: float) -> list[_Entry]:
+        """Entries that left within the last `span` seconds (or have not left yet), oldest
+        first."""
+        recent = [e for e in self.entries if e.left is None or e.left + span > now]
+        recent.sort(key=lambda e: float("inf") if e.left is None else e.left)
+        return recent
+
+    def _burst_delay(
+        self, now: float, records: int, size: int, burst: tuple[float, int, int]
+    ) -> float:
+        span, max_records, max_bytes = burst
+        need_records = min(records, max_records)
+        need_bytes = min(size, max_bytes)
+        recent = self.burst_use(now, span)
+        have_records = sum(e.records for e in recent)
+        have_bytes = sum(e.bytes for e in recent)
+        if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
+            return 0.0
+        for entry in recent:
+            have_records -= entry.records
+            have_bytes -= entry.bytes
+            if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
+                if entry.left is None:
+                    return PENDING_POLL
+                return max(0.0, entry.left + span - now)
+        return 0.0  # unreachable: an empty burst window always fits the capped demand
+
+    @staticmethod
+    def hold(span: float, records: int, size: int, limits: tuple[int, int]) -> float:
+        """Seconds an entry of `records`/`size` counts once its call has left."""
+        return span * max(1.0, records / limits[0], size / limits[1])
+
+    def add(self, entry: _Entry) -> None:
+        bisect.insort(self.entries, entry)
+        self.records += entry.records
+        self.bytes += entry.bytes
+
+    def move(self, entry: _Entry, expires: float) -> None:
+        """Give `entry` a new end (its call has left), keeping expiry order."""
+        for i, found in enumerate(self.entries):
+            if found is entry:
+                del self.entries[i]
+                break
+        else:
+            # Held past PENDING_LIMIT and expired: it counts again, from now on.
+            entry.expires = expires
+            self.add(entry)
+            return
+        entry.expires = expires
+        bisect.insort(self.entries, entry)
+
+    def remove(self, entry: _Entry) -> None:
+        for i, found in enumerate(self.entries):
+            if found is entry:
+                del self.entries[i]
+                self.records -= entry.records
+                self.bytes -= entry.bytes
+                return
 
 
 class ShardPacer:
@@ -100,6 +223,11 @@ class ShardPacer:
         self._clock = clock
         self._limits = (records_per_second, bytes_per_second)
         self._span = span
+        self._burst = (
+            span * BURST_SPAN_SHARE,
+            int(records_per_second * BURST_QUOTA_SHARE),
+            int(bytes_per_second * BURST_QUOTA_SHARE),
+        )
         self._windows: dict[str, _Window] = {}
         self._lock = threading.Lock()
 
@@ -110,6 +238,15 @@ class ShardPacer:
     @property
     def bytes_per_second(self) -> int:
         return self._limits[1]
+
+    @property
+    def burst_records(self) -> int:
+        """The most records one shard takes in any `BURST_SPAN_SHARE` of the span."""
+        return self._burst[1]
+
+    @property
+    def burst_bytes(self) -> int:
+        return self._burst[2]
 
     def delay(self, demand: Mapping[str, tuple[int, int]]) -> float:
         """Seconds to wait before sending `demand` (shard id → (records, bytes))."""
@@ -123,44 +260,101 @@ class ShardPacer:
             if window is None:
                 continue
             window.expire(now)
-            worst = max(worst, window.delay(now, records, size, self._limits))
+            worst = max(worst, window.delay(now, records, size, self._limits, self._burst))
         return worst
 
     def room(self, shard_id: str) -> tuple[int, int]:
-        """(records, bytes) the shard can take right now without exceeding its window."""
+        """(records, bytes) the shard can take right now without exceeding its one-second
+        window or its burst window."""
+        span, burst_records, burst_bytes = self._burst
         with self._lock:
             window = self._windows.get(shard_id)
             if window is None:
-                return self._limits
-            window.expire(self._clock())
+                return burst_records, burst_bytes
+            now = self._clock()
+            window.expire(now)
+            recent = window.burst_use(now, span)
             return (
-                max(0, self._limits[0] - window.records),
-                max(0, self._limits[1] - window.bytes),
+                max(
+                    0,
+                    min(
+                        self._limits[0] - window.records,
+                        burst_records - sum(e.records for e in recent),
+                    ),
+                ),
+                max(
+                    0,
+                    min(self._limits[1] - window.bytes, burst_bytes - sum(e.bytes for e in recent)),
+                ),
             )
 
     def commit(self, demand: Mapping[str, tuple[int, int]]) -> None:
         """Account for a call that is being sent now."""
         with self._lock:
-            self._commit(self._clock(), demand)
+            self._book(self._clock(), demand, started=True)
 
-    def _commit(self, now: float, demand: Mapping[str, tuple[int, int]]) -> None:
+    def _book(self, now: float, demand: Mapping[str, tuple[int, int]], *, started: bool) -> Booking:
+        booking = Booking()
+        booking.started = started
         for shard_id, (records, size) in demand.items():
             window = self._windows.get(shard_id)
             if window is None:
                 window = self._windows[shard_id] = _Window()
             window.expire(now)
-            window.add(now, records, size, self._span, self._limits)
+            hold = window.hold(self._span, records, size, self._limits)
+            entry = _Entry(
+                now + (hold if started else hold + PENDING_LIMIT),
+                records,
+                size,
+                now if started else None,
+            )
+            window.add(entry)
+            booking.entries.append((window, entry))
+            booking.holds.append(hold)
+        return booking
 
     def reserve(self, demand: Mapping[str, tuple[int, int]]) -> float:
-        """Book `demand` if every shard has room now and return 0.0; else book nothing and
-        return the seconds to wait. Atomic, so two sinks sharing the pacer never both take the
-        last room of a shard (`room` alone is only a hint)."""
+        """Book `demand` as leaving now if every shard has room now and return 0.0; else book
+        nothing and return the seconds to wait. Atomic, so two sinks sharing the pacer never
+        both take the last room of a shard (`room` alone is only a hint)."""
         with self._lock:
             now = self._clock()
             delay = self._delay(now, demand)
             if delay <= 0:
-                self._commit(now, demand)
+                self._book(now, demand, started=True)
             return delay
+
+    def hold(self, demand: Mapping[str, tuple[int, int]]) -> Booking | float:
+        """Like `reserve`, for a call that leaves later (on an I/O pool): book `demand` with no
+        end yet and return the booking, or book nothing and return the seconds to wait. Call
+        `started` when the call leaves: only then does its second begin."""
+        with self._lock:
+            now = self._clock()
+            delay = self._delay(now, demand)
+            if delay > 0:
+                return delay
+            return self._book(now, demand, started=False)
+
+    def started(self, booking: Booking) -> None:
+        """The booked call leaves now: it counts for one second (its hold) from now.
+        Idempotent; safe from any thread."""
+        with self._lock:
+            if booking.started:
+                return
+            booking.started = True
+            now = self._clock()
+            for (window, entry), hold in zip(booking.entries, booking.holds, strict=True):
+                entry.left = now
+                window.move(entry, now + hold)
+
+    def release(self, booking: Booking) -> None:
+        """The booked call never left (unwound, or cancelled in the pool): give its room back."""
+        with self._lock:
+            if booking.started:
+                return
+            booking.started = True
+            for window, entry in booking.entries:
+                window.remove(entry)
 
     def retain(self, shard_ids: Iterable[str]) -> None:
         """Forget shards that are no longer open (after a reshard)."""

@@ -40,8 +40,8 @@ def _next_batch(self: KinesisSink, state: Progress) -> Batch:
     assert shards is not None
     batch = Batch(
         max(MAX_BYTES_PER_CALL, self._max_record_bytes),
-        self._pacer.records_per_second,
-        self._pacer.bytes_per_second,
+        self._pacer.burst_records,
+        self._pacer.burst_bytes,
         room=self._room,
     )
     now = self._clock()
@@ -123,12 +123,22 @@ def _send(self: KinesisSink, batch: Batch, state: Progress) -> None:
             future.set_exception(exc)
         self._finish(batch, future, state)
         return
+    pacer, booking = self._pacer, batch.booking
+
+    def put_records() -> dict[str, Any]:
+        """On the I/O thread: the call's second starts now, as it leaves (not when booked:
+        it may have waited for a free thread)."""
+        if booking is not None:
+            pacer.started(booking)
+        result: dict[str, Any] = client.put_records(StreamARN=self.stream_arn, Records=entries)
+        return result
+
     try:
-        future = self._executor.submit(
-            client.put_records, StreamARN=self.stream_arn, Records=entries
-        )
+        future = self._executor.submit(put_records)
     except RuntimeError as exc:  # the pool was shut down: the service is stopping
         self.stats.calls -= 1
+        if booking is not None:
+            pacer.release(booking)
         self._unwind(batch, state)
         raise TransientError(
             "the AWS I/O pool is shut down (the service is stopping); the records stay spooled.",
@@ -148,6 +158,8 @@ def _finish(
     try:
         response = future.result()
     except CancelledError as exc:  # the I/O pool was shut down before the call ran
+        if batch.booking is not None:
+            self._pacer.release(batch.booking)
         self._unwind(batch, state)
         raise TransientError(
             "a PutRecords call was cancelled (the service is stopping); its records stay spooled.",
