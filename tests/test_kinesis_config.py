@@ -37,7 +37,7 @@ def test_defaults_and_stream_arn_from_role_account_and_region() -> None:
     assert endpoint.format == "blank"
     assert endpoint.packing is False
     assert endpoint.oversize == "split"
-    assert endpoint.max_in_flight_calls is None  # the sink's choice: 2 per shard, 8 to 64
+    assert endpoint.max_in_flight_calls is None  # the sink's choice: 4 per open shard, 8 to 64
     assert endpoint.stream_arn() == "arn:aws:kinesis:eu-west-2:123456789012:stream/my-logs"
     stream = endpoint.stream()
     assert (stream.partition, stream.account_id, stream.name) == ("aws", "123456789012", "my-logs")
