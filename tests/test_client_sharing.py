@@ -145,3 +145,55 @@ def test_a_proxy_in_the_environment_is_still_used(
     finally:
         server.close()
         clients_module._environment_has_proxies.cache_clear()
+
+
+def test_shared_alias_names_and_user_agent_are_what_botocore_alone_sends(
+    emulator: Emulator, unique: Callable[[str], str]
+) -> None:
+    """The model session shares its event-name alias cache and the User-Agent's static parts
+    between clients: a hook registered under an old (aliased) event name still fires, and the
+    header a call sends is what a plain botocore session's client sends, apart from the set of
+    feature ids (`m/…`), whose order botocore does not fix."""
+    import botocore.session
+
+    role_a, role_b = (make_s3_role(emulator, unique) for _ in range(2))
+    ours = [role_clients(emulator, role).client("s3", "us-east-1") for role in (role_a, role_b)]
+    plain = botocore.session.Session().create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=emulator.url,
+        aws_access_key_id="AKIAEXAMPLE",
+        aws_secret_access_key="secret",
+    )
+    agents: list[list[bytes]] = []
+    aliased: list[str] = []
+    for client in (*ours, plain):
+        seen: list[bytes] = []
+        agents.append(seen)
+        client.meta.events.register(
+            "before-send.s3.PutObject",
+            lambda request, seen=seen, **_: seen.append(request.headers["User-Agent"]),
+        )
+    # A hook under an old service name ("autoscaling") is registered under botocore's new
+    # one, on both of our clients (the second reads the cache the first filled) as on botocore's.
+    for client in (*ours, plain):
+        client.meta.events.register(
+            "before-call.autoscaling.DescribeAutoScalingGroups", lambda **_: None
+        )
+        aliased.append(
+            client.meta.events._alias_event_name(
+                "before-call.autoscaling.DescribeAutoScalingGroups"
+            )
+        )
+    for client, role in zip(ours, (role_a, role_b), strict=True):
+        client.put_object(Bucket=role.bucket, Key="a.log", Body=b"a\n")
+    with pytest.raises(ClientError):  # static keys the emulator does not know
+        plain.put_object(Bucket=role_a.bucket, Key="p.log", Body=b"p\n")
+
+    def without_features(agent: bytes) -> list[bytes]:
+        return [part for part in agent.split() if not part.startswith(b"m/")]
+
+    assert all(len(seen) >= 1 for seen in agents)
+    expected = without_features(agents[2][0])
+    assert [without_features(seen[0]) for seen in agents[:2]] == [expected, expected]
+    assert aliased == ["before-call.auto-scaling.DescribeAutoScalingGroups"] * 3
