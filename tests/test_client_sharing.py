@@ -197,3 +197,44 @@ def test_shared_alias_names_and_user_agent_are_what_botocore_alone_sends(
     expected = without_features(agents[2][0])
     assert [without_features(seen[0]) for seen in agents[:2]] == [expected, expected]
     assert aliased == ["before-call.auto-scaling.DescribeAutoScalingGroups"] * 3
+
+
+def test_every_bucket_resolves_to_its_own_endpoint_past_botocores_cache_size() -> None:
+    """The shared provider's resolution cache (larger than botocore's 100 entries): each of
+    300 buckets, asked twice in turn, resolves to its own URL (virtual-hosted for AWS, the
+    bucket in the path for the vendor's URL), as botocore computes it."""
+    from botocore.credentials import Credentials
+
+    from logferry.aws.clients import DELIVERY_CONFIG, AwsTarget
+
+    class Stop(Exception):
+        pass
+
+    def clients(url: str | None) -> BaseClient:
+        identity = AwsClients(Credentials("AKIAEXAMPLE", "secret"), AwsTarget(endpoint_url=url))
+        return identity.make_client("s3", "eu-west-1", config=DELIVERY_CONFIG)
+
+    urls: list[str] = []
+
+    def stop(request: object, **_: object) -> None:
+        urls.append(request.url)  # type: ignore[attr-defined]
+        raise Stop
+
+    aws, vendor = clients(None), clients("http://127.0.0.1:9")
+    for client in (aws, vendor):
+        client.meta.events.register("before-send.s3.PutObject", stop)
+    buckets = [f"bucket-{i:04d}" for i in range(300)]
+    for _ in range(2):
+        for bucket in buckets:
+            for client in (aws, vendor):
+                with pytest.raises(Stop):
+                    client.put_object(Bucket=bucket, Key="k.log", Body=b"x\n")
+    expected = [
+        url
+        for bucket in buckets
+        for url in (
+            f"https://{bucket}.s3.eu-west-1.amazonaws.com/k.log",
+            f"http://127.0.0.1:9/{bucket}/k.log",
+        )
+    ]
+    assert urls == expected * 2
