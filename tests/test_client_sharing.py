@@ -238,3 +238,24 @@ def test_every_bucket_resolves_to_its_own_endpoint_past_botocores_cache_size() -
         )
     ]
     assert urls == expected * 2
+
+
+def test_a_handler_without_kwargs_is_still_refused_on_every_client() -> None:
+    """The emitter checks each handler function's signature once per process: a handler that
+    takes no **kwargs is refused on every client (not only the first), a good one accepted."""
+    from botocore.credentials import Credentials
+
+    from logferry.aws.clients import AwsTarget
+
+    def no_kwargs(request: object) -> None:
+        pass
+
+    def good(**_: object) -> None:
+        pass
+
+    for i in range(2):
+        identity = AwsClients(Credentials(f"AKIAEXAMPLE{i}", "secret"), AwsTarget())
+        client = identity.make_client("s3", "us-east-1")
+        with pytest.raises(ValueError, match="must accept keyword"):
+            client.meta.events.register("before-send.s3", no_kwargs)
+        client.meta.events.register("before-send.s3", good)

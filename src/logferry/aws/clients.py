@@ -17,6 +17,7 @@ import copy
 import functools
 import threading
 import urllib.request
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import Credentials
-from botocore.hooks import EVENT_ALIASES, EventAliaser
+from botocore.hooks import EVENT_ALIASES, EventAliaser, HierarchicalEmitter
 from botocore.useragent import UserAgentString
 
 from logferry.aws import address_guard, client_sharing
@@ -56,6 +57,32 @@ where required): delivery, the worker's write probe and the role check all get e
 # Components whose content depends only on botocore's data files, never on an identity.
 _SHARED_COMPONENTS = ("data_loader",)
 _SHARED_INTERNAL = ("endpoint_resolver", "exceptions_factory")
+
+
+_ACCEPTS_KWARGS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+"""Handler function -> whether it takes **kwargs (weakly: a dropped handler leaves no entry)."""
+
+
+class _CheckedOnce(HierarchicalEmitter):
+    """botocore's emitter, checking each handler function's signature once per process.
+
+    Why: every `register` runs `inspect.getfullargspec` on the handler to check that it takes
+    **kwargs, and a new client registers dozens of bound methods of its own new objects (the
+    S3 region redirector, the checksum handlers …): 5 % of the background threads' GIL time
+    while 1,000 customers activated (py-spy, docs/performance.md, eleventh pass). The answer
+    depends only on the function (a bound method's: its `__func__`), so it is kept per function.
+    """
+
+    def _verify_accept_kwargs(self, func: Any) -> Any:
+        key = getattr(func, "__func__", func)
+        try:
+            known = _ACCEPTS_KWARGS.get(key)
+        except TypeError:  # not weakly referenceable (a callable object): botocore's check
+            return super()._verify_accept_kwargs(func)
+        if known is None:
+            super()._verify_accept_kwargs(func)  # raises ValueError when it takes no **kwargs
+            _ACCEPTS_KWARGS[key] = True
+        return None
 
 
 _ALIASES: dict[str, str] = {}
@@ -123,7 +150,7 @@ class _ModelSession(botocore.session.Session):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(event_hooks=_CheckedOnce())
         # The same hooks (builtin handlers included), behind an aliaser with a shared cache.
         self._events = _SharedAliases(self._original_handler)
         self._components.register_component("event_emitter", self._events)
