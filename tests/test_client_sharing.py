@@ -145,3 +145,117 @@ def test_a_proxy_in_the_environment_is_still_used(
     finally:
         server.close()
         clients_module._environment_has_proxies.cache_clear()
+
+
+def test_shared_alias_names_and_user_agent_are_what_botocore_alone_sends(
+    emulator: Emulator, unique: Callable[[str], str]
+) -> None:
+    """The model session shares its event-name alias cache and the User-Agent's static parts
+    between clients: a hook registered under an old (aliased) event name still fires, and the
+    header a call sends is what a plain botocore session's client sends, apart from the set of
+    feature ids (`m/…`), whose order botocore does not fix."""
+    import botocore.session
+
+    role_a, role_b = (make_s3_role(emulator, unique) for _ in range(2))
+    ours = [role_clients(emulator, role).client("s3", "us-east-1") for role in (role_a, role_b)]
+    plain = botocore.session.Session().create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=emulator.url,
+        aws_access_key_id="AKIAEXAMPLE",
+        aws_secret_access_key="secret",
+    )
+    agents: list[list[bytes]] = []
+    aliased: list[str] = []
+    for client in (*ours, plain):
+        seen: list[bytes] = []
+        agents.append(seen)
+        client.meta.events.register(
+            "before-send.s3.PutObject",
+            lambda request, seen=seen, **_: seen.append(request.headers["User-Agent"]),
+        )
+    # A hook under an old service name ("autoscaling") is registered under botocore's new
+    # one, on both of our clients (the second reads the cache the first filled) as on botocore's.
+    for client in (*ours, plain):
+        client.meta.events.register(
+            "before-call.autoscaling.DescribeAutoScalingGroups", lambda **_: None
+        )
+        aliased.append(
+            client.meta.events._alias_event_name(
+                "before-call.autoscaling.DescribeAutoScalingGroups"
+            )
+        )
+    for client, role in zip(ours, (role_a, role_b), strict=True):
+        client.put_object(Bucket=role.bucket, Key="a.log", Body=b"a\n")
+    with pytest.raises(ClientError):  # static keys the emulator does not know
+        plain.put_object(Bucket=role_a.bucket, Key="p.log", Body=b"p\n")
+
+    def without_features(agent: bytes) -> list[bytes]:
+        return [part for part in agent.split() if not part.startswith(b"m/")]
+
+    assert all(len(seen) >= 1 for seen in agents)
+    expected = without_features(agents[2][0])
+    assert [without_features(seen[0]) for seen in agents[:2]] == [expected, expected]
+    assert aliased == ["before-call.auto-scaling.DescribeAutoScalingGroups"] * 3
+
+
+def test_every_bucket_resolves_to_its_own_endpoint_past_botocores_cache_size() -> None:
+    """The shared provider's resolution cache (larger than botocore's 100 entries): each of
+    300 buckets, asked twice in turn, resolves to its own URL (virtual-hosted for AWS, the
+    bucket in the path for the vendor's URL), as botocore computes it."""
+    from botocore.credentials import Credentials
+
+    from logferry.aws.clients import DELIVERY_CONFIG, AwsTarget
+
+    class Stop(Exception):
+        pass
+
+    def clients(url: str | None) -> BaseClient:
+        identity = AwsClients(Credentials("AKIAEXAMPLE", "secret"), AwsTarget(endpoint_url=url))
+        return identity.make_client("s3", "eu-west-1", config=DELIVERY_CONFIG)
+
+    urls: list[str] = []
+
+    def stop(request: object, **_: object) -> None:
+        urls.append(request.url)  # type: ignore[attr-defined]
+        raise Stop
+
+    aws, vendor = clients(None), clients("http://127.0.0.1:9")
+    for client in (aws, vendor):
+        client.meta.events.register("before-send.s3.PutObject", stop)
+    buckets = [f"bucket-{i:04d}" for i in range(300)]
+    for _ in range(2):
+        for bucket in buckets:
+            for client in (aws, vendor):
+                with pytest.raises(Stop):
+                    client.put_object(Bucket=bucket, Key="k.log", Body=b"x\n")
+    expected = [
+        url
+        for bucket in buckets
+        for url in (
+            f"https://{bucket}.s3.eu-west-1.amazonaws.com/k.log",
+            f"http://127.0.0.1:9/{bucket}/k.log",
+        )
+    ]
+    assert urls == expected * 2
+
+
+def test_a_handler_without_kwargs_is_still_refused_on_every_client() -> None:
+    """The emitter checks each handler function's signature once per process: a handler that
+    takes no **kwargs is refused on every client (not only the first), a good one accepted."""
+    from botocore.credentials import Credentials
+
+    from logferry.aws.clients import AwsTarget
+
+    def no_kwargs(request: object) -> None:
+        pass
+
+    def good(**_: object) -> None:
+        pass
+
+    for i in range(2):
+        identity = AwsClients(Credentials(f"AKIAEXAMPLE{i}", "secret"), AwsTarget())
+        client = identity.make_client("s3", "us-east-1")
+        with pytest.raises(ValueError, match="must accept keyword"):
+            client.meta.events.register("before-send.s3", no_kwargs)
+        client.meta.events.register("before-send.s3", good)

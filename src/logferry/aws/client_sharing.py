@@ -21,6 +21,7 @@ a botocore change can cost the saving, never correctness. `sharing_active()` tel
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import threading
@@ -57,8 +58,39 @@ def _shared_provider(
             provider = EndpointProvider(
                 ruleset_data=ruleset_data, partition_data=partition_data, **kwargs
             )
+            _own_resolution_cache(provider)
             _providers[key] = hit = (provider, ruleset_data, partition_data)
     return hit[0]
+
+
+RESOLVED_CACHE = 16384
+"""Endpoints a shared provider remembers (one per bucket and client setting: a few per
+customer; a few MiB at most)."""
+
+
+def _own_resolution_cache(provider: EndpointProvider) -> None:
+    """Give `provider` its own cache of resolved endpoints, large enough for every customer.
+
+    Why: botocore caches `_resolve_endpoint` in one process-wide LRU of 100 entries keyed by
+    the call's parameters, the bucket among them. With more than 100 customers' buckets used in
+    turn every call missed and walked the whole S3 ruleset again (a third of a PutObject's
+    client-side CPU under cProfile). The result depends only on the parameters (the provider's
+    rules are fixed), so a larger cache returns exactly what botocore would compute."""
+    raw = getattr(EndpointProvider._resolve_endpoint, "__wrapped__", None)
+    if raw is None:  # not the botocore these lines were written for: keep its own cache
+        return
+
+    @functools.lru_cache(maxsize=RESOLVED_CACHE)
+    def resolved(**params: Any) -> Any:
+        return raw(provider, **params)
+
+    def resolve(**params: Any) -> Any:
+        for name, value in params.items():  # as botocore's cache does: lists are not hashable
+            if isinstance(value, list):
+                params[name] = tuple(value)
+        return resolved(**params)
+
+    provider._resolve_endpoint = resolve
 
 
 _original_create_class = botocore.client.ClientCreator._create_client_class

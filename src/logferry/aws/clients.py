@@ -13,9 +13,11 @@ share the parsed endpoint ruleset and the generated class of their service as we
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 import urllib.request
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,8 @@ import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import Credentials
+from botocore.hooks import EVENT_ALIASES, EventAliaser, HierarchicalEmitter
+from botocore.useragent import UserAgentString
 
 from logferry.aws import address_guard, client_sharing
 
@@ -55,6 +59,89 @@ _SHARED_COMPONENTS = ("data_loader",)
 _SHARED_INTERNAL = ("endpoint_resolver", "exceptions_factory")
 
 
+_ACCEPTS_KWARGS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+"""Handler function -> whether it takes **kwargs (weakly: a dropped handler leaves no entry)."""
+
+
+class _CheckedOnce(HierarchicalEmitter):
+    """botocore's emitter, checking each handler function's signature once per process.
+
+    Why: every `register` runs `inspect.getfullargspec` on the handler to check that it takes
+    **kwargs, and a new client registers dozens of bound methods of its own new objects (the
+    S3 region redirector, the checksum handlers …): 5 % of the background threads' GIL time
+    while 1,000 customers activated (py-spy, docs/performance.md, eleventh pass). The answer
+    depends only on the function (a bound method's: its `__func__`), so it is kept per function.
+    """
+
+    def _verify_accept_kwargs(self, func: Any) -> Any:
+        key = getattr(func, "__func__", func)
+        try:
+            known = _ACCEPTS_KWARGS.get(key)
+        except TypeError:  # not weakly referenceable (a callable object): botocore's check
+            return super()._verify_accept_kwargs(func)
+        if known is None:
+            super()._verify_accept_kwargs(func)  # raises ValueError when it takes no **kwargs
+            _ACCEPTS_KWARGS[key] = True
+        return None
+
+
+_ALIASES: dict[str, str] = {}
+"""Event name -> its aliased name, for every client of the model session (see below)."""
+
+
+class _SharedAliases(EventAliaser):
+    """botocore's event-name aliaser with one name cache for every client it is copied into.
+
+    Why: botocore copies the session's aliaser into each new client with an empty cache, and the
+    client's hundreds of `register` calls and its first `emit` of each event then walk the ~200
+    alias rules again: 15 % of an activation's GIL time at 200 new customers (py-spy,
+    docs/performance.md, eleventh pass). The alias of a name depends only on the name and the
+    rules, which are botocore's constant `EVENT_ALIASES` here, so one cache is exact.
+    """
+
+    def __init__(self, event_emitter: Any) -> None:
+        super().__init__(event_emitter, EVENT_ALIASES)
+        self._alias_name_cache = _ALIASES
+
+    def __copy__(self) -> _SharedAliases:
+        return _SharedAliases(copy.copy(self._emitter))
+
+
+_UA_PARTS: dict[Any, Any] = {}
+"""(the inputs botocore keys them by, the process's platform) -> a User-Agent's static parts."""
+
+
+class _SharedUserAgent(UserAgentString):
+    """botocore's User-Agent builder, its request-independent parts built once per process.
+
+    Why: botocore caches those parts per client, so each new client renders and sanitises the
+    same platform, language and config components again: 12 % of an activation's GIL time at
+    200 new customers (py-spy, docs/performance.md, eleventh pass). They depend only on the
+    inputs botocore itself checks its cache against plus the platform fields, all in the key.
+    """
+
+    def _build_static_parts(self, inputs: Any) -> Any:
+        platform = (
+            self._platform_name,
+            self._platform_version,
+            self._platform_machine,
+            self._python_version,
+            self._python_implementation,
+            self._execution_env,
+            self._crt_version,
+        )
+        try:
+            key = (inputs, platform)
+            parts = _UA_PARTS.get(key)
+        except TypeError:  # an unhashable input: botocore's own way
+            return super()._build_static_parts(inputs)
+        if parts is None:
+            parts = super()._build_static_parts(inputs)
+            if len(_UA_PARTS) < 64:  # serve uses a few configs; never grow without bound
+                _UA_PARTS[key] = parts
+        return parts
+
+
 class _ModelSession(botocore.session.Session):
     """The process-wide session: models, endpoint data and exception classes, parsed once.
 
@@ -63,7 +150,14 @@ class _ModelSession(botocore.session.Session):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(event_hooks=_CheckedOnce())
+        # The same hooks (builtin handlers included), behind an aliaser with a shared cache.
+        self._events = _SharedAliases(self._original_handler)
+        self._components.register_component("event_emitter", self._events)
+        if callable(getattr(UserAgentString, "_build_static_parts", None)):
+            self._components.register_component(
+                "user_agent_creator", _SharedUserAgent.from_environment()
+            )
         self._creating_for = threading.local()
         self.creation_lock = threading.Lock()  # botocore sessions are not thread-safe
 
