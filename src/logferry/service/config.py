@@ -7,15 +7,18 @@ Secrets never live in the file: tokens come from an environment variable (`*_env
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -283,6 +286,50 @@ class SpoolConfig(_Strict):
         "role is broken cannot fill the spool every customer shares. Over it: 429.",
     )
 
+    backend: Literal["local", "nats"] = Field(
+        "local",
+        description='"local": segmented logs under spool.dir on this machine (the default); '
+        '"nats": NATS JetStream streams shared by many ingest and delivery processes '
+        "(docs/scale-out.md); spool.dir is then local scratch (PGP files, node-local stats).",
+    )
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222",
+        description="backend = nats: the servers, comma-separated for a cluster "
+        '(e.g. "nats://10.0.0.1:4222,nats://10.0.0.2:4222").',
+    )
+    stream_prefix: str = Field(
+        "LF",
+        description="backend = nats: streams <prefix>_00 ... and KV buckets <prefix>_* .",
+    )
+    shards: int = Field(16, ge=1, le=100, description="backend = nats: number of streams.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="backend = nats: copies of every stream and KV bucket (3 in a cluster).",
+    )
+    duplicate_window_seconds: float = Field(
+        120.0, gt=0, le=86400, description="backend = nats: JetStream's duplicate window."
+    )
+    lease_seconds: float = Field(
+        10.0, gt=0, le=600, description="backend = nats: how long an endpoint's owner lease lasts."
+    )
+    heartbeat_seconds: float = Field(
+        2.0, gt=0, le=300, description="backend = nats: how often a node renews its liveness."
+    )
+    connect_timeout_seconds: float = Field(
+        5.0, gt=0, le=300, description="backend = nats: the first connection's time limit."
+    )
+    node_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="backend = nats: this process's name in ownership records (default: the "
+        "host name and server.listen's port); unique per running process, stable across "
+        "restarts so a restarted node takes back its endpoints.",
+    )
+
     def default_customer_quota(self) -> int | None:
         """Bytes a customer without its own `spool_max_bytes` may hold (None: no own limit)."""
         if self.default_customer_share >= 1:
@@ -293,6 +340,92 @@ class SpoolConfig(_Strict):
     @classmethod
     def _size(cls, value: int | str) -> int:
         return parse_size(value)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str) -> str:
+        return check_nats_url(value)
+
+    @field_validator("stream_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,15}", value):
+            raise ValueError(
+                f"{value!r}: a letter, then up to 15 letters, digits or _ (it names JetStream "
+                'streams and KV buckets), e.g. "LF"'
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _nats_fields(self) -> SpoolConfig:
+        if self.backend == "local":
+            stray = sorted(self.model_fields_set & set(NATS_FIELDS))
+            if stray:
+                raise ValueError(
+                    f'{", ".join(stray)} only apply to backend = "nats"; set '
+                    'backend = "nats" or remove them'
+                )
+        return self
+
+    @field_validator("heartbeat_seconds")
+    @classmethod
+    def _heartbeat(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease_seconds")
+        if lease is not None and value * 2 > lease:
+            raise ValueError(
+                f"{value:g} must be at most half of lease_seconds ({lease:g}), so one lost "
+                "heartbeat does not cost a node its endpoints"
+            )
+        return value
+
+    def nats_settings(self) -> Any:
+        """The `NatsSpoolSettings` of the NATS backend (spool/nats/settings.py)."""
+        from logferry.spool.nats.settings import NatsSpoolSettings
+
+        return NatsSpoolSettings(
+            nats_url=self.nats_url,
+            stream_prefix=self.stream_prefix,
+            shards=self.shards,
+            replicas=self.replicas,
+            max_bytes=int(self.max_bytes),
+            duplicate_window_seconds=self.duplicate_window_seconds,
+            lease_seconds=self.lease_seconds,
+            heartbeat_seconds=self.heartbeat_seconds,
+            connect_timeout_seconds=self.connect_timeout_seconds,
+        )
+
+
+NATS_FIELDS = (
+    "nats_url",
+    "stream_prefix",
+    "shards",
+    "replicas",
+    "duplicate_window_seconds",
+    "lease_seconds",
+    "heartbeat_seconds",
+    "connect_timeout_seconds",
+    "node_id",
+)
+"""`[spool]` keys that only mean something with backend = "nats"."""
+
+
+def check_nats_url(value: str) -> str:
+    """Comma-separated nats:// (or tls://) URLs with a host and a port; whitespace trimmed."""
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        raise ValueError('give at least one server, e.g. "nats://127.0.0.1:4222"')
+    for url in urls:
+        parsed = urlsplit(url)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.scheme not in ("nats", "tls") or not parsed.hostname or port is None:
+            raise ValueError(
+                f"{url!r} is not a NATS server URL: write nats://HOST:PORT (or tls://HOST:PORT),"
+                ' comma-separated for a cluster, e.g. "nats://127.0.0.1:4222"'
+            )
+    return ",".join(urls)
 
 
 class AuthConfig(_Strict):
@@ -413,6 +546,36 @@ def split_listen(value: str) -> tuple[str, int]:
     """ "HOST:PORT" or "[v6]:PORT" → (host, port): the syslog listeners' parser, so port 99999
     or an unbracketed IPv6 address is refused here too."""
     return parse_listen(value, example="127.0.0.1:8080")
+
+
+ServeRole = Literal["all", "ingest", "deliver"]
+SERVE_ROLES: tuple[ServeRole, ...] = ("all", "ingest", "deliver")
+"""`logferry serve --role`: all (ingest + delivery, the default), ingest only, delivery only."""
+
+
+def role_problem(cfg: ServiceConfig, role: str) -> ConfigProblem | None:
+    """`--role ingest|deliver` splits one service over several processes that share a spool:
+    only the NATS backend is shared, so the split needs backend = "nats"."""
+    if role not in SERVE_ROLES:
+        return ConfigProblem("--role", f"{role!r} is not a role: one of {', '.join(SERVE_ROLES)}")
+    if role != "all" and cfg.spool.backend != "nats":
+        return ConfigProblem(
+            "--role",
+            f"--role {role} needs a spool every process shares, but spool.backend is "
+            f"{cfg.spool.backend!r} (one machine's disk)",
+            'Set [spool] backend = "nats" (docs/scale-out.md), or run with --role all.',
+        )
+    return None
+
+
+def node_id(cfg: ServiceConfig) -> str:
+    """This process's name in NATS ownership records: `spool.node_id`, else host-port."""
+    if cfg.spool.node_id:
+        return cfg.spool.node_id
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48] or "node"
+    return f"{host}-{split_listen(cfg.server.listen)[1]}"
 
 
 class ConfigProblem(NamedTuple):

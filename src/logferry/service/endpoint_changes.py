@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 
     from logferry.aws.clients import AwsTarget
     from logferry.aws.sts_broker import CredentialBroker
-    from logferry.service.store import EndpointRecord, Store
+    from logferry.service.registry import StateStore
+    from logferry.service.store import EndpointRecord
     from logferry.service.worker import EndpointWorker
-    from logferry.spool import SpoolManager
+    from logferry.spool.base import SpoolProvider
 
 logger = logging.getLogger("logferry.service")
 
@@ -38,8 +39,8 @@ class EndpointConflict(InputError):
 
 
 class EndpointChanges:
-    store: Store
-    spools: SpoolManager
+    store: StateStore
+    spools: SpoolProvider
     broker: CredentialBroker
     aws_target: AwsTarget
     state_dir: Path

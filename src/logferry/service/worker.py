@@ -52,7 +52,7 @@ from logferry.spool import SpoolCorrupt
 
 if TYPE_CHECKING:
     from logferry.service.store import EndpointRecord
-    from logferry.spool import Spool
+    from logferry.spool.base import Spool
 
 __all__ = [
     "QUARANTINE_FIX",
@@ -161,7 +161,12 @@ class EndpointWorker(DeliveryStep):
     def notify(self) -> None:
         """New data or new configuration: wake the worker (start it if idle)."""
         self._wake.set()
-        if not self.running and not self.deps.stopping() and not self._halted:
+        if (
+            not self.running
+            and not self.deps.stopping()
+            and not self._halted
+            and self.deps.may_run(self.record.uid_prefix)
+        ):
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"deliver:{self.record.customer_id}/{self.record.name}"
             )
