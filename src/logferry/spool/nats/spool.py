@@ -1,0 +1,353 @@
+"""`NatsSpool`: one endpoint's queue on JetStream, implementing `spool.base.Spool`.
+
+Ingest (any node): `append` splits the request into messages (`wire.split_append`), publishes
+them in order on the backend's loop, retrying a part with the same `Nats-Msg-Id` while there is
+no leader (the stream's duplicate window drops a repeat), and returns only once every part has
+its PubAck: a quorum has it on disk (`sync_interval: always`). Nothing else is reported as
+success: no ack within `append_timeout_seconds` raises `NatsUnavailable`, a full stream
+`SpoolFull`. A failed multi-part append may leave its first parts stored; they are delivered,
+and the sender's retry sends them again (at-least-once, like a lost 202 locally).
+
+Delivery (the owner only): `read` / `commit` / `wait_for_data_async` go through `SubjectLog`
+(reader.py); `commit` stores the cursor by compare-and-set on the endpoint's record, then
+purges the subject below it. On a node that does not own the endpoint they raise
+`SpoolFenced`, and the counters come from the backlog the owner publishes in the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+
+from logferry.spool.budget import SpoolBudget
+from logferry.spool.chunk import Chunk
+from logferry.spool.errors import Quarantined, SpoolClosed, SpoolCorrupt, SpoolFull
+from logferry.spool.format import validate_chunk_data
+from logferry.spool.nats.errors import NatsUnavailable, SpoolFenced
+from logferry.spool.nats.reader import SubjectLog
+from logferry.spool.nats.wire import (
+    H_ACC,
+    H_FRAG,
+    H_ID,
+    H_LINES,
+    H_REQ,
+    H_SIZE,
+    encode_key,
+    shard_of,
+    split_append,
+)
+
+if TYPE_CHECKING:
+    from logferry.spool.nats.backend import NatsBackend
+
+log = logging.getLogger(__name__)
+
+STREAM_FULL = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded" with discard=new
+CALL_TIMEOUT = 60.0
+
+
+class NatsSpool:
+    """One endpoint's durable queue on a JetStream subject (see the module docstring)."""
+
+    def __init__(self, backend: NatsBackend, key: str, budget: SpoolBudget | None) -> None:
+        self.backend = backend
+        self._name = key
+        s = backend.settings
+        self.shard = shard_of(key, s.shards)
+        self.stream = s.stream_name(self.shard)
+        self.subject = f"{s.subject_root}.{self.shard:02d}.{encode_key(key)}"
+        self._budget = budget
+        self._max_bytes: int | None = None
+        self._closed = False
+        self._log: SubjectLog | None = None
+        self._mu = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool], int]] = []
+        self._appended = 0
+        """Bytes this node appended since the record's backlog last changed (ingest view)."""
+        self._appended_lines = 0
+        self._charged = 0
+        """Bytes this spool has charged to its budget (adjusted to the published backlog)."""
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def following(self) -> bool:
+        """True while this node owns the endpoint and indexes its subject."""
+        return self._log is not None and not self._log.closed
+
+    # -- ingest ------------------------------------------------------------------------------
+
+    async def append(self, data: bytes, lines: int, *, normalized: bool = False) -> Chunk:
+        """Store the lines; return once every part has a quorum ack.
+
+        Positions are assigned by the owner's reader, not here: the returned chunk's
+        `start`/`end` are `-1 - len(data)` / `-1` (no caller uses them)."""
+        validate_chunk_data(data, lines, scan=not normalized)
+        if self._closed:
+            raise SpoolClosed(f"spool {self.name} is closed", fix="Reopen it via the provider.")
+        if not self.backend.connected:
+            raise NatsUnavailable(f"NATS is unreachable; spool {self.name} cannot take data")
+        n = len(data)
+        limit = self._max_bytes
+        if limit is not None and self.disk_bytes + n > limit:
+            raise SpoolFull(
+                f"spool {self.name} is full ({self.disk_bytes} of {limit} bytes)",
+                retry_after=5.0,
+                fix="Wait for delivery to catch up, or raise the endpoint's spool limit.",
+            )
+        budget = self._budget
+        if budget is not None and not budget.try_reserve(n):
+            raise budget.refusal(n)
+        accepted = time.time()
+        try:
+            await asyncio.wrap_future(self.backend.run(self._publish(data, accepted)))
+        except BaseException:
+            if budget is not None:
+                budget.adjust(-n)
+            raise
+        with self._mu:
+            self._appended += n
+            self._appended_lines += lines
+            self._charged += n if budget is not None else 0
+        return Chunk(-1 - n, -1, accepted, data, lines)
+
+    async def _publish(self, data: bytes, accepted: float) -> None:
+        s = self.backend.settings
+        request = self.backend.next_request_id()
+        deadline = time.monotonic() + s.append_timeout_seconds
+        for i, part in enumerate(split_append(data, s.max_message_bytes)):
+            headers = {
+                H_ID: f"{request}:{i}",
+                H_SIZE: str(part.size),
+                H_LINES: str(part.lines),
+                H_ACC: repr(accepted),
+                H_REQ: request,
+            }
+            if part.frag is not None:
+                headers[H_FRAG] = part.frag
+            await self._publish_part(part.data, headers, deadline)
+
+    async def _publish_part(self, data: bytes, headers: dict[str, str], deadline: float) -> None:
+        js = self.backend.js
+        delay = 0.1
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NatsUnavailable(
+                    f"spool {self.name}: no quorum ack from stream {self.stream} within "
+                    f"{self.backend.settings.append_timeout_seconds:g}s; nothing acknowledged"
+                )
+            try:
+                await js.publish(self.subject, data, timeout=min(left, 2.0), headers=headers)
+                return
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == STREAM_FULL or "maximum bytes" in (exc.description or ""):
+                    raise SpoolFull(
+                        f"stream {self.stream} is at its byte limit",
+                        retry_after=5.0,
+                        fix="Wait for delivery to catch up, or raise spool.max_bytes "
+                        "(shared over the shards).",
+                    ) from exc
+                if exc.code is not None and exc.code < 500 and exc.err_code != 10008:
+                    raise NatsUnavailable(f"spool {self.name}: publish refused: {exc}") from exc
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("spool %s: publish retry after %r", self.name, exc)
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def _owner_log(self) -> SubjectLog:
+        if self._closed:
+            raise SpoolClosed(f"spool {self.name} is closed")
+        log_ = self._log
+        if log_ is None or log_.closed or not self.backend.holds(self.name):
+            raise SpoolFenced(f"node {self.backend.node_id} does not own endpoint {self.name}")
+        return log_
+
+    def read(self, from_offset: int, max_bytes: int = 1024 * 1024) -> list[Chunk]:
+        log_ = self._owner_log()
+        return self.backend.call(self._read(log_, from_offset, max_bytes), CALL_TIMEOUT)
+
+    async def _read(self, log_: SubjectLog, from_offset: int, max_bytes: int) -> list[Chunk]:
+        await log_.ready.wait()
+        return await log_.read(from_offset, max_bytes)
+
+    def commit(self, offset: int) -> None:
+        log_ = self._owner_log()
+        self.backend.call(self._commit(log_, offset), CALL_TIMEOUT)
+
+    async def _commit(self, log_: SubjectLog, offset: int) -> None:
+        await log_.ready.wait()
+        if offset <= log_.committed:
+            return
+        cursor = await log_.cursor_at(offset)
+        await self.backend.ownership.write(self.name, lambda doc: doc.__setitem__("cursor", cursor))
+        log_.committed_to(cursor)
+        try:
+            await self.backend.js.purge_stream(self.stream, seq=cursor["seq"], subject=self.subject)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning(
+                "spool %s: purge below %d failed (next commit retries): %r",
+                self.name,
+                cursor["seq"],
+                exc,
+            )
+
+    def quarantine(self, error: SpoolCorrupt) -> Quarantined:
+        """Commit past a message that cannot be read (lost or malformed); delivery goes on."""
+        if error.next_offset is None:
+            raise error
+        self.commit(error.next_offset)
+        return Quarantined(
+            error.offset,
+            error.next_offset,
+            error.next_offset - error.offset,
+            0,
+            f"nats:{self.stream}/{self.subject} (skipped, not copied)",
+        )
+
+    async def wait_for_data_async(self, offset: int, timeout: float | None = None) -> bool:
+        if self.end_offset > offset and self.following:
+            return True
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        with self._mu:
+            if self._closed:
+                return False
+            self._waiters.append((loop, fut, offset))
+        if self.end_offset > offset and self.following:
+            self.wake(self.end_offset)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            with self._mu:
+                self._waiters = [w for w in self._waiters if w[1] is not fut]
+
+    def wake(self, end: int, value: bool = True) -> None:
+        """Resolve waiters for data below `end` (any thread)."""
+        with self._mu:
+            due = [w for w in self._waiters if w[2] < end or not value]
+            self._waiters = [w for w in self._waiters if not (w[2] < end or not value)]
+        for loop, fut, _ in due:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_settle, fut, value)
+
+    # -- ownership hooks (backend loop) ------------------------------------------------------
+
+    async def follow(self) -> None:
+        """Start indexing the subject from this node's record (it just took the endpoint)."""
+        if self._closed or self.following:
+            return
+        doc = self.backend.ownership.record(self.name)
+        if doc is None:
+            return
+        self._log = SubjectLog(self, doc["cursor"])
+        await self._log.start()
+
+    async def unfollow(self) -> None:
+        log_, self._log = self._log, None
+        if log_ is not None:
+            await log_.stop()
+        self.wake(0, value=False)
+
+    def record_changed(self) -> None:
+        with self._mu:
+            self._appended = 0
+            self._appended_lines = 0
+        budget = self._budget
+        if budget is not None and not self.following:
+            held = self._backlog()[0]
+            with self._mu:
+                delta, self._charged = held - self._charged, held
+            budget.adjust(delta)
+
+    # -- pending -----------------------------------------------------------------------------
+
+    def _backlog(self) -> tuple[int, int]:
+        doc = self.backend.ownership.record(self.name)
+        backlog: dict[str, Any] = (doc or {}).get("backlog") or {}
+        return int(backlog.get("bytes", 0)), int(backlog.get("lines", 0))
+
+    def _cursor(self) -> dict[str, Any]:
+        doc = self.backend.ownership.record(self.name)
+        return (doc or {}).get("cursor") or {"pos": 0, "line": 0}
+
+    @property
+    def end_offset(self) -> int:
+        log_ = self._log
+        if log_ is not None:
+            return log_.end
+        return int(self._cursor()["pos"]) + self.pending_bytes
+
+    @property
+    def committed_offset(self) -> int:
+        log_ = self._log
+        return log_.committed if log_ is not None else int(self._cursor()["pos"])
+
+    @property
+    def committed_line(self) -> int:
+        log_ = self._log
+        return log_.committed_line if log_ is not None else int(self._cursor()["line"])
+
+    @property
+    def pending_bytes(self) -> int:
+        log_ = self._log
+        if log_ is not None:
+            return log_.end - log_.committed
+        return self._backlog()[0] + self._appended
+
+    @property
+    def pending_lines(self) -> int:
+        log_ = self._log
+        if log_ is not None:
+            return log_.end_line - log_.committed_line
+        return self._backlog()[1] + self._appended_lines
+
+    def first_pending_accepted_at(self) -> float | None:
+        log_ = self._log
+        return log_.first_pending_accepted_at() if log_ is not None else None
+
+    @property
+    def disk_bytes(self) -> int:
+        """Pending payload bytes (the stream's per-message overhead is not counted)."""
+        return self.pending_bytes
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int | None) -> None:
+        self._max_bytes = value
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop following; later appends raise SpoolClosed (blocking: not on the backend loop)."""
+        self.close_nowait()
+        if self.backend.loop.is_running():
+            self.backend.call(self.unfollow(), 10)
+
+    def close_nowait(self) -> None:
+        with self._mu:
+            self._closed = True
+        self.wake(0, value=False)
+
+    def __repr__(self) -> str:
+        return f"NatsSpool({self.name!r}, subject={self.subject!r}, owner={self.following})"
+
+
+def _settle(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
