@@ -92,6 +92,7 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus, ClusterNode):
                 deliver=self.delivers,
                 scratch_dir=config.spool.dir / "scratch",
             )
+            self.backend.provider.set_budget_for(self._budget_for)  # tenant quotas
             self.spools = self.backend.provider
             self.store = KvRegistry(
                 spool.nats_url.split(","),
