@@ -18,6 +18,7 @@ from logferry.spool.chunk import Chunk
 from logferry.spool.errors import SpoolError, SpoolFull
 from logferry.spool.log import LocalSpool
 from logferry.spool.nats import (
+    EndpointJournal,
     NatsBackend,
     NatsSpool,
     NatsSpoolProvider,
@@ -27,6 +28,11 @@ from logferry.spool.nats import (
 from logferry.spool.nats.wire import decode_key, encode_key, split_append
 from nats_helpers import nats_server  # noqa: F401 - fixture
 from nats_spool_helpers import backend, settings, until
+
+
+def _typed(spool: NatsSpool, provider: NatsSpoolProvider) -> tuple[base.Spool, base.SpoolProvider]:
+    """Never called: mypy checks here that the NATS backend implements both protocols."""
+    return spool, provider
 
 
 def _params(fn: object) -> list[tuple[str, object, object]]:
@@ -47,6 +53,17 @@ def test_nats_backend_has_every_protocol_member(proto: type, impl: type) -> None
         have = getattr(impl, name)
         assert inspect.iscoroutinefunction(have) == inspect.iscoroutinefunction(want), name
         assert _params(have)[: len(_params(want))] == _params(want), name
+
+
+def test_the_journal_is_a_plain_document_store() -> None:
+    """The S3 sink adapts a store of JSON documents; one with `exists` would be taken for a
+    typed JournalStore (runtime_checkable protocols compare members only)."""
+    members = {n for n in vars(EndpointJournal) if not n.startswith("_")}
+    assert members == {"load", "save", "discard"}
+    assert _params(EndpointJournal.save)[1:] == [
+        ("doc", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+        ("sync", inspect.Parameter.KEYWORD_ONLY, True),
+    ]
 
 
 def test_errors_are_spool_errors_and_keys_round_trip() -> None:
@@ -297,8 +314,39 @@ def test_ingest_only_node_appends_and_reads_the_published_backlog(
             await until(lambda: owner.end_offset == 8, "owner sees the ingest node's append")
             await until(lambda: i.provider.key_disk_bytes("q") == 8, "backlog reaches ingest")
             assert ingest.pending_lines == 2
+            # Every node's shared budget follows the streams' byte counts.
+            await until(lambda: i.provider.total_bytes >= 8, "ingest node counts stored bytes")
             ingest.max_bytes = 10
             with pytest.raises(SpoolFull):
                 await ingest.append(b"three\n", 1)
+
+    asyncio.run(run())
+
+
+def test_concurrent_appends_share_messages_and_each_line_is_stored_once(
+    nats_server: NatsCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Group commit: appends that arrive while a publish is in flight go out together."""
+
+    async def run() -> None:
+        s = settings(nats_server)
+        async with backend(s, "n1", tmp_path) as b:
+            b.set_endpoints(["gc"])
+            await until(lambda: "gc" in b.owned(), "owns gc")
+            spool = await asyncio.to_thread(b.provider.open, "gc")
+            bodies = [b"append %03d line %d\n" % (i, j) for i in range(60) for j in range(2)]
+            pairs = [bodies[i] + bodies[i + 1] for i in range(0, len(bodies), 2)]
+            await asyncio.gather(*(spool.append(p, 2) for p in pairs))
+            total = sum(map(len, pairs))
+            await until(lambda: spool.end_offset == total, "all indexed")
+            got = await asyncio.to_thread(spool.read, 0, 1 << 20)
+            data = b"".join(c.data for c in got)
+            assert sorted(data.splitlines(keepends=True)) == sorted(bodies)
+            assert spool.pending_lines == len(bodies)
+            info = await asyncio.wrap_future(
+                b.run(b.js.stream_info(spool.stream, subjects_filter=spool.subject))
+            )
+            assert 1 <= info.state.messages < len(pairs)
 
     asyncio.run(run())

@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
 
 class EndpointJournal:
-    """load / save / discard of the `journal` field of one endpoint's record (blocking)."""
+    """load / save / discard of the `journal` field of one endpoint's record (blocking).
+
+    Plain JSON documents only, and deliberately no `exists`: the S3 sink tells a typed
+    `JournalStore` (which has `exists`) from a document store by the members present, and
+    adapts this one (`sinks.s3_journal.DocumentJournal`)."""
 
     def __init__(self, backend: NatsBackend, key: str) -> None:
         self.backend = backend
@@ -31,9 +35,6 @@ class EndpointJournal:
         doc = self.backend.ownership.record(self.key)
         journal = (doc or {}).get("journal")
         return copy.deepcopy(journal) if journal is not None else None
-
-    def exists(self) -> bool:
-        return self.load() is not None
 
     def save(self, doc: dict[str, Any], *, sync: bool = True) -> None:
         """Store `doc` by compare-and-set (SpoolFenced when another node owns the endpoint)."""

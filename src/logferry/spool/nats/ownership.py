@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -111,9 +111,8 @@ class Ownership:
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.records_ready.wait(), 10)
-        if self.backend.deliver:
-            await self.tick()
-            self._tasks.append(asyncio.get_running_loop().create_task(self._beat()))
+        await self.tick()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._beat()))
 
     async def stop(self, *, release: bool) -> None:
         self._stopping = True
@@ -154,19 +153,39 @@ class Ownership:
                 await asyncio.sleep(1)
 
     async def _beat(self) -> None:
+        """Heartbeats keep their cadence; balancing (KV writes per endpoint, possibly many)
+        runs beside them, one round at a time."""
+        balancing: asyncio.Task[None] | None = None
         while not self._stopping:
             await asyncio.sleep(self.backend.settings.heartbeat_seconds)
             try:
-                await self.tick()
+                await self.beat()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("nats %s: ownership tick failed: %r", self.backend.node_id, exc)
+                log.warning("nats %s: heartbeat failed: %r", self.backend.node_id, exc)
+            if balancing is None or balancing.done():
+                balancing = asyncio.get_running_loop().create_task(self._balance_logged())
+
+    async def _balance_logged(self) -> None:
+        try:
+            await self.balance()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("nats %s: ownership round failed: %r", self.backend.node_id, exc)
 
     # -- the tick ----------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Check the lease (before renewing it), renew, then take and release endpoints."""
+        """One heartbeat and one balancing round (start-up; later they run apart)."""
+        await self.beat()
+        await self.balance()
+
+    async def beat(self) -> None:
+        """Check the lease (before renewing it), renew it, list the live delivery nodes."""
+        if not self.backend.deliver:
+            return
         if self._mine and not self.lease_valid():
             self._lose_all("its lease may have expired (no heartbeat renewed in time)")
         s = self.backend.settings
@@ -174,27 +193,41 @@ class Ownership:
         try:
             nodes = await self.backend.kv(s.nodes_bucket)
             beat = json.dumps({"t": time.time()}).encode()
-            await nodes.put(encode_key(self.backend.node_id), beat)
+            await self.backend.js.publish(
+                f"$KV.{s.nodes_bucket}.{encode_key(self.backend.node_id)}",
+                beat,
+                timeout=s.heartbeat_seconds,
+            )
             self._renewed = sent
             try:
-                self._live = sorted(decode_key(k) for k in await nodes.keys())
+                live = sorted(decode_key(k) for k in await nodes.keys())
             except nats.js.errors.NoKeysError:
-                self._live = []
+                live = []
         except (TimeoutError, nats.errors.Error) as exc:
             log.warning("nats %s: heartbeat failed: %r", self.backend.node_id, exc)
             return
-        if self.backend.node_id not in self._live:
-            self._live.append(self.backend.node_id)
-        for key in sorted(self._endpoints | set(self._mine)):
-            want = key in self._endpoints and (
-                rendezvous_owner(key, self._live) == self.backend.node_id
-            )
-            if want and key not in self._mine:
-                await self._take(key)
-            elif not want and key in self._mine:
-                self._lose(key, "rebalanced to another node" if key in self._endpoints else "gone")
-                await self.release(key)
-        await self._publish_backlogs()
+        if self.backend.node_id not in live:
+            live.append(self.backend.node_id)
+        self._live = live
+
+    async def balance(self) -> None:
+        """Take the endpoints this node wins, release the ones it no longer wins, publish
+        backlogs; on every node, refresh the shared budget from the streams."""
+        if self.backend.deliver and self.lease_valid():
+            live = list(self._live)
+            jobs = []
+            for key in sorted(self._endpoints | set(self._mine)):
+                want = key in self._endpoints and (
+                    rendezvous_owner(key, live) == self.backend.node_id
+                )
+                if want and key not in self._mine:
+                    jobs.append(self._take(key))
+                elif not want and key in self._mine:
+                    why = "rebalanced to another node" if key in self._endpoints else "gone"
+                    self._lose(key, why)
+                    jobs.append(self.release(key))
+            await _bounded(jobs)
+            await self._publish_backlogs()
         await self.backend.provider.refresh_usage()
 
     async def _take(self, key: str) -> None:
@@ -315,15 +348,19 @@ class Ownership:
 
     async def _publish_backlogs(self) -> None:
         """The owner's pending bytes/lines, so ingest-only nodes can enforce quotas."""
-        for key in list(self._mine):
+        jobs = []
+        for key, (_, doc) in list(self._mine.items()):
             spool = self.backend.provider.peek(key)
             if spool is None or not spool.following:
                 continue
             backlog = {"bytes": spool.pending_bytes, "lines": spool.pending_lines}
-            if self._mine[key][1].get("backlog") == backlog:
-                continue
-            with contextlib.suppress(SpoolFenced, NatsUnavailable):
-                await self.write(key, _setter("backlog", backlog))
+            if doc.get("backlog") != backlog:
+                jobs.append(self._publish_backlog(key, backlog))
+        await _bounded(jobs)
+
+    async def _publish_backlog(self, key: str, backlog: dict[str, int]) -> None:
+        with contextlib.suppress(SpoolFenced, NatsUnavailable):
+            await self.write(key, _setter("backlog", backlog))
 
 
 def _setter(field: str, value: Any) -> Callable[[Doc], None]:
@@ -333,3 +370,17 @@ def _setter(field: str, value: Any) -> Callable[[Doc], None]:
         doc[field] = value
 
     return change
+
+
+ROUND_CONCURRENCY = 32
+"""KV writes in flight at once in one ownership round (takeovers at start, backlogs)."""
+
+
+async def _bounded(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    sem = asyncio.Semaphore(ROUND_CONCURRENCY)
+
+    async def one(job: Coroutine[Any, Any, None]) -> None:
+        async with sem:
+            await job
+
+    await asyncio.gather(*(one(job) for job in jobs))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -42,6 +43,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FETCH_CONCURRENCY = 16
+MAX_BATCH = 1000
+BATCH_SLACK = 64
+"""Extra messages a batched get may return between the wanted ones (other groups' pieces)."""
+BATCH_TIMEOUT = 5.0
+BATCH_BELOW = 16 * 1024
+"""Batched gets only for small messages: measured on loopback (2-core VM, nats-py 2.16),
+a batch doubled the rate for 1 KB messages (~5,400 vs ~2,600/s) but 16 concurrent single
+gets were 3x faster for 64 KB ones (~90 vs ~28 MB/s): one reply stream vs sixteen."""
 EXPIRY_CHECK_SECONDS = 1.0
 
 
@@ -87,6 +96,10 @@ class SubjectLog:
             config=ConsumerConfig(opt_start_seq=max(1, self._head_seq)),
             idle_heartbeat=2.0,
         )
+        if self.closed:  # stopped while subscribing (ownership lost at once)
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            return
         self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
         self.ready.set()
 
@@ -179,8 +192,14 @@ class SubjectLog:
         cached = self._cache.get(seq)
         if cached is not None:
             return cached
+        js = self.backend.js
         try:
-            msg = await self.backend.js.get_msg(self.spool.stream, seq=seq, direct=True)
+            try:
+                msg = await js.get_msg(self.spool.stream, seq=seq, direct=True)
+            except nats.js.errors.NotFoundError:
+                # A direct get may be answered by a replica that has not applied `seq` yet;
+                # only the leader's answer means the message is gone.
+                msg = await js.get_msg(self.spool.stream, seq=seq)
         except nats.js.errors.NotFoundError:
             off = entry.start if entry else self.committed
             raise SpoolCorrupt(
@@ -197,6 +216,50 @@ class SubjectLog:
                 next_offset=entry.end if entry else None,
             )
         return msg.data or b""
+
+    async def _prefetch(self, entries: list[Entry]) -> None:
+        """Fetch the payloads `entries` need with one batched direct get (server 2.11+) into
+        the cache; whatever it misses (a lagging replica, a batch cut short) is fetched one
+        by one afterwards."""
+        want: set[int] = set()
+        for e in entries:
+            if e.group is None:
+                want.add(e.seq)
+            else:
+                want.update((self._groups.get(e.group) or {}).values())
+        want -= self._cache.keys()
+        if len(want) < 2 or sum(e.size for e in entries) > BATCH_BELOW * len(entries):
+            return
+        nc = self.backend.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        request = {
+            "seq": min(want),
+            "next_by_subj": self.spool.subject,
+            "batch": min(len(want) + BATCH_SLACK, MAX_BATCH),
+        }
+        last = max(want)
+        try:
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{self.spool.stream}",
+                json.dumps(request).encode(),
+                reply=inbox,
+            )
+            while True:
+                msg = await sub.next_msg(timeout=BATCH_TIMEOUT)
+                headers = msg.headers or {}
+                if headers.get("Status"):
+                    break  # 204 end of batch, 404 nothing (more), 408 refused
+                seq = int(headers.get("Nats-Sequence", 0))
+                if seq in want and headers.get("Nats-Subject") == self.spool.subject:
+                    self._cache[seq] = msg.data
+                if seq >= last:
+                    break
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.debug("endpoint %s: batched read cut short: %r", self.spool.name, exc)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def _payload(self, entry: Entry, sem: asyncio.Semaphore) -> bytes:
         async with sem:
@@ -238,6 +301,7 @@ class SubjectLog:
             picked.append(e)
             total += e.size
             j += 1
+        await self._prefetch(picked)
         sem = asyncio.Semaphore(FETCH_CONCURRENCY)
         results = await asyncio.gather(
             *(self._payload(e, sem) for e in picked), return_exceptions=True
@@ -325,6 +389,10 @@ class SubjectLog:
             del self._starts[:drop]
 
     def first_pending_accepted_at(self) -> float | None:
-        if self.committed >= self.end or not self.entries:
+        """Any thread: a commit on the loop may shrink `entries` meanwhile (then None)."""
+        try:
+            if self.committed >= self.end or not self.entries:
+                return None
+            return self.entries[max(0, self._index(self.committed))].acc
+        except IndexError:
             return None
-        return self.entries[self._index(self.committed)].acc

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -72,6 +73,9 @@ class NatsSpool:
         """Bytes this node appended since the record's backlog last changed (ingest view)."""
         self._appended_lines = 0
         self._charged = 0
+        self._queue: deque[tuple[bytes, float, asyncio.Future[None]]] = deque()
+        """Appends waiting for the publish in flight (backend loop only)."""
+        self._flusher: asyncio.Task[None] | None = None
         """Bytes this spool has charged to its budget (adjusted to the published backlog)."""
 
     @property
@@ -120,6 +124,46 @@ class NatsSpool:
         return Chunk(-1 - n, -1, accepted, data, lines)
 
     async def _publish(self, data: bytes, accepted: float) -> None:
+        """Queue `data` for this endpoint and wait for its batch's acks (backend loop).
+
+        Group commit, as the local spool's: appends that arrive while a publish is in flight
+        go out together as one request (up to one message), because the servers sync every
+        message (`sync_interval: always`): measured with raw nats-py on one node, 32
+        concurrent 1 KB publishes made ~440 acks/s in all, one at a time ~780/s."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.append((data, accepted, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        await fut
+
+    async def _flush(self) -> None:
+        limit = self.backend.settings.max_message_bytes
+        queue = self._queue
+        while queue:
+            batch = [queue.popleft()]
+            size = len(batch[0][0])
+            while queue and size + len(queue[0][0]) <= limit:
+                item = queue.popleft()
+                batch.append(item)
+                size += len(item[0])
+            data = batch[0][0] if len(batch) == 1 else b"".join(item[0] for item in batch)
+            try:
+                await self._send(data, batch[0][1])
+            except Exception as exc:  # every waiter of the batch gets the same answer
+                failed = batch
+                if isinstance(exc, NatsUnavailable):  # the next batch would wait as long
+                    failed = batch + list(queue)
+                    queue.clear()
+                for _, _, fut in failed:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _send(self, data: bytes, accepted: float) -> None:
         s = self.backend.settings
         request = self.backend.next_request_id()
         deadline = time.monotonic() + s.append_timeout_seconds
@@ -262,11 +306,13 @@ class NatsSpool:
         self.wake(0, value=False)
 
     def record_changed(self) -> None:
+        """The record changed (the owner published its backlog): what this spool charged to
+        its budget becomes the published backlog, so commits on any node free quota here."""
         with self._mu:
             self._appended = 0
             self._appended_lines = 0
         budget = self._budget
-        if budget is not None and not self.following:
+        if budget is not None:
             held = self._backlog()[0]
             with self._mu:
                 delta, self._charged = held - self._charged, held

@@ -1,0 +1,78 @@
+"""The NATS spool on a 3-node cluster (replicas 3): kill -9 of the stream leader during
+appends. Every append either returns (acknowledged by a quorum) or raises NatsUnavailable;
+everything acknowledged is readable afterwards, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from logferry.local.nats_cluster import NatsCluster
+from logferry.spool.nats import NatsUnavailable
+from nats_helpers import nats_cluster3  # noqa: F401 - fixture
+from nats_spool_helpers import backend, settings, until
+
+pytestmark = pytest.mark.slow
+
+
+def test_stream_leader_killed_during_appends_loses_nothing_acknowledged(
+    nats_cluster3: NatsCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        s = settings(nats_cluster3, replicas=3, max_message_bytes=2048, append_timeout_seconds=20)
+        async with backend(s, "d1", tmp_path) as d, backend(s, "i1", tmp_path, deliver=False) as i:
+            d.set_endpoints(["k"])
+            await until(lambda: "k" in d.owned(), "d1 owns k")
+            ingest = await asyncio.to_thread(i.provider.open, "k")
+            acked: list[bytes] = []
+            failed: list[bytes] = []
+            killed = asyncio.Event()
+
+            async def sender(n: int) -> None:
+                for j in range(60):
+                    # Every 5th request spans several messages (2 KiB each).
+                    count = 40 if j % 5 == 0 else 3
+                    body = b"".join(
+                        b"s%d r%d l%d %s\n" % (n, j, k, b"z" * 80) for k in range(count)
+                    )
+                    try:
+                        await ingest.append(body, count)
+                        acked.append(body)
+                    except NatsUnavailable:
+                        failed.append(body)
+                    if j == 20 and n == 0:
+                        killed.set()
+                    await asyncio.sleep(0.01)
+
+            async def killer() -> None:
+                await killed.wait()
+                leader = nats_cluster3.stream_leader(ingest.stream)
+                assert leader is not None
+                nats_cluster3.kill(leader)
+
+            await asyncio.gather(*(sender(n) for n in range(4)), killer())
+            assert len(acked) + len(failed) == 240
+            assert len(acked) > 100
+            owner = await asyncio.to_thread(d.provider.open, "k")
+            want = sum(len(b) for b in acked)
+            await until(lambda: owner.end_offset >= want, "owner indexed every ack", 120)
+            data = b""
+            pos = owner.committed_offset
+            while pos < owner.end_offset:
+                chunks = await asyncio.to_thread(owner.read, pos, 1 << 20)
+                data += b"".join(c.data for c in chunks)
+                pos = chunks[-1].end
+            seen = Counter(data.splitlines(keepends=True))
+            for body in acked:
+                for line in body.splitlines(keepends=True):
+                    assert seen[line] == 1, line[:20]
+            for body in failed:
+                for line in body.splitlines(keepends=True):
+                    assert seen[line] <= 1
+            print(f"acked {len(acked)}, failed {len(failed)}")
+
+    asyncio.run(run())
