@@ -9,6 +9,7 @@ acknowledged line in the bucket exactly once whichever process died.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from e2e_helpers import assert_exactly_once, body_of, bucket_content, make_lines
 from e2e_helpers import put_endpoint as put_endpoint_
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
+from logferry.sinks.base import SinkContext
 from s3_helpers import make_s3_role, pending_uploads
 from service_helpers import NodeProcess, base_config, nats_spool, reap_all, wait_for
 
@@ -52,7 +54,9 @@ def node(
     return NodeProcess(emulator, config, tmp_path / name, role)
 
 
-def s3_endpoint(serve: NodeProcess, customer: str, bucket: str, role_arn: str) -> None:
+def s3_endpoint(
+    serve: NodeProcess, customer: str, bucket: str, role_arn: str, **fields: Any
+) -> None:
     with serve.admin() as admin:
         put_customer(admin, customer)
         body = {
@@ -62,6 +66,7 @@ def s3_endpoint(serve: NodeProcess, customer: str, bucket: str, role_arn: str) -
             "path": "logs/",
             "period": 3600,
             "file_max_bytes": MIB,
+            **fields,
         }
         r = put_endpoint_(admin, customer, "s3", body)
         assert r.status_code == 201, r.text
@@ -194,7 +199,27 @@ def test_an_ingest_node_killed_under_load_loses_no_acknowledged_line(
     assert deliver.terminate() == 0
 
 
+def owned(serve: NodeProcess) -> float:
+    """`logferry_nats_owned_endpoints` of a node (-1: it does not answer)."""
+    try:
+        with serve.admin() as admin:
+            text = admin.get("/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return -1.0
+    for line in text.splitlines():
+        if line.startswith("logferry_nats_owned_endpoints "):
+            return float(line.split()[1])
+    return 0.0
+
+
 @pytest.mark.slow
+@pytest.mark.xfail(
+    "journal" not in SinkContext.__dataclass_fields__,
+    reason="the S3 journal must live in the endpoint's KV record (issue 29 Part C, "
+    "SinkContext.journal): with it on the dead node's disk, the parts it had journaled (and "
+    "committed the spool past) are lost to the new owner and its upload stays open",
+    strict=True,
+)
 def test_a_delivery_node_killed_mid_upload_is_taken_over_without_loss_or_duplicate(
     emulator: Emulator, nats_cluster3: NatsCluster, tmp_path: Path, unique: Any
 ) -> None:
@@ -203,32 +228,37 @@ def test_a_delivery_node_killed_mid_upload_is_taken_over_without_loss_or_duplica
     ingester = node(emulator, nats_cluster3, tmp_path, "ingest-1", "ingest", prefix, **spool)
     ingester.start()
     d1 = node(emulator, nats_cluster3, tmp_path, "deliver-1", "deliver", prefix, **spool).start()
+    d2 = node(emulator, nats_cluster3, tmp_path, "deliver-2", "deliver", prefix, **spool).start()
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
-    s3_endpoint(ingester, customer, role.bucket, role.role_arn)
+    # 32 MiB files: each is a multipart upload of 8 MiB parts, open for a while
+    s3_endpoint(ingester, customer, role.bucket, role.role_arn, file_max_bytes=32 * MIB)
     wait_endpoint(d1, customer)
-    # d1 owns the endpoint (the only delivery node): it starts multipart uploads of 1 MiB files
+    wait_endpoint(d2, customer)
+    owner, other = wait_for(
+        lambda: (d1, d2) if owned(d1) == 1 else (d2, d1) if owned(d2) == 1 else None, timeout=30
+    )
     sent: list[bytes] = []
     with ingester.admin() as admin:
-        for i in range(6):
-            lines = make_lines(f"first-{i}", 20_000, 100)
-            assert (
-                admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines)).status_code == 202
-            )
+        for i in range(20):  # ~20 MiB: parts uploaded, the file not yet complete
+            lines = make_lines(f"first-{i}", 10_000, 100)
+            r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines))
+            assert r.status_code == 202, r.text
             sent += lines
-    wait_for(lambda: bucket_content(emulator, role.bucket, "logs/").sizes, timeout=60)
-    d1.kill9()
-    d2 = node(emulator, nats_cluster3, tmp_path, "deliver-2", "deliver", prefix, **spool).start()
+    wait_for(lambda: pending_uploads(emulator, role.bucket), timeout=60)
+    owner.kill9()
+    killed = time.monotonic()
+    wait_for(lambda: owned(other) == 1, timeout=60)
+    print(f"takeover after kill -9 of the owner: {time.monotonic() - killed:.1f} s")
     with ingester.admin() as admin:
-        for i in range(3):
-            lines = make_lines(f"second-{i}", 20_000, 100)
-            assert (
-                admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines)).status_code == 202
-            )
+        for i in range(5):
+            lines = make_lines(f"second-{i}", 10_000, 100)
+            r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines))
+            assert r.status_code == 202, r.text
             sent += lines
     wait_delivered(emulator, role.bucket, sent, timeout=240)
     found = bucket_content(emulator, role.bucket, "logs/")
     assert_exactly_once(found.lines, sent)
     wait_for(lambda: pending_uploads(emulator, role.bucket) == [], timeout=60)
-    assert d2.terminate() == 0
+    assert other.terminate() == 0
     assert ingester.terminate() == 0
