@@ -105,3 +105,18 @@ class NodeProcess(ServeProcess):
     @property
     def command(self) -> list[str]:
         return [*super().command, "--role", self.role]
+
+
+def nats_owned(serve: ServeProcess) -> float:
+    """`logferry_nats_owned_endpoints` of a node (-1: it does not answer)."""
+    import httpx
+
+    try:
+        with serve.admin() as admin:
+            text = admin.get("/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return -1.0
+    for line in text.splitlines():
+        if line.startswith("logferry_nats_owned_endpoints "):
+            return float(line.split()[1])
+    return 0.0

@@ -23,7 +23,14 @@ from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
 from logferry.sinks.base import SinkContext
 from s3_helpers import make_s3_role, pending_uploads
-from service_helpers import NodeProcess, base_config, nats_spool, reap_all, wait_for
+from service_helpers import (
+    NodeProcess,
+    base_config,
+    nats_owned,
+    nats_spool,
+    reap_all,
+    wait_for,
+)
 
 pytest_plugins = ["tests.nats_helpers"]
 
@@ -199,19 +206,6 @@ def test_an_ingest_node_killed_under_load_loses_no_acknowledged_line(
     assert deliver.terminate() == 0
 
 
-def owned(serve: NodeProcess) -> float:
-    """`logferry_nats_owned_endpoints` of a node (-1: it does not answer)."""
-    try:
-        with serve.admin() as admin:
-            text = admin.get("/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return -1.0
-    for line in text.splitlines():
-        if line.startswith("logferry_nats_owned_endpoints "):
-            return float(line.split()[1])
-    return 0.0
-
-
 @pytest.mark.slow
 @pytest.mark.xfail(
     "journal" not in SinkContext.__dataclass_fields__,
@@ -236,7 +230,8 @@ def test_a_delivery_node_killed_mid_upload_is_taken_over_without_loss_or_duplica
     wait_endpoint(d1, customer)
     wait_endpoint(d2, customer)
     owner, other = wait_for(
-        lambda: (d1, d2) if owned(d1) == 1 else (d2, d1) if owned(d2) == 1 else None, timeout=30
+        lambda: (d1, d2) if nats_owned(d1) == 1 else (d2, d1) if nats_owned(d2) == 1 else None,
+        timeout=30,
     )
     sent: list[bytes] = []
     with ingester.admin() as admin:
@@ -248,7 +243,7 @@ def test_a_delivery_node_killed_mid_upload_is_taken_over_without_loss_or_duplica
     wait_for(lambda: pending_uploads(emulator, role.bucket), timeout=60)
     owner.kill9()
     killed = time.monotonic()
-    wait_for(lambda: owned(other) == 1, timeout=60)
+    wait_for(lambda: nats_owned(other) == 1, timeout=60)
     print(f"takeover after kill -9 of the owner: {time.monotonic() - killed:.1f} s")
     with ingester.admin() as admin:
         for i in range(5):
