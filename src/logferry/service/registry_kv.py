@@ -54,6 +54,8 @@ T = TypeVar("T")
 CALL_TIMEOUT = 10.0
 """A registry write waits this long for NATS (a leader election takes 5–7 s)."""
 BUCKETS = ("customers", "xids", "tokens", "endpoints")
+START_RETRY_SECONDS = 30.0
+"""How long start-up retries making the buckets while a fresh cluster elects its leaders."""
 
 
 class RegistryUnavailable(LogferryError):
@@ -116,13 +118,16 @@ class KvRegistry:
         """Connect, make the buckets, load the mirror (blocking; raises RegistryUnavailable)."""
         self._thread.start()
         try:
-            self._call(self._start(), timeout=self.connect_timeout + CALL_TIMEOUT)
+            self._call(
+                self._start(), timeout=self.connect_timeout + START_RETRY_SECONDS + CALL_TIMEOUT
+            )
         except BaseException:
             self.close()
             raise
 
     async def _start(self) -> None:
         import nats
+        import nats.errors
         from nats.js.errors import BucketNotFoundError
 
         self._nc = await nats.connect(
@@ -138,12 +143,28 @@ class KvRegistry:
             closed_cb=self._quiet_cb,
         )
         js = self._nc.jetstream(timeout=CALL_TIMEOUT / 2)
+        deadline = time.monotonic() + START_RETRY_SECONDS
         for short in BUCKETS:
             bucket = f"{self.prefix}_reg_{short}"
-            try:
-                kv = await js.key_value(bucket)
-            except BucketNotFoundError:
-                kv = await js.create_key_value(bucket=bucket, history=1, replicas=self.replicas)
+            while True:
+                # A fresh cluster elects its leaders, and other nodes create the same buckets
+                # at the same time: retry until the deadline, as the spool backend does.
+                try:
+                    try:
+                        kv = await js.key_value(bucket)
+                    except BucketNotFoundError:
+                        kv = await js.create_key_value(
+                            bucket=bucket, history=1, replicas=self.replicas
+                        )
+                    break
+                except (TimeoutError, nats.errors.Error) as exc:
+                    if time.monotonic() > deadline:
+                        raise RegistryUnavailable(
+                            f"cannot create or open the registry bucket {bucket}: {exc!r}",
+                            fix="check that the NATS servers form a cluster with JetStream on "
+                            "(spool.replicas needs that many servers)",
+                        ) from exc
+                    await asyncio.sleep(0.5)
             self._kv[short] = kv
         loaded = []
         for short in BUCKETS:
