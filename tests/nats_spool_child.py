@@ -25,7 +25,7 @@ async def main(urls: str, prefix: str, node_id: str, scratch: str, key: str) -> 
         stream_prefix=prefix,
         shards=2,
         max_bytes=64 * 1024 * 1024,
-        lease_seconds=3.0,
+        lease_seconds=6.0,
         heartbeat_seconds=0.5,
     )
     b = NatsBackend(s, node_id=node_id, deliver=True, scratch_dir=Path(scratch))

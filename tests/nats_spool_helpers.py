@@ -25,7 +25,7 @@ def settings(cluster: NatsCluster, prefix: str | None = None, **kw: Any) -> Nats
         "stream_prefix": prefix or f"T{next(_prefixes)}",
         "shards": 2,
         "max_bytes": 512 * 1024 * 1024,
-        "lease_seconds": 3.0,
+        "lease_seconds": 6.0,
         "heartbeat_seconds": 0.5,
     }
     values.update(kw)

@@ -278,11 +278,16 @@ def test_restart_resumes_at_the_kv_cursor(
             cut = sum(map(len, bodies[:12])) + len(b"req12 line0\n")
             await asyncio.to_thread(spool.commit, cut)
             line = spool.committed_line
+            first20_text = b"".join(bodies[:20])
         async with backend(s, "n1", tmp_path) as b2:
             b2.set_endpoints(["r"])
             await until(lambda: "r" in b2.owned(), "owns r again")
             spool = await asyncio.to_thread(b2.provider.open, "r")
             assert spool.committed_offset == cut and spool.committed_line == line
+            # Resuming inside a message: the end is never below the cursor, not even at once.
+            assert spool.end_offset >= cut and spool.pending_bytes >= 0
+            want_lines = first20_text[cut:].count(b"\n")
+            await until(lambda: spool.pending_lines == want_lines, "the old tail indexed")
             for body in bodies[20:]:
                 await spool.append(body, body.count(b"\n"))
             await until(lambda: spool.end_offset == len(everything), "indexed after restart")

@@ -76,3 +76,47 @@ def test_stream_leader_killed_during_appends_loses_nothing_acknowledged(
             print(f"acked {len(acked)}, failed {len(failed)}")
 
     asyncio.run(run())
+
+
+def test_kv_leader_killed_during_commits_keeps_the_cursor_and_the_data(tmp_path: Path) -> None:
+    """kill -9 of the endpoint bucket's leader while the owner commits: each commit succeeds or
+    raises a SpoolError (no quorum, or fenced after an unanswered write); afterwards the node
+    owns the endpoint again, the stored cursor is the last commit that returned (or a later
+    one that landed unanswered), and every line from there on is still readable."""
+    from logferry.spool.errors import SpoolError
+
+    async def run(cluster: NatsCluster) -> None:
+        s = settings(cluster, replicas=3, lease_seconds=20, heartbeat_seconds=1)
+        lines = [b"line %04d\n" % i for i in range(400)]
+        async with backend(s, "d1", tmp_path) as d:
+            d.set_endpoints(["c"])
+            await until(lambda: "c" in d.owned(), "d1 owns c", 60)
+            spool = await asyncio.to_thread(d.provider.open, "c")
+            for i in range(0, 400, 4):
+                await spool.append(b"".join(lines[i : i + 4]), 4)
+            await until(lambda: spool.end_offset == 4000, "indexed", 60)
+            leader = cluster.stream_leader(f"KV_{s.endpoints_bucket}")
+            assert leader is not None
+            done = 0
+            errors = 0
+            for k in range(1, 101):
+                if k == 30:
+                    cluster.kill(leader)
+                try:
+                    await asyncio.to_thread(spool.commit, 40 * k)
+                    done = 40 * k
+                except SpoolError:
+                    errors += 1
+                    await until(lambda: "c" in d.owned(), "owns c again", 60)
+                    await asyncio.sleep(0.2)
+            await until(lambda: "c" in d.owned(), "owns c at the end", 60)
+            spool = await asyncio.to_thread(d.provider.open, "c")
+            await until(lambda: spool.end_offset == 4000, "indexed at the end", 60)
+            pos = spool.committed_offset
+            assert pos >= done
+            got = await asyncio.to_thread(spool.read, pos, 1 << 20) if pos < 4000 else []
+            assert b"".join(c.data for c in got) == b"".join(lines)[pos:]
+            print(f"last commit {done}, cursor {pos}, commit errors {errors}")
+
+    with NatsCluster(tmp_path / "nats", nodes=3) as cluster:  # its own: this one loses a node
+        asyncio.run(run(cluster))

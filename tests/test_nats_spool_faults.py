@@ -123,3 +123,22 @@ def test_an_abandoned_fragment_group_is_skipped_once_it_cannot_complete(
             assert spool.pending_lines == 3
 
     asyncio.run(run())
+
+
+def test_the_heartbeat_ttl_follows_a_changed_lease(
+    nats_server: NatsCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A nodes bucket made with a shorter TTL would expire heartbeats before the lease they
+    stand for: the backend resets it to lease_seconds."""
+
+    async def run() -> None:
+        s = settings(nats_server, lease_seconds=3.0)
+        async with backend(s, "n1", tmp_path):
+            pass
+        longer = s.model_copy(update={"lease_seconds": 8.0})
+        async with backend(longer, "n1", tmp_path) as b:
+            info = await asyncio.wrap_future(b.run(b.js.stream_info(f"KV_{s.nodes_bucket}")))
+            assert info.config.max_age == pytest.approx(8.0)
+
+    asyncio.run(run())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import secrets
@@ -89,8 +90,14 @@ class NatsBackend:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Blocking `run` for delivery threads (never call it on the backend's own loop)."""
-        return self.run(coro).result(timeout)
+        """Blocking `run` for delivery threads (never call it on the backend's own loop);
+        no answer within `timeout` is NatsUnavailable (a SpoolError, as callers expect)."""
+        future = self.run(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise NatsUnavailable(f"NATS did not answer within {timeout}s") from None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -226,8 +233,24 @@ class NatsBackend:
             if exc.err_code != STREAM_EXISTS_DIFFERENT:
                 raise
             kv = await self.js.key_value(bucket)
+            if ttl is not None:
+                await self._retune_ttl(bucket, ttl)
         self._kvs[bucket] = kv
         return kv
+
+    async def _retune_ttl(self, bucket: str, ttl: float) -> None:
+        """A bucket made with another TTL (lease_seconds changed): heartbeats that outlive
+        the lease would only delay takeovers, but ones that expire before it would let a
+        node take over from an owner that still holds its lease, so the TTL follows."""
+        info = await self.js.stream_info(f"KV_{bucket}")
+        if info.config.max_age is not None and abs(info.config.max_age - ttl) < 1e-3:
+            return
+        config = info.config
+        config.max_age = ttl
+        if config.duplicate_window > ttl:
+            config.duplicate_window = ttl
+        await self.js.update_stream(config)
+        log.warning("KV bucket %s: TTL set to %gs (spool.lease_seconds)", bucket, ttl)
 
     async def close(self) -> None:
         """Release owned endpoints (so others take over at once), close spools and connection."""
@@ -245,10 +268,10 @@ class NatsBackend:
         await self._provider.close_async()
         self._closed = True
         if self._nc is not None and not self._nc.is_closed:
-            try:
-                await asyncio.wait_for(self._nc.drain(), 5)
-            except (TimeoutError, nats.errors.Error):
-                await self._nc.close()
+            # Nothing is left to flush (every append awaited its ack); close, not drain,
+            # whose per-subscription tasks would outlive the loop.
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                await asyncio.wait_for(self._nc.close(), 5)
 
     async def _on_error(self, exc: Exception) -> None:
         if self._closed:

@@ -196,7 +196,7 @@ class Ownership:
             await self.backend.js.publish(
                 f"$KV.{s.nodes_bucket}.{encode_key(self.backend.node_id)}",
                 beat,
-                timeout=s.heartbeat_seconds,
+                timeout=max(s.heartbeat_seconds, 1.0),
             )
             self._renewed = sent
             try:
@@ -247,8 +247,8 @@ class Ownership:
                         return  # its holder releases it when it sees us
                     doc = dict(old, owner=self.backend.node_id, epoch=int(old["epoch"]) + 1)
                     rev = await kv.update(encode_key(key), json.dumps(doc).encode(), last=rev0)
-                    if owner and owner != self.backend.node_id:
-                        self.takeovers += 1
+                    if owner != self.backend.node_id:
+                        self.takeovers += 1  # held or released by another node
             except nats.js.errors.KeyWrongLastSequenceError:
                 self.conflicts += 1
                 return
@@ -277,7 +277,8 @@ class Ownership:
     def _lose(self, key: str, why: str | None) -> None:
         if self._mine.pop(key, None) is not None:
             if why:
-                log.warning("nats %s: stops owning %s: %s", self.backend.node_id, key, why)
+                level = logging.INFO if why.startswith(("rebalanced", "gone")) else logging.WARNING
+                log.log(level, "nats %s: stops owning %s: %s", self.backend.node_id, key, why)
             self._notify(key, False)
 
     def _lose_all(self, why: str) -> None:

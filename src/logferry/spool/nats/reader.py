@@ -77,15 +77,28 @@ class SubjectLog:
         self._expiry: asyncio.Task[None] | None = None
         self._cache: dict[int, bytes] = {}
         self.ready = asyncio.Event()
+        self.commit_lock = asyncio.Lock()
         self.closed = False
 
     # -- following ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._head_skip:
-            data = await self._fetch_one(self._head_seq, None)
-            prefix = data[: self._head_skip]
-            self.end_line = self.committed_line - prefix.count(b"\n")
+            # The cursor is inside message `seq`: index it here, from the leader, so the end
+            # is never below the committed position once `ready` is set.
+            try:
+                head = await self.backend.js.get_msg(self.spool.stream, seq=self._head_seq)
+            except nats.js.errors.NotFoundError:
+                raise SpoolCorrupt(
+                    f"endpoint {self.spool.name}: message {self._head_seq} under the cursor "
+                    "is gone",
+                    offset=self.committed,
+                    next_offset=None,
+                ) from None
+            data = head.data or b""
+            self.end_line = self.committed_line - data[: self._head_skip].count(b"\n")
+            self._cache[self._head_seq] = data
+            self._index_msg(self._head_seq, dict(head.headers or {}))
         self._sub = await self.backend.js.subscribe(
             self.spool.subject,
             stream=self.spool.stream,
@@ -93,7 +106,7 @@ class SubjectLog:
             ordered_consumer=True,
             headers_only=True,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(opt_start_seq=max(1, self._head_seq)),
+            config=ConsumerConfig(opt_start_seq=max(1, self.last_seq + 1)),
             idle_heartbeat=2.0,
         )
         if self.closed:  # stopped while subscribing (ownership lost at once)
@@ -113,11 +126,12 @@ class SubjectLog:
         self.ready.set()
 
     async def _on_msg(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+        self._index_msg(msg.metadata.sequence.stream, msg.headers or {})
+
+    def _index_msg(self, seq: int, h: dict[str, str]) -> None:
         if seq <= self.last_seq:
             return  # an ordered consumer's reset may repeat what it delivered
         self.last_seq = seq
-        h = msg.headers or {}
         if H_SIZE not in h:
             log.warning("endpoint %s: ignoring foreign message %d", self.spool.name, seq)
             return

@@ -28,7 +28,7 @@ import nats.js.errors
 
 from logferry.spool.budget import SpoolBudget
 from logferry.spool.chunk import Chunk
-from logferry.spool.errors import Quarantined, SpoolClosed, SpoolCorrupt, SpoolFull
+from logferry.spool.errors import Quarantined, SpoolClosed, SpoolCorrupt, SpoolError, SpoolFull
 from logferry.spool.format import validate_chunk_data
 from logferry.spool.nats.errors import NatsUnavailable, SpoolFenced
 from logferry.spool.nats.reader import SubjectLog
@@ -73,14 +73,18 @@ class NatsSpool:
         """Bytes this node appended since the record's backlog last changed (ingest view)."""
         self._appended_lines = 0
         self._charged = 0
+        """Bytes this spool has charged to its budget (adjusted to the published backlog)."""
         self._queue: deque[tuple[bytes, float, asyncio.Future[None]]] = deque()
         """Appends waiting for the publish in flight (backend loop only)."""
         self._flusher: asyncio.Task[None] | None = None
-        """Bytes this spool has charged to its budget (adjusted to the published backlog)."""
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def following(self) -> bool:
@@ -231,11 +235,14 @@ class NatsSpool:
 
     async def _commit(self, log_: SubjectLog, offset: int) -> None:
         await log_.ready.wait()
-        if offset <= log_.committed:
-            return
-        cursor = await log_.cursor_at(offset)
-        await self.backend.ownership.write(self.name, lambda doc: doc.__setitem__("cursor", cursor))
-        log_.committed_to(cursor)
+        async with log_.commit_lock:  # a later, lower commit must not move the cursor back
+            if offset <= log_.committed:
+                return
+            cursor = await log_.cursor_at(offset)
+            await self.backend.ownership.write(
+                self.name, lambda doc: doc.__setitem__("cursor", cursor)
+            )
+            log_.committed_to(cursor)
         try:
             await self.backend.js.purge_stream(self.stream, seq=cursor["seq"], subject=self.subject)
         except (TimeoutError, nats.errors.Error) as exc:
@@ -293,11 +300,23 @@ class NatsSpool:
         """Start indexing the subject from this node's record (it just took the endpoint)."""
         if self._closed or self.following:
             return
-        doc = self.backend.ownership.record(self.name)
-        if doc is None:
-            return
-        self._log = SubjectLog(self, doc["cursor"])
-        await self._log.start()
+        delay = 0.5
+        while self.backend.holds(self.name):
+            doc = self.backend.ownership.record(self.name)
+            if doc is None or self.closed:
+                return
+            log_ = self._log = SubjectLog(self, doc["cursor"])
+            try:
+                await log_.start()
+                return
+            except (TimeoutError, nats.errors.Error, SpoolError) as exc:
+                # Reads wait for `ready` meanwhile; ownership may be lost while we retry.
+                log.warning("spool %s: following failed, retrying: %r", self.name, exc)
+                await log_.stop()
+                if self._log is log_:
+                    self._log = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def unfollow(self) -> None:
         log_, self._log = self._log, None
