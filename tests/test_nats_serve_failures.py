@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,89 @@ def test_a_delivery_node_killed_mid_upload_is_taken_over_without_loss_or_duplica
     wait_for(lambda: pending_uploads(emulator, role.bucket) == [], timeout=60)
     assert other.terminate() == 0
     assert ingester.terminate() == 0
+
+
+class TimedSender(Sender):
+    """A Sender that also keeps (time, status) of every answer, for the 503 window."""
+
+    def __init__(self, serve: NodeProcess, customer: str, tag: str) -> None:
+        super().__init__(serve, customer, tag)
+        self.timeline: list[tuple[float, int]] = []
+        self.durations: list[tuple[float, float]] = []
+
+    def slowest_after(self, since: float) -> float:
+        """The longest answer to a request sent within 10 s after `since` (an append waits
+        for the new leader instead of failing when the election is quick)."""
+        return max((d for t, d in self.durations if since - 1 <= t <= since + 10), default=0.0)
+
+    def _run(self) -> None:
+        with self.serve.admin() as client:
+            i = 0
+            while not self.stop.is_set():
+                lines = make_lines(f"{self.tag}-{i}", 200, 100)
+                i += 1
+                self.sent += lines
+                began = time.monotonic()
+                try:
+                    r = client.post(
+                        f"/v1/ingest/{self.customer}/s3", content=body_of(lines), timeout=30
+                    )
+                    status = r.status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.timeline.append((time.monotonic(), status))
+                self.durations.append((began, time.monotonic() - began))
+                self.answers.append(status)
+                if status == 202:
+                    self.acked += lines
+                else:
+                    time.sleep(0.1)
+
+    def refused_window(self, since: float) -> float:
+        """Seconds from the first answer other than 202 after `since` to the next 202."""
+        start = next((t for t, s in self.timeline if t >= since and s != 202), None)
+        if start is None:
+            return 0.0
+        end = next((t for t, s in self.timeline if t > start and s == 202), None)
+        return (end or self.timeline[-1][0]) - start
+
+
+@pytest.mark.slow
+def test_killing_the_stream_leader_then_the_kv_leader_loses_nothing_acknowledged(
+    emulator: Emulator, tmp_path: Path, unique: Any
+) -> None:
+    nats = NatsCluster(tmp_path / "nats", nodes=3).start()
+    try:
+        prefix = "LK" + unique("x")[-6:].upper()
+        spool = {"replicas": 3, "shards": 1}
+        ingester = node(emulator, nats, tmp_path, "ingest-1", "ingest", prefix, **spool).start()
+        deliver = node(emulator, nats, tmp_path, "deliver-1", "deliver", prefix, **spool).start()
+        customer = unique("cust")
+        role = make_s3_role(emulator, unique, external_id=customer)
+        s3_endpoint(ingester, customer, role.bucket, role.role_arn)
+        wait_endpoint(deliver, customer)
+        windows = {}
+        with TimedSender(ingester, customer, "lk") as sender:
+            for what, stream in (("stream", f"{prefix}_00"), ("kv", f"KV_{prefix}_endpoints")):
+                wait_for(lambda: len(sender.acked) >= 4000, timeout=60)
+                leader = wait_for(lambda stream=stream: nats.stream_leader(stream), timeout=30)
+                killed = time.monotonic()
+                nats.kill(leader)
+                at_kill = len(sender.acked)
+                wait_for(lambda at_kill=at_kill: len(sender.acked) > at_kill + 2000, timeout=120)
+                windows[what] = {
+                    "refused_s": round(sender.refused_window(killed), 2),
+                    "slowest_202_s": round(sender.slowest_after(killed), 2),
+                }
+                nats.start_node(leader)
+                sender.acked, sender.sent = list(sender.acked), list(sender.sent)
+        print(f"503 window after kill -9 of the leader: {windows}")
+        acked = sender.acked
+        wait_delivered(emulator, role.bucket, acked, timeout=240)
+        found = bucket_content(emulator, role.bucket, "logs/").lines
+        assert all(found[line] == 1 for line in acked)  # nothing acknowledged lost or doubled
+        assert set(found) <= set(sender.sent)
+        assert set(sender.answers) <= {202, 503, 0}, Counter(sender.answers)
+        assert deliver.terminate() == 0
+    finally:
+        nats.stop()
