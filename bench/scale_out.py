@@ -87,7 +87,13 @@ def run(
             emulator,
             work / tag / name,
             aws={"endpoint_url": proxy_url},
-            server={"idle_flush_seconds": 1, "delivery_threads": 16},
+            # One loader process sends for every tenant: no per-source share of the body budget.
+            server={
+                "idle_flush_seconds": 1,
+                "delivery_threads": 16,
+                "max_body_bytes_in_flight": "512MiB",
+                "max_body_bytes_in_flight_per_source": 0,
+            },
             spool={
                 "backend": "nats",
                 "nats_url": nats.urls,
@@ -104,6 +110,26 @@ def run(
 
     ingester = node("ingest", "ingest").start()
     delivery = [node("deliver-1", "deliver").start()]
+    try:
+        return _measure(
+            tenants, tokens, ingester, delivery, node, endpoints, lines_each, bodies, deliver_nodes
+        )
+    finally:
+        for d in [*delivery, ingester]:
+            d.terminate()
+
+
+def _measure(
+    tenants: list[tuple[str, str, str]],
+    tokens: dict[str, str],
+    ingester: Node,
+    delivery: list[Node],
+    node: Any,
+    endpoints: int,
+    lines_each: int,
+    bodies: list[tuple[bytes, int]],
+    deliver_nodes: int,
+) -> dict[str, Any]:
     wait_until(lambda: delivery[0].owned() == endpoints, 60, what="first node owns all")
     rebalance = None
     split: list[float] = []
@@ -157,8 +183,6 @@ def run(
 
     wait_until(lambda: delivered() >= total, 1800, interval=0.5, what="all delivered")
     seconds = time.monotonic() - started
-    for d in [*delivery, ingester]:
-        d.terminate()
     return {
         "deliver_nodes": deliver_nodes,
         "lines": total,

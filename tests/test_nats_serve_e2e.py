@@ -9,6 +9,7 @@ ingest; an endpoint created through one node's API is served by the others witho
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,30 @@ def test_registry_changes_reach_every_node_without_a_restart(
             lambda: admin.get(f"/v1/customers/{customer}/endpoints/s3").status_code == 404,
             timeout=30,
         )
+
+
+@pytest.mark.slow
+def test_a_delivery_node_wakes_for_lines_ingested_elsewhere_after_its_worker_idled(
+    emulator: Emulator, nats_server: NatsCluster, tmp_path: Path, unique: Any
+) -> None:
+    """A worker exits after 30 s without data (service.worker.IDLE_EXIT_SECONDS); locally the
+    next ingest wakes it, here the lines arrive through another process: the delivery node
+    must notice them by itself."""
+    prefix = "W" + unique("x")[-8:].upper()
+    deliver = node(emulator, nats_server, tmp_path, "deliver-1", "deliver", prefix).start()
+    ingester = node(emulator, nats_server, tmp_path, "ingest-1", "ingest", prefix).start()
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    with ingester.admin() as admin:
+        put_customer(admin, customer)
+        assert put_endpoint(admin, customer, "s3", s3_body(role.bucket, role.role_arn)).is_success
+    wait_endpoint(deliver, customer, "s3")
+    with ingester.admin() as admin:
+        first = make_lines("first", 100)
+        assert ingest(admin, customer, "s3", body_of(first)) == 100
+        wait_bucket(emulator, role.bucket, 100)
+        time.sleep(40)  # the worker has exited idle by now
+        second = make_lines("second", 100)
+        assert ingest(admin, customer, "s3", body_of(second)) == 100
+    wait_bucket(emulator, role.bucket, 200, timeout=60)
+    assert_exactly_once(bucket_content(emulator, role.bucket, "logs/").lines, first + second)

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("logferry.service")
 
+KICK_SECONDS = 1.0
+"""How often a delivery node looks for owned endpoints with lines and no running worker."""
+
 
 class IngestNotServed(SpoolError):
     """This node runs `--role deliver`: it takes no ingest (503, the sender retries elsewhere)."""
@@ -103,6 +106,38 @@ class ClusterNode:
         self._sync_endpoint_keys()
         for uid in self.backend.owned():  # owned before the callback was attached
             self._ownership_changed(uid, True)
+        if self.delivers:
+            self._kick_task = asyncio.get_running_loop().create_task(
+                self._kick_owned(), name="kick-owned"
+            )
+
+    def _stop_cluster(self) -> None:
+        task = getattr(self, "_kick_task", None)
+        if task is not None:
+            task.cancel()
+
+    async def _kick_owned(self) -> None:
+        """Wake the worker of every owned endpoint whose spool holds undelivered lines.
+
+        Why: a worker exits after IDLE_EXIT_SECONDS without data, and on the local backend the
+        next ingest wakes it; here the lines arrive through another node, so nothing local
+        would. The owner's spool follows its subject, so its counters are current and cheap."""
+        assert self.backend is not None
+        while True:
+            await asyncio.sleep(KICK_SECONDS)
+            try:
+                for uid in self.backend.owned():
+                    key = self._key_of(uid)
+                    if key is None:
+                        continue
+                    worker = self.workers.get(key)
+                    if worker is not None and worker.running:
+                        continue
+                    spool = self.backend.provider.peek(uid)
+                    if spool is None or spool.end_offset > spool.committed_offset:
+                        self.worker(*key).notify()
+            except Exception:  # never let one endpoint stop the loop
+                logger.exception("waking owned endpoints failed")
 
     def _sync_endpoint_keys(self) -> None:
         if self.backend is None:

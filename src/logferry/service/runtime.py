@@ -365,6 +365,7 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus, ClusterNode):
     async def stop(self) -> None:
         self.stopping = True
         self.ready = False
+        self._stop_cluster()
         await self.history.stop()
         if self._stats_task is not None:
             self._stats_task.cancel()
