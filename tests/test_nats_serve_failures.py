@@ -147,6 +147,9 @@ def test_nats_down_means_503_and_not_ready_then_202_again(
             r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(first))
             assert r.status_code == 202, r.text
             acked += first
+            # steady state first; this also proves an endpoint made through this node's own API
+            # reaches its ownership (it once did not: only the watch told the backend)
+            wait_for(lambda: nats_owned(serve) == 1, timeout=30)
             nats.kill(nats.nodes[0])
             wait_for(lambda: httpx.get(f"{serve.url}/readyz").status_code == 503, timeout=30)
             assert httpx.get(f"{serve.url}/readyz").json()["status"] == "nats_unreachable"

@@ -197,6 +197,7 @@ class ClusterNode:
             self._sync_endpoint_keys()
             return
         if current is not None and current[0] == record:
+            self._sync_endpoint_keys()
             return  # this node's own write, already applied
         try:
             model = stored_model(record.type, record.name, record.config)

@@ -57,6 +57,8 @@ class EndpointChanges:
 
         def _forget_tenant(self, customer_id: str) -> None: ...
 
+        def _sync_endpoint_keys(self) -> None: ...
+
     def _has_state(self, type_: str, uid: str) -> bool:
         """The destination kept durable state for this endpoint (e.g. an open upload)."""
         sink_factory = factory(type_)
@@ -129,6 +131,7 @@ class EndpointChanges:
             worker = self.workers.pop(key, None)
             asyncio.get_running_loop().create_task(self._retire(key, old, worker))
         self.endpoints[key] = (record, model)
+        self._sync_endpoint_keys()  # NATS: ownership is decided over the endpoints that exist
         worker = self.workers.get(key)
         if worker is not None:
             worker.reconfigure(record, model)
@@ -171,6 +174,7 @@ class EndpointChanges:
     ) -> None:
         """Stop delivery, abort an open multipart upload, drop the spool: nothing half-done."""
         entry = entry or self.endpoints.pop(key, None)
+        self._sync_endpoint_keys()
         worker = worker or self.workers.pop(key, None)
         if worker is not None:
             await worker.halt()
