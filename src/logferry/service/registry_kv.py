@@ -130,18 +130,7 @@ class KvRegistry:
         import nats.errors
         from nats.js.errors import BucketNotFoundError
 
-        self._nc = await nats.connect(
-            servers=self.servers,
-            name=self.name,
-            connect_timeout=max(1, int(self.connect_timeout)),
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=self._quiet,
-            disconnected_cb=self._quiet_cb,
-            reconnected_cb=self._quiet_cb,
-            closed_cb=self._quiet_cb,
-        )
+        self._nc = await self._connect(nats)
         js = self._nc.jetstream(timeout=CALL_TIMEOUT / 2)
         deadline = time.monotonic() + START_RETRY_SECONDS
         for short in BUCKETS:
@@ -174,6 +163,30 @@ class KvRegistry:
             self._tasks.append(self._loop.create_task(self._watch(short, watcher, ready)))
             loaded.append(ready)
         await asyncio.gather(*loaded)
+
+    async def _connect(self, nats: Any) -> Any:
+        """The first connection, within connect_timeout (nats-py would retry it forever)."""
+        try:
+            return await asyncio.wait_for(
+                nats.connect(
+                    servers=self.servers,
+                    name=self.name,
+                    connect_timeout=max(1, int(self.connect_timeout)),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=self._quiet,
+                    disconnected_cb=self._quiet_cb,
+                    reconnected_cb=self._quiet_cb,
+                    closed_cb=self._quiet_cb,
+                ),
+                timeout=self.connect_timeout + 2,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise RegistryUnavailable(
+                f"cannot connect to the NATS servers ({', '.join(self.servers)}): {exc!r}",
+                fix="check that nats-server runs and spool.nats_url points at it",
+            ) from exc
 
     async def _quiet(self, exc: Exception) -> None:
         logger.debug("registry connection: %s", exc)
