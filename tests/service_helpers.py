@@ -68,3 +68,55 @@ def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.2) -> An
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def nats_spool(nats_urls: str, stream_prefix: str, node_id: str, **fields: Any) -> dict[str, Any]:
+    """A `[spool]` table for `backend = "nats"` (merge it into base_config's spool table).
+
+    Short leases so a killed delivery node's endpoints move within seconds in tests."""
+    return {
+        "backend": "nats",
+        "nats_url": nats_urls,
+        "stream_prefix": stream_prefix,
+        "shards": 2,
+        "replicas": 1,
+        "lease_seconds": 4,
+        "heartbeat_seconds": 1,
+        "node_id": node_id,
+        **fields,
+    }
+
+
+class NodeProcess(ServeProcess):
+    """`logferry serve --role ROLE` (scale-out tests: ingest and delivery in separate
+    processes sharing a NATS spool)."""
+
+    def __init__(
+        self,
+        emulator: Emulator,
+        config: dict[str, Any],
+        workdir: Path,
+        role: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(emulator, config, workdir, env=env)
+        self.role = role
+
+    @property
+    def command(self) -> list[str]:
+        return [*super().command, "--role", self.role]
+
+
+def nats_owned(serve: ServeProcess) -> float:
+    """`logferry_nats_owned_endpoints` of a node (-1: it does not answer)."""
+    import httpx
+
+    try:
+        with serve.admin() as admin:
+            text = admin.get("/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return -1.0
+    for line in text.splitlines():
+        if line.startswith("logferry_nats_owned_endpoints "):
+            return float(line.split()[1])
+    return 0.0

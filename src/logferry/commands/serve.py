@@ -10,7 +10,7 @@ import signal
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from rich.markup import escape
@@ -21,6 +21,7 @@ from logferry.service.config import ServiceConfig, load_config, split_listen
 from logferry.service.logs import log, setup_logging
 
 if TYPE_CHECKING:
+    from logferry.service.config import ServeRole
     from logferry.service.listener_limits import BodyBudget, ConnectionLimits
 
 logger = logging.getLogger("logferry.serve")
@@ -85,15 +86,24 @@ def serve_command(
     aws: bool = typer.Option(
         False, "--aws", help="With --check: also read the vendor account from STS."
     ),
+    role: str = typer.Option(
+        "all",
+        "--role",
+        help="all (ingest + delivery), ingest (accept and publish, no delivery) or deliver "
+        "(delivery of the endpoints this node owns, no ingest). ingest/deliver need [spool] "
+        'backend = "nats" (docs/scale-out.md).',
+        case_sensitive=False,
+    ),
     as_json: bool = JsonOption,
 ) -> None:
+    role = role.lower()
     overrides: dict[str, Any] = {}
     if listen:
         overrides["server.listen"] = listen
     if spool_dir:
         overrides["spool.dir"] = str(spool_dir)
     if check:
-        run_check(config, overrides, aws=aws, as_json=as_json)
+        run_check(config, overrides, aws=aws, as_json=as_json, role=role)
         return
     with cli_errors():
         if local:
@@ -102,11 +112,13 @@ def serve_command(
             run_local(config, overrides)
             return
         cfg = load_config(config, overrides)
-        validate_before_start(cfg, str(config) if config else "(defaults)")
-    run_service(cfg, config_path=config, overrides=overrides)
+        validate_before_start(cfg, str(config) if config else "(defaults)", role=role)
+    run_service(cfg, config_path=config, overrides=overrides, role=role)
 
 
-def run_check(path: Path | None, overrides: dict[str, Any], *, aws: bool, as_json: bool) -> None:
+def run_check(
+    path: Path | None, overrides: dict[str, Any], *, aws: bool, as_json: bool, role: str = "all"
+) -> None:
     """`serve --check`: the start-up validation without starting; exit 0 or 2 (1: STS down)."""
     from logferry.service.config import ConfigInvalid, ConfigProblem
     from logferry.service.config_check import check_config, existing_state
@@ -122,7 +134,7 @@ def run_check(path: Path | None, overrides: dict[str, Any], *, aws: bool, as_jso
         problems = [ConfigProblem(exc.where, exc.message, exc.fix)]
     else:
         with existing_state(cfg) as state:
-            problems = check_config(cfg, state)
+            problems = check_config(cfg, state, role=role)
         if aws and not problems:
             problems, exit_code = _check_sts(cfg)
     if as_json:
@@ -181,14 +193,14 @@ def _check_sts(cfg: ServiceConfig) -> tuple[list[Any], int]:
     return [], 0
 
 
-def validate_before_start(cfg: ServiceConfig, source: str) -> None:
+def validate_before_start(cfg: ServiceConfig, source: str, *, role: str = "all") -> None:
     """Everything `serve --check` checks, before anything starts: exit 2 listing each problem
     (a listener naming a missing endpoint, a token file, a taken external ID ... used to be
     found only once the HTTP port was open, and ended as "cannot listen", exit 1)."""
     from logferry.service.config_check import check_config, existing_state, raise_if_invalid
 
     with existing_state(cfg) as state:
-        raise_if_invalid(source, check_config(cfg, state))
+        raise_if_invalid(source, check_config(cfg, state, role=role))
 
 
 async def _check_vendor_account(cfg: ServiceConfig, service: Any) -> None:
@@ -256,6 +268,33 @@ async def _check_vendor_account(cfg: ServiceConfig, service: Any) -> None:
     log(logger, logging.INFO, "vendor account", account_id=actual)
 
 
+async def _connect_backend(cfg: ServiceConfig, service: Any) -> None:
+    """`[spool] backend = "nats"`: connect and load the registry before anything listens;
+    unreachable servers exit 1 with the fix (no half-started node takes traffic)."""
+    from logferry.errors import LogferryError
+
+    try:
+        await service.connect()
+    except LogferryError as exc:
+        err.print(
+            f"[bold red]error:[/] cannot use the NATS spool at {escape(cfg.spool.nats_url)}: "
+            f"{escape(exc.message)}"
+        )
+        if exc.fix:
+            err.print(f"  fix: {exc.fix}", markup=False)
+        raise typer.Exit(1) from None
+    if cfg.spool.backend != "nats":
+        return
+    log(
+        logger,
+        logging.INFO,
+        "NATS spool connected",
+        servers=cfg.spool.nats_url,
+        node=getattr(service, "node_id", None),
+        role=service.role,
+    )
+
+
 class _Server:
     """uvicorn's Server, but SIGTERM/SIGINT end it cleanly (exit 0) instead of re-raising."""
 
@@ -289,6 +328,7 @@ def run_service(
     credentials: Any = None,
     config_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    role: str = "all",
 ) -> None:
     from logferry.service.http_protocol import loop_factory
 
@@ -301,6 +341,7 @@ def run_service(
                 credentials=credentials,
                 config_path=config_path,
                 overrides=overrides,
+                role=role,
             )
         )
 
@@ -312,6 +353,7 @@ async def serve_async(
     credentials: Any = None,
     config_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    role: str = "all",
 ) -> None:
     import uvicorn
 
@@ -325,8 +367,9 @@ async def serve_async(
 
     os.umask(0o077)  # spool segments, state, journals, the SQLite file: owner only (0600/0700)
     ssl_context = _server_ssl_context(cfg)  # a bad certificate exits 2 before anything starts
-    service = Service(cfg, vendor_credentials=credentials)
+    service = Service(cfg, vendor_credentials=credentials, role=cast("ServeRole", role))
     await _check_vendor_account(cfg, service)
+    await _connect_backend(cfg, service)
     if service.admin_token is None:
         log(
             logger,

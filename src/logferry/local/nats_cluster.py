@@ -248,3 +248,39 @@ class NatsCluster:
                         if leader:
                             return next((n for n in self.nodes if n.name == leader), None)
         return None if len(self.nodes) > 1 else self.nodes[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m logferry.local.nats_cluster --nodes 3 --dir DIR`: run a loopback cluster
+    until Ctrl-C / SIGTERM (docs/scale-out.md's example). The URL list `[spool] nats_url`
+    takes is printed and written to DIR/nats_url (the ports are picked free at start)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m logferry.local.nats_cluster",
+        description="Run nats-server JetStream nodes on 127.0.0.1 until interrupted.",
+    )
+    parser.add_argument("--nodes", type=int, default=3, help="1 (one server) or 3 (a cluster)")
+    parser.add_argument("--dir", type=Path, required=True, help="stores, configs and logs")
+    args = parser.parse_args(argv)
+    cluster = NatsCluster(args.dir, nodes=args.nodes).start()
+    (args.dir / "nats_url").write_text(cluster.urls + "\n")
+    print(cluster.urls, flush=True)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

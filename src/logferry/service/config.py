@@ -7,6 +7,7 @@ Secrets never live in the file: tokens come from an environment variable (`*_env
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -25,6 +26,7 @@ from logferry.aws.sts_broker import DEFAULT_STS_REGIONS, MAX_DURATION, MIN_DURAT
 from logferry.errors import InputError
 from logferry.ingest.syslog import SyslogListenerConfig
 from logferry.netaddr import parse_listen
+from logferry.service.config_spool import SpoolConfig  # `[spool]`: local or NATS
 from logferry.spool.size import parse_size
 
 
@@ -264,37 +266,6 @@ class ServerConfig(_Strict):
         return size
 
 
-class SpoolConfig(_Strict):
-    dir: Path = Path("./spool")
-    max_bytes: int | str = "10GiB"
-    segment_bytes: int | str = "64MiB"
-    group_sync: Literal["syncfs", "fdatasync"] = "syncfs"
-    """How acknowledged appends become durable: "syncfs" (one syncfs(2) per round covers every
-    endpoint's appends; also writes back other dirty data on that filesystem, so give the spool
-    its own filesystem if something else writes heavily there) or "fdatasync" (one per file).
-    "syncfs" becomes "fdatasync" on kernels before Linux 5.8, whose syncfs reports no writeback
-    errors (docs/security.md, "Spool durability")."""
-    default_customer_share: float = Field(
-        0.25,
-        gt=0,
-        le=1,
-        description="The spool quota of a customer without its own spool_max_bytes, as a "
-        "fraction of spool.max_bytes (0 < x <= 1; 1: no default quota), so one customer whose "
-        "role is broken cannot fill the spool every customer shares. Over it: 429.",
-    )
-
-    def default_customer_quota(self) -> int | None:
-        """Bytes a customer without its own `spool_max_bytes` may hold (None: no own limit)."""
-        if self.default_customer_share >= 1:
-            return None
-        return max(1, int(int(self.max_bytes) * self.default_customer_share))
-
-    @field_validator("max_bytes", "segment_bytes")
-    @classmethod
-    def _size(cls, value: int | str) -> int:
-        return parse_size(value)
-
-
 class AuthConfig(_Strict):
     admin_token_env: str | None = "LOGFERRY_ADMIN_TOKEN"
     admin_token_file: Path | None = None
@@ -413,6 +384,36 @@ def split_listen(value: str) -> tuple[str, int]:
     """ "HOST:PORT" or "[v6]:PORT" → (host, port): the syslog listeners' parser, so port 99999
     or an unbracketed IPv6 address is refused here too."""
     return parse_listen(value, example="127.0.0.1:8080")
+
+
+ServeRole = Literal["all", "ingest", "deliver"]
+SERVE_ROLES: tuple[ServeRole, ...] = ("all", "ingest", "deliver")
+"""`logferry serve --role`: all (ingest + delivery, the default), ingest only, delivery only."""
+
+
+def role_problem(cfg: ServiceConfig, role: str) -> ConfigProblem | None:
+    """`--role ingest|deliver` splits one service over several processes that share a spool:
+    only the NATS backend is shared, so the split needs backend = "nats"."""
+    if role not in SERVE_ROLES:
+        return ConfigProblem("--role", f"{role!r} is not a role: one of {', '.join(SERVE_ROLES)}")
+    if role != "all" and cfg.spool.backend != "nats":
+        return ConfigProblem(
+            "--role",
+            f"--role {role} needs a spool every process shares, but spool.backend is "
+            f"{cfg.spool.backend!r} (one machine's disk)",
+            'Set [spool] backend = "nats" (docs/scale-out.md), or run with --role all.',
+        )
+    return None
+
+
+def node_id(cfg: ServiceConfig) -> str:
+    """This process's name in NATS ownership records: `spool.node_id`, else host-port."""
+    if cfg.spool.node_id:
+        return cfg.spool.node_id
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48] or "node"
+    return f"{host}-{split_listen(cfg.server.listen)[1]}"
 
 
 class ConfigProblem(NamedTuple):

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Protocol
 
 from logferry.errors import InputError
-from logferry.service.config import ConfigInvalid, ConfigProblem, ServiceConfig, split_listen
+from logferry.service.config import (
+    ConfigInvalid,
+    ConfigProblem,
+    ServiceConfig,
+    role_problem,
+    split_listen,
+)
 from logferry.service.endpoints import (
     FieldError,
     check_customer_id,
@@ -41,8 +47,10 @@ class KnownState(Protocol):
 
 @contextmanager
 def existing_state(cfg: ServiceConfig) -> Iterator[Store | None]:
-    """The state database when it exists (None before the first start): never created here."""
-    if not cfg.db_path.is_file():
+    """The state database when it exists (None before the first start): never created here.
+    None with backend = "nats": the registry lives in NATS KV, which `--check` does not
+    contact (the running service checks external IDs there when it applies the file)."""
+    if cfg.spool.backend == "nats" or not cfg.db_path.is_file():
         yield None
         return
     store = Store(cfg.db_path)
@@ -53,10 +61,14 @@ def existing_state(cfg: ServiceConfig) -> Iterator[Store | None]:
 
 
 def check_config(
-    cfg: ServiceConfig, state: KnownState | None, *, spool: bool = True
+    cfg: ServiceConfig, state: KnownState | None, *, spool: bool = True, role: str = "all"
 ) -> list[ConfigProblem]:
-    """Every problem of `cfg` that its schema cannot see, each with its key path."""
+    """Every problem of `cfg` that its schema cannot see, each with its key path (`role`:
+    `serve --role`, which must fit `spool.backend`)."""
     problems: list[ConfigProblem] = []
+    wrong_role = role_problem(cfg, role)
+    if wrong_role is not None:
+        problems.append(wrong_role)
     problems += _files(cfg, spool=spool)
     problems += _customers(cfg, state)
     problems += _listeners(cfg, state)

@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 
     from logferry.aws.clients import AwsTarget
     from logferry.aws.sts_broker import CredentialBroker
-    from logferry.service.store import EndpointRecord, Store
+    from logferry.service.registry import StateStore
+    from logferry.service.store import EndpointRecord
     from logferry.service.worker import EndpointWorker
-    from logferry.spool import SpoolManager
+    from logferry.spool.base import SpoolProvider
 
 logger = logging.getLogger("logferry.service")
 
@@ -38,8 +39,8 @@ class EndpointConflict(InputError):
 
 
 class EndpointChanges:
-    store: Store
-    spools: SpoolManager
+    store: StateStore
+    spools: SpoolProvider
     broker: CredentialBroker
     aws_target: AwsTarget
     state_dir: Path
@@ -55,6 +56,8 @@ class EndpointChanges:
         def worker(self, customer_id: str, name: str) -> EndpointWorker: ...
 
         def _forget_tenant(self, customer_id: str) -> None: ...
+
+        def _sync_endpoint_keys(self) -> None: ...
 
     def _has_state(self, type_: str, uid: str) -> bool:
         """The destination kept durable state for this endpoint (e.g. an open upload)."""
@@ -128,6 +131,7 @@ class EndpointChanges:
             worker = self.workers.pop(key, None)
             asyncio.get_running_loop().create_task(self._retire(key, old, worker))
         self.endpoints[key] = (record, model)
+        self._sync_endpoint_keys()  # NATS: ownership is decided over the endpoints that exist
         worker = self.workers.get(key)
         if worker is not None:
             worker.reconfigure(record, model)
@@ -170,6 +174,7 @@ class EndpointChanges:
     ) -> None:
         """Stop delivery, abort an open multipart upload, drop the spool: nothing half-done."""
         entry = entry or self.endpoints.pop(key, None)
+        self._sync_endpoint_keys()
         worker = worker or self.workers.pop(key, None)
         if worker is not None:
             await worker.halt()

@@ -11,6 +11,7 @@ disk said, and the routes turn it into 503/507 + Retry-After instead of a 500.
 from __future__ import annotations
 
 import errno
+import math
 from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect, Request
@@ -170,11 +171,12 @@ def storage_refusal(exc: BaseException) -> StorageRefusal | None:
             1,
         )
     if isinstance(exc, SpoolError):
+        hint = getattr(exc, "retry_after", None)  # NATS: a leader election takes 5-7 s
         return StorageRefusal(
             503,
             "spool_error",
             f"the spool refused the request ({exc.message}); nothing of this request was kept",
             f"retry later; {_OPERATOR} check serve's log",
-            30,
+            max(1, math.ceil(hint)) if isinstance(hint, int | float) else 30,
         )
     return None

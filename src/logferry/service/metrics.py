@@ -80,6 +80,7 @@ class _StateCollector(Collector):
             "logferry_spool_disk_bytes", "Bytes the spool uses on disk", value=snap.get("disk", 0)
         )
         yield from _syslog_families(snap.get("syslog", {}))
+        yield from _nats_families(snap.get("nats"))
         yield from _upload_budget_families()
         states = GaugeMetricFamily(
             "logferry_endpoints", "Configured endpoints by type and state", labels=["type", "state"]
@@ -87,6 +88,29 @@ class _StateCollector(Collector):
         for (type_, state), count in sorted(snap.get("states", {}).items()):
             states.add_metric([type_, state], count)
         yield states
+
+
+_NATS_HELP = {
+    "owned_endpoints": "Endpoints this node owns (delivers) now",
+    "takeovers_total": "Endpoints this node took over from another owner",
+    "kv_conflicts_total": "Compare-and-set conflicts on endpoint records (another owner wrote)",
+    "live_nodes": "Delivery nodes this node sees alive",
+    "cursor_lag_bytes": "Accepted bytes of owned endpoints not yet delivered",
+    "cursor_lag_lines": "Accepted lines of owned endpoints not yet delivered",
+    "cursor_lag_seconds_max": "Age of the oldest undelivered line over owned endpoints",
+    "connected": "1 while this node is connected to NATS",
+}
+
+
+def _nats_families(stats: dict[str, float] | None) -> Iterable[Any]:
+    """`backend.node_stats()` of a NATS node as `logferry_nats_*` (docs/scale-out.md)."""
+    for key, value in sorted((stats or {}).items()):
+        name = f"logferry_nats_{key}"
+        help_ = _NATS_HELP.get(key, key.replace("_", " "))
+        if key.endswith("_total"):
+            yield CounterMetricFamily(name.removesuffix("_total"), help_, value=value)
+        else:
+            yield GaugeMetricFamily(name, help_, value=value)
 
 
 def _upload_budget_families() -> Iterable[Any]:

@@ -18,7 +18,8 @@ from logferry.aws.sts_broker import CredentialBroker
 from logferry.errors import InputError
 from logferry.ingest.syslog import SyslogServer
 from logferry.service.accept_backlog import AcceptBacklog
-from logferry.service.config import ServiceConfig
+from logferry.service.cluster import ClusterNode
+from logferry.service.config import ServeRole, ServiceConfig, node_id
 from logferry.service.endpoint_changes import (
     EndpointChanges,
     EndpointConflict,
@@ -34,6 +35,7 @@ from logferry.service.fair_pool import FairPool
 from logferry.service.history import EndpointHistory
 from logferry.service.logs import log
 from logferry.service.metrics import Metrics
+from logferry.service.registry import StateStore
 from logferry.service.service_status import ServiceStatus
 from logferry.service.store import CustomerRecord, EndpointRecord, Store
 from logferry.service.tenants import TenantLimits
@@ -41,6 +43,7 @@ from logferry.service.worker import EndpointWorker, WorkerDeps
 from logferry.service.worker_stats import StatsBook
 from logferry.sinks.registry import FACTORIES, factory
 from logferry.spool import Chunk, SpoolManager
+from logferry.spool.base import SpoolProvider
 
 logger = logging.getLogger("logferry.service")
 
@@ -49,31 +52,66 @@ STATS_SAVE_SECONDS = 2.0
 """How often changed endpoint stats are saved (all of them in one transaction)."""
 
 
-class Service(TenantLimits, EndpointChanges, ServiceStatus):
+class Service(TenantLimits, EndpointChanges, ServiceStatus, ClusterNode):
     """Everything `logferry serve` runs, minus the HTTP server (see `service.api`).
 
     Split by role: tenant limits (`service.tenants`), endpoint changes
     (`service.endpoint_changes`), status and metrics snapshot (`service.service_status`); this
     module wires them and runs start-up, shutdown and ingest."""
 
-    def __init__(self, config: ServiceConfig, *, vendor_credentials: Credentials | None = None):
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        vendor_credentials: Credentials | None = None,
+        role: ServeRole = "all",
+    ):
         self.config = config
+        self.role = role
         self.stopping = False
         _private_dir(config.spool.dir)
         self.state_dir = config.spool.dir / "state"
         for sub in (self.state_dir, config.spool.dir / "data"):
             if sub.exists():
                 _private_dir(sub)
-        self.store = Store(config.db_path)
         self._init_tenant_limits()
-        self.spools = SpoolManager(
-            config.spool.dir / "data",
-            max_bytes=config.spool.max_bytes,
-            segment_bytes=config.spool.segment_bytes,
-            quarantine_dir=config.spool.dir / "quarantine",
-            budget_for=self._budget_for,
-            group_sync=config.spool.group_sync,
-        )
+        self.backend = None
+        self.spools: SpoolProvider
+        self.store: StateStore
+        if config.spool.backend == "nats":
+            # Scale-out (docs/scale-out.md): the spool and the registry are shared in NATS;
+            # spool.dir keeps this node's scratch files, stats and errors.
+            from logferry.service.registry_kv import KvRegistry
+            from logferry.spool.nats.backend import NatsBackend
+
+            spool = config.spool
+            self.node_id = node_id(config)
+            self.backend = NatsBackend(
+                spool.nats_settings(),
+                node_id=self.node_id,
+                deliver=self.delivers,
+                scratch_dir=config.spool.dir / "scratch",
+            )
+            self.backend.provider.set_budget_for(self._budget_for)  # tenant quotas
+            self.spools = self.backend.provider
+            self.store = KvRegistry(
+                spool.nats_url.split(","),
+                prefix=spool.stream_prefix,
+                replicas=spool.replicas,
+                local=Store(config.db_path),
+                connect_timeout=spool.connect_timeout_seconds,
+                name=f"logferry-registry-{self.node_id}",
+            )
+        else:
+            self.store = Store(config.db_path)
+            self.spools = SpoolManager(
+                config.spool.dir / "data",
+                max_bytes=config.spool.max_bytes,
+                segment_bytes=config.spool.segment_bytes,
+                quarantine_dir=config.spool.dir / "quarantine",
+                budget_for=self._budget_for,
+                group_sync=config.spool.group_sync,
+            )
         _raise_fd_limit()
         self.aws_target = AwsTarget(
             endpoint_url=config.aws.endpoint_url,
@@ -143,12 +181,24 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus):
             shutdown_flush_seconds=config.server.shutdown_flush_seconds,
             idle_flush_seconds=config.server.idle_flush_seconds,
             stopping=lambda: self.stopping,
+            may_run=self.may_run,
+            journal_for=self.backend.journal if self.backend is not None else None,
         )
         self.history = EndpointHistory()
         """Per-minute delivered lines and errors for the console's chart (last hour)."""
         self.ready = False
 
     # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """NATS: connect the spool backend and load the registry (before anything listens);
+        raises SpoolError / RegistryUnavailable with the fix. Nothing to do on local."""
+        if self.backend is None:
+            return
+        await self.backend.start()
+        start = getattr(self.store, "start", None)
+        if start is not None:
+            await asyncio.to_thread(start)
 
     async def start(self) -> None:
         for record in self.store.list_endpoints():
@@ -171,22 +221,27 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus):
             self._apply_limits(customer)
         # Seed each tenant's quota with what its spools already hold (before any spool opens:
         # an opening spool only reports changes against the bytes on disk).
-        seeds = await asyncio.to_thread(
-            lambda: {uid: self.spools.key_disk_bytes(uid) for uid in self._uid_customer}
-        )
-        for uid, used in seeds.items():
-            if used:
-                self._quota(self._uid_customer[uid]).adjust(used)
+        if self.backend is None:
+            seeds = await asyncio.to_thread(
+                lambda: {uid: self.spools.key_disk_bytes(uid) for uid in self._uid_customer}
+            )
+            for uid, used in seeds.items():
+                if used:
+                    self._quota(self._uid_customer[uid]).adjust(used)
         self._apply_static_config()
-        # Resume delivery of whatever a previous run left in the spool (file-system work: off
-        # the loop, a crash may leave segments to scan).
-        live = {
-            record.uid_prefix: (key, record.type) for key, (record, _) in self.endpoints.items()
-        }
-        resume = await asyncio.to_thread(self._reopen_spools, live)
-        for key in resume:
-            self.worker(*key).notify()
-        for listener_config in self.config.listeners:
+        if self.backend is None:
+            # Resume delivery of whatever a previous run left in the spool (file-system work:
+            # off the loop, a crash may leave segments to scan).
+            live = {
+                record.uid_prefix: (key, record.type) for key, (record, _) in self.endpoints.items()
+            }
+            resume = await asyncio.to_thread(self._reopen_spools, live)
+            for key in resume:
+                self.worker(*key).notify()
+        else:
+            # NATS: delivery resumes where ownership lands (service.cluster).
+            self._start_cluster()
+        for listener_config in self.config.listeners if self.ingests else []:
             key = (listener_config.customer_id, listener_config.endpoint)
             if key not in self.endpoints:
                 raise InputError(
@@ -310,6 +365,7 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus):
     async def stop(self) -> None:
         self.stopping = True
         self.ready = False
+        self._stop_cluster()
         await self.history.stop()
         if self._stats_task is not None:
             self._stats_task.cancel()
@@ -420,6 +476,7 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus):
 
         `normalized=True` when `data, lines` come straight from `ingest.lines.normalize`.
         """
+        self.check_ingest()
         record, _ = self.endpoint(customer_id, name)
         spool = self.spools.get(record.uid_prefix)
         if spool is None:  # opening may scan a segment after a crash: keep it off the loop

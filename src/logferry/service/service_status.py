@@ -11,16 +11,19 @@ if TYPE_CHECKING:
     from logferry.ingest.syslog import SyslogServer
     from logferry.service.endpoints import EndpointModel
     from logferry.service.fair_pool import FairPool
-    from logferry.service.store import EndpointRecord, Store
+    from logferry.service.registry import StateStore
+    from logferry.service.store import EndpointRecord
     from logferry.service.worker import EndpointWorker
-    from logferry.spool import SpoolManager
+    from logferry.spool.base import SpoolProvider
+    from logferry.spool.nats.backend import NatsBackend
 
 EndpointKey = tuple[str, str]
 
 
 class ServiceStatus:
-    store: Store
-    spools: SpoolManager
+    store: StateStore
+    spools: SpoolProvider
+    backend: NatsBackend | None
     broker: CredentialBroker
     delivery_executor: FairPool
     listeners: list[SyslogServer]
@@ -91,4 +94,5 @@ class ServiceStatus:
             "syslog": {
                 f"{ln.config.protocol}://{ln.config.listen}": ln.counters for ln in self.listeners
             },
+            "nats": self.backend.node_stats() if self.backend is not None else None,
         }

@@ -474,6 +474,12 @@ class Store:
 
     # ------------------------------------------------------------------ status
 
+    def drop_endpoint_state(self, uid_prefix: str) -> None:
+        """Forget an endpoint's stats and errors (its registry record is gone elsewhere)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM endpoint_stats WHERE uid_prefix=?", (uid_prefix,))
+            db.execute("DELETE FROM endpoint_errors WHERE uid_prefix=?", (uid_prefix,))
+
     def save_stats(self, uid_prefix: str, stats: dict[str, Any]) -> None:
         with self._tx() as db:
             db.execute(

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from logferry.service.config import ServiceConfig
 from logferry.service.limits import KeyedBuckets
 from logferry.service.store import CustomerRecord
-from logferry.spool import SpoolManager
+from logferry.spool.base import SpoolProvider
 from logferry.spool.budget import LayeredBudget
 from logferry.spool.log import SpoolBudget
 
@@ -20,7 +20,7 @@ HEAVY_SLOTS = 2
 
 class TenantLimits:
     config: ServiceConfig
-    spools: SpoolManager
+    spools: SpoolProvider
 
     def _init_tenant_limits(self) -> None:
         # Tenant quotas: one budget per customer, layered over the shared one (see spool.budget).

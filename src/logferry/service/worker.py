@@ -49,10 +49,11 @@ from logferry.sinks.backoff import Backoff
 from logferry.sinks.base import RETRY_POLICY, SETUP_RETRY_POLICY, Sink, SinkFactory
 from logferry.sinks.registry import factory
 from logferry.spool import SpoolCorrupt
+from logferry.spool.nats.errors import SpoolFenced
 
 if TYPE_CHECKING:
     from logferry.service.store import EndpointRecord
-    from logferry.spool import Spool
+    from logferry.spool.base import Spool
 
 __all__ = [
     "QUARANTINE_FIX",
@@ -161,7 +162,12 @@ class EndpointWorker(DeliveryStep):
     def notify(self) -> None:
         """New data or new configuration: wake the worker (start it if idle)."""
         self._wake.set()
-        if not self.running and not self.deps.stopping() and not self._halted:
+        if (
+            not self.running
+            and not self.deps.stopping()
+            and not self._halted
+            and self.deps.may_run(self.record.uid_prefix)
+        ):
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"deliver:{self.record.customer_id}/{self.record.name}"
             )
@@ -309,6 +315,20 @@ class EndpointWorker(DeliveryStep):
                     self._failures = 0
                 if self.state != "active" and (worked or self.state in ("idle", "retrying")):
                     self.state = "active"
+            except SpoolFenced as exc:
+                # Another node owns the endpoint now (NATS): no retry, no more writes; the
+                # new owner resumes from the cursor it finds in KV.
+                self.state = "fenced"
+                log(
+                    logger,
+                    logging.WARNING,
+                    "delivery stopped: another node owns the endpoint",
+                    customer=self.record.customer_id,
+                    endpoint=self.record.name,
+                    error=str(exc),
+                )
+                self._drop_sink()
+                return
             except SetupError as exc:
                 self._failed(exc, "setup")
                 if stopping:

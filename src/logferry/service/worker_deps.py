@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from logferry.service.metrics import Metrics
     from logferry.service.store import CustomerRecord
     from logferry.service.worker_stats import StatsBook
-    from logferry.spool import SpoolManager
+    from logferry.spool.base import SpoolProvider
 
 
 @dataclass(frozen=True)
 class WorkerDeps:
-    spools: SpoolManager
+    spools: SpoolProvider
     metrics: Metrics
     broker: CredentialBroker
     aws_target: AwsTarget
@@ -47,3 +47,8 @@ class WorkerDeps:
     shutdown_flush_seconds: float
     idle_flush_seconds: float
     stopping: Callable[[], bool]
+    may_run: Callable[[str], bool] = field(default=lambda _uid: True)
+    """Whether this node delivers the endpoint (uid) now: always on the local backend; on
+    NATS only an owner does (`--role ingest` never), so `notify` starts no task elsewhere."""
+    journal_for: Callable[[str], Any] | None = None
+    """The endpoint's S3 journal store when it is not the local file (NATS: its KV record)."""

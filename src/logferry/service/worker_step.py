@@ -26,7 +26,7 @@ from logferry.spool import SpoolCorrupt
 if TYPE_CHECKING:
     from logferry.service.store import EndpointRecord
     from logferry.service.worker_deps import WorkerDeps
-    from logferry.spool import Spool
+    from logferry.spool.base import Spool
 
 logger = logging.getLogger("logferry.worker")
 
@@ -120,8 +120,15 @@ class DeliveryStep:
             stop=self.stop_event,
             wake=self._wake_from_thread,
             io_executor=deps.io_pool,
+            **self._journal_kwargs(),
         )
         return self.factory.build(self.model, clients, context)
+
+    def _journal_kwargs(self) -> dict[str, Any]:
+        """NATS: the journal lives in the endpoint's KV record (so a new owner finds it)."""
+        if self.deps.journal_for is None or "journal" not in SinkContext.__dataclass_fields__:
+            return {}  # (the field comes with the journal seam, issue 29 Part C)
+        return {"journal": self.deps.journal_for(self.record.uid_prefix)}
 
     def _wake_from_thread(self) -> None:
         """A call the sink left in flight finished: pump again now (any thread)."""

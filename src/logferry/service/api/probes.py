@@ -25,7 +25,9 @@ def probes_router(service: Service) -> APIRouter:
             return JSONResponse(
                 {"status": "starting" if not service.stopping else "stopping"}, status_code=503
             )
-        return JSONResponse({"status": "ready"})
+        if not service.connected:  # NATS unreachable: ingest would answer 503 anyway
+            return JSONResponse({"status": "nats_unreachable"}, status_code=503)
+        return JSONResponse({"status": "ready", "role": service.role})
 
     def metrics_allowed(request: Request) -> bool:
         if service.config.auth.metrics_public:

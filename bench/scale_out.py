@@ -1,0 +1,256 @@
+"""Scale-out on NATS: delivered lines/s with 1 vs 2 delivery nodes over N S3 endpoints, every
+AWS call 50 ms late (issue 29, must-show 6), and the rebalance time when the second node joins.
+
+Not a test. Starts the patched emulator, `logferry.local.latency_proxy` in front of it (every
+service: `--default-delay-ms`, S3 as well), a NATS JetStream server (or 3 with --nats-nodes 3),
+one `logferry serve --role ingest` and 1 or 2 `logferry serve --role deliver` processes sharing
+the NATS spool and registry (a fresh stream prefix and fresh tenants per run). N customers, one
+S3 endpoint each (the config's [[customers]], made with our own `role create` code).
+
+Each run: the delivery node(s) start and own every endpoint (with 2: the first owns them all,
+then the second starts and the time until ownership is split is the rebalance figure); then
+loggen lines are posted to the ingest node, `--lines-each` per endpoint on 2 connections per
+endpoint, and the figure is lines / seconds from the first request until the deliver nodes'
+`logferry_delivered_lines` sum reaches the total. Ingest time is reported beside it (if it is
+close to the delivery time, ingest was the limit, not delivery).
+
+    .venv/bin/python bench/scale_out.py --endpoints 20 --lines-each 20000 --delay-ms 50
+
+On a shared 2-core box every process competes for the same two cores: read the ratio with the
+load average the results file records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    Serve,
+    loggen_bodies,
+    machine_info,
+    make_s3_tenants,
+    note,
+    post_bodies,
+    proxy_process,
+    report,
+    s3_tenant_customers,
+    serve_config,
+    start_emulator,
+    wait_until,
+)
+from logferry.local.emulator import Emulator
+from logferry.local.nats_cluster import NatsCluster
+
+
+class Node(Serve):
+    """`logferry serve --role ROLE`."""
+
+    def __init__(self, *args: Any, role: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.role = role
+
+    @property
+    def command(self) -> list[str]:
+        return [*super().command, "--role", self.role]
+
+    def owned(self) -> float:
+        return self.metric_sum("logferry_nats_owned_endpoints")
+
+
+def run(
+    emulator: Emulator,
+    proxy_url: str,
+    nats: NatsCluster,
+    work: Path,
+    *,
+    deliver_nodes: int,
+    endpoints: int,
+    lines_each: int,
+    bodies: list[tuple[bytes, int]],
+) -> dict[str, Any]:
+    tag = f"so{deliver_nodes}{secrets.token_hex(2)}"
+    note(f"run {tag}: {endpoints} tenants, {deliver_nodes} delivery node(s)")
+    tenants = make_s3_tenants(emulator, endpoints, tag)
+    tokens = {f"TENANT_TOKEN_{i}": f"token-{tag}-{i:05d}-0123456789" for i in range(endpoints)}
+    prefix = tag.upper().replace("-", "")
+
+    def node(name: str, role: str) -> Node:
+        config = serve_config(
+            emulator,
+            work / tag / name,
+            aws={"endpoint_url": proxy_url},
+            # One loader process sends for every tenant: no per-source share of the body budget.
+            server={
+                "idle_flush_seconds": 1,
+                "delivery_threads": 16,
+                "max_body_bytes_in_flight": "512MiB",
+                "max_body_bytes_in_flight_per_source": 0,
+            },
+            spool={
+                "backend": "nats",
+                "nats_url": nats.urls,
+                "stream_prefix": prefix,
+                "shards": 4,
+                "replicas": len(nats.nodes),
+                "node_id": name,
+                "lease_seconds": 6,
+                "heartbeat_seconds": 1,
+            },
+            customers=s3_tenant_customers(tenants, "logs/", 3600),
+        )
+        return Node(emulator, config, work / tag / name, env=tokens, role=role)
+
+    ingester = node("ingest", "ingest").start()
+    delivery = [node("deliver-1", "deliver").start()]
+    try:
+        return _measure(
+            tenants, tokens, ingester, delivery, node, endpoints, lines_each, bodies, deliver_nodes
+        )
+    finally:
+        for d in [*delivery, ingester]:
+            d.terminate()
+
+
+def _measure(
+    tenants: list[tuple[str, str, str]],
+    tokens: dict[str, str],
+    ingester: Node,
+    delivery: list[Node],
+    node: Any,
+    endpoints: int,
+    lines_each: int,
+    bodies: list[tuple[bytes, int]],
+    deliver_nodes: int,
+) -> dict[str, Any]:
+    wait_until(lambda: delivery[0].owned() == endpoints, 60, what="first node owns all")
+    rebalance = None
+    split: list[float] = []
+    if deliver_nodes == 2:
+        joined = time.monotonic()
+        delivery.append(node("deliver-2", "deliver").start())
+
+        # Settled: every endpoint owned once, both nodes own some, no change for 3 s (three
+        # heartbeats); the rebalance time is the last change's.
+        last: list[float] = []
+        changed = joined
+
+        def settled() -> bool:
+            nonlocal last, changed
+            owned = [d.owned() for d in delivery]
+            now = time.monotonic()
+            if owned != last:
+                last, changed = owned, now
+            return sum(owned) == endpoints and min(owned) > 0 and now - changed >= 3
+
+        wait_until(settled, 120, interval=0.1, what="ownership split")
+        rebalance = changed - joined
+        split = last
+        note(f"rebalance: {rebalance:.1f} s, split {split}")
+    total = lines_each * endpoints
+    results: list[Any] = [None] * endpoints
+
+    def send(i: int) -> None:
+        customer = tenants[i][0]
+        results[i] = post_bodies(
+            f"{ingester.url}/v1/ingest/{customer}/s3",
+            tokens[f"TENANT_TOKEN_{i}"],
+            bodies,
+            connections=2,
+        )
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(endpoints)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ingest_seconds = time.monotonic() - started
+    accepted = sum(r.accepted_lines for r in results)
+    errors = [e for r in results for e in r.errors]
+    if accepted != total or errors:
+        raise SystemExit(f"ingest: {accepted} of {total} lines accepted; {errors[:3]}")
+
+    def delivered() -> float:
+        return sum(d.metric_sum("logferry_delivered_lines_total") for d in delivery)
+
+    wait_until(lambda: delivered() >= total, 1800, interval=0.5, what="all delivered")
+    seconds = time.monotonic() - started
+    return {
+        "deliver_nodes": deliver_nodes,
+        "lines": total,
+        "ingest_seconds": round(ingest_seconds, 2),
+        "delivery_seconds": round(seconds, 2),
+        "lines_per_second": round(total / seconds),
+        "rebalance_seconds": None if rebalance is None else round(rebalance, 2),
+        "ownership_split": split,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--endpoints", type=int, default=20)
+    parser.add_argument("--lines-each", type=int, default=20_000)
+    parser.add_argument("--delay-ms", type=float, default=50.0)
+    parser.add_argument("--nats-nodes", type=int, default=1, choices=(1, 3))
+    args = parser.parse_args()
+    machine = machine_info()
+    bodies = loggen_bodies(args.lines_each, 256 * 1024)
+    emulator = start_emulator()
+    work = Path(tempfile.mkdtemp(prefix="scale-out-"))
+    nats = NatsCluster(work / "nats", nodes=args.nats_nodes).start()
+    try:
+        delay = args.delay_ms
+        with proxy_process(
+            emulator.url, s3_delay_ms=delay, sts_delay_ms=delay, default_delay_ms=delay
+        ) as proxy_url:
+            runs = [
+                run(
+                    emulator,
+                    proxy_url,
+                    nats,
+                    work,
+                    deliver_nodes=n,
+                    endpoints=args.endpoints,
+                    lines_each=args.lines_each,
+                    bodies=bodies,
+                )
+                for n in (1, 2)
+            ]
+    finally:
+        nats.stop()
+        emulator.stop()
+    one, two = runs
+    ratio = two["lines_per_second"] / one["lines_per_second"]
+    rows = [
+        ("endpoints", args.endpoints),
+        ("lines per endpoint", args.lines_each),
+        ("AWS delay per call (ms)", args.delay_ms),
+        ("NATS nodes", args.nats_nodes),
+        ("1 delivery node: lines/s", one["lines_per_second"]),
+        (
+            "1 delivery node: ingest s / delivered s",
+            f"{one['ingest_seconds']} / {one['delivery_seconds']}",
+        ),
+        ("2 delivery nodes: lines/s", two["lines_per_second"]),
+        (
+            "2 delivery nodes: ingest s / delivered s",
+            f"{two['ingest_seconds']} / {two['delivery_seconds']}",
+        ),
+        ("ratio 2 / 1", round(ratio, 2)),
+        ("rebalance when the second joins (s)", two["rebalance_seconds"]),
+        ("ownership split", two["ownership_split"]),
+    ]
+    doc = {"args": vars(args), "runs": runs, "ratio": round(ratio, 2)}
+    return report("Scale-out on NATS: delivery lines/s", rows, "scale_out", doc, machine)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

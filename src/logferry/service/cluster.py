@@ -1,0 +1,212 @@
+"""Scale-out wiring of the running service (`[spool] backend = "nats"`, `serve --role`); part of
+`service.runtime.Service`. docs/scale-out.md tells the whole story; this module is the glue:
+
+- **roles**: `all` ingests and delivers, `ingest` accepts and publishes and never runs a worker,
+  `deliver` accepts no ingest (HTTP answers 503 naming the role; no syslog listeners) and runs
+  workers only for the endpoints it owns;
+- **ownership**: the backend decides (rendezvous hashing over live nodes, a KV compare-and-set
+  per endpoint); a gained endpoint starts its worker, a lost one halts it at once (no flush:
+  the new owner completes or aborts what the KV journal names);
+- **registry watch**: a customer, endpoint or token changed on any node is applied here
+  without a restart (`service.registry_kv`), and the backend learns the endpoint set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from logferry.service.config import ServeRole, ServiceConfig
+from logferry.service.endpoints import stored_model
+from logferry.service.logs import log
+from logferry.spool.errors import SpoolError
+
+if TYPE_CHECKING:
+    from logferry.service.endpoint_changes import EndpointKey
+    from logferry.service.endpoints import EndpointModel
+    from logferry.service.registry import StateStore
+    from logferry.service.store import CustomerRecord, EndpointRecord
+    from logferry.service.worker import EndpointWorker
+    from logferry.spool.nats.backend import NatsBackend
+
+logger = logging.getLogger("logferry.service")
+
+KICK_SECONDS = 1.0
+"""How often a delivery node looks for owned endpoints with lines and no running worker."""
+
+
+class IngestNotServed(SpoolError):
+    """This node runs `--role deliver`: it takes no ingest (503, the sender retries elsewhere)."""
+
+
+class ClusterNode:
+    config: ServiceConfig
+    role: ServeRole
+    backend: NatsBackend | None
+    store: StateStore
+    endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]]
+    invalid: dict[EndpointKey, tuple[EndpointRecord, str]]
+    workers: dict[EndpointKey, EndpointWorker]
+    _uid_customer: dict[str, str]
+    _background: set[asyncio.Task[Any]]
+
+    if TYPE_CHECKING:  # provided by the class this is part of
+
+        def worker(self, customer_id: str, name: str) -> EndpointWorker: ...
+
+        def _apply_endpoint(self, record: EndpointRecord, model: EndpointModel) -> None: ...
+
+        def _apply_limits(self, record: CustomerRecord) -> None: ...
+
+        def _forget_tenant(self, customer_id: str) -> None: ...
+
+    @property
+    def ingests(self) -> bool:
+        return self.role in ("all", "ingest")
+
+    @property
+    def delivers(self) -> bool:
+        return self.role in ("all", "deliver")
+
+    @property
+    def connected(self) -> bool:
+        """The shared spool is reachable (always on the local backend): /readyz."""
+        return self.backend is None or self.backend.connected
+
+    def may_run(self, uid: str) -> bool:
+        """WorkerDeps.may_run: deliver this endpoint here, now?"""
+        if not self.delivers:
+            return False
+        return self.backend is None or uid in self.backend.owned()
+
+    def check_ingest(self) -> None:
+        """Before an append: refuse at once what this node cannot acknowledge."""
+        if not self.ingests:
+            raise IngestNotServed(
+                "this node runs `logferry serve --role deliver` and takes no ingest",
+                fix="send to an ingest node (--role ingest or all)",
+            )
+        if self.backend is not None and not self.backend.connected:
+            from logferry.spool.nats.errors import NatsUnavailable
+
+            raise NatsUnavailable("the NATS servers are unreachable; nothing was acknowledged")
+
+    # ------------------------------------------------------------------ ownership
+
+    def _start_cluster(self) -> None:
+        """After the registry is loaded: watch it, tell the backend the endpoints, follow
+        ownership."""
+        if self.backend is None:
+            return
+        listen = getattr(self.store, "listen", None)
+        if listen is not None:
+            listen(self._registry_changed)
+        self.backend.on_ownership(self._ownership_changed)
+        self._sync_endpoint_keys()
+        for uid in self.backend.owned():  # owned before the callback was attached
+            self._ownership_changed(uid, True)
+        if self.delivers:
+            self._kick_task = asyncio.get_running_loop().create_task(
+                self._kick_owned(), name="kick-owned"
+            )
+
+    def _stop_cluster(self) -> None:
+        task = getattr(self, "_kick_task", None)
+        if task is not None:
+            task.cancel()
+
+    async def _kick_owned(self) -> None:
+        """Wake the worker of every owned endpoint whose spool holds undelivered lines.
+
+        Why: a worker exits after IDLE_EXIT_SECONDS without data, and on the local backend the
+        next ingest wakes it; here the lines arrive through another node, so nothing local
+        would. The owner's spool follows its subject, so its counters are current and cheap."""
+        assert self.backend is not None
+        while True:
+            await asyncio.sleep(KICK_SECONDS)
+            try:
+                for uid in self.backend.owned():
+                    key = self._key_of(uid)
+                    if key is None:
+                        continue
+                    worker = self.workers.get(key)
+                    if worker is not None and worker.running:
+                        continue
+                    spool = self.backend.provider.peek(uid)
+                    if spool is None or spool.end_offset > spool.committed_offset:
+                        self.worker(*key).notify()
+            except Exception:  # never let one endpoint stop the loop
+                logger.exception("waking owned endpoints failed")
+
+    def _sync_endpoint_keys(self) -> None:
+        if self.backend is None:
+            return
+        keys = {record.uid_prefix for record, _ in self.endpoints.values()}
+        keys |= {record.uid_prefix for record, _ in self.invalid.values()}
+        self.backend.set_endpoints(keys)
+
+    def _key_of(self, uid: str) -> EndpointKey | None:
+        for key, (record, _) in self.endpoints.items():
+            if record.uid_prefix == uid:
+                return key
+        return None
+
+    def _ownership_changed(self, uid: str, owned: bool) -> None:
+        key = self._key_of(uid)
+        log(logger, logging.INFO, "ownership", uid=uid, owned=owned, endpoint=key)
+        if key is None:
+            return
+        if owned:
+            if self.delivers:
+                self.worker(*key).notify()
+            return
+        worker = self.workers.pop(key, None)
+        if worker is not None:
+            self._in_background(worker.halt())
+
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ registry changes
+
+    def _registry_changed(self, kind: str, key: Any, record: Any) -> None:
+        """A change seen by the KV watch (any node's, this one's included)."""
+        try:
+            if kind == "customer":
+                if record is None:
+                    self._forget_tenant(key)
+                else:
+                    self._apply_limits(record)
+            elif kind == "endpoint":
+                self._endpoint_changed(key, record)
+        except Exception:  # one bad record must not stop the watch
+            logger.exception("applying a registry change failed")
+
+    def _endpoint_changed(self, key: EndpointKey, record: EndpointRecord | None) -> None:
+        current = self.endpoints.get(key)
+        if record is None:
+            self.invalid.pop(key, None)
+            if current is not None:
+                self.endpoints.pop(key, None)
+                worker = self.workers.pop(key, None)
+                if worker is not None:  # the node that deleted it drops the spool
+                    self._in_background(worker.halt())
+            self._sync_endpoint_keys()
+            return
+        if current is not None and current[0] == record:
+            self._sync_endpoint_keys()
+            return  # this node's own write, already applied
+        try:
+            model = stored_model(record.type, record.name, record.config)
+        except Exception as exc:
+            self._uid_customer[record.uid_prefix] = record.customer_id
+            self.invalid[key] = (record, str(exc) or type(exc).__name__)
+            self._sync_endpoint_keys()
+            return
+        self._apply_endpoint(record, model)
+        self._sync_endpoint_keys()
+        if self.backend is not None and record.uid_prefix in self.backend.owned():
+            self._ownership_changed(record.uid_prefix, True)

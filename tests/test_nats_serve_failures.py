@@ -1,0 +1,349 @@
+"""Scale-out failures through real processes (issue 29): NATS down, an ingest node killed -9
+under load, a delivery node killed -9 (3 NATS nodes for the kills).
+
+Each case asserts what a sender and a customer rely on: a 202 only with a quorum ack (503 +
+Retry-After and /readyz false while NATS is unreachable, 202 again once it is back), and every
+acknowledged line in the bucket exactly once whichever process died.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from e2e_helpers import assert_exactly_once, body_of, bucket_content, make_lines, put_customer
+from e2e_helpers import put_endpoint as put_endpoint_
+from logferry.local.emulator import Emulator
+from logferry.local.nats_cluster import NatsCluster
+from logferry.sinks.base import SinkContext
+from s3_helpers import make_s3_role, pending_uploads
+from service_helpers import (
+    NodeProcess,
+    base_config,
+    nats_owned,
+    nats_spool,
+    reap_all,
+    wait_for,
+)
+
+pytest_plugins = ["tests.nats_helpers"]
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_behind() -> Iterator[None]:
+    yield
+    reap_all()
+
+
+def node(
+    emulator: Emulator,
+    nats: NatsCluster,
+    tmp_path: Path,
+    name: str,
+    role: str,
+    prefix: str,
+    **spool: Any,
+) -> NodeProcess:
+    config = base_config(
+        emulator,
+        tmp_path / name / "spool",
+        server={"idle_flush_seconds": 1},
+        spool=nats_spool(nats.urls, prefix, name, **spool),
+    )
+    return NodeProcess(emulator, config, tmp_path / name, role)
+
+
+def s3_endpoint(
+    serve: NodeProcess, customer: str, bucket: str, role_arn: str, **fields: Any
+) -> None:
+    with serve.admin() as admin:
+        put_customer(admin, customer)
+        body = {
+            "type": "s3",
+            "bucket_name": bucket,
+            "iam_role": role_arn,
+            "path": "logs/",
+            "period": 3600,
+            "file_max_bytes": MIB,
+            **fields,
+        }
+        r = put_endpoint_(admin, customer, "s3", body)
+        assert r.status_code == 201, r.text
+
+
+def wait_endpoint(serve: NodeProcess, customer: str) -> None:
+    with serve.admin() as admin:
+        wait_for(
+            lambda: admin.get(f"/v1/customers/{customer}/endpoints/s3").status_code == 200,
+            timeout=30,
+        )
+
+
+def wait_delivered(emulator: Emulator, bucket: str, acked: list[bytes], timeout: float) -> None:
+    """Until every acknowledged line is in the bucket."""
+    want = set(acked)
+    wait_for(lambda: want <= set(bucket_content(emulator, bucket, "logs/").lines), timeout=timeout)
+
+
+class Sender:
+    """Posts numbered requests to one node in a thread; keeps the lines that got a 202."""
+
+    def __init__(self, serve: NodeProcess, customer: str, tag: str) -> None:
+        self.serve, self.customer, self.tag = serve, customer, tag
+        self.acked: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.answers: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.serve.admin() as client:
+            i = 0
+            while not self.stop.is_set():
+                lines = make_lines(f"{self.tag}-{i}", 500, 100)
+                i += 1
+                self.sent += lines
+                try:
+                    r = client.post(
+                        f"/v1/ingest/{self.customer}/s3", content=body_of(lines), timeout=30
+                    )
+                except httpx.HTTPError:
+                    self.answers.append(0)
+                    continue
+                self.answers.append(r.status_code)
+                if r.status_code == 202:
+                    self.acked += lines
+
+    def __enter__(self) -> Sender:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+def test_nats_down_means_503_and_not_ready_then_202_again(
+    emulator: Emulator, tmp_path: Path, unique: Any
+) -> None:
+    nats = NatsCluster(tmp_path / "nats", nodes=1).start()
+    try:
+        serve = node(emulator, nats, tmp_path, "all-1", "all", "DOWN").start()
+        customer = unique("cust")
+        role = make_s3_role(emulator, unique, external_id=customer)
+        s3_endpoint(serve, customer, role.bucket, role.role_arn)
+        acked: list[bytes] = []
+        with serve.admin() as admin:
+            first = make_lines("before", 1000)
+            r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(first))
+            assert r.status_code == 202, r.text
+            acked += first
+            # steady state first; this also proves an endpoint made through this node's own API
+            # reaches its ownership (it once did not: only the watch told the backend)
+            wait_for(lambda: nats_owned(serve) == 1, timeout=30)
+            nats.kill(nats.nodes[0])
+            wait_for(lambda: httpx.get(f"{serve.url}/readyz").status_code == 503, timeout=30)
+            assert httpx.get(f"{serve.url}/readyz").json()["status"] == "nats_unreachable"
+            refused = admin.post(f"/v1/ingest/{customer}/s3", content=b"while-down\n")
+            assert refused.status_code == 503, refused.text
+            assert int(refused.headers["Retry-After"]) >= 1
+            nats.start_node(nats.nodes[0])
+            wait_for(lambda: httpx.get(f"{serve.url}/readyz").status_code == 200, timeout=60)
+            after = make_lines("after", 1000)
+            wait_for(
+                lambda: (
+                    admin.post(f"/v1/ingest/{customer}/s3", content=body_of(after)).status_code
+                    == 202
+                ),
+                timeout=60,
+            )
+            acked += after
+        wait_delivered(emulator, role.bucket, acked, timeout=120)
+        found = bucket_content(emulator, role.bucket, "logs/").lines
+        assert b"while-down" not in found
+        # "after" may have been retried by wait_for: each try that got its 202 counts once
+        assert all(found[line] == 1 for line in first)
+        assert serve.terminate() == 0
+    finally:
+        nats.stop()
+
+
+@pytest.mark.slow
+def test_an_ingest_node_killed_under_load_loses_no_acknowledged_line(
+    emulator: Emulator, nats_cluster3: NatsCluster, tmp_path: Path, unique: Any
+) -> None:
+    prefix = "KI" + unique("x")[-6:].upper()
+    deliver = node(emulator, nats_cluster3, tmp_path, "deliver-1", "deliver", prefix, replicas=3)
+    deliver.start()
+    a = node(emulator, nats_cluster3, tmp_path, "ingest-a", "ingest", prefix, replicas=3).start()
+    b = node(emulator, nats_cluster3, tmp_path, "ingest-b", "ingest", prefix, replicas=3).start()
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    s3_endpoint(a, customer, role.bucket, role.role_arn)
+    wait_endpoint(b, customer)
+    wait_endpoint(deliver, customer)
+    with Sender(a, customer, "a") as on_a, Sender(b, customer, "b") as on_b:
+        wait_for(lambda: len(on_a.acked) >= 20_000, timeout=120)
+        a.kill9()
+        at_kill = len(on_b.acked)
+        wait_for(lambda: on_a.answers and on_a.answers[-1] == 0, timeout=30)
+        wait_for(lambda: len(on_b.acked) >= at_kill + 10_000, timeout=120)  # b goes on
+    acked = on_a.acked + on_b.acked
+    assert on_b.acked and 202 in on_a.answers
+    wait_delivered(emulator, role.bucket, acked, timeout=240)
+    found = bucket_content(emulator, role.bucket, "logs/").lines
+    # nothing acknowledged lost, nothing doubled; lines of the request cut by the kill may
+    # or may not be there (never acknowledged), each at most once
+    assert all(found[line] == 1 for line in acked)
+    assert set(found) <= set(on_a.sent + on_b.sent)
+    assert max(found.values()) == 1
+    assert pending_uploads(emulator, role.bucket) == []
+    assert deliver.terminate() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    "journal" not in SinkContext.__dataclass_fields__,
+    reason="the S3 journal must live in the endpoint's KV record (issue 29 Part C, "
+    "SinkContext.journal): with it on the dead node's disk, the parts it had journaled (and "
+    "committed the spool past) are lost to the new owner and its upload stays open",
+    strict=True,
+)
+def test_a_delivery_node_killed_mid_upload_is_taken_over_without_loss_or_duplicate(
+    emulator: Emulator, nats_cluster3: NatsCluster, tmp_path: Path, unique: Any
+) -> None:
+    prefix = "KD" + unique("x")[-6:].upper()
+    spool = {"replicas": 3}
+    ingester = node(emulator, nats_cluster3, tmp_path, "ingest-1", "ingest", prefix, **spool)
+    ingester.start()
+    d1 = node(emulator, nats_cluster3, tmp_path, "deliver-1", "deliver", prefix, **spool).start()
+    d2 = node(emulator, nats_cluster3, tmp_path, "deliver-2", "deliver", prefix, **spool).start()
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    # 32 MiB files: each is a multipart upload of 8 MiB parts, open for a while
+    s3_endpoint(ingester, customer, role.bucket, role.role_arn, file_max_bytes=32 * MIB)
+    wait_endpoint(d1, customer)
+    wait_endpoint(d2, customer)
+    owner, other = wait_for(
+        lambda: (d1, d2) if nats_owned(d1) == 1 else (d2, d1) if nats_owned(d2) == 1 else None,
+        timeout=30,
+    )
+    sent: list[bytes] = []
+    with ingester.admin() as admin:
+        for i in range(20):  # ~20 MiB: parts uploaded, the file not yet complete
+            lines = make_lines(f"first-{i}", 10_000, 100)
+            r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines))
+            assert r.status_code == 202, r.text
+            sent += lines
+    wait_for(lambda: pending_uploads(emulator, role.bucket), timeout=60)
+    owner.kill9()
+    killed = time.monotonic()
+    wait_for(lambda: nats_owned(other) == 1, timeout=60)
+    print(f"takeover after kill -9 of the owner: {time.monotonic() - killed:.1f} s")
+    with ingester.admin() as admin:
+        for i in range(5):
+            lines = make_lines(f"second-{i}", 10_000, 100)
+            r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines))
+            assert r.status_code == 202, r.text
+            sent += lines
+    wait_delivered(emulator, role.bucket, sent, timeout=240)
+    found = bucket_content(emulator, role.bucket, "logs/")
+    assert_exactly_once(found.lines, sent)
+    wait_for(lambda: pending_uploads(emulator, role.bucket) == [], timeout=60)
+    assert other.terminate() == 0
+    assert ingester.terminate() == 0
+
+
+class TimedSender(Sender):
+    """A Sender that also keeps (time, status) of every answer, for the 503 window."""
+
+    def __init__(self, serve: NodeProcess, customer: str, tag: str) -> None:
+        super().__init__(serve, customer, tag)
+        self.timeline: list[tuple[float, int]] = []
+        self.durations: list[tuple[float, float]] = []
+
+    def slowest_after(self, since: float) -> float:
+        """The longest answer to a request sent within 10 s after `since` (an append waits
+        for the new leader instead of failing when the election is quick)."""
+        return max((d for t, d in self.durations if since - 1 <= t <= since + 10), default=0.0)
+
+    def _run(self) -> None:
+        with self.serve.admin() as client:
+            i = 0
+            while not self.stop.is_set():
+                lines = make_lines(f"{self.tag}-{i}", 200, 100)
+                i += 1
+                self.sent += lines
+                began = time.monotonic()
+                try:
+                    r = client.post(
+                        f"/v1/ingest/{self.customer}/s3", content=body_of(lines), timeout=30
+                    )
+                    status = r.status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.timeline.append((time.monotonic(), status))
+                self.durations.append((began, time.monotonic() - began))
+                self.answers.append(status)
+                if status == 202:
+                    self.acked += lines
+                else:
+                    time.sleep(0.1)
+
+    def refused_window(self, since: float) -> float:
+        """Seconds from the first answer other than 202 after `since` to the next 202."""
+        start = next((t for t, s in self.timeline if t >= since and s != 202), None)
+        if start is None:
+            return 0.0
+        end = next((t for t, s in self.timeline if t > start and s == 202), None)
+        return (end or self.timeline[-1][0]) - start
+
+
+@pytest.mark.slow
+def test_killing_the_stream_leader_then_the_kv_leader_loses_nothing_acknowledged(
+    emulator: Emulator, tmp_path: Path, unique: Any
+) -> None:
+    nats = NatsCluster(tmp_path / "nats", nodes=3).start()
+    try:
+        prefix = "LK" + unique("x")[-6:].upper()
+        spool = {"replicas": 3, "shards": 1}
+        ingester = node(emulator, nats, tmp_path, "ingest-1", "ingest", prefix, **spool).start()
+        deliver = node(emulator, nats, tmp_path, "deliver-1", "deliver", prefix, **spool).start()
+        customer = unique("cust")
+        role = make_s3_role(emulator, unique, external_id=customer)
+        s3_endpoint(ingester, customer, role.bucket, role.role_arn)
+        wait_endpoint(deliver, customer)
+        windows = {}
+        with TimedSender(ingester, customer, "lk") as sender:
+            for what, stream in (("stream", f"{prefix}_00"), ("kv", f"KV_{prefix}_endpoints")):
+                wait_for(lambda: len(sender.acked) >= 4000, timeout=60)
+                leader = wait_for(lambda stream=stream: nats.stream_leader(stream), timeout=30)
+                killed = time.monotonic()
+                nats.kill(leader)
+                at_kill = len(sender.acked)
+                wait_for(lambda at_kill=at_kill: len(sender.acked) > at_kill + 2000, timeout=120)
+                windows[what] = {
+                    "refused_s": round(sender.refused_window(killed), 2),
+                    "slowest_202_s": round(sender.slowest_after(killed), 2),
+                }
+                nats.start_node(leader)
+                sender.acked, sender.sent = list(sender.acked), list(sender.sent)
+        print(f"503 window after kill -9 of the leader: {windows}")
+        acked = sender.acked
+        wait_delivered(emulator, role.bucket, acked, timeout=240)
+        found = bucket_content(emulator, role.bucket, "logs/").lines
+        assert all(found[line] == 1 for line in acked)  # nothing acknowledged lost or doubled
+        assert set(found) <= set(sender.sent)
+        assert set(sender.answers) <= {202, 503, 0}, Counter(sender.answers)
+        assert deliver.terminate() == 0
+    finally:
+        nats.stop()
