@@ -22,7 +22,6 @@ from e2e_helpers import assert_exactly_once, body_of, bucket_content, make_lines
 from e2e_helpers import put_endpoint as put_endpoint_
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
-from logferry.sinks.base import SinkContext
 from s3_helpers import make_s3_role, pending_uploads
 from service_helpers import (
     NodeProcess,
@@ -211,13 +210,6 @@ def test_an_ingest_node_killed_under_load_loses_no_acknowledged_line(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    "journal" not in SinkContext.__dataclass_fields__,
-    reason="the S3 journal must live in the endpoint's KV record (issue 29 Part C, "
-    "SinkContext.journal): with it on the dead node's disk, the parts it had journaled (and "
-    "committed the spool past) are lost to the new owner and its upload stays open",
-    strict=True,
-)
 def test_a_delivery_node_killed_mid_upload_is_taken_over_without_loss_or_duplicate(
     emulator: Emulator, nats_cluster3: NatsCluster, tmp_path: Path, unique: Any
 ) -> None:

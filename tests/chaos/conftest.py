@@ -40,7 +40,7 @@ def spool_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
         if reason is not None:
             pytest.skip(reason)
         cluster = request.getfixturevalue("nats_server")
-        return nats_spool(cluster.urls, f"chaos-{uuid.uuid4().hex[:12]}")
+        return nats_spool(cluster.urls, f"C{uuid.uuid4().hex[:12].upper()}")
     raise ValueError(f"unknown spool backend {request.param!r}")
 
 

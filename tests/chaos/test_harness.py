@@ -86,7 +86,7 @@ def test_short_credentials_rewrite_the_expiry_and_refuse_a_dead_key() -> None:
 
 
 def test_the_nats_rows_are_ready_for_the_one_line_switch() -> None:
-    settings = nats_spool("nats://127.0.0.1:4222", "chaos-x")
+    settings = nats_spool("nats://127.0.0.1:4222", "CHAOSX")
     assert tuple(settings) == NATS_SPOOL_KEYS and settings["backend"] == "nats"
     landed = all(key in SpoolConfig.model_fields for key in NATS_SPOOL_KEYS)
     reason = nats_pending()

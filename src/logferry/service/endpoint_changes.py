@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from logferry.service.store import EndpointRecord
     from logferry.service.worker import EndpointWorker
     from logferry.spool.base import SpoolProvider
+    from logferry.spool.nats.backend import NatsBackend
 
 logger = logging.getLogger("logferry.service")
 
@@ -50,6 +51,7 @@ class EndpointChanges:
     _uid_customer: dict[str, str]
     _background: set[asyncio.Task[Any]]
     _endpoint_writes: asyncio.Lock
+    backend: NatsBackend | None
 
     if TYPE_CHECKING:  # provided by the class this is part of
 
@@ -188,7 +190,13 @@ class EndpointChanges:
         """Leave nothing half-done at the destination (e.g. an open upload): the factory's
         sink, built for the endpoint's kept state, discards it."""
         sink_factory = factory(record.type)
-        if not self._has_state(record.type, record.uid_prefix):
+        # NATS: the journal lives in the endpoint's KV record (whichever node owned it).
+        journal = None
+        if self.backend is not None and sink_factory.durable_state:
+            journal = self.backend.journal(record.uid_prefix)
+            if journal.load() is None and not self._has_state(record.type, record.uid_prefix):
+                return
+        elif not self._has_state(record.type, record.uid_prefix):
             return
         state = sink_factory.state_dir(self.state_dir, record.uid_prefix)
         customer = self.store.get_customer(record.customer_id)
@@ -201,7 +209,7 @@ class EndpointChanges:
                 customer_id=record.customer_id,
                 target=sink_factory.target(model, self.aws_target),
             )
-            context = SinkContext(state, record.uid_prefix, threading.Event())
+            context = SinkContext(state, record.uid_prefix, threading.Event(), journal=journal)
             sink_factory.build(model, clients, context).discard()
         except LogferryError as exc:
             log(

@@ -126,8 +126,8 @@ class DeliveryStep:
 
     def _journal_kwargs(self) -> dict[str, Any]:
         """NATS: the journal lives in the endpoint's KV record (so a new owner finds it)."""
-        if self.deps.journal_for is None or "journal" not in SinkContext.__dataclass_fields__:
-            return {}  # (the field comes with the journal seam, issue 29 Part C)
+        if self.deps.journal_for is None:
+            return {}
         return {"journal": self.deps.journal_for(self.record.uid_prefix)}
 
     def _wake_from_thread(self) -> None:
