@@ -72,6 +72,11 @@ def test_s3_outage_with_slow_calls_loses_and_duplicates_nothing(
             time.sleep(outage)
             gate.refusing = frozenset()
             gate.pause(S3_CALLS)
+            # The worker is backing off after the refusals (up to RETRY_POLICY's cap): the
+            # stall starts counting once its first call is actually held.
+            deadline = time.monotonic() + 120
+            while not gate.held_in_outage and time.monotonic() < deadline:
+                time.sleep(0.2)
             time.sleep(rng.uniform(3, 6))
             gate.unpause()
             time.sleep(rng.uniform(1, 3))

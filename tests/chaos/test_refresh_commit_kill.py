@@ -48,6 +48,8 @@ MOMENTS = [
 ]
 """Six kills a run: every STS moment once, the group commit three times (its moment varies)."""
 NOT_REACHED = "armed moment not reached (random kill)"
+KEY_LIFETIME = 30.0
+"""Seconds each assumed-role key lives (ShortCredentials): the broker refreshes within it."""
 
 
 def kill_at(
@@ -63,7 +65,9 @@ def kill_at(
             hit = NOT_REACHED
     else:
         armed = gate.arm([op], "after" if phase == "replied" else phase)
-        if not armed.held.wait(15):
+        # Keys are refreshed from their real 30 s lifetime (not before every call), and the
+        # start's AssumeRole may come before the arm: wait past one whole lifetime.
+        if not armed.held.wait(2 * KEY_LIFETIME):
             hit = NOT_REACHED
         elif phase == "replied":
             gate.disarm()
@@ -85,7 +89,7 @@ def test_kill9_during_sts_refresh_and_group_commit_loses_nothing(
     role = make_s3_role(emulator, unique, external_id=customer)
     ledger = Ledger()
     tally = Tally("kill9-sts-refresh-group-commit", seed)
-    short = ShortCredentials(30)
+    short = ShortCredentials(KEY_LIFETIME)
     with gated_proxy(emulator, more=[short]) as (proxy, gate):
         config = proxied_s3_config(
             emulator,
