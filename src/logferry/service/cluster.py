@@ -111,6 +111,24 @@ class ClusterNode:
                 self._kick_owned(), name="kick-owned"
             )
 
+    async def _claim_owned(self) -> None:
+        """Start-up, before serving: take this node's endpoints and index their subjects.
+
+        Why: until then the status of an endpoint read the backlog its last owner published
+        (at most one heartbeat old, so 0 after a kill -9 shortly after ingest) and reported
+        nothing pending for lines a previous life left; and delivery waited for the first
+        heartbeat. `open` follows the subject up to its last message."""
+        if self.backend is None or not self.delivers:
+            return
+        await self.backend.rebalance()
+        for uid in sorted(self.backend.owned()):
+            if self._key_of(uid) is None:
+                continue
+            try:
+                await asyncio.to_thread(self.backend.provider.open, uid)
+            except SpoolError as exc:  # following goes on in the background; status lags
+                log(logger, logging.WARNING, "indexing an owned spool", uid=uid, error=str(exc))
+
     def _stop_cluster(self) -> None:
         task = getattr(self, "_kick_task", None)
         if task is not None:

@@ -241,6 +241,7 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus, ClusterNode):
         else:
             # NATS: delivery resumes where ownership lands (service.cluster).
             self._start_cluster()
+            await self._claim_owned()
         for listener_config in self.config.listeners if self.ingests else []:
             key = (listener_config.customer_id, listener_config.endpoint)
             if key not in self.endpoints:

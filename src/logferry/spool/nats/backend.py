@@ -297,6 +297,11 @@ class NatsBackend:
         (check it before every write to the customer's account)."""
         return self.ownership.holds(key)
 
+    async def rebalance(self) -> None:
+        """One ownership round now (from the service loop): start-up takes its endpoints
+        without waiting for the first heartbeat."""
+        await asyncio.wrap_future(self.run(self.ownership.balance()))
+
     def on_ownership(self, callback: Callable[[str, bool], None]) -> None:
         """callback(key, owned) on the service loop when this node gains or loses a key."""
         self.ownership.callbacks.append(callback)

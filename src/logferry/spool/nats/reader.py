@@ -52,6 +52,9 @@ BATCH_BELOW = 16 * 1024
 a batch doubled the rate for 1 KB messages (~5,400 vs ~2,600/s) but 16 concurrent single
 gets were 3x faster for 64 KB ones (~90 vs ~28 MB/s): one reply stream vs sixteen."""
 EXPIRY_CHECK_SECONDS = 1.0
+CATCH_UP_SECONDS = 60.0
+"""How long `start` waits for the consumer to index what the subject held when following
+began; past it `start` fails and `NatsSpool.follow` retries."""
 
 
 class SubjectLog:
@@ -77,6 +80,9 @@ class SubjectLog:
         self._expiry: asyncio.Task[None] | None = None
         self._cache: dict[int, bytes] = {}
         self.ready = asyncio.Event()
+        """Set once the index covers every message the subject held when `start` began."""
+        self._tail = 0
+        self._caught_up = asyncio.Event()
         self.commit_lock = asyncio.Lock()
         self.closed = False
 
@@ -99,6 +105,14 @@ class SubjectLog:
             self.end_line = self.committed_line - data[: self._head_skip].count(b"\n")
             self._cache[self._head_seq] = data
             self._index_msg(self._head_seq, dict(head.headers or {}))
+        # Why wait for the tail: until the consumer has delivered what a previous owner (a
+        # killed incarnation of this node included) left on the subject, `end` understates
+        # the backlog, and status would report 0 pending for lines never delivered.
+        self._tail = await self._subject_tail()
+        if self.last_seq >= self._tail:
+            self._caught_up.set()
+        else:
+            self._caught_up.clear()  # the head message alone does not cover the tail
         self._sub = await self.backend.js.subscribe(
             self.spool.subject,
             stream=self.spool.stream,
@@ -114,10 +128,28 @@ class SubjectLog:
                 await self._sub.unsubscribe()
             return
         self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), CATCH_UP_SECONDS)
+        except TimeoutError:
+            raise NatsUnavailable(
+                f"endpoint {self.spool.name}: indexing its subject up to message {self._tail} "
+                f"took over {CATCH_UP_SECONDS:g}s"
+            ) from None
+        if self.closed:
+            return
         self.ready.set()
+
+    async def _subject_tail(self) -> int:
+        """The stream sequence of the subject's last message (0: the subject is empty)."""
+        try:
+            last = await self.backend.js.get_last_msg(self.spool.stream, self.spool.subject)
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(last.seq or 0)
 
     async def stop(self) -> None:
         self.closed = True
+        self._caught_up.set()  # a `start` still waiting returns (closed)
         if self._expiry is not None:
             self._expiry.cancel()
         if self._sub is not None:
@@ -132,6 +164,8 @@ class SubjectLog:
         if seq <= self.last_seq:
             return  # an ordered consumer's reset may repeat what it delivered
         self.last_seq = seq
+        if seq >= self._tail:
+            self._caught_up.set()
         if H_SIZE not in h:
             log.warning("endpoint %s: ignoring foreign message %d", self.spool.name, seq)
             return

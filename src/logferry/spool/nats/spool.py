@@ -365,16 +365,22 @@ class NatsSpool:
         log_ = self._log
         return log_.committed_line if log_ is not None else int(self._cursor()["line"])
 
+    def _indexed(self) -> SubjectLog | None:
+        """The owner's index once it covers the subject (before that it may show less than
+        the subject holds: a restarted owner's first moments)."""
+        log_ = self._log
+        return log_ if log_ is not None and log_.ready.is_set() and not log_.closed else None
+
     @property
     def pending_bytes(self) -> int:
-        log_ = self._log
+        log_ = self._indexed()
         if log_ is not None:
             return log_.end - log_.committed
         return self._backlog()[0] + self._appended
 
     @property
     def pending_lines(self) -> int:
-        log_ = self._log
+        log_ = self._indexed()
         if log_ is not None:
             return log_.end_line - log_.committed_line
         return self._backlog()[1] + self._appended_lines
