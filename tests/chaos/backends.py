@@ -1,9 +1,8 @@
 """The spool backends the chaos cases run against (the fixture is `spool_backend` in conftest).
 
-"nats" is kept out of `BACKENDS` until issue 29's backend lands: CI fails on any skip not in
-tests/skip_allowlist.txt, so a row that could only skip must not exist yet. Adding "nats" to
-`BACKENDS` is then the one-line switch; its code path (a loopback nats-server, the `[spool]`
-keys below) is ready, and skips with `nats_pending()`'s reason if flipped too early.
+Both backends run in CI (issue 29's backend landed): a "nats" row starts a loopback
+nats-server and gives serve the `[spool]` keys below. `nats_pending()` still names why a row
+would skip if serve's config ever lost those keys (CI fails on any skip not allow-listed).
 """
 
 from __future__ import annotations
@@ -17,8 +16,9 @@ from logferry.service.config import SpoolConfig
 
 BACKENDS_ENV = "LOGFERRY_CHAOS_BACKENDS"
 
-BACKENDS = ["local"]
-"""Spool backends every case runs against: add "nats" here once issue 29's backend lands."""
+BACKENDS = ["local", "nats"]
+"""Spool backends every case runs against (cases about the local spool's own files keep one
+"local" row: `LOCAL_SPOOL_ONLY`)."""
 if os.environ.get(BACKENDS_ENV):  # to try a backend before the switch, e.g. "local,nats"
     BACKENDS = os.environ[BACKENDS_ENV].split(",")
 
