@@ -30,8 +30,9 @@ from e2e_helpers import (
 from kinesis_helpers import kinesis_role, lines_of, make_stream, read_stream
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
+from nats_helpers import nats_node
 from s3_helpers import make_s3_role, pending_uploads
-from service_helpers import NodeProcess, base_config, nats_spool, reap_all, wait_for
+from service_helpers import NodeProcess, reap_all, wait_for
 
 pytest_plugins = ["tests.nats_helpers"]
 
@@ -44,22 +45,9 @@ def _no_server_left_behind() -> Iterator[None]:
     reap_all()
 
 
-def node(
-    emulator: Emulator,
-    nats: NatsCluster,
-    tmp_path: Path,
-    name: str,
-    role: str,
-    prefix: str,
-    **spool: Any,
-) -> NodeProcess:
-    config = base_config(
-        emulator,
-        tmp_path / name / "spool",
-        server={"idle_flush_seconds": 1, "max_line_bytes": "2MiB"},
-        spool=nats_spool(nats.urls, prefix, name, **spool),
-    )
-    return NodeProcess(emulator, config, tmp_path / name, role)
+def node(*args: Any, **spool: Any) -> NodeProcess:
+    """A NATS node whose lines may be up to 2 MiB (the 1.2 MB-line cases)."""
+    return nats_node(*args, server={"max_line_bytes": "2MiB"}, **spool)
 
 
 def s3_body(bucket: str, role_arn: str, **fields: Any) -> dict[str, Any]:

@@ -22,12 +22,11 @@ from e2e_helpers import assert_exactly_once, body_of, bucket_content, make_lines
 from e2e_helpers import put_endpoint as put_endpoint_
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
+from nats_helpers import nats_node
 from s3_helpers import make_s3_role, pending_uploads
 from service_helpers import (
     NodeProcess,
-    base_config,
     nats_owned,
-    nats_spool,
     reap_all,
     wait_for,
 )
@@ -43,22 +42,7 @@ def _no_server_left_behind() -> Iterator[None]:
     reap_all()
 
 
-def node(
-    emulator: Emulator,
-    nats: NatsCluster,
-    tmp_path: Path,
-    name: str,
-    role: str,
-    prefix: str,
-    **spool: Any,
-) -> NodeProcess:
-    config = base_config(
-        emulator,
-        tmp_path / name / "spool",
-        server={"idle_flush_seconds": 1},
-        spool=nats_spool(nats.urls, prefix, name, **spool),
-    )
-    return NodeProcess(emulator, config, tmp_path / name, role)
+node = nats_node
 
 
 def s3_endpoint(
