@@ -153,7 +153,11 @@ def test_two_ingest_and_two_delivery_nodes_deliver_50_endpoints(
         duplicates = sum(got.values()) - len(kin_sent)
         assert duplicates <= KINESIS_EACH * MAX_IN_FLIGHT_RECORDS, duplicates
         print(f"{c['id']}: {duplicates} Kinesis duplicates")
-    shares = (nats_owned(deliver_a), nats_owned(deliver_b))
-    assert sum(shares) == endpoints and min(shares) > 0, shares
+    # The split is still one owner per endpoint and both nodes own some. Polled until stable:
+    # under CPU starvation a lease may lapse and move (fenced by CAS, as the exactly-once
+    # checks above show) and the loser's gauge trails the new owner's for a moment.
+    settled.clear()
+    wait_for(shares_settled, timeout=90, interval=1.0)
+    assert min(settled[-1]) > 0, settled[-1]
     for n in nodes:
         assert n.terminate() == 0
