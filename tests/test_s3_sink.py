@@ -21,7 +21,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
-from logferry.aws.clients import AwsClients, AwsTarget
+from logferry.aws.clients import DELIVERY_CONFIG, AwsClients, AwsTarget
 from logferry.aws.policies import S3_ACTIONS
 from logferry.errors import SetupError, TransientError
 from logferry.local.emulator import Emulator
@@ -48,6 +48,12 @@ from s3_helpers import (
 T0 = 1_720_132_646.0  # 2024-07-04T22:37:26Z
 MIB = 1024 * 1024
 NO_BOTOCORE_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, read_timeout=60)
+"""Only for the tests of the sink's own retry loop (`backoff=`), where botocore's retries would
+absorb the injected faults before the loop sees them. Everything else runs at production
+settings."""
+SINK_LOOP_BACKOFF = Backoff(base=0.01, cap=0.05, max_attempts=4)
+"""The sink's own loop, made visible: production leaves it at one call (S3Sink's default) and lets
+botocore retry connection blips and the worker's RETRY_POLICY retry the rest."""
 ALLOWED_OPERATIONS = {
     "PutObject",
     "CreateMultipartUpload",
@@ -75,16 +81,25 @@ class Harness:
     """A sink on the role's clients, an injectable clock, recorded sleeps and S3 operations."""
 
     def __init__(
-        self, emulator: Emulator, role: S3Role, state_dir: Path, clients: AwsClients | None = None
+        self,
+        emulator: Emulator,
+        role: S3Role,
+        state_dir: Path,
+        clients: AwsClients | None = None,
+        *,
+        botocore_retries: bool = True,
     ) -> None:
         self.emulator = emulator
         self.role = role
         self.state_dir = state_dir
-        # botocore's own retries off: the sink's loop alone decides (and tests never sleep).
+        # The delivery clients' production config (botocore standard retries, 3 attempts), unless
+        # a test of the sink's own retry loop turns botocore's retries off.
         if role.role_arn not in _CREDENTIALS:  # one AssumeRole per role (tokens last 1 h)
             _CREDENTIALS[role.role_arn] = role_credentials(emulator, role)
         self.clients = clients or AwsClients(
-            _CREDENTIALS[role.role_arn], emulator.target, config=NO_BOTOCORE_RETRIES
+            _CREDENTIALS[role.role_arn],
+            emulator.target,
+            config=DELIVERY_CONFIG if botocore_retries else NO_BOTOCORE_RETRIES,
         )
         self.now = T0
         self.sleeps: list[float] = []
@@ -96,7 +111,6 @@ class Harness:
         self.operations.append(model.name)
 
     def sink(self, endpoint: S3Endpoint, *, uid_prefix: str = "t1-", **kwargs: Any) -> S3Sink:
-        kwargs.setdefault("backoff", Backoff(base=0.01, cap=0.05, max_attempts=4))
         return S3Sink(
             endpoint,
             self.clients,
@@ -862,7 +876,7 @@ def test_headers_storage_class_and_encryption(
 def test_transient_errors_are_retried_with_backoff(
     emulator: Emulator, shared_role: S3Role, tmp_path: Path
 ) -> None:
-    h = Harness(emulator, shared_role, tmp_path)
+    h = Harness(emulator, shared_role, tmp_path, botocore_retries=False)
     ep = h.endpoint()
     slow_down, internal, reset = (
         fault(503, "SlowDown"),
@@ -875,7 +889,7 @@ def test_transient_errors_are_retried_with_backoff(
         return script.pop(0)(request, **kwargs) if script else None
 
     h.s3.meta.events.register("before-send.s3.PutObject", flaky)
-    sink = h.sink(ep)
+    sink = h.sink(ep, backoff=SINK_LOOP_BACKOFF)
     sink.recover()
     sink.feed(next(make_chunks([b"a", b"b"], accepted_at=T0)))
     sink.flush()
@@ -904,10 +918,10 @@ def test_expired_token_is_retried_at_once(
 def test_transient_errors_give_up_without_losing_data(
     emulator: Emulator, shared_role: S3Role, tmp_path: Path
 ) -> None:
-    h = Harness(emulator, shared_role, tmp_path)
+    h = Harness(emulator, shared_role, tmp_path, botocore_retries=False)
     ep = h.endpoint()
     h.s3.meta.events.register("before-send.s3.PutObject", fault(500, "InternalError", times=100))
-    sink = h.sink(ep)
+    sink = h.sink(ep, backoff=SINK_LOOP_BACKOFF)
     sink.recover()
     sink.feed(next(make_chunks([b"a"], accepted_at=T0)))
     with pytest.raises(TransientError) as info:
@@ -915,6 +929,44 @@ def test_transient_errors_give_up_without_losing_data(
     assert info.value.code == "InternalError"
     assert len(h.sleeps) == 3  # max_attempts=4 calls, 3 waits
     assert sink.durable_offset == 0 and sink.stats.state == "retrying"
+
+
+def test_at_production_settings_botocore_absorbs_blips_and_the_rest_waits_for_the_worker(
+    emulator: Emulator, shared_role: S3Role, tmp_path: Path
+) -> None:
+    """Production: the delivery clients' botocore retries (3 retries, 4 calls) absorb short
+    faults inside one flush; a longer run of faults fails the flush with the data kept, and the
+    worker's next attempt (RETRY_POLICY, tests/test_worker_retry_serve.py) delivers it once."""
+    h = Harness(emulator, shared_role, tmp_path)
+    ep = h.endpoint()
+    sink = h.sink(ep)  # S3Sink's own default: one call per flush, no sink-level sleeping
+    sink.recover()
+    script = [fault(503, "SlowDown"), drop_connection(), fault(500, "InternalError")]
+    calls: list[str] = []
+
+    def flaky(request: Any, **kwargs: Any) -> AWSResponse | None:
+        calls.append("PutObject")
+        return script.pop(0)(request, **kwargs) if script else None
+
+    h.s3.meta.events.register("before-send.s3.PutObject", flaky)
+    sink.feed(next(make_chunks([b"a", b"b"], accepted_at=T0)))
+    sink.flush()
+    assert len(calls) == 4 and h.sleeps == [] and sink.stats.retries == 0
+    assert [o.body for o in h.objects(ep).values()] == [b"a\nb\n"]
+
+    script.extend(fault(500, "InternalError") for _ in range(4))
+    (chunk,) = make_chunks([b"c"], start=4, accepted_at=T0 + 1)
+    sink.feed(chunk)
+    with pytest.raises(TransientError) as info:
+        sink.flush()
+    assert info.value.code == "InternalError" and len(calls) == 8
+    assert sink.durable_offset == 4 and len(h.objects(ep)) == 1  # kept, nothing half-written
+    sink.recover()  # the worker's later attempt: recover, re-read from the durable offset
+    sink.feed(chunk)
+    sink.flush()
+    assert sink.durable_offset == 6
+    bodies = sorted(o.body for o in h.objects(ep).values())
+    assert bodies == [b"a\nb\n", b"c\n"]
 
 
 def test_stop_event_interrupts_the_wait(
