@@ -8,7 +8,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from logferry.local.emulator import Emulator
-from logferry.local.patches import conditions_match, principal_matches
+from logferry.local.trust_policy import conditions_match, principal_matches
 
 VENDOR = "717331877981"
 

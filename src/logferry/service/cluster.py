@@ -25,8 +25,8 @@ from logferry.spool.errors import SpoolError
 if TYPE_CHECKING:
     from logferry.service.endpoint_changes import EndpointKey
     from logferry.service.endpoints import EndpointModel
+    from logferry.service.records import CustomerRecord, EndpointRecord
     from logferry.service.registry import StateStore
-    from logferry.service.store import CustomerRecord, EndpointRecord
     from logferry.service.worker import EndpointWorker
     from logferry.spool.nats.backend import NatsBackend
 

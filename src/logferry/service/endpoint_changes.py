@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
     from logferry.aws.clients import AwsTarget
     from logferry.aws.sts_broker import CredentialBroker
+    from logferry.service.records import EndpointRecord
     from logferry.service.registry import StateStore
-    from logferry.service.store import EndpointRecord
     from logferry.service.worker import EndpointWorker
     from logferry.spool.base import SpoolProvider
     from logferry.spool.nats.backend import NatsBackend

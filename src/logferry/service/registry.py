@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from logferry.service.store import CustomerRecord, EndpointRecord
+from logferry.service.records import CustomerRecord, EndpointRecord
 
 ChangeKind = Literal["customer", "endpoint", "token"]
 RegistryListener = Callable[[ChangeKind, Any, Any], None]

@@ -6,20 +6,19 @@ import asyncio
 import contextlib
 import functools
 import logging
-import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.credentials import Credentials
 
 from logferry.aws.clients import AwsTarget
-from logferry.aws.role_check import Report
 from logferry.aws.sts_broker import CredentialBroker
 from logferry.errors import InputError
 from logferry.ingest.syslog import SyslogServer
 from logferry.service.accept_backlog import AcceptBacklog
 from logferry.service.cluster import ClusterNode
 from logferry.service.config import ServeRole, ServiceConfig, node_id
+from logferry.service.customers import CustomerRecords
 from logferry.service.endpoint_changes import (
     EndpointChanges,
     EndpointConflict,
@@ -35,13 +34,14 @@ from logferry.service.fair_pool import FairPool
 from logferry.service.history import EndpointHistory
 from logferry.service.logs import log
 from logferry.service.metrics import Metrics
+from logferry.service.records import EndpointRecord
 from logferry.service.registry import StateStore
 from logferry.service.service_status import ServiceStatus
-from logferry.service.store import CustomerRecord, EndpointRecord, Store
+from logferry.service.store import Store
 from logferry.service.tenants import TenantLimits
 from logferry.service.worker import EndpointWorker, WorkerDeps
 from logferry.service.worker_stats import StatsBook
-from logferry.sinks.registry import FACTORIES, factory
+from logferry.sinks.registry import FACTORIES
 from logferry.spool import Chunk, SpoolManager
 from logferry.spool.base import SpoolProvider
 
@@ -52,10 +52,11 @@ STATS_SAVE_SECONDS = 2.0
 """How often changed endpoint stats are saved (all of them in one transaction)."""
 
 
-class Service(TenantLimits, EndpointChanges, ServiceStatus, ClusterNode):
+class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, ClusterNode):
     """Everything `logferry serve` runs, minus the HTTP server (see `service.api`).
 
-    Split by role: tenant limits (`service.tenants`), endpoint changes
+    Split by role: tenant limits (`service.tenants`), customers and role checks
+    (`service.customers`), endpoint changes
     (`service.endpoint_changes`), status and metrics snapshot (`service.service_status`); this
     module wires them and runs start-up, shutdown and ingest."""
 
@@ -300,7 +301,7 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus, ClusterNode):
     def _apply_static_config(self) -> None:
         import os
 
-        from logferry.service.store import ExternalIdTaken
+        from logferry.service.records import ExternalIdTaken
 
         wanted: dict[str, list[str]] = {}
         for customer in self.config.customers:
@@ -383,57 +384,7 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus, ClusterNode):
         self.spools.close()
         self.store.close()
 
-    # ------------------------------------------------------------------ customers / endpoints
-
-    def new_external_id(self, customer_id: str) -> str:
-        """The default external ID; never one that was ever bound before (tombstones)."""
-        if self.config.vendor.external_id_mode == "customer_id":
-            if not self.store.external_id_bound(customer_id):
-                return customer_id
-            # A re-created customer id: the deleted tenant's roles still trust the old ID.
-            return f"{customer_id[:64]}-{secrets.token_urlsafe(12)}"
-        return f"{self.config.vendor.name[:16]}-{secrets.token_urlsafe(24)}"
-
-    def put_customer(
-        self,
-        customer_id: str,
-        external_id: str | None = None,
-        limits: dict[str, Any] | None = None,
-    ) -> tuple[CustomerRecord, bool]:
-        """Create (or update the limits of) a customer; raises ExternalIdTaken on reuse.
-        Blocks on SQLite: for start-up and tools; the API's routes use `save_customer`."""
-        record, new = self._store_customer(customer_id, external_id, limits)
-        self._apply_limits(record)
-        return record, new
-
-    async def save_customer(
-        self,
-        customer_id: str,
-        external_id: str | None = None,
-        limits: dict[str, Any] | None = None,
-    ) -> tuple[CustomerRecord, bool]:
-        """`put_customer` for the event loop: the SQLite work runs on a thread."""
-        record, new = await asyncio.to_thread(
-            self._store_customer, customer_id, external_id, limits
-        )
-        self._apply_limits(record)
-        return record, new
-
-    def _store_customer(
-        self, customer_id: str, external_id: str | None, limits: dict[str, Any] | None
-    ) -> tuple[CustomerRecord, bool]:
-        if external_id is None and self.store.get_customer(customer_id) is None:
-            external_id = self.new_external_id(customer_id)
-        return self.store.put_customer(customer_id, external_id or "", limits)
-
-    def no_customer(self, record: EndpointRecord) -> str:
-        """Fail closed when an endpoint's customer record is missing: never guess the ID."""
-        raise InputError(
-            "customer",
-            f"customer {record.customer_id!r} of endpoint {record.name!r} has no record: "
-            "no external ID, so no role is assumed.",
-            fix=f"Re-create the endpoint under PUT /v1/customers/{record.customer_id}.",
-        )
+    # ------------------------------------------------------------------ endpoints
 
     def endpoint(self, customer_id: str, name: str) -> tuple[EndpointRecord, EndpointModel]:
         found = self.endpoints.get((customer_id, name))
@@ -496,31 +447,6 @@ class Service(TenantLimits, EndpointChanges, ServiceStatus, ClusterNode):
             await self.ingest(key[0], key[1], data, lines, "syslog", normalized=True)
 
         return deliver
-
-    # ------------------------------------------------------------------ verification
-
-    def verify(self, customer_id: str, type_: str, model: EndpointModel) -> Report:
-        customer = self.store.get_customer(customer_id)
-        if customer is None:  # fail closed: never guess an external ID
-            raise UnknownEndpoint(
-                "customer",
-                f"no customer {customer_id!r}.",
-                fix=f"Create it: PUT /v1/customers/{customer_id}",
-            )
-        return factory(type_).verify(
-            model,
-            broker=self.broker,
-            external_id=customer.external_id,
-            customer_id=customer_id,
-            aws_target=self.aws_target,
-        )
-
-    def remember_verified(self, record: EndpointRecord, report: Report) -> None:
-        """A role check whose write probe passed for this stored endpoint stands in for the
-        worker's own probe (the same calls, headers and destination): no second probe."""
-        if report.write_proven():
-            worker = self.worker(record.customer_id, record.name)
-            worker.remember_setup_proof(record, report.external_id)
 
 
 def _private_dir(path: Any) -> None:

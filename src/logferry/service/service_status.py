@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     from logferry.ingest.syslog import SyslogServer
     from logferry.service.endpoints import EndpointModel
     from logferry.service.fair_pool import FairPool
+    from logferry.service.records import EndpointRecord
     from logferry.service.registry import StateStore
-    from logferry.service.store import EndpointRecord
     from logferry.service.worker import EndpointWorker
     from logferry.spool.base import SpoolProvider
     from logferry.spool.nats.backend import NatsBackend

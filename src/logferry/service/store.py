@@ -6,7 +6,6 @@ is small and written rarely compared with log data (which lives in the spool, no
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -16,11 +15,29 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from logferry.errors import LogferryError
+from logferry.service.records import (
+    CUSTOMER_LIMITS,
+    ERRORS_KEPT,
+    STATIC_TOKEN_PREFIX,
+    TOKEN_PREFIX,
+    ConfigToken,
+    CustomerRecord,
+    EndpointRecord,
+    ExternalIdTaken,
+    hash_secret,
+)
+
+__all__ = [
+    "CUSTOMER_LIMITS",
+    "ConfigToken",
+    "CustomerRecord",
+    "EndpointRecord",
+    "ExternalIdTaken",
+    "Store",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (
@@ -68,72 +85,11 @@ CREATE TABLE IF NOT EXISTS external_ids (
 # Every external ID ever bound, kept after its customer is deleted (a tombstone): the old
 # tenant's roles still trust it, so it must never be handed to anybody again.
 
-CUSTOMER_LIMITS = ("spool_max_bytes", "ingest_rate_bytes", "ingest_rate_lines")
 _MIGRATIONS = (
     "ALTER TABLE customers ADD COLUMN spool_max_bytes INTEGER",
     "ALTER TABLE customers ADD COLUMN ingest_rate_bytes REAL",
     "ALTER TABLE customers ADD COLUMN ingest_rate_lines REAL",
 )
-
-ERRORS_KEPT = 100
-TOKEN_PREFIX = "lft"
-STATIC_TOKEN_PREFIX = "static-"
-"""Token ids of the config's tokens ([[customers]] token_env / token_file)."""
-
-
-@dataclass(frozen=True)
-class CustomerRecord:
-    id: str
-    external_id: str
-    created: float
-    spool_max_bytes: int | None = None
-    ingest_rate_bytes: float | None = None
-    ingest_rate_lines: float | None = None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> CustomerRecord:
-        return cls(
-            row["id"],
-            row["external_id"],
-            row["created"],
-            row["spool_max_bytes"],
-            row["ingest_rate_bytes"],
-            row["ingest_rate_lines"],
-        )
-
-
-class ExternalIdTaken(LogferryError):
-    """The external ID belongs (or belonged, before a delete) to a customer: never reuse it."""
-
-    def __init__(self, external_id: str, owner: str, deleted: bool) -> None:
-        state = "a deleted customer" if deleted else "customer"
-        super().__init__(
-            f"external ID {external_id!r} is already bound to {state} {owner!r}; "
-            "external IDs are unique and never reused"
-        )
-        self.external_id = external_id
-        self.owner = owner
-        self.deleted = deleted
-
-
-class ConfigToken(LogferryError):
-    """The token comes from the config file ([[customers]] token_env / token_file): the config
-    is its truth, so only the config can revoke (rotate or remove) it."""
-
-
-@dataclass(frozen=True)
-class EndpointRecord:
-    customer_id: str
-    name: str
-    type: str
-    config: dict[str, Any]
-    uid_prefix: str
-    created: float
-    updated: float
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class Store:
@@ -290,7 +246,7 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO tokens(id, customer_id, secret_hash, created) VALUES (?,?,?,?)",
-                (token_id, customer_id, _hash(secret), time.time()),
+                (token_id, customer_id, hash_secret(secret), time.time()),
             )
         return token_id, f"{TOKEN_PREFIX}_{token_id}_{secret}"
 
@@ -309,13 +265,13 @@ class Store:
         with self._tokens_changing(), self._tx() as db:
             for customer_id, tokens in wanted.items():
                 for token in tokens:
-                    token_id = STATIC_TOKEN_PREFIX + _hash(token)[:12]
+                    token_id = STATIC_TOKEN_PREFIX + hash_secret(token)[:12]
                     keep.add(token_id)
                     db.execute(
                         "INSERT INTO tokens(id, customer_id, secret_hash, created) "
                         "VALUES (?,?,?,?) ON CONFLICT(id) DO UPDATE SET revoked=NULL "
                         "WHERE tokens.customer_id=excluded.customer_id",
-                        (token_id, customer_id, _hash(token), now),
+                        (token_id, customer_id, hash_secret(token), now),
                     )
             rows = db.execute(
                 "SELECT id, customer_id FROM tokens WHERE id LIKE 'static-%' AND revoked IS NULL"
@@ -330,11 +286,11 @@ class Store:
 
     def cached_customer_for_token(self, token: str) -> str | None:
         """The customer of a token seen (valid) before; None means "ask customer_for_token"."""
-        return self._token_cache.get(_hash(token))
+        return self._token_cache.get(hash_secret(token))
 
     def customer_for_token(self, token: str) -> str | None:
         """The customer a token belongs to; valid tokens are cached in memory (by hash)."""
-        key = _hash(token)
+        key = hash_secret(token)
         cached = self._token_cache.get(key)
         if cached is not None:
             return cached
@@ -354,14 +310,14 @@ class Store:
                     "SELECT customer_id, secret_hash FROM tokens WHERE id=? AND revoked IS NULL",
                     (parts[1],),
                 ).fetchone()
-                if row and hmac.compare_digest(row["secret_hash"], _hash(parts[2])):
+                if row and hmac.compare_digest(row["secret_hash"], hash_secret(parts[2])):
                     return str(row["customer_id"])
                 return None
             row = db.execute(
                 "SELECT customer_id, secret_hash FROM tokens WHERE id=? AND revoked IS NULL",
-                (STATIC_TOKEN_PREFIX + _hash(token)[:12],),
+                (STATIC_TOKEN_PREFIX + hash_secret(token)[:12],),
             ).fetchone()
-        if row and hmac.compare_digest(row["secret_hash"], _hash(token)):
+        if row and hmac.compare_digest(row["secret_hash"], hash_secret(token)):
             return str(row["customer_id"])
         return None
 

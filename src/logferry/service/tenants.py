@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from logferry.service.config import ServiceConfig
 from logferry.service.limits import KeyedBuckets
-from logferry.service.store import CustomerRecord
+from logferry.service.records import CustomerRecord
 from logferry.spool.base import SpoolProvider
 from logferry.spool.budget import LayeredBudget
 from logferry.spool.log import SpoolBudget

@@ -52,7 +52,7 @@ from logferry.spool import SpoolCorrupt
 from logferry.spool.nats.errors import SpoolFenced
 
 if TYPE_CHECKING:
-    from logferry.service.store import EndpointRecord
+    from logferry.service.records import EndpointRecord
     from logferry.spool.base import Spool
 
 __all__ = [

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from logferry.service.accept_backlog import AcceptBacklog
     from logferry.service.fair_pool import FairPool
     from logferry.service.metrics import Metrics
-    from logferry.service.store import CustomerRecord
+    from logferry.service.records import CustomerRecord
     from logferry.service.worker_stats import StatsBook
     from logferry.spool.base import SpoolProvider
 

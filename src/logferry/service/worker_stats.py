@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from logferry.service.store import EndpointRecord
+    from logferry.service.records import EndpointRecord
 
 QUARANTINE_FIX = (
     "The spool's disk returned damaged bytes; check the disk (dmesg, SMART). The damaged "

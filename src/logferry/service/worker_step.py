@@ -24,7 +24,7 @@ from logferry.sinks.base import Sink, SinkContext, SinkFactory
 from logferry.spool import SpoolCorrupt
 
 if TYPE_CHECKING:
-    from logferry.service.store import EndpointRecord
+    from logferry.service.records import EndpointRecord
     from logferry.service.worker_deps import WorkerDeps
     from logferry.spool.base import Spool
 

@@ -14,8 +14,8 @@ from logferry.service.api.auth import Auth
 from logferry.service.config import CustomerLimits
 from logferry.service.endpoints import check_customer_id
 from logferry.service.ingest_route import Principal, problem
+from logferry.service.records import ExternalIdTaken
 from logferry.service.runtime import Service
-from logferry.service.store import ExternalIdTaken
 from logferry.service.timestamps import rfc3339
 
 

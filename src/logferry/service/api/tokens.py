@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field
 
 from logferry.service.api.auth import Auth
 from logferry.service.ingest_route import Principal, problem
+from logferry.service.records import ConfigToken
 from logferry.service.runtime import Service
-from logferry.service.store import ConfigToken
 from logferry.service.timestamps import shape_times
 
 
