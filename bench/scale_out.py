@@ -16,6 +16,12 @@ close to the delivery time, ingest was the limit, not delivery).
 
     .venv/bin/python bench/scale_out.py --endpoints 20 --lines-each 20000 --delay-ms 50
 
+`--backlog-first` measures delivery alone: once ownership has settled the delivery nodes are
+paused (SIGSTOP; the lease is 60 s so nobody takes over), every line is ingested, and the clock
+starts when they resume (SIGCONT). Ingest then no longer shares the two cores with delivery, and
+the run reports the CPU seconds of each delivery node and the whole box's busy share over the
+delivery window, which says whether the cores or the AWS latency bound it.
+
 On a shared 2-core box every process competes for the same two cores: read the ratio with the
 load average the results file records.
 """
@@ -23,7 +29,9 @@ load average the results file records.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import signal
 import sys
 import tempfile
 import threading
@@ -40,6 +48,7 @@ from common import (
     note,
     post_bodies,
     proxy_process,
+    read_cpu,
     report,
     s3_tenant_customers,
     serve_config,
@@ -75,6 +84,7 @@ def run(
     endpoints: int,
     lines_each: int,
     bodies: list[tuple[bytes, int]],
+    backlog_first: bool = False,
 ) -> dict[str, Any]:
     tag = f"so{deliver_nodes}{secrets.token_hex(2)}"
     note(f"run {tag}: {endpoints} tenants, {deliver_nodes} delivery node(s)")
@@ -101,7 +111,8 @@ def run(
                 "shards": 4,
                 "replicas": len(nats.nodes),
                 "node_id": name,
-                "lease_seconds": 6,
+                # Paused through the whole ingest with --backlog-first: no takeover meanwhile.
+                "lease_seconds": 60 if backlog_first else 6,
                 "heartbeat_seconds": 1,
             },
             customers=s3_tenant_customers(tenants, "logs/", 3600),
@@ -112,7 +123,16 @@ def run(
     delivery = [node("deliver-1", "deliver").start()]
     try:
         return _measure(
-            tenants, tokens, ingester, delivery, node, endpoints, lines_each, bodies, deliver_nodes
+            tenants,
+            tokens,
+            ingester,
+            delivery,
+            node,
+            endpoints,
+            lines_each,
+            bodies,
+            deliver_nodes,
+            backlog_first,
         )
     finally:
         for d in [*delivery, ingester]:
@@ -129,6 +149,7 @@ def _measure(
     lines_each: int,
     bodies: list[tuple[bytes, int]],
     deliver_nodes: int,
+    backlog_first: bool,
 ) -> dict[str, Any]:
     wait_until(lambda: delivery[0].owned() == endpoints, 60, what="first node owns all")
     rebalance = None
@@ -166,6 +187,9 @@ def _measure(
             connections=2,
         )
 
+    if backlog_first:
+        for d in delivery:
+            os.kill(d.pid, signal.SIGSTOP)
     started = time.monotonic()
     threads = [threading.Thread(target=send, args=(i,)) for i in range(endpoints)]
     for t in threads:
@@ -173,6 +197,13 @@ def _measure(
     for t in threads:
         t.join()
     ingest_seconds = time.monotonic() - started
+    cpu_before: list[float] = []
+    busy_before = _box_busy()
+    if backlog_first:
+        cpu_before = [read_cpu(d.pid) for d in delivery]
+        started = time.monotonic()
+        for d in delivery:
+            os.kill(d.pid, signal.SIGCONT)
     accepted = sum(r.accepted_lines for r in results)
     errors = [e for r in results for e in r.errors]
     if accepted != total or errors:
@@ -183,7 +214,19 @@ def _measure(
 
     wait_until(lambda: delivered() >= total, 1800, interval=0.5, what="all delivered")
     seconds = time.monotonic() - started
+    busy = _box_busy()
+    extra: dict[str, Any] = {}
+    if backlog_first:
+        extra = {
+            "delivery_cpu_seconds": [
+                round(read_cpu(d.pid) - b, 2) for d, b in zip(delivery, cpu_before, strict=True)
+            ],
+            "box_busy_share": round(
+                (busy[0] - busy_before[0]) / max(1e-9, busy[1] - busy_before[1]), 3
+            ),
+        }
     return {
+        **extra,
         "deliver_nodes": deliver_nodes,
         "lines": total,
         "ingest_seconds": round(ingest_seconds, 2),
@@ -194,12 +237,25 @@ def _measure(
     }
 
 
+def _box_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of every CPU since boot (/proc/stat): the box's utilisation."""
+    first = Path("/proc/stat").read_text().splitlines()[0]
+    fields = [float(x) for x in first.split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoints", type=int, default=20)
     parser.add_argument("--lines-each", type=int, default=20_000)
     parser.add_argument("--delay-ms", type=float, default=50.0)
     parser.add_argument("--nats-nodes", type=int, default=1, choices=(1, 3))
+    parser.add_argument(
+        "--backlog-first",
+        action="store_true",
+        help="pause the delivery nodes while every line is ingested; time delivery alone",
+    )
     args = parser.parse_args()
     machine = machine_info()
     bodies = loggen_bodies(args.lines_each, 256 * 1024)
@@ -221,6 +277,7 @@ def main() -> int:
                     endpoints=args.endpoints,
                     lines_each=args.lines_each,
                     bodies=bodies,
+                    backlog_first=args.backlog_first,
                 )
                 for n in (1, 2)
             ]
@@ -245,6 +302,14 @@ def main() -> int:
             f"{two['ingest_seconds']} / {two['delivery_seconds']}",
         ),
         ("ratio 2 / 1", round(ratio, 2)),
+        (
+            "delivery CPU s per node (1 / 2 nodes)",
+            f"{one.get('delivery_cpu_seconds')} / {two.get('delivery_cpu_seconds')}",
+        ),
+        (
+            "box busy share while delivering (1 / 2 nodes)",
+            f"{one.get('box_busy_share')} / {two.get('box_busy_share')}",
+        ),
         ("rebalance when the second joins (s)", two["rebalance_seconds"]),
         ("ownership split", two["ownership_split"]),
     ]
