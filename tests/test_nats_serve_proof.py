@@ -10,6 +10,8 @@ proxy. Timing is printed, never asserted (figures: docs/scale-out.md, bench/).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +22,28 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from e2e_helpers import body_of, bucket_content, make_lines
+from e2e_helpers import (
+    assert_exactly_once,
+    body_of,
+    bucket_content,
+    make_lines,
+    put_customer,
+    put_endpoint,
+)
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
 from logferry.spool.nats.spool import publish_refusal
 from logferry.spool.nats.wire import H_ID
-from nats_helpers import nats_node, nats_server  # noqa: F401 - fixture
+from nats_helpers import (  # noqa: F401 - nats_server is a fixture
+    KvRecorder,
+    nats_node,
+    nats_server,
+    proxied_nats_node,
+    recording_proxy,
+)
 from nats_spool_helpers import backend, settings
-from s3_helpers import make_s3_role
-from service_helpers import reap_all, wait_for
+from s3_helpers import make_s3_role, pending_uploads
+from service_helpers import NodeProcess, nats_owned, reap_all, wait_for
 
 MIB = 1024 * 1024
 
@@ -37,6 +52,61 @@ MIB = 1024 * 1024
 def _no_server_left_behind() -> Iterator[None]:
     yield
     reap_all()
+
+
+def s3_endpoint(
+    serve: NodeProcess, customer: str, bucket: str, role_arn: str, **fields: Any
+) -> None:
+    """A customer and its S3 endpoint "s3" through `serve`'s API (files of 1 MiB unless
+    `fields` say otherwise)."""
+    with serve.admin() as admin:
+        put_customer(admin, customer)
+        body = {
+            "type": "s3",
+            "bucket_name": bucket,
+            "iam_role": role_arn,
+            "path": "logs/",
+            "period": 3600,
+            "file_max_bytes": MIB,
+            **fields,
+        }
+        r = put_endpoint(admin, customer, "s3", body)
+        assert r.status_code == 201, r.text
+
+
+def wait_endpoint(serve: NodeProcess, customer: str) -> None:
+    """Until the registry watch brought the endpoint to `serve`."""
+    with serve.admin() as admin:
+        wait_for(
+            lambda: admin.get(f"/v1/customers/{customer}/endpoints/s3").status_code == 200,
+            timeout=30,
+        )
+
+
+def wait_delivered(emulator: Emulator, bucket: str, acked: list[bytes], timeout: float) -> None:
+    want = set(acked)
+    wait_for(lambda: want <= set(bucket_content(emulator, bucket, "logs/").lines), timeout=timeout)
+
+
+def send(serve: NodeProcess, customer: str, tag: str, requests: int, lines: int) -> list[bytes]:
+    """`requests` requests of `lines` 100-byte lines to `serve`; each must get its 202."""
+    sent: list[bytes] = []
+    with serve.admin() as admin:
+        for i in range(requests):
+            batch = make_lines(f"{tag}-{i}", lines, 100)
+            r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(batch), timeout=120)
+            assert r.status_code == 202, r.text
+            sent += batch
+    return sent
+
+
+def owner_of(a: NodeProcess, b: NodeProcess) -> tuple[NodeProcess, NodeProcess]:
+    """(the delivery node that owns the one endpoint, the other one)."""
+    found: tuple[NodeProcess, NodeProcess] = wait_for(
+        lambda: (a, b) if nats_owned(a) == 1 else (b, a) if nats_owned(b) == 1 else None,
+        timeout=60,
+    )
+    return found
 
 
 # -- defect a: a transient publish answer is retried with the same Nats-Msg-Id --------------
@@ -154,3 +224,95 @@ def test_a_registry_write_while_nats_is_down_answers_503_with_retry_after(
         assert serve.terminate() == 0
     finally:
         cluster.stop()
+
+
+# -- must-show 5: a paused owner (SIGSTOP past its lease, then SIGCONT) -------------------
+
+
+@pytest.mark.slow
+def test_a_paused_owner_writes_nothing_to_s3_or_kv_after_it_resumes(
+    emulator: Emulator,
+    nats_server: NatsCluster,  # noqa: F811
+    tmp_path: Path,
+    unique: Any,
+) -> None:
+    """The owner is paused with a multipart upload open, its lease runs out, the other node
+    takes over and goes on; then the paused node resumes. Each delivery node's AWS traffic goes
+    through its own recording proxy, and the test watches the endpoint's KV record.
+
+    From SIGCONT until the new owner releases the endpoint back to it (rendezvous hashing
+    prefers it again once its heartbeat is back: a legitimate, fenced handover with a new
+    epoch), the resumed node's S3 writes that succeed must be none; no record write in the
+    stale epoch may follow the takeover; every acknowledged line is in the bucket once."""
+    prefix = "PA" + unique("x")[-6:].upper()
+    ingester = nats_node(emulator, nats_server, tmp_path, "ingest-1", "ingest", prefix).start()
+    with recording_proxy(emulator) as (p1, log1), recording_proxy(emulator) as (p2, log2):
+        d1 = proxied_nats_node(
+            emulator, nats_server, tmp_path, "deliver-1", "deliver", prefix, p1.url
+        ).start()
+        d2 = proxied_nats_node(
+            emulator, nats_server, tmp_path, "deliver-2", "deliver", prefix, p2.url
+        ).start()
+        calls = {id(d1): log1, id(d2): log2}
+        names = {id(d1): "deliver-1", id(d2): "deliver-2"}
+        customer = unique("cust")
+        role = make_s3_role(emulator, unique, external_id=customer)
+        # 32 MiB files: 8 MiB parts, an upload open for a while
+        s3_endpoint(ingester, customer, role.bucket, role.role_arn, file_max_bytes=32 * MIB)
+        wait_endpoint(d1, customer)
+        wait_endpoint(d2, customer)
+        owner, other = owner_of(d1, d2)
+        owner_id, other_id = names[id(owner)], names[id(other)]
+        with KvRecorder(nats_server.urls, f"{prefix}_endpoints") as kv:
+            sent = send(ingester, customer, "first", 20, 10_000)  # ~20 MiB: parts, no file yet
+            wait_for(lambda: pending_uploads(emulator, role.bucket), timeout=120)
+            stale = [e for e in kv.snapshot() if e.doc and e.doc["owner"] == owner_id][-1]
+            os.kill(owner.pid, signal.SIGSTOP)
+            paused = time.monotonic()
+            try:
+                wait_for(lambda: nats_owned(other) == 1, timeout=120)
+                took = time.monotonic() - paused
+                sent += send(ingester, customer, "while-paused", 5, 10_000)
+                # the new owner delivers while the old one is still stopped
+                wait_for(
+                    lambda: any(c.status < 300 for c in calls[id(other)].writes(paused)),
+                    timeout=120,
+                )
+            finally:
+                os.kill(owner.pid, signal.SIGCONT)
+            resumed = time.monotonic()
+            sent += send(ingester, customer, "after", 5, 10_000)
+            wait_delivered(emulator, role.bucket, sent, timeout=300)
+            wait_for(lambda: pending_uploads(emulator, role.bucket) == [], timeout=120)
+            entries = kv.snapshot()
+        takeover = next(
+            e
+            for e in entries
+            if e.doc and e.doc["owner"] == other_id and e.doc["epoch"] > stale.doc["epoch"]
+        )
+        # the stale window ends when the new owner hands the endpoint back (owner "")
+        handed_back = next(
+            (
+                e.seen
+                for e in entries
+                if e.seen > resumed and e.doc is not None and e.doc["owner"] != other_id
+            ),
+            float("inf"),
+        )
+        stale_calls = calls[id(owner)].writes(resumed, handed_back)
+        succeeded = [c for c in stale_calls if 200 <= c.status < 300]
+        print(
+            f"paused owner {owner_id}: takeover by {other_id} {took:.1f} s after SIGSTOP; "
+            f"S3 writes it attempted between SIGCONT and the handover: "
+            f"{[(c.op, c.status) for c in stale_calls]}; handover "
+            f"{handed_back - resumed:.1f} s after SIGCONT"
+        )
+        assert succeeded == [], succeeded
+        after_takeover = [e for e in entries if e.revision > takeover.revision and e.doc]
+        stale_writes = [e for e in after_takeover if e.doc["epoch"] <= stale.doc["epoch"]]
+        assert stale_writes == [], stale_writes  # every later write is a newer epoch's
+        assert "lease may have expired" in owner.all_logs()  # it gave up by its own clock
+        found = bucket_content(emulator, role.bucket, "logs/")
+        assert_exactly_once(found.lines, sent)
+        for node in (d1, d2, ingester):
+            assert node.terminate() == 0
