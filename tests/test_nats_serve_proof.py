@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +28,12 @@ from e2e_helpers import (
     assert_exactly_once,
     body_of,
     bucket_content,
+    decode_key,
     make_lines,
     put_customer,
     put_endpoint,
 )
+from kinesis_helpers import kinesis_role, lines_of, make_stream, read_stream
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
 from logferry.spool.nats.spool import publish_refusal
@@ -42,7 +46,7 @@ from nats_helpers import (  # noqa: F401 - nats_server is a fixture
     recording_proxy,
 )
 from nats_spool_helpers import backend, settings
-from s3_helpers import make_s3_role, pending_uploads
+from s3_helpers import make_s3_role, pending_uploads, read_objects
 from service_helpers import NodeProcess, nats_owned, reap_all, wait_for
 
 MIB = 1024 * 1024
@@ -316,3 +320,197 @@ def test_a_paused_owner_writes_nothing_to_s3_or_kv_after_it_resumes(
         assert_exactly_once(found.lines, sent)
         for node in (d1, d2, ingester):
             assert node.terminate() == 0
+
+
+# -- must-show 8: everything killed, NATS restarted node by node; a 16 MiB request ---------
+
+KINESIS_IN_FLIGHT = 1
+KINESIS_DUP_BOUND = 2 * KINESIS_IN_FLIGHT * 500
+"""docs/reliability.md: Kinesis duplicates after a kill ≤ 2 × max_in_flight_calls × 500."""
+
+
+def put_more_endpoint(serve: NodeProcess, customer: str, name: str, body: dict[str, Any]) -> None:
+    with serve.admin() as admin:
+        r = put_endpoint(admin, customer, name, body)
+        assert r.status_code == 201, r.text
+
+
+def sixteen_mib_body() -> bytes:
+    """Exactly 16 MiB (server.max_body_bytes' default) of ASCII lines, two of them over
+    1 MiB (NATS max_payload: they travel as continuation fragments)."""
+    rng = random.Random(29)
+
+    def line(size: int) -> bytes:
+        return rng.randbytes(size // 2).hex().encode()[: size - 1] + b"\n"
+
+    parts = [line(1_600_000)]
+    parts += [line(1000) for _ in range(6000)]
+    parts.append(line(1_300_000))
+    parts += [line(1000) for _ in range(6000)]
+    used = sum(map(len, parts))
+    parts.append(line(16 * MIB - used))
+    body = b"".join(parts)
+    assert len(body) == 16 * MIB and body.endswith(b"\n")
+    return body
+
+
+def test_a_16_mib_request_with_lines_over_1_mib_arrives_byte_identical(
+    emulator: Emulator,
+    nats_server: NatsCluster,  # noqa: F811
+    tmp_path: Path,
+    unique: Any,
+) -> None:
+    prefix = "BG" + unique("x")[-6:].upper()
+    ingester = nats_node(
+        emulator,
+        nats_server,
+        tmp_path,
+        "ingest-1",
+        "ingest",
+        prefix,
+        server={"max_line_bytes": "2MiB"},
+    ).start()
+    deliver = nats_node(emulator, nats_server, tmp_path, "deliver-1", "deliver", prefix).start()
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    s3_endpoint(ingester, customer, role.bucket, role.role_arn, file_max_bytes=64 * MIB)
+    wait_endpoint(deliver, customer)
+    body = sixteen_mib_body()
+    with ingester.admin() as admin:
+        r = admin.post(f"/v1/ingest/{customer}/s3", content=body, timeout=300)
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == body.count(b"\n")
+    wait_for(lambda: read_objects(emulator, role.bucket, "logs/"), timeout=300)
+    wait_for(lambda: pending_uploads(emulator, role.bucket) == [], timeout=120)
+    objects = read_objects(emulator, role.bucket, "logs/")
+    assert len(objects) == 1, sorted(objects)
+    [(key, obj)] = objects.items()
+    assert decode_key(key, obj.body) == body  # byte for byte, fragments joined
+    assert deliver.terminate() == 0
+    assert ingester.terminate() == 0
+
+
+@pytest.mark.slow
+def test_everything_killed_then_nats_restarted_node_by_node_resumes_from_the_kv_cursors(
+    emulator: Emulator, tmp_path: Path, unique: Any
+) -> None:
+    """kill -9 of every serve process under load, then of all three NATS servers; NATS
+    restarted one node at a time (each waited for), then the serve processes. Delivery goes on
+    from the KV cursors: every 202'd S3 line exactly once; Kinesis, where every line was
+    delivered before the kill, gets at most the documented bound of duplicates (a restart from
+    the start of the subject would deliver all of them again)."""
+    cluster = NatsCluster(tmp_path / "nats", nodes=3).start()
+    try:
+        prefix = "KA" + unique("x")[-6:].upper()
+
+        def make(name: str, role_: str) -> NodeProcess:
+            return nats_node(emulator, cluster, tmp_path, name, role_, prefix, replicas=3)
+
+        ingester = make("ingest-1", "ingest").start()
+        d1 = make("deliver-1", "deliver").start()
+        d2 = make("deliver-2", "deliver").start()
+        customer = unique("cust")
+        role = make_s3_role(emulator, unique, external_id=customer)
+        stream = make_stream(emulator, unique("stream"))
+        kinesis_arn = kinesis_role(emulator, unique("krole"), stream, customer)
+        s3_endpoint(ingester, customer, role.bucket, role.role_arn, file_max_bytes=4 * MIB)
+        put_more_endpoint(
+            ingester,
+            customer,
+            "kin",
+            {
+                "type": "kinesis",
+                "topic": stream.name,
+                "region": stream.region,
+                "iam_role": kinesis_arn,
+                "max_in_flight_calls": KINESIS_IN_FLIGHT,
+            },
+        )
+        for serve in (d1, d2):
+            wait_endpoint(serve, customer)
+        kin_sent: list[bytes] = []
+        with ingester.admin() as admin:
+            for i in range(10):
+                lines = make_lines(f"kin-{i}", 500, 100)
+                r = admin.post(f"/v1/ingest/{customer}/kin", content=body_of(lines))
+                assert r.status_code == 202, r.text
+                kin_sent += lines
+
+        def kinesis_lines() -> list[bytes]:
+            return lines_of(read_stream(emulator, stream))
+
+        wait_for(lambda: set(kinesis_lines()) >= set(kin_sent), timeout=180)
+        with Sender(ingester, customer, "s3") as sender:
+            wait_for(lambda: len(sender.acked) >= 20_000, timeout=180)
+            wait_for(lambda: bucket_content(emulator, role.bucket, "logs/").lines, timeout=120)
+            for serve in (ingester, d1, d2):
+                serve.kill9()
+        for node in cluster.nodes:
+            cluster.kill(node)
+        delivered_at_kill = sum(bucket_content(emulator, role.bucket, "logs/").lines.values())
+        began = time.monotonic()
+        for node in cluster.nodes:  # one at a time, each up before the next
+            cluster.start_node(node, wait=True, timeout=60)
+        nats_up = time.monotonic() - began
+        for serve in (ingester, d1, d2):
+            serve.start()
+        ready = time.monotonic() - began
+        acked = list(sender.acked)
+        acked += send(ingester, customer, "after", 5, 2_000)
+        wait_delivered(emulator, role.bucket, acked, timeout=300)
+        wait_for(lambda: pending_uploads(emulator, role.bucket) == [], timeout=120)
+        print(
+            f"kill-all: {len(sender.acked)} S3 lines 202'd before the kill, "
+            f"{delivered_at_kill} in the bucket at the kill; NATS back node by node in "
+            f"{nats_up:.1f} s, serve nodes ready {ready:.1f} s after the first NATS start"
+        )
+        found = bucket_content(emulator, role.bucket, "logs/").lines
+        assert all(found[line] == 1 for line in acked)  # nothing acknowledged lost or doubled
+        assert set(found) <= set(sender.sent) | set(acked)  # a cut request: at most once
+        assert max(found.values()) == 1
+        got = kinesis_lines()
+        duplicates = len(got) - len(set(got))
+        print(f"Kinesis after the kill-all: {duplicates} duplicates (bound {KINESIS_DUP_BOUND})")
+        assert set(got) == set(kin_sent)
+        assert duplicates <= KINESIS_DUP_BOUND
+        for serve in (ingester, d1, d2):
+            assert serve.terminate() == 0
+    finally:
+        cluster.stop()
+
+
+class Sender:
+    """Posts numbered 500-line requests to one node in a thread until stopped; keeps what got
+    a 202 and everything it sent (a request cut by a kill may or may not land)."""
+
+    def __init__(self, serve: NodeProcess, customer: str, tag: str) -> None:
+        self.serve, self.customer, self.tag = serve, customer, tag
+        self.acked: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.serve.admin() as client:
+            i = 0
+            while not self.stop.is_set():
+                lines = make_lines(f"{self.tag}-{i}", 500, 100)
+                i += 1
+                self.sent += lines
+                try:
+                    r = client.post(
+                        f"/v1/ingest/{self.customer}/s3", content=body_of(lines), timeout=30
+                    )
+                except httpx.HTTPError:
+                    time.sleep(0.1)  # the node is gone; the test stops this sender
+                    continue
+                if r.status_code == 202:
+                    self.acked += lines
+
+    def __enter__(self) -> Sender:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
