@@ -226,3 +226,147 @@ class KvRecorder:
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+# -- serve-level helpers of the proof tests (tests/test_nats_serve_proof.py) ----------------
+
+
+import httpx  # noqa: E402
+
+from e2e_helpers import body_of, bucket_content, make_lines, put_customer, put_endpoint  # noqa: E402
+from service_helpers import nats_owned, wait_for  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def s3_endpoint(
+    serve: NodeProcess, customer: str, bucket: str, role_arn: str, **fields: Any
+) -> None:
+    """A customer and its S3 endpoint "s3" through `serve`'s API (files of 1 MiB unless
+    `fields` say otherwise)."""
+    with serve.admin() as admin:
+        put_customer(admin, customer)
+        body = {
+            "type": "s3",
+            "bucket_name": bucket,
+            "iam_role": role_arn,
+            "path": "logs/",
+            "period": 3600,
+            "file_max_bytes": MIB,
+            **fields,
+        }
+        r = put_endpoint(admin, customer, "s3", body)
+        assert r.status_code == 201, r.text
+
+
+def wait_endpoint(serve: NodeProcess, customer: str) -> None:
+    """Until the registry watch brought the endpoint to `serve`."""
+    with serve.admin() as admin:
+        wait_for(
+            lambda: admin.get(f"/v1/customers/{customer}/endpoints/s3").status_code == 200,
+            timeout=30,
+        )
+
+
+def wait_delivered(emulator: Emulator, bucket: str, acked: list[bytes], timeout: float) -> None:
+    want = set(acked)
+    wait_for(lambda: want <= set(bucket_content(emulator, bucket, "logs/").lines), timeout=timeout)
+
+
+def send(serve: NodeProcess, customer: str, tag: str, requests: int, lines: int) -> list[bytes]:
+    """`requests` requests of `lines` 100-byte lines to `serve`; each must get its 202."""
+    sent: list[bytes] = []
+    with serve.admin() as admin:
+        for i in range(requests):
+            batch = make_lines(f"{tag}-{i}", lines, 100)
+            r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(batch), timeout=120)
+            assert r.status_code == 202, r.text
+            sent += batch
+    return sent
+
+
+def owner_of(a: NodeProcess, b: NodeProcess) -> tuple[NodeProcess, NodeProcess]:
+    """(the delivery node that owns the one endpoint, the other one)."""
+    found: tuple[NodeProcess, NodeProcess] = wait_for(
+        lambda: (a, b) if nats_owned(a) == 1 else (b, a) if nats_owned(b) == 1 else None,
+        timeout=60,
+    )
+    return found
+
+
+def put_more_endpoint(serve: NodeProcess, customer: str, name: str, body: dict[str, Any]) -> None:
+    with serve.admin() as admin:
+        r = put_endpoint(admin, customer, name, body)
+        assert r.status_code == 201, r.text
+
+
+class Sender:
+    """Posts numbered 500-line requests to one node in a thread until stopped; keeps what got
+    a 202 and everything it sent (a request cut by a kill may or may not land)."""
+
+    def __init__(self, serve: NodeProcess, customer: str, tag: str) -> None:
+        self.serve, self.customer, self.tag = serve, customer, tag
+        self.acked: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.serve.admin() as client:
+            i = 0
+            while not self.stop.is_set():
+                lines = make_lines(f"{self.tag}-{i}", 500, 100)
+                i += 1
+                self.sent += lines
+                try:
+                    r = client.post(
+                        f"/v1/ingest/{self.customer}/s3", content=body_of(lines), timeout=30
+                    )
+                except httpx.HTTPError:
+                    time.sleep(0.1)  # the node is gone; the test stops this sender
+                    continue
+                if r.status_code == 202:
+                    self.acked += lines
+
+    def __enter__(self) -> Sender:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+class Poster:
+    """Posts `lines`-line requests for one customer in a thread (every `pause` seconds until
+    stopped); keeps each answer's status and Retry-After, and the lines that got a 202."""
+
+    def __init__(
+        self, serve: NodeProcess, customer: str, lines: int, pause: float, *, stop: threading.Event
+    ) -> None:
+        self.serve, self.customer, self.lines, self.pause = serve, customer, lines, pause
+        self.answers: list[tuple[int, str | None]] = []
+        self.acked: list[bytes] = []
+        self.acked_bytes = 0
+        self.bytes_before_first_429: int | None = None
+        self.stop = stop
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.serve.admin() as client:
+            i = 0
+            while not self.stop.is_set():
+                batch = make_lines(f"{self.customer}-{i}", self.lines, 100)
+                i += 1
+                body = body_of(batch)
+                r = client.post(f"/v1/ingest/{self.customer}/s3", content=body, timeout=60)
+                self.answers.append((r.status_code, r.headers.get("Retry-After")))
+                if r.status_code == 202:
+                    self.acked += batch
+                    self.acked_bytes += len(body)
+                elif r.status_code == 429 and self.bytes_before_first_429 is None:
+                    self.bytes_before_first_429 = self.acked_bytes
+                self.stop.wait(self.pause)
+
+    def statuses(self) -> set[int]:
+        return {status for status, _ in self.answers}

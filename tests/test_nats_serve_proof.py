@@ -31,8 +31,6 @@ from e2e_helpers import (
     bucket_content,
     decode_key,
     make_lines,
-    put_customer,
-    put_endpoint,
 )
 from kinesis_helpers import kinesis_role, lines_of, make_stream, read_stream
 from logferry.local.emulator import Emulator
@@ -40,78 +38,30 @@ from logferry.local.nats_cluster import NatsCluster
 from logferry.spool.nats.spool import publish_refusal
 from logferry.spool.nats.wire import H_ID
 from nats_helpers import (  # noqa: F401 - nats_server is a fixture
+    MIB,
     KvRecorder,
+    Poster,
+    Sender,
     nats_node,
     nats_server,
+    owner_of,
     proxied_nats_node,
+    put_more_endpoint,
     recording_proxy,
+    s3_endpoint,
+    send,
+    wait_delivered,
+    wait_endpoint,
 )
 from nats_spool_helpers import backend, settings
 from s3_helpers import make_s3_role, pending_uploads, read_objects
 from service_helpers import NodeProcess, nats_owned, reap_all, wait_for
-
-MIB = 1024 * 1024
 
 
 @pytest.fixture(autouse=True)
 def _no_server_left_behind() -> Iterator[None]:
     yield
     reap_all()
-
-
-def s3_endpoint(
-    serve: NodeProcess, customer: str, bucket: str, role_arn: str, **fields: Any
-) -> None:
-    """A customer and its S3 endpoint "s3" through `serve`'s API (files of 1 MiB unless
-    `fields` say otherwise)."""
-    with serve.admin() as admin:
-        put_customer(admin, customer)
-        body = {
-            "type": "s3",
-            "bucket_name": bucket,
-            "iam_role": role_arn,
-            "path": "logs/",
-            "period": 3600,
-            "file_max_bytes": MIB,
-            **fields,
-        }
-        r = put_endpoint(admin, customer, "s3", body)
-        assert r.status_code == 201, r.text
-
-
-def wait_endpoint(serve: NodeProcess, customer: str) -> None:
-    """Until the registry watch brought the endpoint to `serve`."""
-    with serve.admin() as admin:
-        wait_for(
-            lambda: admin.get(f"/v1/customers/{customer}/endpoints/s3").status_code == 200,
-            timeout=30,
-        )
-
-
-def wait_delivered(emulator: Emulator, bucket: str, acked: list[bytes], timeout: float) -> None:
-    want = set(acked)
-    wait_for(lambda: want <= set(bucket_content(emulator, bucket, "logs/").lines), timeout=timeout)
-
-
-def send(serve: NodeProcess, customer: str, tag: str, requests: int, lines: int) -> list[bytes]:
-    """`requests` requests of `lines` 100-byte lines to `serve`; each must get its 202."""
-    sent: list[bytes] = []
-    with serve.admin() as admin:
-        for i in range(requests):
-            batch = make_lines(f"{tag}-{i}", lines, 100)
-            r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(batch), timeout=120)
-            assert r.status_code == 202, r.text
-            sent += batch
-    return sent
-
-
-def owner_of(a: NodeProcess, b: NodeProcess) -> tuple[NodeProcess, NodeProcess]:
-    """(the delivery node that owns the one endpoint, the other one)."""
-    found: tuple[NodeProcess, NodeProcess] = wait_for(
-        lambda: (a, b) if nats_owned(a) == 1 else (b, a) if nats_owned(b) == 1 else None,
-        timeout=60,
-    )
-    return found
 
 
 # -- defect a: a transient publish answer is retried with the same Nats-Msg-Id --------------
@@ -330,12 +280,6 @@ KINESIS_DUP_BOUND = 2 * KINESIS_IN_FLIGHT * 500
 """docs/reliability.md: Kinesis duplicates after a kill ≤ 2 × max_in_flight_calls × 500."""
 
 
-def put_more_endpoint(serve: NodeProcess, customer: str, name: str, body: dict[str, Any]) -> None:
-    with serve.admin() as admin:
-        r = put_endpoint(admin, customer, name, body)
-        assert r.status_code == 201, r.text
-
-
 def sixteen_mib_body() -> bytes:
     """Exactly 16 MiB (server.max_body_bytes' default) of ASCII lines, two of them over
     1 MiB (NATS max_payload: they travel as continuation fragments)."""
@@ -480,83 +424,12 @@ def test_everything_killed_then_nats_restarted_node_by_node_resumes_from_the_kv_
         cluster.stop()
 
 
-class Sender:
-    """Posts numbered 500-line requests to one node in a thread until stopped; keeps what got
-    a 202 and everything it sent (a request cut by a kill may or may not land)."""
-
-    def __init__(self, serve: NodeProcess, customer: str, tag: str) -> None:
-        self.serve, self.customer, self.tag = serve, customer, tag
-        self.acked: list[bytes] = []
-        self.sent: list[bytes] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self.serve.admin() as client:
-            i = 0
-            while not self.stop.is_set():
-                lines = make_lines(f"{self.tag}-{i}", 500, 100)
-                i += 1
-                self.sent += lines
-                try:
-                    r = client.post(
-                        f"/v1/ingest/{self.customer}/s3", content=body_of(lines), timeout=30
-                    )
-                except httpx.HTTPError:
-                    time.sleep(0.1)  # the node is gone; the test stops this sender
-                    continue
-                if r.status_code == 202:
-                    self.acked += lines
-
-    def __enter__(self) -> Sender:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(60)
-
-
 # -- must-show 7: one tenant floods with its role denied; the others are unaffected --------
 
 FLOOD_QUOTA = 2 * MIB
 
 
-class Poster:
-    """Posts `lines`-line requests for one customer in a thread (every `pause` seconds until
-    stopped); keeps each answer's status and Retry-After, and the lines that got a 202."""
-
-    def __init__(
-        self, serve: NodeProcess, customer: str, lines: int, pause: float, *, stop: threading.Event
-    ) -> None:
-        self.serve, self.customer, self.lines, self.pause = serve, customer, lines, pause
-        self.answers: list[tuple[int, str | None]] = []
-        self.acked: list[bytes] = []
-        self.acked_bytes = 0
-        self.bytes_before_first_429: int | None = None
-        self.stop = stop
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self.serve.admin() as client:
-            i = 0
-            while not self.stop.is_set():
-                batch = make_lines(f"{self.customer}-{i}", self.lines, 100)
-                i += 1
-                body = body_of(batch)
-                r = client.post(f"/v1/ingest/{self.customer}/s3", content=body, timeout=60)
-                self.answers.append((r.status_code, r.headers.get("Retry-After")))
-                if r.status_code == 202:
-                    self.acked += batch
-                    self.acked_bytes += len(body)
-                elif r.status_code == 429 and self.bytes_before_first_429 is None:
-                    self.bytes_before_first_429 = self.acked_bytes
-                self.stop.wait(self.pause)
-
-    def statuses(self) -> set[int]:
-        return {status for status, _ in self.answers}
-
-
+@pytest.mark.slow
 def test_a_tenant_flooding_with_its_role_denied_gets_429_alone(
     emulator: Emulator,
     nats_server: NatsCluster,  # noqa: F811
@@ -590,13 +463,12 @@ def test_a_tenant_flooding_with_its_role_denied_gets_429_alone(
     for serve in (*ingesters, deliver):
         for customer in (flooder, *quiet):
             wait_endpoint(serve, customer)
-    wait_for(
-        lambda: all(
-            serve.admin().get(f"/v1/customers/{flooder}").json()["spool_max_bytes"] == FLOOD_QUOTA
-            for serve in ingesters
-        ),
-        timeout=30,
-    )
+
+    def quota_on(serve: NodeProcess) -> int | None:
+        with serve.admin() as admin:
+            return admin.get(f"/v1/customers/{flooder}").json()["spool_max_bytes"]
+
+    wait_for(lambda: all(quota_on(serve) == FLOOD_QUOTA for serve in ingesters), timeout=30)
     stop = threading.Event()
     floods = [Poster(serve, flooder, 2_500, 0.0, stop=stop) for serve in ingesters]  # 250 KB
     others = [
