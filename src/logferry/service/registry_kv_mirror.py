@@ -35,8 +35,19 @@ START_RETRY_SECONDS = 30.0
 """How long start-up retries making the buckets while a fresh cluster elects its leaders."""
 
 
+RETRY_AFTER_SECONDS = 5
+"""The Retry-After a refused registry call suggests (a reconnect or an election takes 5–7 s)."""
+
+
 class RegistryUnavailable(LogferryError):
-    """NATS did not answer a registry read or write in time."""
+    """NATS did not answer a registry read or write in time, or the node has no connection:
+    nothing was written. The API answers 503 + Retry-After (`retry_after` seconds)."""
+
+    def __init__(
+        self, message: str, *, fix: str | None = None, retry_after: int = RETRY_AFTER_SECONDS
+    ) -> None:
+        super().__init__(message, fix=fix)
+        self.retry_after = retry_after
 
 
 def _enc(text: str) -> str:
@@ -98,7 +109,9 @@ class KvMirror:
         self._thread.start()
         try:
             self._call(
-                self._start(), timeout=self.connect_timeout + START_RETRY_SECONDS + CALL_TIMEOUT
+                self._start(),
+                timeout=self.connect_timeout + START_RETRY_SECONDS + CALL_TIMEOUT,
+                connected=False,
             )
         except BaseException:
             self.close()
@@ -177,7 +190,7 @@ class KvMirror:
         """Stop watching and disconnect; then close this node's SQLite."""
         if self._thread.is_alive():
             try:
-                self._call(self._close(), timeout=5)
+                self._call(self._close(), timeout=5, connected=False)
             except Exception:  # closing anyway
                 logger.debug("registry close", exc_info=True)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -204,7 +217,21 @@ class KvMirror:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT) -> T:
+    def _call(
+        self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT, *, connected: bool = True
+    ) -> T:
+        """Run `coro` on the registry's loop and wait. With `connected` (every registry call
+        after start-up) a node without a NATS connection refuses at once: nats-py would buffer
+        the request until the reconnect or the timeout, and the API caller would wait 10 s
+        for an answer that is known now."""
+        if connected and not self.connected:
+            coro.close()
+            raise RegistryUnavailable(
+                f"the registry is unavailable: this node has no connection to the NATS "
+                f"servers ({', '.join(self.servers)}); nothing was written",
+                fix=f"retry after {RETRY_AFTER_SECONDS} s; if it persists, check that "
+                "nats-server runs and spool.nats_url points at it",
+            )
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout)
@@ -212,7 +239,7 @@ class KvMirror:
             future.cancel()
             raise RegistryUnavailable(
                 f"the NATS servers ({', '.join(self.servers)}) did not answer a registry "
-                f"call within {timeout:g} s",
+                f"call within {timeout:g} s; nothing was written",
                 fix="check that nats-server runs and spool.nats_url points at it; retry",
             ) from None
         except LogferryError:

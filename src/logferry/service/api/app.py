@@ -19,6 +19,7 @@ from logferry.service.console_api import CONSOLE_DIR, console_router
 from logferry.service.endpoints import FieldError
 from logferry.service.ingest_route import problem
 from logferry.service.otlp import otlp_router
+from logferry.service.registry_kv_mirror import RegistryUnavailable
 from logferry.service.runtime import EndpointConflict, Service, UnknownEndpoint
 
 DOCS_CDN = "https://cdn.jsdelivr.net"
@@ -65,6 +66,13 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownEndpoint)
     async def _unknown(_: Request, exc: UnknownEndpoint) -> JSONResponse:
         return problem(404, exc.message, exc.fix)
+
+    @app.exception_handler(RegistryUnavailable)
+    async def _registry_down(_: Request, exc: RegistryUnavailable) -> JSONResponse:
+        # NATS unreachable or no quorum: a transient refusal, like ingest's 503 (never a 500)
+        response = problem(503, exc.message, exc.fix, retry_after=exc.retry_after)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,11 +2,13 @@
 
 Ingest (any node): `append` splits the request into messages (`wire.split_append`), publishes
 them in order on the backend's loop, retrying a part with the same `Nats-Msg-Id` while there is
-no leader (the stream's duplicate window drops a repeat), and returns only once every part has
-its PubAck: a quorum has it on disk (`sync_interval: always`). Nothing else is reported as
-success: no ack within `append_timeout_seconds` raises `NatsUnavailable`, a full stream
-`SpoolFull`. A failed multi-part append may leave its first parts stored; they are delivered,
-and the sender's retry sends them again (at-least-once, like a lost 202 locally).
+no leader or the server answers "not now" (`TRANSIENT_PUBLISH_ERRORS`, e.g. 10158 "duplicate
+message id is in process" after a timed-out try; the stream's duplicate window drops a repeat),
+and returns only once every part has its PubAck: a quorum has it on disk (`sync_interval:
+always`). Nothing else is reported as success: no ack within `append_timeout_seconds` raises
+`NatsUnavailable`, a full stream `SpoolFull`. A failed multi-part append may leave its first
+parts stored; they are delivered, and the sender's retry sends them again (at-least-once, like
+a lost 202 locally).
 
 Delivery (the owner only): `read` / `commit` / `wait_for_data_async` go through `SubjectLog`
 (reader.py); `commit` stores the cursor by compare-and-set on the endpoint's record, then
@@ -51,6 +53,30 @@ log = logging.getLogger(__name__)
 
 STREAM_FULL = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded" with discard=new
 CALL_TIMEOUT = 60.0
+TRANSIENT_PUBLISH_ERRORS = frozenset(
+    {
+        10008,  # JSClusterNotAvailErr (503): JetStream temporarily unavailable (election)
+        10158,  # JSStreamDuplicateMessageConflict (409): this Nats-Msg-Id is still being
+        #         proposed (our earlier try, timed out, is in the leader's Raft log)
+        10167,  # JSStreamTooManyRequests (429): the stream's ingest queue is full
+    }
+)
+"""JetStream publish answers below 500 that say "not now", not "never": retried with the
+same `Nats-Msg-Id` within the request's budget (the duplicate window makes a repeat harmless,
+so a retry cannot store a line twice). Every 5xx answer is retried too."""
+
+
+def publish_refusal(exc: nats.js.errors.APIError) -> str | None:
+    """How a publish's APIError ends: "full" (SpoolFull, 429), "refused" (503 at once: a
+    configuration problem no retry fixes), or None (transient: retry with the same id)."""
+    description = exc.description or ""
+    if "maximum bytes" in description or (exc.err_code == STREAM_FULL and not description):
+        return "full"
+    if exc.err_code in TRANSIENT_PUBLISH_ERRORS:
+        return None
+    if exc.code is not None and exc.code < 500 and exc.code != 429:
+        return "refused"
+    return None
 
 
 class NatsSpool:
@@ -197,15 +223,17 @@ class NatsSpool:
                 await js.publish(self.subject, data, timeout=min(left, 2.0), headers=headers)
                 return
             except nats.js.errors.APIError as exc:
-                if exc.err_code == STREAM_FULL or "maximum bytes" in (exc.description or ""):
+                verdict = publish_refusal(exc)
+                if verdict == "full":
                     raise SpoolFull(
                         f"stream {self.stream} is at its byte limit",
                         retry_after=5.0,
                         fix="Wait for delivery to catch up, or raise spool.max_bytes "
                         "(shared over the shards).",
                     ) from exc
-                if exc.code is not None and exc.code < 500 and exc.err_code != 10008:
+                if verdict == "refused":
                     raise NatsUnavailable(f"spool {self.name}: publish refused: {exc}") from exc
+                log.debug("spool %s: publish retry after %r", self.name, exc)
             except (TimeoutError, nats.errors.Error) as exc:
                 log.debug("spool %s: publish retry after %r", self.name, exc)
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
