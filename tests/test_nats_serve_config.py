@@ -113,6 +113,29 @@ def test_nats_fields_with_the_local_backend_are_refused(tmp_path: Path) -> None:
     assert "nats_url, shards only apply to backend" in message
 
 
+def test_a_body_limit_no_atomic_batch_can_hold_is_refused(tmp_path: Path) -> None:
+    """On NATS a request is one atomic batch of at most 1,000 messages (spool/nats/publish.py):
+    a body limit whose worst split needs more is named with its key and the largest that fits;
+    the same limit on the local spool is fine."""
+    server = {
+        "max_body_bytes": "1GiB",
+        "max_body_bytes_in_flight": 0,
+        "max_body_bytes_in_flight_per_source": 0,
+    }
+    path = tmp_path / "logferry.toml"
+    config = {"server": {"listen": f"127.0.0.1:{free_port()}", **server}}
+    config["spool"] = {"dir": str(tmp_path / "spool"), **NATS}
+    path.write_text(to_toml(config))
+    done = _serve(path, "--check", "--json")
+    assert done.returncode == 2, done.stdout + done.stderr
+    problems = _problems(done)
+    assert "atomic batch" in problems["server.max_body_bytes"]
+    assert "519151616 bytes or less" in problems["server.max_body_bytes"]
+    config["spool"] = {"dir": str(tmp_path / "spool")}
+    path.write_text(to_toml(config))
+    assert _serve(path, "--check").returncode == 0
+
+
 def test_help_names_the_roles() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "logferry.cli", "serve", "--help"],

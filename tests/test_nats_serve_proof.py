@@ -35,7 +35,7 @@ from e2e_helpers import (
 from kinesis_helpers import kinesis_role, lines_of, make_stream, read_stream
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
-from logferry.spool.nats.spool import publish_refusal
+from logferry.spool.nats.publish import publish_refusal
 from logferry.spool.nats.wire import H_ID
 from nats_helpers import (  # noqa: F401 - nats_server is a fixture
     MIB,
@@ -114,6 +114,8 @@ def test_a_publish_answered_10158_is_retried_with_the_same_id_and_stored_once(
         (503, 10077, "maximum bytes exceeded", "full"),
         (400, 10054, "message size exceeds maximum allowed", "refused"),
         (404, 10059, "stream not found", "refused"),
+        (400, 10201, "atomic publish batch contains duplicate message id", "stored"),
+        (400, 10176, "atomic publish batch is incomplete", None),
     ],
 )
 def test_publish_answers_are_classified_by_what_a_retry_can_change(

@@ -72,7 +72,31 @@ def check_config(
     problems += _files(cfg, spool=spool)
     problems += _customers(cfg, state)
     problems += _listeners(cfg, state)
+    problems += _nats_batches(cfg)
     return problems
+
+
+def _nats_batches(cfg: ServiceConfig) -> list[ConfigProblem]:
+    """On NATS one request is one atomic batch (spool/nats/publish.py): the server caps a
+    batch at 1,000 messages, so the largest body must fit in that many."""
+    if cfg.spool.backend != "nats":
+        return []
+    from logferry.spool.nats.publish import MAX_BATCH_MESSAGES, most_parts
+    from logferry.spool.nats.settings import NatsSpoolSettings
+
+    body = int(cfg.server.max_body_bytes)
+    message = NatsSpoolSettings.model_fields["max_message_bytes"].default
+    if most_parts(body, message) <= MAX_BATCH_MESSAGES:
+        return []
+    largest = (MAX_BATCH_MESSAGES - 1) // 2 * message
+    return [
+        ConfigProblem(
+            "server.max_body_bytes",
+            f'{body} bytes is too large for spool.backend = "nats": a request is stored as one '
+            f"JetStream atomic batch, at most {MAX_BATCH_MESSAGES} messages of {message} bytes",
+            f"Lower it to {largest} bytes or less (the default, 16MiB, fits).",
+        )
+    ]
 
 
 def raise_if_invalid(source: str, problems: list[ConfigProblem]) -> None:

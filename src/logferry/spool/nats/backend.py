@@ -202,6 +202,7 @@ class NatsBackend:
             discard=DiscardPolicy.NEW,
             max_bytes=s.shard_max_bytes,
             allow_direct=True,
+            allow_atomic=True,  # a multi-part append is one atomic batch (publish.py)
             duplicate_window=s.duplicate_window_seconds,
             max_msg_size=s.max_message_bytes + HEADER_HEADROOM,
         )

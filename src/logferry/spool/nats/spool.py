@@ -1,14 +1,13 @@
 """`NatsSpool`: one endpoint's queue on JetStream, implementing `spool.base.Spool`.
 
-Ingest (any node): `append` splits the request into messages (`wire.split_append`), publishes
-them in order on the backend's loop, retrying a part with the same `Nats-Msg-Id` while there is
-no leader or the server answers "not now" (`TRANSIENT_PUBLISH_ERRORS`, e.g. 10158 "duplicate
-message id is in process" after a timed-out try; the stream's duplicate window drops a repeat),
-and returns only once every part has its PubAck: a quorum has it on disk (`sync_interval:
-always`). Nothing else is reported as success: no ack within `append_timeout_seconds` raises
-`NatsUnavailable`, a full stream `SpoolFull`. A failed multi-part append may leave its first
-parts stored; they are delivered, and the sender's retry sends them again (at-least-once, like
-a lost 202 locally).
+Ingest (any node): `append` splits the request into messages (`wire.split_append`) and
+publishes them on the backend's loop as one append (`publish.AppendPublisher`): one message, or
+an atomic batch that JetStream stores whole or not at all, so a failed append leaves nothing
+behind for the sender's retry to duplicate. A try that gets no answer, or "not now"
+(`publish.TRANSIENT_PUBLISH_ERRORS`), is sent again with the same `Nats-Msg-Id`s (the stream's
+duplicate window drops a repeat). `append` returns only once the append has its PubAck: a quorum
+has it on disk (`sync_interval: always`). Nothing else is reported as success: no ack within
+`append_timeout_seconds` raises `NatsUnavailable`, a full stream `SpoolFull`.
 
 Delivery (the owner only): `read` / `commit` / `wait_for_data_async` go through `SubjectLog`
 (reader.py); `commit` stores the cursor by compare-and-set on the endpoint's record, then
@@ -33,6 +32,7 @@ from logferry.spool.chunk import Chunk
 from logferry.spool.errors import Quarantined, SpoolClosed, SpoolCorrupt, SpoolError, SpoolFull
 from logferry.spool.format import validate_chunk_data
 from logferry.spool.nats.errors import NatsUnavailable, SpoolFenced
+from logferry.spool.nats.publish import AppendPublisher
 from logferry.spool.nats.reader import SubjectLog
 from logferry.spool.nats.wire import (
     H_ACC,
@@ -51,32 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STREAM_FULL = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded" with discard=new
 CALL_TIMEOUT = 60.0
-TRANSIENT_PUBLISH_ERRORS = frozenset(
-    {
-        10008,  # JSClusterNotAvailErr (503): JetStream temporarily unavailable (election)
-        10158,  # JSStreamDuplicateMessageConflict (409): this Nats-Msg-Id is still being
-        #         proposed (our earlier try, timed out, is in the leader's Raft log)
-        10167,  # JSStreamTooManyRequests (429): the stream's ingest queue is full
-    }
-)
-"""JetStream publish answers below 500 that say "not now", not "never": retried with the
-same `Nats-Msg-Id` within the request's budget (the duplicate window makes a repeat harmless,
-so a retry cannot store a line twice). Every 5xx answer is retried too."""
-
-
-def publish_refusal(exc: nats.js.errors.APIError) -> str | None:
-    """How a publish's APIError ends: "full" (SpoolFull, 429), "refused" (503 at once: a
-    configuration problem no retry fixes), or None (transient: retry with the same id)."""
-    description = exc.description or ""
-    if "maximum bytes" in description or (exc.err_code == STREAM_FULL and not description):
-        return "full"
-    if exc.err_code in TRANSIENT_PUBLISH_ERRORS:
-        return None
-    if exc.code is not None and exc.code < 500 and exc.code != 429:
-        return "refused"
-    return None
 
 
 class NatsSpool:
@@ -194,10 +169,9 @@ class NatsSpool:
                     fut.set_result(None)
 
     async def _send(self, data: bytes, accepted: float) -> None:
-        s = self.backend.settings
         request = self.backend.next_request_id()
-        deadline = time.monotonic() + s.append_timeout_seconds
-        for i, part in enumerate(split_append(data, s.max_message_bytes)):
+        messages = []
+        for i, part in enumerate(split_append(data, self.backend.settings.max_message_bytes)):
             headers = {
                 H_ID: f"{request}:{i}",
                 H_SIZE: str(part.size),
@@ -207,37 +181,19 @@ class NatsSpool:
             }
             if part.frag is not None:
                 headers[H_FRAG] = part.frag
-            await self._publish_part(part.data, headers, deadline)
+            messages.append((part.data, headers))
+        await self._publisher().publish(messages, request)
 
-    async def _publish_part(self, data: bytes, headers: dict[str, str], deadline: float) -> None:
-        js = self.backend.js
-        delay = 0.1
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise NatsUnavailable(
-                    f"spool {self.name}: no quorum ack from stream {self.stream} within "
-                    f"{self.backend.settings.append_timeout_seconds:g}s; nothing acknowledged"
-                )
-            try:
-                await js.publish(self.subject, data, timeout=min(left, 2.0), headers=headers)
-                return
-            except nats.js.errors.APIError as exc:
-                verdict = publish_refusal(exc)
-                if verdict == "full":
-                    raise SpoolFull(
-                        f"stream {self.stream} is at its byte limit",
-                        retry_after=5.0,
-                        fix="Wait for delivery to catch up, or raise spool.max_bytes "
-                        "(shared over the shards).",
-                    ) from exc
-                if verdict == "refused":
-                    raise NatsUnavailable(f"spool {self.name}: publish refused: {exc}") from exc
-                log.debug("spool %s: publish retry after %r", self.name, exc)
-            except (TimeoutError, nats.errors.Error) as exc:
-                log.debug("spool %s: publish retry after %r", self.name, exc)
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 1.0)
+    def _publisher(self) -> AppendPublisher:
+        """Bound to the backend's current connection (it is replaced on a reconnect)."""
+        return AppendPublisher(
+            self.backend.nc,
+            self.backend.js,
+            self.subject,
+            name=self.name,
+            stream=self.stream,
+            append_timeout=self.backend.settings.append_timeout_seconds,
+        )
 
     # -- delivery ----------------------------------------------------------------------------
 
