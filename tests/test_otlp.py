@@ -523,6 +523,8 @@ def test_spool_full_answers_429_with_retry_after(emulator: Emulator, tmp_path: P
         assert int(refused.headers["Retry-After"]) >= 1
         status = pb_status(refused)
         assert status.code == code_pb2.RESOURCE_EXHAUSTED
+        # Names the limit it hit and its figures, as /v1/ingest's 429 does.
+        assert "is full (" in status.message and " bytes)" in status.message, status.message
         info = error_details_pb2.RetryInfo()
         assert status.details[0].Unpack(info)
         assert info.retry_delay.seconds == int(refused.headers["Retry-After"])

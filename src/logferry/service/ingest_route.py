@@ -85,6 +85,15 @@ def too_many(message: str, wait: float, fix: str) -> JSONResponse:
     return response
 
 
+def over_quota(exc: SpoolFull) -> JSONResponse:
+    """429 for a byte limit (a customer's quota, the spool's), with its Retry-After."""
+    return too_many(
+        f"{exc.message}; nothing of this request was kept",
+        exc.retry_after,
+        "wait for delivery to catch up",
+    )
+
+
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
 
@@ -216,11 +225,7 @@ async def ingest_request(
             if not isinstance(exc, SpoolFull):
                 raise
             service.metrics.ingest_rejected.labels("spool_full").inc()
-            return too_many(
-                f"{exc.message}; nothing of this request was kept",
-                exc.retry_after,
-                "wait for delivery to catch up",
-            )
+            return over_quota(exc)
     adjusted = service.metrics.ingest_adjusted
     for kind, count in (
         ("empty_skipped", norm.empty_skipped),

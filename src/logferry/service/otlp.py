@@ -136,6 +136,12 @@ def otlp_router(service: Service, authorize: Callable[..., Any]) -> APIRouter:
         )
         return _status(429, message, encoding, retry_after=int(retry_after_header(wait)))
 
+    def spool_full(exc: SpoolFull, encoding: Encoding) -> Response:
+        rejected_requests.labels("spool_full").inc()
+        retry = max(1, round(exc.retry_after))
+        message = f"{exc.message}; nothing of this request was kept"
+        return _status(429, message, encoding, retry_after=retry)
+
     @router.post(
         "/v1/otlp/{customer_id}/{name}/v1/logs",
         summary="OTLP/HTTP logs: one JSON line per LogRecord; 200 only once they are durable.",
@@ -225,10 +231,7 @@ def otlp_router(service: Service, authorize: Callable[..., Any]) -> APIRouter:
                     return _status(503, message, encoding, retry_after=refusal.retry_after)
                 if not isinstance(exc, SpoolFull):
                     raise
-                rejected_requests.labels("spool_full").inc()
-                retry = max(1, round(exc.retry_after))
-                message = "the spool is full; nothing of this request was kept"
-                return _status(429, message, encoding, retry_after=retry)
+                return spool_full(exc, encoding)
         if norm.lines:
             records.labels(customer_id, name, "accepted").inc(norm.lines)
         if converted.rejected:
