@@ -49,6 +49,9 @@ TOKEN = "chaos-nats-full-customer-token-0123456789"
 S3_CALLS = ["PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"]
 REFUSALS = {"stream-max-bytes": {429, 507}, "server-disk": {503}}
 """What ingest may answer once the store is full (each with Retry-After); never 500."""
+CAUSE = {"stream-max-bytes": "is at its byte limit", "server-disk": "no space left on device"}
+"""What each refusal names: the stream's limit in its body; a full NATS disk as the fix in
+serve's log (a customer's body says only "retry later", the operator's log says why)."""
 SPOOL_MAX = {"stream-max-bytes": "8MiB", "server-disk": "12MiB"}
 """Over 2 shards: 4 MiB a stream (the limit that fills), or 6 MiB, which the 24 MiB disk
 holds until the neighbour takes it (nats-server reserves a stream's max_bytes against its
@@ -99,6 +102,7 @@ def test_full_jetstream_store_pushes_back_and_recovers(
         "shards": 2,
         "replicas": 1,
         "max_bytes": SPOOL_MAX[full],
+        "default_customer_share": 1,  # no tenant quota: the store itself must fill
     }
     size = rng.choice([150, 200, 300])
     with gated_proxy(emulator) as (proxy, gate):
@@ -135,7 +139,7 @@ def test_full_jetstream_store_pushes_back_and_recovers(
                 for _ in range(3):  # some acknowledged lines before the disk fills
                     assert send(client, "before", 1000) == 202, ledger.bodies[-1:]
                 filler = fill(nats_store.base_dir.parent, 256 * 1024)
-            for _ in range(200):  # below the customer's quota (a quarter of spool.max_bytes)
+            for _ in range(200):
                 send(client, "full", 2000 if full == "stream-max-bytes" else 1000)
                 if sum(n for code, n in statuses.items() if code != 202) >= 3:
                     break
@@ -144,6 +148,10 @@ def test_full_jetstream_store_pushes_back_and_recovers(
             assert refused, f"the store never filled: {statuses}"
             assert set(refused) <= REFUSALS[full], (statuses, ledger.bodies[-1][:500])
             assert "missing" not in retry_after, (retry_after, ledger.bodies[-1][:500])
+            if full == "stream-max-bytes":
+                assert all(CAUSE[full] in body for body in ledger.bodies), ledger.bodies
+            else:
+                assert CAUSE[full] in serve.logs(), serve.logs()[-3000:]
             tally.moments.update({f"Retry-After {v}": 1 for v in retry_after})
             if filler is not None:
                 filler.unlink()  # the neighbour gives its space back,
