@@ -26,7 +26,9 @@ NATS_SPOOL_KEYS = ("backend", "nats_url", "stream_prefix", "shards", "replicas")
 """The `[spool]` keys of the NATS backend (DESIGN §3, issue 29)."""
 
 LOCAL_SPOOL_ONLY = pytest.mark.parametrize("spool_backend", ["local"], indirect=True)
-"""For cases about the local spool's own files: one "local" row whatever `BACKENDS` holds."""
+"""For cases about the local spool's own files: one "local" row whatever `BACKENDS` holds.
+Their NATS analogues are cases of their own, NATS only: `test_nats_store_full.py` (stream
+max_bytes, server disk), `test_nats_quorum.py`, `test_nats_publish_kill.py`."""
 
 
 def nats_pending() -> str | None:

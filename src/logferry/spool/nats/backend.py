@@ -45,6 +45,9 @@ T = TypeVar("T")
 STREAM_EXISTS_DIFFERENT = 10058
 START_RETRY_SECONDS = 30.0
 """How long `start` keeps retrying stream creation while a fresh cluster elects its leaders."""
+QUORUM_FAILURES = 2
+"""JetStream probes in a row without an answer before this node reports not ready (one miss
+is a leader election)."""
 
 
 class NatsBackend:
@@ -77,6 +80,8 @@ class NatsBackend:
         self._js: JetStreamContext | None = None
         self._kvs: dict[str, KeyValue] = {}
         self._closed = False
+        self._quorum = True
+        """False while JetStream does not answer (no meta leader: a majority of servers gone)."""
         self.service_loop: asyncio.AbstractEventLoop | None = None
         self.ownership = Ownership(self)
         from logferry.spool.nats.provider import NatsSpoolProvider
@@ -117,9 +122,10 @@ class NatsBackend:
 
     @property
     def connected(self) -> bool:
-        """True while the connection is up (/readyz)."""
+        """True while the connection is up and JetStream answers (/readyz; ingest refuses with
+        503 at once otherwise): an open socket to the one server left of three is not enough."""
         nc = self._nc
-        return nc is not None and nc.is_connected and not self._closed
+        return nc is not None and nc.is_connected and not self._closed and self._quorum
 
     def next_request_id(self) -> str:
         with self._req_lock:
@@ -175,6 +181,32 @@ class NatsBackend:
         await self._retry(lambda: self.kv(s.endpoints_bucket), deadline)
         await self._retry(lambda: self.kv(s.nodes_bucket, ttl=s.lease_seconds), deadline)
         await self.ownership.start()
+        self._loop.create_task(self._watch_quorum())
+
+    async def _watch_quorum(self) -> None:
+        """Ask JetStream for the account's info every heartbeat: only a meta leader answers,
+        so QUORUM_FAILURES misses mean no majority (issue 30: /readyz stayed true and every
+        request waited append_timeout_seconds for its 503 with 2 of 3 servers gone)."""
+        misses = 0
+        while not self._closed:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            nc = self._nc
+            if nc is None or not nc.is_connected:
+                continue
+            try:
+                await self.js.account_info()
+            except (TimeoutError, nats.errors.Error) as exc:
+                misses += 1
+                if misses >= QUORUM_FAILURES and self._quorum:
+                    self._quorum = False
+                    log.warning(
+                        "nats %s: JetStream does not answer, not ready: %r", self.node_id, exc
+                    )
+                continue
+            misses = 0
+            if not self._quorum:
+                self._quorum = True
+                log.warning("nats %s: JetStream answers again, ready", self.node_id)
 
     async def _retry(self, make: Callable[[], Coroutine[Any, Any, Any]], deadline: float) -> None:
         while True:

@@ -87,6 +87,15 @@ def publish_refusal(exc: nats.js.errors.APIError) -> str | None:
     return None
 
 
+NO_ACK_FIX = (
+    "Check that a majority of the stream's replicas run and reach each other, and that no "
+    "nats-server is out of disk space for its JetStream store (its log says 'no space left on "
+    "device'; free space, then restart that nats-server); the sender retries."
+)
+"""No ack at all: a lost quorum, or a server that cannot write its store (it sends no answer
+then; tests/chaos/test_nats_store_full.py)."""
+
+
 class AppendPublisher:
     """Publishes appends of one spool (one subject) until acknowledged or out of time."""
 
@@ -124,7 +133,8 @@ class AppendPublisher:
             if left <= 0:
                 raise NatsUnavailable(
                     f"spool {self.name}: no quorum ack from stream {self.stream} within "
-                    f"{self.append_timeout:g}s; nothing acknowledged"
+                    f"{self.append_timeout:g}s; nothing acknowledged",
+                    fix=NO_ACK_FIX,
                 )
             try:
                 if len(messages) == 1:
