@@ -31,6 +31,7 @@ from logferry.service.config import ServerConfig
 from logferry.service.ingest_body import storage_refusal
 from logferry.service.otlp import OUTPUT_FLOOR_BYTES, output_limit
 from logferry.spool import SpoolBroken, SpoolClosed, SpoolFull
+from logferry.spool.nats import NatsUnavailable
 from test_ingest_serve_bounds import (
     DEPTH_LIMIT,
     EMPTY_MEMBER,
@@ -168,6 +169,8 @@ def test_storage_failures_map_to_503_or_507_with_retry_after() -> None:
         (os_error(errno.EIO), 503, "EIO"),
         (SpoolBroken("spool x stopped"), 503, "stopped after a storage error"),
         (SpoolClosed("spool x is closed"), 503, "being closed"),
+        (NatsUnavailable("NATS is unreachable"), 503, "nothing of this request was kept"),
+        (NatsUnavailable("no quorum ack", maybe_stored=True), 503, "may still store it"),
     ]
     for exc, status, text in cases:
         refusal = storage_refusal(exc)

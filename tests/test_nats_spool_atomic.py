@@ -11,11 +11,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import pytest
 
 from logferry.local.nats_cluster import NatsCluster
 from logferry.spool.errors import SpoolFull
-from logferry.spool.nats import NatsBackend
+from logferry.spool.nats import NatsBackend, NatsUnavailable
 from logferry.spool.nats.publish import (
     H_BATCH_ID,
     H_BATCH_SEQ,
@@ -154,3 +156,45 @@ def test_the_largest_body_fits_one_batch() -> None:
     assert len(split_append(data, message)) <= most_parts(len(data), message)
     over = (b"z" * message + b"\n") * 10  # each line two fragments
     assert len(split_append(over, message)) <= most_parts(len(over), message)
+
+
+class _Js:
+    """A JetStream context whose every publish ends the way `failure` says."""
+
+    def __init__(self, failure: BaseException) -> None:
+        self.failure = failure
+        self.tries = 0
+
+    async def publish(self, *_: Any, **__: Any) -> None:
+        self.tries += 1
+        raise self.failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "maybe_stored"),
+    [
+        (nats.errors.TimeoutError(), True),  # sent, never answered: may commit later
+        (nats.js.errors.APIError(code=409, err_code=10158, description="in process"), True),
+        (nats.errors.NoRespondersError(), False),  # no stream leader received it
+        (nats.js.errors.ServiceUnavailableError(code=503, err_code=10008), False),
+    ],
+)
+def test_an_unanswered_publish_says_it_may_still_be_stored(
+    failure: BaseException, maybe_stored: bool
+) -> None:
+    """The 503 after the append budget tells the sender the truth: a try that went out and
+    was never answered may still be stored when the quorum returns (the sender's retry may
+    then deliver it twice); refusals and tries nobody received may not."""
+    js = _Js(failure)
+    publisher = AppendPublisher(
+        None,  # type: ignore[arg-type]  # one message: only `js` is used
+        js,  # type: ignore[arg-type]
+        "lf.00.x",
+        name="x",
+        stream="LF_00",
+        append_timeout=0.3,
+    )
+    with pytest.raises(NatsUnavailable) as info:
+        asyncio.run(publisher.publish([(b"line\n", {H_ID: "r:0"})], "r"))
+    assert js.tries >= 2  # retried within the budget first
+    assert info.value.maybe_stored is maybe_stored

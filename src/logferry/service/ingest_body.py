@@ -107,7 +107,8 @@ _OPERATOR = "the vendor's operator must"
 @dataclass
 class StorageRefusal:
     """Why the spool could not take a request: HTTP `status` with a Retry-After of `retry_after`
-    seconds. Nothing of the request was stored, and what was acknowledged before stays."""
+    seconds. Nothing of the request was stored (except `spool_unconfirmed`: the message says
+    it may yet be), and what was acknowledged before stays."""
 
     status: int
     reason: str
@@ -169,6 +170,18 @@ def storage_refusal(exc: BaseException) -> StorageRefusal | None:
             "this endpoint's spool is being closed or reopened; nothing of this request was kept",
             "retry in a moment",
             1,
+        )
+    if isinstance(exc, SpoolError) and getattr(exc, "maybe_stored", False):
+        hint = getattr(exc, "retry_after", None)
+        return StorageRefusal(
+            503,
+            "spool_unconfirmed",
+            f"the spool did not confirm the request in time ({exc.message}); it is not "
+            "acknowledged, but the servers may still store it when they recover, so a retry "
+            "may deliver some of its lines twice",
+            f"retry later (at least once, as after a lost 202); {_OPERATOR} check that the "
+            "NATS servers have a quorum",
+            max(1, math.ceil(hint)) if isinstance(hint, int | float) else 30,
         )
     if isinstance(exc, SpoolError):
         hint = getattr(exc, "retry_after", None)  # NATS: a leader election takes 5-7 s

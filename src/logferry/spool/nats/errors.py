@@ -8,9 +8,19 @@ from logferry.spool.errors import SpoolError
 class NatsUnavailable(SpoolError):
     """No connection, no stream leader or no quorum ack in time: nothing was acknowledged.
 
-    `retry_after` is a hint for ingest's Retry-After (a leader election takes 5-7 s)."""
+    `retry_after` is a hint for ingest's Retry-After (a leader election takes 5-7 s).
+    `maybe_stored`: a try was sent and never answered, so the servers may still store it
+    when their quorum returns (the sender's retry may then deliver its lines twice); False
+    when nothing reached a server or every answer was a refusal."""
 
-    def __init__(self, message: str, *, fix: str | None = None, retry_after: float = 5.0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        fix: str | None = None,
+        retry_after: float = 5.0,
+        maybe_stored: bool = False,
+    ) -> None:
         super().__init__(
             message,
             fix=fix
@@ -18,6 +28,7 @@ class NatsUnavailable(SpoolError):
             "(a stream needs a majority of its replicas); the sender retries.",
         )
         self.retry_after = retry_after
+        self.maybe_stored = maybe_stored
 
 
 class SpoolFenced(SpoolError):

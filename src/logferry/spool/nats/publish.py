@@ -45,6 +45,7 @@ MAX_BATCH_MESSAGES = 1000
 STREAM_FULL = 10077  # JSStreamStoreFailedF: "maximum bytes exceeded" with discard=new
 ALREADY_STORED = 10201  # JSAtomicPublishContainsDuplicateMessageErr: an earlier try committed
 BATCH_TOO_LARGE = 10199  # JSAtomicPublishTooLargeBatchErrF
+IN_PROCESS = 10158  # JSStreamDuplicateMessageConflict: our earlier try is still being proposed
 TRANSIENT_PUBLISH_ERRORS = frozenset(
     {
         10008,  # JSClusterNotAvailErr (503): JetStream temporarily unavailable (election)
@@ -128,6 +129,7 @@ class AppendPublisher:
         deadline = time.monotonic() + self.append_timeout
         delay = 0.1
         attempt = 0
+        uncertain = False  # a try went out and its answer never came: it may still commit
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -135,6 +137,7 @@ class AppendPublisher:
                     f"spool {self.name}: no quorum ack from stream {self.stream} within "
                     f"{self.append_timeout:g}s; nothing acknowledged",
                     fix=NO_ACK_FIX,
+                    maybe_stored=uncertain,
                 )
             try:
                 if len(messages) == 1:
@@ -157,9 +160,15 @@ class AppendPublisher:
                         "(shared over the shards).",
                     ) from exc
                 if verdict == "refused":
-                    raise NatsUnavailable(f"spool {self.name}: publish refused: {exc}") from exc
+                    raise NatsUnavailable(
+                        f"spool {self.name}: publish refused: {exc}", maybe_stored=uncertain
+                    ) from exc
+                uncertain = uncertain or exc.err_code == IN_PROCESS
                 log.debug("spool %s: publish retry after %r", self.name, exc)
+            except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
+                log.debug("spool %s: publish retry after %r", self.name, exc)  # not received
             except (TimeoutError, nats.errors.Error) as exc:
+                uncertain = True  # sent, unanswered: a slow quorum may still store it
                 log.debug("spool %s: publish retry after %r", self.name, exc)
             attempt += 1
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
