@@ -52,6 +52,7 @@ __all__ = [
     "LoadResult",
     "ProcSampler",
     "Serve",
+    "add_spool_backend_option",
     "bodies_from_lines",
     "count_bucket_lines",
     "count_stream_records",
@@ -64,6 +65,7 @@ __all__ = [
     "post_bodies",
     "print_table",
     "serve_config",
+    "spool_backend",
     "start_emulator",
     "wait_until",
     "write_results",
@@ -821,3 +823,80 @@ def server_options(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+# ----------------------------------------------------------------------------- spool backend
+
+
+def add_spool_backend_option(parser: Any) -> None:
+    """`--spool-backend local|nats` and `--nats-shards N`: the same bench on either spool."""
+    parser.add_argument(
+        "--spool-backend",
+        choices=("local", "nats"),
+        default="local",
+        help="serve's [spool] backend: local (segmented files, the default) or nats (a "
+        "single loopback nats-server started by the bench, JetStream sync_interval always)",
+    )
+    parser.add_argument(
+        "--nats-shards",
+        type=int,
+        default=4,
+        help="--spool-backend nats: [spool] shards (streams); 4 GiB of stream per shard",
+    )
+
+
+@dataclass
+class SpoolBackend:
+    """What a bench merges into serve's `[spool]`, and the nats-server to sample (if any)."""
+
+    name: str
+    spool: dict[str, Any]
+    nats_pid: int | None = None
+    nats: Any = None
+    runs: int = 0
+
+    def spool_table(self, **fields: Any) -> dict[str, Any]:
+        """The `[spool]` extras of one serve run: a fresh stream prefix per call on NATS, so
+        runs against the same server never share streams (a serve restart on the same spool
+        reuses the table it got)."""
+        if self.name != "nats":
+            return {**self.spool, **fields}
+        self.runs += 1
+        return {**self.spool, "stream_prefix": f"B{os.getpid() % 10000}R{self.runs}", **fields}
+
+    def sampled(self) -> dict[str, int]:
+        """`{"nats": pid}` for ProcSampler when a nats-server runs (its CPU and RSS are part of
+        what the NATS backend costs), else {}."""
+        return {"nats": self.nats_pid} if self.nats_pid else {}
+
+
+@contextlib.contextmanager
+def spool_backend(name: str, workdir: Path, shards: int = 4) -> Iterator[SpoolBackend]:
+    """`local`: nothing to start. `nats`: one nats-server on loopback, JetStream with
+    `sync_interval: always` (an acknowledged publish is fsynced, as the local spool's appends
+    are), via logferry.local.nats_cluster; stopped on exit."""
+    if name == "local":
+        yield SpoolBackend("local", {})
+        return
+    from logferry.local.nats_cluster import NatsCluster
+
+    cluster = NatsCluster(Path(workdir) / "nats", nodes=1).start()
+    try:
+        node = cluster.nodes[0]
+        assert node.process is not None
+        yield SpoolBackend(
+            "nats",
+            {
+                "backend": "nats",
+                "nats_url": cluster.urls,
+                "shards": shards,
+                "replicas": 1,
+                # JetStream's limit is per stream (max_bytes / shards, discard new): one busy
+                # endpoint lives on one shard, so give each shard the local spool's 4 GiB.
+                "max_bytes": f"{4 * shards}GiB",
+            },
+            nats_pid=node.process.pid,
+            nats=cluster,
+        )
+    finally:
+        cluster.stop()
