@@ -138,6 +138,14 @@ def code_version() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_src": dirty}
 
 
+def _script_path() -> str:
+    """The running script relative to the repository (bench/peers/… too)."""
+    script = Path(sys.argv[0]).resolve()
+    if script.is_relative_to(REPO):
+        return str(script.relative_to(REPO))
+    return "bench/" + script.name
+
+
 def write_results(name: str, doc: dict[str, Any], machine: dict[str, Any]) -> Path:
     """bench/results/<name>.json with the machine, the exact command and the figures."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -147,7 +155,7 @@ def write_results(name: str, doc: dict[str, Any], machine: dict[str, Any]) -> Pa
     full = {
         "command": ("PYTHONPATH=" + shlex.quote(pythonpath) + " " if pythonpath else "")
         + ".venv/bin/python "
-        + shlex.join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        + shlex.join([_script_path(), *sys.argv[1:]]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine,
         "code": code_version(),
