@@ -440,6 +440,12 @@ class Serve(ServeProcess):
         workdir: Path,
         env: dict[str, str] | None = None,
     ) -> None:
+        # serve must run the logferry this bench imported: without PYTHONPATH the child would
+        # import the venv's editable install (/work/main/src, say) even when the bench runs
+        # from another worktree, and the figures would belong to other code.
+        env = dict(env or {})
+        if "PYTHONPATH" not in env and not os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = str(Path(sys.modules["logferry"].__file__ or "").parents[1])
         super().__init__(emulator, config, workdir, admin_token=ADMIN_TOKEN, env=env)
 
     def metrics(self) -> list[tuple[str, dict[str, str], float]]:

@@ -56,7 +56,7 @@ _UNHASHED = {"UNSIGNED-PAYLOAD", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"}
 def _exact(base: type[SigV4Auth], signed: list[str]) -> type[SigV4Auth]:
     """botocore's signer, but over exactly the headers the client listed (user-agent too)."""
 
-    class Exact(base):  # type: ignore[misc, valid-type]
+    class Exact(base):
         def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
             out = HTTPHeaders()
             for name, value in request.headers.items():
