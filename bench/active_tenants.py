@@ -26,6 +26,10 @@ exactly once is still checked.
     .venv/bin/python bench/active_tenants.py                      # 200 × 20 lines/s × 40 s, P 5
     .venv/bin/python bench/active_tenants.py --customers 1000 --period 30 --seconds 180 --senders 2
     .venv/bin/python bench/active_tenants.py --customers 200 --senders 2 --ingest-only
+    .venv/bin/python bench/active_tenants.py --senders 2 --spool-backend nats
+
+`--spool-backend nats`: serve's spool on a single loopback nats-server the bench starts
+(JetStream, `sync_interval: always`); its CPU and peak RSS are reported beside serve's.
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ from common import (
     Emulator,
     ProcSampler,
     Serve,
+    SpoolBackend,
     _decompress,
     add_server_option,
+    add_spool_backend_option,
     machine_info,
     make_s3_tenants,
     mib,
@@ -64,6 +70,7 @@ from common import (
     s3_tenant_customers,
     serve_config,
     server_options,
+    spool_backend,
     start_emulator,
     write_results,
 )
@@ -104,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with serve importing logferry from this src/ directory, e.g. a worktree at main",
     )
     add_server_option(p)
+    add_spool_backend_option(p)
     p.add_argument("--name", default="active_tenants", help="results file name")
     return p.parse_args(argv)
 
@@ -309,6 +317,7 @@ def run(
     tokens: dict[str, str],
     label: str,
     src: Path | None,
+    backend: SpoolBackend,
 ) -> dict[str, Any]:
     """One serve, one load, one count; objects under `<label>/`, lines tagged with `label`."""
     args.run = label
@@ -339,10 +348,13 @@ def run(
                 "max_connections_per_source": 0,
                 **server_options(args.server),
             },
+            spool=backend.spool_table(),
             log={"level": "warning"},
         )
         serve = Serve(emulator, config, workdir, env=env).spawn()
-        sampler = ProcSampler({"serve": serve.pid, "emulator": emulator.pid}, interval=0.1).start()
+        sampler = ProcSampler(
+            {"serve": serve.pid, "emulator": emulator.pid, **backend.sampled()}, interval=0.1
+        ).start()
         serve.wait_ready(timeout=300)
         time.sleep(2.0)
         ready_rss = read_rss(serve.pid)[0]
@@ -420,7 +432,16 @@ def run(
             "steady": sampler.window("emulator", t_send + warm, t_sent)["cpu_seconds"],
         }
         user_end, sys_end = read_cpu_split(serve.pid)
+        nats_cpu = (
+            {
+                "total": sampler.window("nats", t_send, t_done)["cpu_seconds"],
+                "steady": sampler.window("nats", t_send + warm, t_sent)["cpu_seconds"],
+            }
+            if backend.nats_pid
+            else None
+        )
         sampler.stop()
+        nats_peak = mib(sampler.peak_rss("nats")) if backend.nats_pid else None
         peak = sampler.peak_rss("serve")
         serve.terminate(timeout=700 if args.ingest_only else 90)
         serve = None
@@ -477,6 +498,14 @@ def run(
     requests = sum(sum(r["statuses"].values()) for r in results)
     send_seconds = t_sent - t_send
     return {
+        "spool_backend": backend.name,
+        "nats_cpu_seconds": nats_cpu,
+        "nats_cpu_us_per_line": round(
+            (nats_cpu or {}).get("total", 0) * 1e6 / max(1, sent_lines), 1
+        )
+        if nats_cpu
+        else None,
+        "nats_peak_rss_mib": nats_peak,
         "customers": args.customers,
         "period": args.period,
         "lines_per_customer_per_s": args.lines,
@@ -578,6 +607,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.ingest_only:
         args.period = 3600
     machine = machine_info()
+    with spool_backend(
+        args.spool_backend,
+        Path(tempfile.mkdtemp(prefix="logferry-bench-active-spool-")),
+        args.nats_shards,
+    ) as backend:
+        return _main(args, machine, backend)
+
+
+def _main(args: argparse.Namespace, machine: dict[str, Any], backend: SpoolBackend) -> int:
     emulator = start_emulator()
     try:
         note(f"provisioning {args.customers} customers (bucket + role each, role create code)")
@@ -589,19 +627,19 @@ def main(argv: list[str] | None = None) -> int:
             f"TENANT_TOKEN_{i}": f"tok-{tag}-{i:05d}-{uuid.uuid4().hex}"
             for i in range(len(tenants))
         }
-        doc = run(args, emulator, tenants, tokens, "new", None)
+        doc = run(args, emulator, tenants, tokens, "new", None, backend)
         doc["provision_seconds"] = provision_seconds
         if args.compare_src is not None:
             note(f"the same load against serve from {args.compare_src}")
-            doc["compare"] = run(args, emulator, tenants, tokens, "old", args.compare_src)
+            doc["compare"] = run(args, emulator, tenants, tokens, "old", args.compare_src, backend)
     finally:
         emulator.stop()
     path = write_results(args.name, doc, machine)
     lag = doc["lag_s"]
     rows: list[tuple[str, Any]] = [
         (
-            "customers × lines/s × s (period)",
-            f"{args.customers} × {args.lines} × {args.seconds} ({args.period} s)",
+            "customers × lines/s × s (period), spool",
+            f"{args.customers} × {args.lines} × {args.seconds} ({args.period} s), {backend.name}",
         ),
         (
             "box speed: Python loop CPU s / memcpy MB/s",
@@ -620,6 +658,17 @@ def main(argv: list[str] | None = None) -> int:
             doc["serve_steady_window"]["cpu_us_per_line"],
         ),
         ("  warm-up CPU s (activations + requests)", doc["serve_activation_cpu_seconds"]),
+        *(
+            [
+                (
+                    "nats-server CPU s (µs per line) / peak RSS MiB",
+                    f"{doc['nats_cpu_seconds']['total']} ({doc['nats_cpu_us_per_line']}) / "
+                    f"{doc['nats_peak_rss_mib']}",
+                )
+            ]
+            if doc["nats_cpu_seconds"]
+            else []
+        ),
         (
             "  user / system s",
             f"{doc['serve_cpu_user_seconds']} / {doc['serve_cpu_system_seconds']}",

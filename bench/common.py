@@ -52,6 +52,7 @@ __all__ = [
     "LoadResult",
     "ProcSampler",
     "Serve",
+    "add_spool_backend_option",
     "bodies_from_lines",
     "count_bucket_lines",
     "count_stream_records",
@@ -64,6 +65,7 @@ __all__ = [
     "post_bodies",
     "print_table",
     "serve_config",
+    "spool_backend",
     "start_emulator",
     "wait_until",
     "write_results",
@@ -136,6 +138,14 @@ def code_version() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_src": dirty}
 
 
+def _script_path() -> str:
+    """The running script relative to the repository (bench/peers/… too)."""
+    script = Path(sys.argv[0]).resolve()
+    if script.is_relative_to(REPO):
+        return str(script.relative_to(REPO))
+    return "bench/" + script.name
+
+
 def write_results(name: str, doc: dict[str, Any], machine: dict[str, Any]) -> Path:
     """bench/results/<name>.json with the machine, the exact command and the figures."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -145,7 +155,7 @@ def write_results(name: str, doc: dict[str, Any], machine: dict[str, Any]) -> Pa
     full = {
         "command": ("PYTHONPATH=" + shlex.quote(pythonpath) + " " if pythonpath else "")
         + ".venv/bin/python "
-        + shlex.join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        + shlex.join([_script_path(), *sys.argv[1:]]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine,
         "code": code_version(),
@@ -430,6 +440,12 @@ class Serve(ServeProcess):
         workdir: Path,
         env: dict[str, str] | None = None,
     ) -> None:
+        # serve must run the logferry this bench imported: without PYTHONPATH the child would
+        # import the venv's editable install (/work/main/src, say) even when the bench runs
+        # from another worktree, and the figures would belong to other code.
+        env = dict(env or {})
+        if "PYTHONPATH" not in env and not os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = str(Path(sys.modules["logferry"].__file__ or "").parents[1])
         super().__init__(emulator, config, workdir, admin_token=ADMIN_TOKEN, env=env)
 
     def metrics(self) -> list[tuple[str, dict[str, str], float]]:
@@ -821,3 +837,80 @@ def server_options(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+# ----------------------------------------------------------------------------- spool backend
+
+
+def add_spool_backend_option(parser: Any) -> None:
+    """`--spool-backend local|nats` and `--nats-shards N`: the same bench on either spool."""
+    parser.add_argument(
+        "--spool-backend",
+        choices=("local", "nats"),
+        default="local",
+        help="serve's [spool] backend: local (segmented files, the default) or nats (a "
+        "single loopback nats-server started by the bench, JetStream sync_interval always)",
+    )
+    parser.add_argument(
+        "--nats-shards",
+        type=int,
+        default=4,
+        help="--spool-backend nats: [spool] shards (streams); 4 GiB of stream per shard",
+    )
+
+
+@dataclass
+class SpoolBackend:
+    """What a bench merges into serve's `[spool]`, and the nats-server to sample (if any)."""
+
+    name: str
+    spool: dict[str, Any]
+    nats_pid: int | None = None
+    nats: Any = None
+    runs: int = 0
+
+    def spool_table(self, **fields: Any) -> dict[str, Any]:
+        """The `[spool]` extras of one serve run: a fresh stream prefix per call on NATS, so
+        runs against the same server never share streams (a serve restart on the same spool
+        reuses the table it got)."""
+        if self.name != "nats":
+            return {**self.spool, **fields}
+        self.runs += 1
+        return {**self.spool, "stream_prefix": f"B{os.getpid() % 10000}R{self.runs}", **fields}
+
+    def sampled(self) -> dict[str, int]:
+        """`{"nats": pid}` for ProcSampler when a nats-server runs (its CPU and RSS are part of
+        what the NATS backend costs), else {}."""
+        return {"nats": self.nats_pid} if self.nats_pid else {}
+
+
+@contextlib.contextmanager
+def spool_backend(name: str, workdir: Path, shards: int = 4) -> Iterator[SpoolBackend]:
+    """`local`: nothing to start. `nats`: one nats-server on loopback, JetStream with
+    `sync_interval: always` (an acknowledged publish is fsynced, as the local spool's appends
+    are), via logferry.local.nats_cluster; stopped on exit."""
+    if name == "local":
+        yield SpoolBackend("local", {})
+        return
+    from logferry.local.nats_cluster import NatsCluster
+
+    cluster = NatsCluster(Path(workdir) / "nats", nodes=1).start()
+    try:
+        node = cluster.nodes[0]
+        assert node.process is not None
+        yield SpoolBackend(
+            "nats",
+            {
+                "backend": "nats",
+                "nats_url": cluster.urls,
+                "shards": shards,
+                "replicas": 1,
+                # JetStream's limit is per stream (max_bytes / shards, discard new): one busy
+                # endpoint lives on one shard, so give each shard the local spool's 4 GiB.
+                "max_bytes": f"{4 * shards}GiB",
+            },
+            nats_pid=node.process.pid,
+            nats=cluster,
+        )
+    finally:
+        cluster.stop()

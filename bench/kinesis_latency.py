@@ -46,6 +46,7 @@ from common import (
     Emulator,
     MiB,
     Serve,
+    add_spool_backend_option,
     assumed_clients,
     loggen_bodies,
     machine_info,
@@ -54,6 +55,7 @@ from common import (
     post_bodies,
     print_table,
     serve_config,
+    spool_backend,
     start_emulator,
     write_results,
 )
@@ -83,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=3.0, help="not counted at a phase's start")
     p.add_argument("--no-quota", action="store_true", help="latency only, no shard quotas")
     p.add_argument("--serve-lines", type=int, default=0, help="also run logferry serve (N lines)")
+    add_spool_backend_option(p)  # the --serve-lines phase's spool
     p.add_argument("--name", default="kinesis_latency")
     return p.parse_args(argv)
 
@@ -330,13 +333,21 @@ def serve_phase(
     if args.max_in_flight is not None:
         endpoint["max_in_flight_calls"] = args.max_in_flight
     workdir = Path(tempfile.mkdtemp(prefix="kinesis-latency-serve-"))
-    config = serve_config(
-        emulator,
-        workdir,
-        aws={"endpoint_url": proxy_url},
-        customers=[{"id": CUSTOMER, "token_env": "BENCH_TOKEN", "endpoints": [endpoint]}],
-    )
-    serve = Serve(emulator, config, workdir, env={"BENCH_TOKEN": TOKEN}).start()
+    with spool_backend(args.spool_backend, workdir, args.nats_shards) as backend:
+        config = serve_config(
+            emulator,
+            workdir,
+            aws={"endpoint_url": proxy_url},
+            spool=backend.spool_table(),
+            customers=[{"id": CUSTOMER, "token_env": "BENCH_TOKEN", "endpoints": [endpoint]}],
+        )
+        serve = Serve(emulator, config, workdir, env={"BENCH_TOKEN": TOKEN}).start()
+        return _serve_load(serve, bodies, total, backend.name)
+
+
+def _serve_load(
+    serve: Serve, bodies: list[tuple[bytes, int]], total: int, backend: str
+) -> dict[str, Any]:
     try:
         load = post_bodies(f"{serve.url}/v1/ingest/{CUSTOMER}/kin", TOKEN, bodies, connections=2)
         if load.errors or load.accepted_lines != total:
@@ -351,6 +362,7 @@ def serve_phase(
     finally:
         serve.terminate()
     return {
+        "spool_backend": backend,
         "lines": total,
         "seconds": round(seconds, 2),
         "records_per_s": round(total / seconds),
@@ -463,7 +475,12 @@ def main(argv: list[str] | None = None) -> None:
             ("two endpoints: throttled after warm-up", two["throttled_after_warmup"]),
             ("quota proxy: records throttled (all phases)", proxy_stats["quota"]["throttled"]),
             *(
-                [("logferry serve, one endpoint, lines/s", results["serve"]["records_per_s"])]
+                [
+                    (
+                        f"logferry serve ({args.spool_backend} spool), one endpoint, lines/s",
+                        results["serve"]["records_per_s"],
+                    )
+                ]
                 if "serve" in results
                 else []
             ),

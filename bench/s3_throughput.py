@@ -15,7 +15,11 @@ Figures:
   the loader's CPU seconds too, since all three share this machine's cores.
 
     .venv/bin/python bench/s3_throughput.py [--lines 2000000] [--connections 4] [--body-mib 1]
-        [--period 5] [--codec gzip]
+        [--period 5] [--codec gzip] [--spool-backend local|nats]
+
+`--spool-backend nats` runs the same load with serve's spool on a single loopback nats-server
+(JetStream, `sync_interval: always`) that the bench starts; its CPU and peak RSS are reported
+beside serve's (both are what the NATS backend costs on this box).
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from common import (
     MiB,
     ProcSampler,
     Serve,
+    SpoolBackend,
     add_server_option,
+    add_spool_backend_option,
     count_bucket_lines,
     loggen_bodies,
     machine_info,
@@ -45,6 +51,7 @@ from common import (
     print_table,
     serve_config,
     server_options,
+    spool_backend,
     start_emulator,
     write_results,
 )
@@ -78,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "2026-12-01) or httpx (the loader of earlier figures; ~1 CPU s more on this box)",
     )
     add_server_option(p)
+    add_spool_backend_option(p)
     return p.parse_args(argv)
 
 
@@ -108,6 +116,21 @@ def run(
     note(f"{total_lines:,} lines, {total_bytes / 1e6:,.0f} MB in {len(bodies)} bodies")
 
     workdir = Path(tempfile.mkdtemp(prefix="logferry-bench-s3-"))
+    with spool_backend(args.spool_backend, workdir, args.nats_shards) as backend:
+        return _run(args, machine, bodies, workdir, backend, on_serve, on_done)
+
+
+def _run(
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    bodies: list[tuple[bytes, int]],
+    workdir: Path,
+    backend: SpoolBackend,
+    on_serve: Callable[[Serve], None] | None,
+    on_done: Callable[[Serve], dict[str, Any]] | None,
+) -> dict[str, Any]:
+    total_bytes = sum(len(b) for b, _ in bodies)
+    total_lines = sum(n for _, n in bodies)
     emulator = start_emulator()
     serve: Serve | None = None
     try:
@@ -127,11 +150,17 @@ def run(
             emulator,
             workdir,
             server={"delivery_threads": args.delivery_threads, **server_options(args.server)},
+            spool=backend.spool_table(),
             customers=[{"id": customer, "token_env": "BENCH_TOKEN", "endpoints": [endpoint]}],
         )
         serve = Serve(emulator, config, workdir, env={"BENCH_TOKEN": TOKEN}).start()
         sampler = ProcSampler(
-            {"serve": serve.pid, "emulator": emulator.pid, "loader": os.getpid()}
+            {
+                "serve": serve.pid,
+                "emulator": emulator.pid,
+                "loader": os.getpid(),
+                **backend.sampled(),
+            }
         ).start()
         idle_rss = sampler.window("serve")["last_rss_mib"]
         if on_serve is not None:
@@ -195,7 +224,9 @@ def run(
     loader_run = sampler.window("loader", load.first_request, load.last_202)
     bulk_serve = sampler.window("serve", load.first_request, load.last_202)
     busy_until = busy_until_s(sampler.samples["serve"], load.first_request, t_end)
+    nats_run = sampler.window("nats", load.first_request, t_end) if backend.nats_pid else {}
     figures = {
+        "spool_backend": backend.name,
         "lines": total_lines,
         "input_mb": round(total_bytes / 1e6, 1),
         "avg_line_bytes": round(total_bytes / total_lines, 1),
@@ -223,6 +254,8 @@ def run(
         "emulator_cpu_seconds": emu_run["cpu_seconds"],
         "emulator_peak_rss_mib": mib(sampler.peak_rss("emulator")),
         "loader_cpu_seconds": loader_run["cpu_seconds"],
+        "nats_cpu_seconds": nats_run.get("cpu_seconds"),
+        "nats_peak_rss_mib": mib(sampler.peak_rss("nats")) if backend.nats_pid else None,
         "http_statuses": load.statuses,
         "status_delivered_lines": status["lines"]["delivered"],
         "delivered_progress": [(round(t - load.first_request, 2), n) for t, n in progress][::4],
@@ -237,7 +270,7 @@ def run(
     path = write_results(args.name, figures, machine)
     print_table(
         f"S3 end to end ({args.codec}, {total_lines:,} lines, {args.connections} connections, "
-        f"period {args.period}s)",
+        f"period {args.period}s, {backend.name} spool)",
         [
             ("avg line bytes", figures["avg_line_bytes"]),
             ("bulk ingest lines/s", figures["bulk_lines_per_s"]),
@@ -258,6 +291,16 @@ def run(
             ),
             ("emulator CPU s", emu_run["cpu_seconds"]),
             ("loader CPU s", loader_run["cpu_seconds"]),
+            *(
+                [
+                    (
+                        "nats-server CPU s / peak RSS MiB",
+                        f"{nats_run.get('cpu_seconds')} / {figures['nats_peak_rss_mib']}",
+                    )
+                ]
+                if backend.nats_pid
+                else []
+            ),
             ("target >= 250,000 lines/s", figures["targets"]["e2e_lines_per_s>=250000"]),
             ("target RSS <= 256 MiB", figures["targets"]["serve_peak_rss<=256MiB"]),
         ],
@@ -277,6 +320,7 @@ MEDIAN_KEYS = (
     "serve_busy_until_s",
     "serve_peak_rss_mib",
     "serve_cpu_seconds",
+    "nats_cpu_seconds",
 )
 
 
