@@ -322,6 +322,9 @@ class KvRegistry(KvMirror):
     def load_stats(self, uid_prefix: str) -> dict[str, Any]:
         return self.local.load_stats(uid_prefix)
 
+    def saved_stats(self) -> dict[str, str]:
+        return self.local.saved_stats()
+
     def add_error(
         self, uid_prefix: str, code: str, message: str, fix: str | None, when: float | None = None
     ) -> None:

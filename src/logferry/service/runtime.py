@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,7 +35,7 @@ from logferry.service.fair_pool import FairPool
 from logferry.service.history import EndpointHistory
 from logferry.service.logs import log
 from logferry.service.metrics import Metrics
-from logferry.service.records import EndpointRecord
+from logferry.service.records import CustomerRecord, EndpointRecord
 from logferry.service.registry import StateStore
 from logferry.service.service_status import ServiceStatus
 from logferry.service.store import Store
@@ -157,6 +158,8 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
         """Stored endpoints that no longer validate: their spools are kept until they are
         fixed (PUT) or deleted; status shows `invalid` with the reason."""
         self.listeners: list[SyslogServer] = []
+        self._stats_at_start: dict[str, str] = {}
+        """Saved stats of endpoints whose worker has not been made yet (JSON text)."""
         self.stats_book = StatsBook()
         """Endpoint stats changed since the last batch save (see `_save_stats_loop`)."""
         self._stats_task: asyncio.Task[None] | None = None
@@ -169,8 +172,8 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
             broker=self.broker,
             aws_target=self.aws_target,
             state_root=self.state_dir,
-            get_customer=self.store.get_customer,
-            load_stats=self.store.load_stats,
+            get_customer=self._customer,
+            load_stats=self._load_stats,
             save_stats=self.store.save_stats,
             add_error=self.add_error_soon,
             stats=self.stats_book,
@@ -201,7 +204,22 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
         if start is not None:
             await asyncio.to_thread(start)
 
+    def _customer(self, customer_id: str) -> CustomerRecord | None:
+        """A worker's customer: from memory (every customer's record is applied at start and
+        on every change), SQLite only for one not seen yet — never a read on the event loop
+        for a customer's first request (docs/performance.md, cold start)."""
+        return self.customer_limits.get(customer_id) or self.store.get_customer(customer_id)
+
+    def _load_stats(self, uid: str) -> dict[str, Any]:
+        """A new worker's saved stats: those read in one query at start, once; after that
+        (a worker re-made after it idled) from SQLite."""
+        saved = self._stats_at_start.pop(uid, None)
+        if saved is not None:
+            return dict(json.loads(saved))
+        return self.store.load_stats(uid)
+
     async def start(self) -> None:
+        self._stats_at_start = await asyncio.to_thread(self.store.saved_stats)
         for record in self.store.list_endpoints():
             self._uid_customer[record.uid_prefix] = record.customer_id
             try:
@@ -430,7 +448,7 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
         """
         self.check_ingest()
         record, _ = self.endpoint(customer_id, name)
-        spool = self.spools.get(record.uid_prefix)
+        spool = self.spools.peek(record.uid_prefix)  # memory only: no file system on the loop
         if spool is None:  # opening may scan a segment after a crash: keep it off the loop
             spool = await asyncio.to_thread(self.spools.open, record.uid_prefix)
         chunk = await spool.append(data, lines, normalized=normalized)

@@ -455,6 +455,13 @@ class Store:
                 [(uid, json.dumps(stats)) for uid, stats in rows],
             )
 
+    def saved_stats(self) -> dict[str, str]:
+        """Every endpoint's saved stats as stored (JSON text), in one query: read once at
+        start so that no first request of an endpoint reads SQLite on the event loop."""
+        with self._reading() as db:
+            rows = db.execute("SELECT uid_prefix, stats FROM endpoint_stats").fetchall()
+        return {row["uid_prefix"]: row["stats"] for row in rows}
+
     def load_stats(self, uid_prefix: str) -> dict[str, Any]:
         with self._reading() as db:
             row = db.execute(

@@ -137,6 +137,11 @@ class SpoolProvider(Protocol):
         """The spool of `key` if it exists (in memory or stored), else None."""
         ...
 
+    def peek(self, key: str) -> Spool | None:
+        """The spool of `key` if it is open in memory, else None: never blocks (the event
+        loop's path; `open` in a thread when it is not)."""
+        ...
+
     def drop(self, key: str) -> None:
         """Delete the endpoint's spool and all its data (the endpoint was deleted)."""
         ...

@@ -221,6 +221,11 @@ class SpoolManager:
             self._crowded(spool)
         return spool
 
+    def peek(self, key: str) -> LocalSpool | None:
+        """The spool of `key` if it is in memory (no file-system call), else None."""
+        with self._mu:
+            return self._all.get(key)
+
     def get(self, key: str) -> LocalSpool | None:
         """The spool of `key` if it is in memory or has data on disk, else None."""
         with self._mu:
