@@ -121,6 +121,34 @@ def _deliver_and_check(
     assert pending_uploads(emulator, role.bucket) == []
 
 
+def test_every_accepted_line_is_pending_or_delivered_until_it_lands(
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
+) -> None:
+    """From the 202 until delivery, status counts every accepted line as pending or delivered
+    (a client, like wait_pending_zero, that sees 0 pending must be able to trust it), through
+    the moment a NATS node takes ownership of the new endpoint and indexes its subject."""
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    serve = _serve(emulator, tmp_path, spool_backend).start()
+    try:
+        with serve.admin() as admin:
+            put_customer(admin, customer)
+            endpoint = _s3_endpoint(role.bucket, role.role_arn, **CODECS["gzip"])
+            assert put_endpoint(admin, customer, "s3", endpoint).status_code == 201
+            sent = ingest(admin, customer, "s3", body_of(make_lines("r", 5_000)))
+            seen: list[dict[str, int]] = []
+            lines: dict[str, int] = {"delivered": 0}
+            deadline = time.monotonic() + 90
+            while lines["delivered"] < sent and time.monotonic() < deadline:
+                lines = status(admin, customer, "s3")["lines"]
+                seen.append(lines)
+                assert lines["pending"] + lines["delivered"] == sent, (len(seen), seen[-3:])
+            assert lines["delivered"] == sent, lines
+    finally:
+        assert serve.terminate() == 0
+    assert sum(bucket_content(emulator, role.bucket, "logs/").lines.values()) == sent
+
+
 @pytest.mark.parametrize("codec", sorted(CODECS))
 def test_request_larger_than_two_files_lands_exactly_once(
     emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any], codec: str
