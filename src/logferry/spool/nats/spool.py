@@ -75,6 +75,8 @@ class NatsSpool:
         self._appended_lines = 0
         self._charged = 0
         """Bytes this spool has charged to its budget (adjusted to the published backlog)."""
+        self._seen_backlog = self._backlog()
+        """The record's backlog when `_appended` last restarted from zero."""
         self._queue: deque[tuple[bytes, float, asyncio.Future[None]]] = deque()
         """Appends waiting for the publish in flight (backend loop only)."""
         self._flusher: asyncio.Task[None] | None = None
@@ -309,9 +311,16 @@ class NatsSpool:
         self.wake(0, value=False)
 
     def record_changed(self) -> None:
-        """The record changed (the owner published its backlog): what this spool charged to
-        its budget becomes the published backlog, so commits on any node free quota here."""
+        """The record changed. If the owner published a new backlog, what this spool charged
+        to its budget becomes it, so commits on any node free quota here. Other writes (a
+        takeover's owner and epoch, a cursor, a journal) leave the backlog, and so what this
+        node appended since, as it was: resetting then made status report 0 pending for lines
+        accepted before a new owner had indexed them."""
+        backlog = self._backlog()
         with self._mu:
+            if backlog == self._seen_backlog:
+                return
+            self._seen_backlog = backlog
             self._appended = 0
             self._appended_lines = 0
         budget = self._budget
