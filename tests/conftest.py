@@ -13,7 +13,6 @@ import skip_allowlist
 from backends import SPOOL_BACKENDS, drop_prefix, nats_spool_table, new_prefix
 from logferry.local.emulator import Emulator, start_emulator
 from logferry.local.nats_cluster import NatsCluster
-from service_helpers import reap_all
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,10 +46,7 @@ def spool_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster
         cluster.stop()
 
 
-@pytest.fixture(params=SPOOL_BACKENDS)
-def spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """The `[spool]` keys that select the backend: {} for "local"; for "nats" the session's
-    server and a stream prefix of this test's own, whose streams are dropped afterwards."""
+def _spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     if request.param == "local":
         yield {}
         return
@@ -59,5 +55,17 @@ def spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     cluster: NatsCluster = request.getfixturevalue("spool_nats")
     prefix = new_prefix()
     yield nats_spool_table(cluster.urls, prefix)
-    reap_all()  # no serve still using the streams
-    drop_prefix(cluster.urls, prefix)
+    drop_prefix(cluster.urls, prefix)  # a serve a failed test left running fails from here on
+
+
+@pytest.fixture(params=SPOOL_BACKENDS)
+def spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The `[spool]` keys that select the backend: {} for "local"; for "nats" the session's
+    server and a stream prefix of this test's own, whose streams are dropped afterwards."""
+    yield from _spool_backend(request)
+
+
+@pytest.fixture(scope="module", params=SPOOL_BACKENDS)
+def module_spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """`spool_backend` for a module-scoped serve (one stream prefix for the module)."""
+    yield from _spool_backend(request)
