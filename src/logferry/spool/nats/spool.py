@@ -337,6 +337,16 @@ class NatsSpool:
         backlog: dict[str, Any] = (doc or {}).get("backlog") or {}
         return int(backlog.get("bytes", 0)), int(backlog.get("lines", 0))
 
+    def _unpublished(self) -> tuple[int, int]:
+        """Bytes and lines this node appended on top of the backlog it last saw. None once
+        the record shows another backlog: this node's own publish is seen (`record`) before
+        the watch calls `record_changed`, and counting both showed twice the lines pending."""
+        backlog = self._backlog()
+        with self._mu:
+            if backlog != self._seen_backlog:
+                return 0, 0
+            return self._appended, self._appended_lines
+
     def _cursor(self) -> dict[str, Any]:
         doc = self.backend.ownership.record(self.name)
         return (doc or {}).get("cursor") or {"pos": 0, "line": 0}
@@ -369,14 +379,14 @@ class NatsSpool:
         log_ = self._indexed()
         if log_ is not None:
             return log_.end - log_.committed
-        return self._backlog()[0] + self._appended
+        return self._backlog()[0] + self._unpublished()[0]
 
     @property
     def pending_lines(self) -> int:
         log_ = self._indexed()
         if log_ is not None:
             return log_.end_line - log_.committed_line
-        return self._backlog()[1] + self._appended_lines
+        return self._backlog()[1] + self._unpublished()[1]
 
     def first_pending_accepted_at(self) -> float | None:
         log_ = self._log
