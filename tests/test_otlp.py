@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
+from backends import is_nats
 from logferry.ingest.otlp import (
     BadOtlpBody,
     UnsupportedContentType,
@@ -504,6 +505,9 @@ def _wait_count(senders: Senders, endpoint: str, count: int) -> list[bytes]:
 def test_spool_full_answers_429_with_retry_after(
     emulator: Emulator, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
+    # NATS: an endpoint's lines live in one stream of max_bytes / shards; one shard keeps the
+    # whole 2 MiB for it, as the local spool's directory does (docs/scale-out.md).
+    one_shard = {"shards": 1} if is_nats(spool_backend) else {}
     running = start_senders(
         emulator,
         tmp_path,
@@ -513,6 +517,7 @@ def test_spool_full_answers_429_with_retry_after(
             "segment_bytes": "256KiB",
             "default_customer_share": 1,
             **spool_backend,
+            **one_shard,
         },
         server={"max_body_bytes": "4MiB"},
         period=3600,

@@ -195,6 +195,7 @@ class NatsSpool:
             name=self.name,
             stream=self.stream,
             append_timeout=self.backend.settings.append_timeout_seconds,
+            max_bytes=self.backend.settings.shard_max_bytes,
         )
 
     # -- delivery ----------------------------------------------------------------------------
