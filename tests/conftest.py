@@ -1,14 +1,18 @@
-"""Shared fixtures: one patched emulator per test session (per xdist worker), unique names."""
+"""Shared fixtures: one patched emulator per test session (per xdist worker), unique names, and
+the spool backend the service's end-to-end tests run on (tests/backends.py)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 import skip_allowlist
+from backends import SPOOL_BACKENDS, drop_prefix, nats_spool_table, new_prefix
 from logferry.local.emulator import Emulator, start_emulator
+from logferry.local.nats_cluster import NatsCluster
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,3 +34,38 @@ def unique() -> Callable[[str], str]:
         return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def spool_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """One JetStream node on loopback per session (per xdist worker), started on first use."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("spool-nats"), nodes=1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    if request.param == "local":
+        yield {}
+        return
+    if request.param != "nats":
+        raise ValueError(f"unknown spool backend {request.param!r}")
+    cluster: NatsCluster = request.getfixturevalue("spool_nats")
+    prefix = new_prefix()
+    yield nats_spool_table(cluster.urls, prefix)
+    drop_prefix(cluster.urls, prefix)  # a serve a failed test left running fails from here on
+
+
+@pytest.fixture(params=SPOOL_BACKENDS)
+def spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The `[spool]` keys that select the backend: {} for "local"; for "nats" the session's
+    server and a stream prefix of this test's own, whose streams are dropped afterwards."""
+    yield from _spool_backend(request)
+
+
+@pytest.fixture(scope="module", params=SPOOL_BACKENDS)
+def module_spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """`spool_backend` for a module-scoped serve (one stream prefix for the module)."""
+    yield from _spool_backend(request)

@@ -54,8 +54,10 @@ def _no_server_left_behind():
     reap_all()
 
 
-def _serve(emulator: Emulator, tmp_path: Path, **server: Any) -> ServeProcess:
-    config = base_config(emulator, tmp_path / "spool", server={"idle_flush_seconds": 1, **server})
+def _serve(emulator: Emulator, tmp_path: Path, spool: dict[str, Any]) -> ServeProcess:
+    config = base_config(
+        emulator, tmp_path / "spool", server={"idle_flush_seconds": 1}, spool=spool
+    )
     return ServeProcess(emulator, config, tmp_path)
 
 
@@ -83,6 +85,7 @@ def _deliver_and_check(
     tmp_path: Path,
     bodies: list[list[bytes]],
     fields: dict[str, Any],
+    spool: dict[str, Any],
     *,
     timeout: float,
     framed: bool = False,
@@ -91,7 +94,7 @@ def _deliver_and_check(
     bucket: every line once, no object over FILE_MAX uncompressed, no open upload."""
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
-    serve = _serve(emulator, tmp_path).start()
+    serve = _serve(emulator, tmp_path, spool).start()
     try:
         with serve.admin() as admin:
             put_customer(admin, customer)
@@ -118,51 +121,87 @@ def _deliver_and_check(
     assert pending_uploads(emulator, role.bucket) == []
 
 
+def test_every_accepted_line_is_pending_or_delivered_until_it_lands(
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
+) -> None:
+    """From the 202 until delivery, status counts every accepted line as pending or delivered
+    (a client, like wait_pending_zero, that sees 0 pending must be able to trust it), through
+    the moment a NATS node takes ownership of the new endpoint and indexes its subject."""
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    serve = _serve(emulator, tmp_path, spool_backend).start()
+    try:
+        with serve.admin() as admin:
+            put_customer(admin, customer)
+            endpoint = _s3_endpoint(role.bucket, role.role_arn, **CODECS["gzip"])
+            assert put_endpoint(admin, customer, "s3", endpoint).status_code == 201
+            sent = ingest(admin, customer, "s3", body_of(make_lines("r", 5_000)))
+            seen: list[dict[str, int]] = []
+            lines: dict[str, int] = {"delivered": 0}
+            deadline = time.monotonic() + 90
+            while lines["delivered"] < sent and time.monotonic() < deadline:
+                lines = status(admin, customer, "s3")["lines"]
+                seen.append(lines)
+                assert lines["pending"] + lines["delivered"] == sent, (len(seen), seen[-3:])
+            assert lines["delivered"] == sent, lines
+    finally:
+        assert serve.terminate() == 0
+    assert sum(bucket_content(emulator, role.bucket, "logs/").lines.values()) == sent
+
+
 @pytest.mark.parametrize("codec", sorted(CODECS))
 def test_request_larger_than_two_files_lands_exactly_once(
-    emulator: Emulator, unique, tmp_path: Path, codec: str
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any], codec: str
 ) -> None:
     lines = lines_for_body(f"big-{codec}", 2_500_000, size=150)  # 2.5 MB > 2 × file_max_bytes
-    _deliver_and_check(emulator, unique, tmp_path, [lines], CODECS[codec], timeout=90)
+    _deliver_and_check(
+        emulator, unique, tmp_path, [lines], CODECS[codec], spool_backend, timeout=90
+    )
 
 
 def test_framed_lines_count_against_file_max_bytes(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     """classic framing adds ~50 bytes a line: files are cut on framed bytes, still ≤ 1 MiB."""
     lines = lines_for_body("classic", 2_500_000, size=150)
     fields = {**CODECS["gzip"], "message_type": "classic"}
-    _deliver_and_check(emulator, unique, tmp_path, [lines], fields, timeout=90, framed=True)
+    _deliver_and_check(
+        emulator, unique, tmp_path, [lines], fields, spool_backend, timeout=90, framed=True
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("codec", sorted(CODECS))
 def test_request_of_the_whole_body_limit_lands_exactly_once(
-    emulator: Emulator, unique, tmp_path: Path, codec: str
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any], codec: str
 ) -> None:
     lines = lines_for_body(f"limit-{codec}", BODY_LIMIT, size=200)  # exactly 16 MiB
-    _deliver_and_check(emulator, unique, tmp_path, [lines], CODECS[codec], timeout=180)
+    _deliver_and_check(
+        emulator, unique, tmp_path, [lines], CODECS[codec], spool_backend, timeout=180
+    )
 
 
 @pytest.mark.slow
 def test_ten_600kb_requests_into_1mib_files_land_exactly_once(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     bodies = [lines_for_body(f"r{i}", 600_000, size=142) for i in range(10)]
     assert 41_000 < sum(len(b) for b in bodies) < 43_000
-    _deliver_and_check(emulator, unique, tmp_path, bodies, CODECS["gzip"], timeout=150)
+    _deliver_and_check(
+        emulator, unique, tmp_path, bodies, CODECS["gzip"], spool_backend, timeout=150
+    )
 
 
 @pytest.mark.slow
 def test_kinesis_kill9_mid_delivery_replays_at_most_what_was_in_flight(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     customer = unique("cust")
     # One shard: the sink paces it at 1,000 records/s, so delivering `total` takes >= 12 s on any
     # machine and the kill below lands in the middle of it.
     stream = make_stream(emulator, unique("stream"), shards=1)
     role = kinesis_role(emulator, unique("role"), stream, customer)
-    serve = _serve(emulator, tmp_path)
+    serve = _serve(emulator, tmp_path, spool_backend)
     serve.start()
     total = 12_000  # ~2.4 MB in one request; the emulator reads a stream in O(records)
     bound = RECORDS_PER_CALL * MAX_CALLS_IN_FLIGHT

@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
+from backends import LOCAL_SPOOL_ONLY
 from logferry.local.emulator import Emulator
 from s3_helpers import make_s3_role, read_objects
 from service_helpers import ServeProcess, base_config, reap_all, s3_customer, wait_for
@@ -100,6 +101,7 @@ class Tenants:
         spool_dir: Path | None = None,
         server: dict[str, Any] | None = None,
         hostile: dict[str, Any] | None = None,
+        backend: dict[str, Any] | None = None,
     ) -> None:
         self.emulator = emulator
         self.hostile, self.neighbour = unique("hostile"), unique("neighbour")
@@ -111,6 +113,7 @@ class Tenants:
             emulator,
             spool,
             server={"max_line_bytes": "256KiB", **(server or {})},
+            spool=backend or {},
             state={"db": str(workdir / "state.db")},
             customers=[
                 {
@@ -161,9 +164,9 @@ def rpc_status(response: httpx.Response) -> status_pb2.Status:
 
 
 def test_hostile_otlp_and_gzip_are_refused_while_the_neighbour_is_served(
-    emulator: Emulator, unique: Any, tmp_path: Path
+    emulator: Emulator, unique: Any, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
-    tenants = Tenants(emulator, unique, tmp_path).start()
+    tenants = Tenants(emulator, unique, tmp_path, backend=spool_backend).start()
     # Amplification: a ~1 MB request whose lines would repeat a 200 KB resource 5000 times
     # (about 1 GB of output) is refused before it is built.
     amplified = amplifying_request(records=5_000, resource_bytes=200_000).SerializeToString()
@@ -288,8 +291,9 @@ def fill(path: Path, leave: int) -> Path:
     return filler
 
 
+@LOCAL_SPOOL_ONLY  # spool.dir on a full disk: the local spool's own files (NATS has none there)
 def test_a_full_disk_answers_507_and_keeps_what_was_acknowledged(
-    emulator: Emulator, unique: Any, tmp_path: Path, tiny_tmpfs: Path
+    emulator: Emulator, unique: Any, tmp_path: Path, tiny_tmpfs: Path, spool_backend: dict[str, Any]
 ) -> None:
     spool_dir = tiny_tmpfs / "spool"
     tenants = Tenants(emulator, unique, tmp_path, spool_dir=spool_dir).start()
@@ -333,8 +337,9 @@ def lowest_free_fd(pid: int) -> int:
     return next(n for n in range(len(used) + 1) if n not in used)
 
 
+@LOCAL_SPOOL_ONLY  # EMFILE opening the endpoint's first segment file (NATS opens no file)
 def test_no_file_descriptors_answers_503_and_recovers(
-    emulator: Emulator, unique: Any, tmp_path: Path
+    emulator: Emulator, unique: Any, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     """EMFILE while opening an endpoint's first segment: a 503 with the fix, then recovery."""
     if not hasattr(resource, "prlimit"):

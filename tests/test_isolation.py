@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from aws_helpers import make_s3_role as make_plain_role
+from backends import LOCAL_SPOOL_ONLY
 from logferry.aws.sts_broker import CredentialBroker
 from logferry.local.emulator import Emulator
 from s3_helpers import make_s3_role, read_objects
@@ -85,15 +86,19 @@ def _assert_refused(serve: ServeProcess, customer: str, authorization: bytes, se
 
 
 @pytest.fixture
-def tenants(emulator: Emulator, unique, tmp_path: Path) -> dict[str, Any]:
+def tenants(
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
+) -> dict[str, Any]:
     """Customers A (quota 64 KiB, role trusts another external ID: nothing ever drains) and
-    B (working S3 role), both static with tokens; verify limited to 1 per minute."""
+    B (working S3 role), both static with tokens; verify limited to 1 per minute; on each
+    spool backend."""
     a, b = unique("cust-a"), unique("cust-b")
     role_a = make_s3_role(emulator, unique, external_id=unique("not-a"))
     role_b = make_s3_role(emulator, unique, external_id=b)
     config = base_config(
         emulator,
         tmp_path / "spool",
+        spool=spool_backend,
         server={"verify_per_minute": 1},
         customers=[
             {
@@ -191,6 +196,7 @@ def test_verify_is_rate_limited_per_customer(tenants) -> None:
         assert admin.post(f"/v1/customers/{b}/endpoints/s3/verify").status_code == 200
 
 
+@LOCAL_SPOOL_ONLY  # the modes of the local spool's own files (NATS keeps the data in streams)
 def test_spool_and_state_files_are_private(tenants) -> None:
     serve, b = tenants["serve"], tenants["b"]
     with serve.as_token(tenants["TOKEN_B"]) as client_b:
@@ -217,9 +223,10 @@ def test_s3_domain_must_be_https(tenants) -> None:
 
 
 def test_deleted_customer_never_comes_back_with_its_external_id(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
-    serve = ServeProcess(emulator, base_config(emulator, tmp_path / "spool"), tmp_path).start()
+    config = base_config(emulator, tmp_path / "spool", spool=spool_backend)
+    serve = ServeProcess(emulator, config, tmp_path).start()
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)  # trusts the first external ID
     with serve.admin() as admin:
@@ -264,7 +271,9 @@ def test_deleted_customer_never_comes_back_with_its_external_id(
     assert b"after re-create" not in _bucket_lines(emulator, role.bucket)
 
 
-def test_static_tokens_follow_the_config(emulator: Emulator, unique, tmp_path: Path) -> None:
+def test_static_tokens_follow_the_config(
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
+) -> None:
     """A token rotated or removed in the config stops working at the next start."""
     c, d = unique("cust-c"), unique("cust-d")
     role_c = make_s3_role(emulator, unique, external_id=c)
@@ -277,6 +286,7 @@ def test_static_tokens_follow_the_config(emulator: Emulator, unique, tmp_path: P
         return base_config(
             emulator,
             tmp_path / "spool",
+            spool=spool_backend,
             customers=[
                 {"id": c, "token_env": "TOKEN_C", "endpoints": [_endpoint(role_c)]},
                 customer_d,

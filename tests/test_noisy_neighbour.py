@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -46,7 +47,7 @@ def _landed(emulator: Emulator, bucket: str) -> set[bytes]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_noisy_neighbour_does_not_harm_another_customer(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     a, b = unique("cust-a"), unique("cust-b")
     denied = make_s3_role(emulator, unique, external_id=unique("someone-else"))
@@ -57,6 +58,7 @@ def test_noisy_neighbour_does_not_harm_another_customer(
         config = base_config(
             emulator,
             tmp_path / "spool",
+            spool=spool_backend,
             aws={"endpoint_url": proxy.url},
             customers=[
                 {
@@ -174,7 +176,7 @@ def test_noisy_neighbour_does_not_harm_another_customer(
 
 
 def test_a_destination_that_never_answers_holds_no_delivery_thread(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     """Customer A's S3-compatible `domain` accepts connections and never answers, so A's first
     activation (the write probe) hangs for minutes. With ONE delivery thread, customer B's
@@ -199,6 +201,7 @@ def test_a_destination_that_never_answers_holds_no_delivery_thread(
     config = base_config(
         emulator,
         tmp_path / "spool",
+        spool=spool_backend,
         server={"delivery_threads": 1},
         aws={"endpoint_url": emulator.url, "allow_http_domain": True, "allow_private_domain": True},
         customers=[

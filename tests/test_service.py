@@ -9,11 +9,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from aws_helpers import free_port
+from backends import LOCAL_SPOOL_ONLY, is_nats
 from kinesis_helpers import kinesis_role, make_stream, read_stream
 from logferry.ingest.lines import normalize
 from logferry.local.emulator import Emulator
@@ -49,8 +51,9 @@ def stream_lines(emulator: Emulator, stream) -> Counter[bytes]:
 
 
 @pytest.fixture
-def setup(emulator: Emulator, unique, tmp_path: Path):
-    """Customer A (S3, syslog TCP) and customer B (Kinesis, syslog UDP), as static config."""
+def setup(emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]):
+    """Customer A (S3, syslog TCP) and customer B (Kinesis, syslog UDP), as static config, on
+    each spool backend."""
     a_id, b_id = unique("cust-a"), unique("cust-b")
     role_a = make_s3_role(emulator, unique, external_id=a_id)
     stream = make_stream(emulator, unique("stream"), shards=2)
@@ -59,6 +62,7 @@ def setup(emulator: Emulator, unique, tmp_path: Path):
     config = base_config(
         emulator,
         tmp_path / "spool",
+        spool=spool_backend,
         customers=[
             {
                 "id": a_id,
@@ -349,7 +353,7 @@ def test_tokens_are_scoped_and_secrets_stay_out_of_output(emulator: Emulator, se
 
 
 def test_endpoint_without_external_id_condition_is_refused(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     customer = unique("cust")
     open_role = make_s3_role(emulator, unique, external_id=customer)
@@ -368,7 +372,9 @@ def test_endpoint_without_external_id_condition_is_refused(
         ),
     )
     good = make_s3_role(emulator, unique, external_id=customer)
-    serve = ServeProcess(emulator, base_config(emulator, tmp_path / "spool"), tmp_path).start()
+    serve = ServeProcess(
+        emulator, base_config(emulator, tmp_path / "spool", spool=spool_backend), tmp_path
+    ).start()
     try:
         with serve.admin() as admin:
             assert admin.put(f"/v1/customers/{customer}", json={}).status_code == 201
@@ -414,7 +420,7 @@ def test_endpoint_without_external_id_condition_is_refused(
 
 
 def test_spool_limit_answers_429_and_oversized_bodies_413(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
@@ -426,6 +432,7 @@ def test_spool_limit_answers_429_and_oversized_bodies_413(
             "max_bytes": "2MiB",
             "segment_bytes": "256KiB",
             "default_customer_share": 1,  # the directory's limit, not a customer's share
+            **spool_backend,
         },
         server={"max_body_bytes": "1MiB"},
         customers=[
@@ -479,11 +486,16 @@ def test_config_errors_name_the_key_path(tmp_path: Path) -> None:
 
 
 def test_sigterm_flushes_open_files_and_state_survives_restart(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
-    config = base_config(emulator, tmp_path / "spool", vendor={"external_id_mode": "generated"})
+    config = base_config(
+        emulator,
+        tmp_path / "spool",
+        spool=spool_backend,
+        vendor={"external_id_mode": "generated"},
+    )
     serve = ServeProcess(emulator, config, tmp_path).start()
     with serve.admin() as admin:
         created = admin.put(f"/v1/customers/{customer}", json={"external_id": customer})
@@ -551,7 +563,10 @@ def test_sigterm_flushes_open_files_and_state_survives_restart(
     assert len(read_objects(emulator, role.bucket)) == 1  # no duplicate after restart
 
 
-def test_many_idle_endpoints_cost_no_workers(emulator: Emulator, unique, tmp_path: Path) -> None:
+@LOCAL_SPOOL_ONLY  # NATS follows every owned endpoint from start-up: docs/scale-out.md, "Limits"
+def test_many_idle_endpoints_cost_no_workers(
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
+) -> None:
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
     endpoints = [
@@ -559,7 +574,10 @@ def test_many_idle_endpoints_cost_no_workers(emulator: Emulator, unique, tmp_pat
         for i in range(2000)
     ]
     config = base_config(
-        emulator, tmp_path / "spool", customers=[{"id": customer, "endpoints": endpoints}]
+        emulator,
+        tmp_path / "spool",
+        spool=spool_backend,
+        customers=[{"id": customer, "endpoints": endpoints}],
     )
     serve = ServeProcess(emulator, config, tmp_path).start(timeout=120)
     try:
@@ -579,11 +597,13 @@ def test_many_idle_endpoints_cost_no_workers(emulator: Emulator, unique, tmp_pat
 
 
 def test_deleting_an_endpoint_aborts_its_open_upload(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
-    serve = ServeProcess(emulator, base_config(emulator, tmp_path / "spool"), tmp_path).start()
+    serve = ServeProcess(
+        emulator, base_config(emulator, tmp_path / "spool", spool=spool_backend), tmp_path
+    ).start()
     try:
         with serve.admin() as admin:
             admin.put(f"/v1/customers/{customer}", json={})
@@ -607,20 +627,22 @@ def test_deleting_an_endpoint_aborts_its_open_upload(
             assert admin.get(f"/v1/customers/{customer}/endpoints/big").status_code == 404
         assert not pending_uploads(emulator, role.bucket)
         assert not read_objects(emulator, role.bucket)
-        leftovers = [p.name for p in (tmp_path / "spool" / "data").iterdir() if p.is_dir()]
-        assert leftovers == []  # the endpoint's spool directory is gone
+        if not is_nats(spool_backend):  # the local spool's own files (NATS: no such directory)
+            leftovers = [p.name for p in (tmp_path / "spool" / "data").iterdir() if p.is_dir()]
+            assert leftovers == []  # the endpoint's spool directory is gone
     finally:
         serve.terminate()
 
 
 def test_idle_flush_closes_a_file_before_its_period_ends(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
     config = base_config(
         emulator,
         tmp_path / "spool",
+        spool=spool_backend,
         server={"idle_flush_seconds": 1},
         customers=[
             {

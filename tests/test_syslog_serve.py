@@ -74,7 +74,9 @@ def s3_endpoint(role: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_senders_that_vanish_lose_nothing(emulator: Emulator, unique, tmp_path: Path) -> None:
+def test_senders_that_vanish_lose_nothing(
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
+) -> None:
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
     cert = make_cert(tmp_path, "server")
@@ -83,6 +85,7 @@ def test_senders_that_vanish_lose_nothing(emulator: Emulator, unique, tmp_path: 
     config = base_config(
         emulator,
         tmp_path / "spool",
+        spool=spool_backend,
         customers=[{"id": customer, "endpoints": [s3_endpoint(role)]}],
         listeners=[
             {
@@ -157,7 +160,7 @@ def _refused(address: tuple[str, int]) -> bool:
 
 
 def test_deleted_endpoint_refuses_until_it_is_back(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
@@ -166,7 +169,9 @@ def test_deleted_endpoint_refuses_until_it_is_back(
     path = f"/v1/customers/{customer}/endpoints/s3"
 
     # First run, no listener: the customer and endpoint are created through the API.
-    first = ServeProcess(emulator, base_config(emulator, spool), tmp_path / "first").start()
+    first = ServeProcess(
+        emulator, base_config(emulator, spool, spool=spool_backend), tmp_path / "first"
+    ).start()
     try:
         with first.admin() as admin:
             assert admin.put(f"/v1/customers/{customer}", json={}).status_code in (200, 201)
@@ -180,6 +185,7 @@ def test_deleted_endpoint_refuses_until_it_is_back(
     config = base_config(
         emulator,
         spool,
+        spool=spool_backend,
         listeners=[
             {**listener, "protocol": "tcp", "listen": f"127.0.0.1:{tcp_port}"},
             {**listener, "protocol": "udp", "listen": f"127.0.0.1:{udp_port}"},

@@ -92,7 +92,7 @@ def _delivered_lines(emulator: Emulator, bucket: str) -> list[bytes]:
 
 
 def test_transient_failures_are_retried_with_the_retry_policy_and_deliver(
-    emulator: Emulator, unique: Any, tmp_path: Path
+    emulator: Emulator, unique: Any, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     customer = unique("transient")
     role = make_s3_role(emulator, unique, external_id=customer)
@@ -101,6 +101,7 @@ def test_transient_failures_are_retried_with_the_retry_policy_and_deliver(
         config = base_config(
             emulator,
             tmp_path / "spool",
+            spool=spool_backend,
             vendor={"sts_endpoints": {"us-east-1": proxy.url, "us-west-2": proxy.url}},
             aws={"endpoint_url": proxy.url},
             server={"idle_flush_seconds": 1},
@@ -129,12 +130,14 @@ def test_transient_failures_are_retried_with_the_retry_policy_and_deliver(
 
 
 def test_denied_role_backs_off_slowly_and_delivers_at_once_after_verify(
-    emulator: Emulator, unique: Any, tmp_path: Path
+    emulator: Emulator, unique: Any, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
     customer = unique("denied")
     # The permission policy lacks s3:PutObject: the write probe's CreateMultipartUpload is denied.
     role = make_s3_role(emulator, unique, external_id=customer, actions=["s3:AbortMultipartUpload"])
-    config = base_config(emulator, tmp_path / "spool", server={"idle_flush_seconds": 1})
+    config = base_config(
+        emulator, tmp_path / "spool", spool=spool_backend, server={"idle_flush_seconds": 1}
+    )
     serve = ServeProcess(emulator, config, tmp_path).start()
     try:
         with serve.admin() as admin:

@@ -259,9 +259,13 @@ def _listeners(cfg: ServiceConfig, state: KnownState | None) -> list[ConfigProbl
     seen: Counter[tuple[str, str, int]] = Counter(
         (lc.protocol, *_address(lc.listen)) for lc in cfg.listeners if lc.port != 0
     )
+    # NATS: the registry is in KV, not read here; the service checks API-made endpoints there
+    # once connected (a listener for one used to be refused before start, exit 2).
+    registry_here = cfg.spool.backend != "nats"
     for i, lc in enumerate(cfg.listeners):
         key = (lc.customer_id, lc.endpoint)
-        if key not in in_file and (state is None or state.get_endpoint(*key) is None):
+        missing = state is None or state.get_endpoint(*key) is None
+        if key not in in_file and registry_here and missing:
             problems.append(
                 ConfigProblem(
                     f"listeners.{i}.endpoint",

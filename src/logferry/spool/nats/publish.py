@@ -109,7 +109,10 @@ class AppendPublisher:
         name: str,
         stream: str,
         append_timeout: float,
+        max_bytes: int | None = None,
     ) -> None:
+        self.max_bytes = max_bytes
+        """The stream's byte limit, named in the refusal (as a full local spool names its)."""
         self.nc = nc
         self.js = js
         self.subject = subject
@@ -153,11 +156,12 @@ class AppendPublisher:
                 if verdict == "stored":
                     return
                 if verdict == "full":
+                    limit = "" if self.max_bytes is None else f" of {self.max_bytes} bytes"
                     raise SpoolFull(
-                        f"stream {self.stream} is at its byte limit",
+                        f"stream {self.stream} is full (at its limit{limit})",
                         retry_after=5.0,
                         fix="Wait for delivery to catch up, or raise spool.max_bytes "
-                        "(shared over the shards).",
+                        "(each stream holds spool.max_bytes / shards).",
                     ) from exc
                 if verdict == "refused":
                     raise NatsUnavailable(

@@ -75,6 +75,8 @@ class NatsSpool:
         self._appended_lines = 0
         self._charged = 0
         """Bytes this spool has charged to its budget (adjusted to the published backlog)."""
+        self._seen_backlog = self._backlog()
+        """The record's backlog when `_appended` last restarted from zero."""
         self._queue: deque[tuple[bytes, float, asyncio.Future[None]]] = deque()
         """Appends waiting for the publish in flight (backend loop only)."""
         self._flusher: asyncio.Task[None] | None = None
@@ -193,6 +195,7 @@ class NatsSpool:
             name=self.name,
             stream=self.stream,
             append_timeout=self.backend.settings.append_timeout_seconds,
+            max_bytes=self.backend.settings.shard_max_bytes,
         )
 
     # -- delivery ----------------------------------------------------------------------------
@@ -309,9 +312,16 @@ class NatsSpool:
         self.wake(0, value=False)
 
     def record_changed(self) -> None:
-        """The record changed (the owner published its backlog): what this spool charged to
-        its budget becomes the published backlog, so commits on any node free quota here."""
+        """The record changed. If the owner published a new backlog, what this spool charged
+        to its budget becomes it, so commits on any node free quota here. Other writes (a
+        takeover's owner and epoch, a cursor, a journal) leave the backlog, and so what this
+        node appended since, as it was: resetting then made status report 0 pending for lines
+        accepted before a new owner had indexed them."""
+        backlog = self._backlog()
         with self._mu:
+            if backlog == self._seen_backlog:
+                return
+            self._seen_backlog = backlog
             self._appended = 0
             self._appended_lines = 0
         budget = self._budget
@@ -327,6 +337,16 @@ class NatsSpool:
         doc = self.backend.ownership.record(self.name)
         backlog: dict[str, Any] = (doc or {}).get("backlog") or {}
         return int(backlog.get("bytes", 0)), int(backlog.get("lines", 0))
+
+    def _unpublished(self) -> tuple[int, int]:
+        """Bytes and lines this node appended on top of the backlog it last saw. None once
+        the record shows another backlog: this node's own publish is seen (`record`) before
+        the watch calls `record_changed`, and counting both showed twice the lines pending."""
+        backlog = self._backlog()
+        with self._mu:
+            if backlog != self._seen_backlog:
+                return 0, 0
+            return self._appended, self._appended_lines
 
     def _cursor(self) -> dict[str, Any]:
         doc = self.backend.ownership.record(self.name)
@@ -360,14 +380,14 @@ class NatsSpool:
         log_ = self._indexed()
         if log_ is not None:
             return log_.end - log_.committed
-        return self._backlog()[0] + self._appended
+        return self._backlog()[0] + self._unpublished()[0]
 
     @property
     def pending_lines(self) -> int:
         log_ = self._indexed()
         if log_ is not None:
             return log_.end_line - log_.committed_line
-        return self._backlog()[1] + self._appended_lines
+        return self._backlog()[1] + self._unpublished()[1]
 
     def first_pending_accepted_at(self) -> float | None:
         log_ = self._log
