@@ -29,6 +29,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from logferry.service.records import (
+    CUSTOMER_LIMITS,
+    STATIC_TOKEN_PREFIX,
+    TOKEN_PREFIX,
+    ConfigToken,
+    CustomerRecord,
+    EndpointRecord,
+    ExternalIdTaken,
+    hash_secret,
+)
 from logferry.service.registry_kv_mirror import (
     BUCKETS,
     CALL_TIMEOUT,
@@ -37,16 +47,6 @@ from logferry.service.registry_kv_mirror import (
     RegistryUnavailable,
     _enc,
     _endpoint_key,
-    _hash,
-)
-from logferry.service.store import (
-    CUSTOMER_LIMITS,
-    STATIC_TOKEN_PREFIX,
-    TOKEN_PREFIX,
-    ConfigToken,
-    CustomerRecord,
-    EndpointRecord,
-    ExternalIdTaken,
 )
 
 __all__ = ["BUCKETS", "CALL_TIMEOUT", "START_RETRY_SECONDS", "KvRegistry", "RegistryUnavailable"]
@@ -150,7 +150,7 @@ class KvRegistry(KvMirror):
         secret = secrets.token_urlsafe(32)
         doc = {
             "customer_id": customer_id,
-            "secret_hash": _hash(secret),
+            "secret_hash": hash_secret(secret),
             "created": time.time(),
             "revoked": None,
         }
@@ -175,7 +175,7 @@ class KvRegistry(KvMirror):
         keep: set[str] = set()
         for customer_id, tokens in wanted.items():
             for token in tokens:
-                token_id = STATIC_TOKEN_PREFIX + _hash(token)[:12]
+                token_id = STATIC_TOKEN_PREFIX + hash_secret(token)[:12]
                 keep.add(token_id)
 
                 def live(
@@ -184,7 +184,7 @@ class KvRegistry(KvMirror):
                     if old is None:
                         return {
                             "customer_id": cid,
-                            "secret_hash": _hash(secret),
+                            "secret_hash": hash_secret(secret),
                             "created": now,
                             "revoked": None,
                         }
@@ -216,12 +216,12 @@ class KvRegistry(KvMirror):
         if len(parts) == 3 and parts[0] == TOKEN_PREFIX:
             token_id, secret = parts[1], parts[2]
         else:
-            token_id, secret = STATIC_TOKEN_PREFIX + _hash(token)[:12], token
+            token_id, secret = STATIC_TOKEN_PREFIX + hash_secret(token)[:12], token
         with self._mirror_lock:
             found = self._tokens.get(token_id)
         if found is None or found["revoked"] is not None:
             return None
-        if not hmac.compare_digest(found["secret_hash"], _hash(secret)):
+        if not hmac.compare_digest(found["secret_hash"], hash_secret(secret)):
             return None
         return str(found["customer_id"])
 

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import logging
 import threading
@@ -18,12 +17,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from logferry.errors import LogferryError
+from logferry.service.records import CustomerRecord, EndpointRecord
 from logferry.service.registry import ChangeKind, RegistryListener
-from logferry.service.store import (
-    CustomerRecord,
-    EndpointRecord,
-    Store,
-)
+from logferry.service.store import Store
 
 logger = logging.getLogger("logferry.registry")
 
@@ -57,10 +53,6 @@ def _enc(text: str) -> str:
 
 def _dec(key: str) -> str:
     return base64.urlsafe_b64decode(key + "=" * (-len(key) % 4)).decode()
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _endpoint_key(customer_id: str, name: str) -> str:
