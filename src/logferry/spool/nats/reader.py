@@ -226,6 +226,7 @@ class SubjectLog:
             self.end_line += e.lines
             self.entries.append(e)
             self._starts.append(e.start)
+            self.spool.indexed(e.req)
             moved = True
         if moved:
             self.spool.wake(self.end)

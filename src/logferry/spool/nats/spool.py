@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 60.0
+UNINDEXED_RECENT = 4096
+"""Request ids the owner's index took lately: an ack that arrives after its message was
+indexed must not count it as pending again."""
 
 
 class NatsSpool:
@@ -77,6 +80,13 @@ class NatsSpool:
         """Bytes this spool has charged to its budget (adjusted to the published backlog)."""
         self._seen_backlog = self._backlog()
         """The record's backlog when `_appended` last restarted from zero."""
+        self._unindexed: dict[str, tuple[int, int, float]] = {}
+        """Requests this node appended while owning the endpoint that its index has not seen
+        yet: request id → (bytes, lines, monotonic time). Usually for milliseconds; after a
+        NATS restart for seconds, while the owner's consumer comes back (status must not say
+        0 pending for acknowledged lines then)."""
+        self._indexed_reqs: deque[str] = deque(maxlen=UNINDEXED_RECENT)
+        self._indexed_set: set[str] = set()
         self._queue: deque[tuple[bytes, float, asyncio.Future[None]]] = deque()
         """Appends waiting for the publish in flight (backend loop only)."""
         self._flusher: asyncio.Task[None] | None = None
@@ -185,6 +195,32 @@ class NatsSpool:
                 headers[H_FRAG] = part.frag
             messages.append((part.data, headers))
         await self._publisher().publish(messages, request)
+        if self._log is not None:  # the owner: count it until its own index shows it
+            with self._mu:
+                if request not in self._indexed_set:
+                    self._unindexed[request] = (len(data), data.count(b"\n"), time.monotonic())
+
+    def indexed(self, request: str) -> None:
+        """The owner's index took a message of `request` (reader.py, backend loop)."""
+        with self._mu:
+            self._unindexed.pop(request, None)
+            if len(self._indexed_reqs) == self._indexed_reqs.maxlen:
+                self._indexed_set.discard(self._indexed_reqs[0])
+            self._indexed_reqs.append(request)
+            self._indexed_set.add(request)
+
+    def _not_yet_indexed(self) -> tuple[int, int]:
+        """What this owner appended that its index has not shown yet (entries older than the
+        duplicate window are dropped: a message the index never shows is not pending)."""
+        horizon = time.monotonic() - self.backend.settings.duplicate_window_seconds
+        with self._mu:
+            stale = [req for req, (_, _, at) in self._unindexed.items() if at < horizon]
+            for req in stale:
+                del self._unindexed[req]
+            return (
+                sum(b for b, _, _ in self._unindexed.values()),
+                sum(n for _, n, _ in self._unindexed.values()),
+            )
 
     def _publisher(self) -> AppendPublisher:
         """Bound to the backend's current connection (it is replaced on a reconnect)."""
@@ -306,6 +342,8 @@ class NatsSpool:
                 delay = min(delay * 2, 5.0)
 
     async def unfollow(self) -> None:
+        with self._mu:
+            self._unindexed.clear()  # the next owner's index and the backlog count them now
         log_, self._log = self._log, None
         if log_ is not None:
             await log_.stop()
@@ -379,14 +417,14 @@ class NatsSpool:
     def pending_bytes(self) -> int:
         log_ = self._indexed()
         if log_ is not None:
-            return log_.end - log_.committed
+            return log_.end - log_.committed + self._not_yet_indexed()[0]
         return self._backlog()[0] + self._unpublished()[0]
 
     @property
     def pending_lines(self) -> int:
         log_ = self._indexed()
         if log_ is not None:
-            return log_.end_line - log_.committed_line
+            return log_.end_line - log_.committed_line + self._not_yet_indexed()[1]
         return self._backlog()[1] + self._unpublished()[1]
 
     def first_pending_accepted_at(self) -> float | None:
