@@ -36,7 +36,7 @@ demo: install
 test: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=30
 
 test-fast: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not slow'
