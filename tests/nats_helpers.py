@@ -302,12 +302,14 @@ def put_more_endpoint(serve: NodeProcess, customer: str, name: str, body: dict[s
 
 class Sender:
     """Posts numbered 500-line requests to one node in a thread until stopped; keeps what got
-    a 202 and everything it sent (a request cut by a kill may or may not land)."""
+    a 202 and everything it sent (a request cut by a kill may or may not land), and each
+    answer's status (0: no answer)."""
 
     def __init__(self, serve: NodeProcess, customer: str, tag: str) -> None:
         self.serve, self.customer, self.tag = serve, customer, tag
         self.acked: list[bytes] = []
         self.sent: list[bytes] = []
+        self.answers: list[int] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -323,8 +325,10 @@ class Sender:
                         f"/v1/ingest/{self.customer}/s3", content=body_of(lines), timeout=30
                     )
                 except httpx.HTTPError:
+                    self.answers.append(0)
                     time.sleep(0.1)  # the node is gone; the test stops this sender
                     continue
+                self.answers.append(r.status_code)
                 if r.status_code == 202:
                     self.acked += lines
 

@@ -8,7 +8,6 @@ acknowledged line in the bucket exactly once whichever process died.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,11 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e_helpers import assert_exactly_once, body_of, bucket_content, make_lines, put_customer
-from e2e_helpers import put_endpoint as put_endpoint_
+from e2e_helpers import assert_exactly_once, body_of, bucket_content, make_lines
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
-from nats_helpers import nats_node
+from nats_helpers import Sender, nats_node, s3_endpoint, wait_delivered, wait_endpoint
 from s3_helpers import make_s3_role, pending_uploads
 from service_helpers import (
     NodeProcess,
@@ -43,76 +41,6 @@ def _no_server_left_behind() -> Iterator[None]:
 
 
 node = nats_node
-
-
-def s3_endpoint(
-    serve: NodeProcess, customer: str, bucket: str, role_arn: str, **fields: Any
-) -> None:
-    with serve.admin() as admin:
-        put_customer(admin, customer)
-        body = {
-            "type": "s3",
-            "bucket_name": bucket,
-            "iam_role": role_arn,
-            "path": "logs/",
-            "period": 3600,
-            "file_max_bytes": MIB,
-            **fields,
-        }
-        r = put_endpoint_(admin, customer, "s3", body)
-        assert r.status_code == 201, r.text
-
-
-def wait_endpoint(serve: NodeProcess, customer: str) -> None:
-    with serve.admin() as admin:
-        wait_for(
-            lambda: admin.get(f"/v1/customers/{customer}/endpoints/s3").status_code == 200,
-            timeout=30,
-        )
-
-
-def wait_delivered(emulator: Emulator, bucket: str, acked: list[bytes], timeout: float) -> None:
-    """Until every acknowledged line is in the bucket."""
-    want = set(acked)
-    wait_for(lambda: want <= set(bucket_content(emulator, bucket, "logs/").lines), timeout=timeout)
-
-
-class Sender:
-    """Posts numbered requests to one node in a thread; keeps the lines that got a 202."""
-
-    def __init__(self, serve: NodeProcess, customer: str, tag: str) -> None:
-        self.serve, self.customer, self.tag = serve, customer, tag
-        self.acked: list[bytes] = []
-        self.sent: list[bytes] = []
-        self.answers: list[int] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self.serve.admin() as client:
-            i = 0
-            while not self.stop.is_set():
-                lines = make_lines(f"{self.tag}-{i}", 500, 100)
-                i += 1
-                self.sent += lines
-                try:
-                    r = client.post(
-                        f"/v1/ingest/{self.customer}/s3", content=body_of(lines), timeout=30
-                    )
-                except httpx.HTTPError:
-                    self.answers.append(0)
-                    continue
-                self.answers.append(r.status_code)
-                if r.status_code == 202:
-                    self.acked += lines
-
-    def __enter__(self) -> Sender:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(60)
 
 
 def test_nats_down_means_503_and_not_ready_then_202_again(
