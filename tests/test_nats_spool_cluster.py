@@ -5,17 +5,40 @@ everything acknowledged is readable afterwards, exactly once."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from logferry.local.nats_cluster import NatsCluster
-from logferry.spool.nats import NatsUnavailable
+from logferry.spool.nats import NatsBackend, NatsUnavailable, SpoolFenced
 from nats_helpers import nats_cluster3  # noqa: F401 - fixture
 from nats_spool_helpers import backend, settings, until
 
 pytestmark = pytest.mark.slow
+
+
+async def read_all_as_owner(d: NatsBackend, want: int) -> bytes:
+    """Everything in "k" from the cursor, read by `d` as its owner. The killed server may have
+    led the KV bucket too: `d`'s heartbeats then fail for the election's 5–7 s, its lease may
+    lapse by its own clock and it steps down (fenced) until it takes "k" again — so a read
+    that finds it fenced waits for the ownership to come back and starts over."""
+    while True:
+        await until(lambda: "k" in d.owned(), "d1 owns k (again)", 120)
+        owner = await asyncio.to_thread(d.provider.open, "k")
+        try:
+            indexed = functools.partial(lambda o: o.end_offset >= want, owner)
+            await until(indexed, "owner indexed every ack", 120)
+            data = b""
+            pos = owner.committed_offset
+            while pos < owner.end_offset:
+                chunks = await asyncio.to_thread(owner.read, pos, 1 << 20)
+                data += b"".join(c.data for c in chunks)
+                pos = chunks[-1].end
+            return data
+        except SpoolFenced:
+            await asyncio.sleep(0.5)
 
 
 def test_stream_leader_killed_during_appends_loses_nothing_acknowledged(
@@ -57,15 +80,8 @@ def test_stream_leader_killed_during_appends_loses_nothing_acknowledged(
             await asyncio.gather(*(sender(n) for n in range(4)), killer())
             assert len(acked) + len(failed) == 240
             assert len(acked) > 100
-            owner = await asyncio.to_thread(d.provider.open, "k")
             want = sum(len(b) for b in acked)
-            await until(lambda: owner.end_offset >= want, "owner indexed every ack", 120)
-            data = b""
-            pos = owner.committed_offset
-            while pos < owner.end_offset:
-                chunks = await asyncio.to_thread(owner.read, pos, 1 << 20)
-                data += b"".join(c.data for c in chunks)
-                pos = chunks[-1].end
+            data = await read_all_as_owner(d, want)
             seen = Counter(data.splitlines(keepends=True))
             for body in acked:
                 for line in body.splitlines(keepends=True):
