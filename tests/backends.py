@@ -27,6 +27,13 @@ SPOOL_BACKENDS = ["local", "nats"]
 if os.environ.get(BACKENDS_ENV):  # one backend only, e.g. to time the "nats" rows alone
     SPOOL_BACKENDS = os.environ[BACKENDS_ENV].split(",")
 
+BACKEND_PARAMS = [
+    pytest.param(name, marks=pytest.mark.slow) if name == "nats" else name
+    for name in SPOOL_BACKENDS
+]
+"""The fixtures' params: the "nats" rows are marked slow (they start and reach a JetStream
+server), so `make test-fast` runs the local rows and `make test` (CI) both."""
+
 LOCAL_SPOOL_ONLY = pytest.mark.parametrize("spool_backend", ["local"], indirect=True)
 """For cases about the local spool's own files: one "local" row whatever SPOOL_BACKENDS holds."""
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import skip_allowlist
-from backends import SPOOL_BACKENDS, drop_prefix, nats_spool_table, new_prefix
+from backends import BACKEND_PARAMS, drop_prefix, nats_spool_table, new_prefix
 from logferry.local.emulator import Emulator, start_emulator
 from logferry.local.nats_cluster import NatsCluster
 
@@ -58,14 +58,14 @@ def _spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     drop_prefix(cluster.urls, prefix)  # a serve a failed test left running fails from here on
 
 
-@pytest.fixture(params=SPOOL_BACKENDS)
+@pytest.fixture(params=BACKEND_PARAMS)
 def spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """The `[spool]` keys that select the backend: {} for "local"; for "nats" the session's
     server and a stream prefix of this test's own, whose streams are dropped afterwards."""
     yield from _spool_backend(request)
 
 
-@pytest.fixture(scope="module", params=SPOOL_BACKENDS)
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
 def module_spool_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """`spool_backend` for a module-scoped serve (one stream prefix for the module)."""
     yield from _spool_backend(request)

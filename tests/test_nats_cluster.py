@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import nats
+import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from logferry.local.nats_cluster import NatsCluster
@@ -27,6 +28,7 @@ async def _publish_until_ok(
             await asyncio.sleep(0.2)
 
 
+@pytest.mark.slow  # kill -9 / restart: CI runs it; `make test-fast` stays under 5 min
 def test_three_nodes_keep_acknowledged_messages_through_a_leader_kill(tmp_path: Path) -> None:
     async def run(cluster: NatsCluster) -> None:
         nc = await nats.connect(cluster.urls.split(","), max_reconnect_attempts=-1)

@@ -43,6 +43,7 @@ def _no_server_left_behind() -> Iterator[None]:
 node = nats_node
 
 
+@pytest.mark.slow  # kill -9 / restart: CI runs it; `make test-fast` stays under 5 min
 def test_nats_down_means_503_and_not_ready_then_202_again(
     emulator: Emulator, tmp_path: Path, unique: Any
 ) -> None:

@@ -53,6 +53,7 @@ def s3_body(bucket: str, role_arn: str, period: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # kill -9 / restart: CI runs it; `make test-fast` stays under 5 min
 def test_kill9_before_delivery_then_restart_delivers_every_acknowledged_line_once(
     emulator: Emulator, nats_server: NatsCluster, tmp_path: Path, unique: Any
 ) -> None:

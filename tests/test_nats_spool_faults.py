@@ -44,6 +44,7 @@ def test_a_full_stream_refuses_with_retry_after_and_takes_data_again_after_commi
     asyncio.run(run())
 
 
+@pytest.mark.slow  # kill -9 / restart: CI runs it; `make test-fast` stays under 5 min
 def test_server_restart_fails_appends_clearly_then_resumes_at_the_cursor(
     tmp_path: Path,
 ) -> None:

@@ -104,6 +104,7 @@ def test_a_stale_owner_is_fenced_by_compare_and_set(
     asyncio.run(run())
 
 
+@pytest.mark.slow  # kill -9 / restart: CI runs it; `make test-fast` stays under 5 min
 def test_a_paused_owner_is_taken_over_and_cannot_write_after_it_resumes(
     nats_server: NatsCluster,  # noqa: F811
     tmp_path: Path,

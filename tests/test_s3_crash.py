@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from logferry.local.emulator import Emulator
 from logferry.sinks.s3_journal import Journal
 from s3_helpers import make_s3_role, pending_uploads, read_objects, role_credentials
@@ -99,6 +101,7 @@ def _child(cfg: dict[str, Any]) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow  # kill -9 / restart: CI runs it; `make test-fast` stays under 5 min
 def test_kill_9_mid_multipart_then_restart_completes_the_same_object(
     emulator: Emulator, unique: Any, tmp_path: Path
 ) -> None:
