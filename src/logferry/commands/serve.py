@@ -358,6 +358,7 @@ async def serve_async(
     import uvicorn
 
     from logferry.service.api import create_app
+    from logferry.service.early_answer import CloseAfterEarlyAnswer
     from logferry.service.http_protocol import http_protocol, parser_name
     from logferry.service.ingest_route import IngestFastPath
     from logferry.service.listener_limits import BodyBudgetMiddleware
@@ -418,11 +419,13 @@ async def serve_async(
     server = _Server(
         uvicorn.Config(
             SecurityHeaders(
-                BodyBudgetMiddleware(
-                    IngestFastPath(app, service),
-                    budget,
-                    int(cfg.server.max_body_bytes),
-                    lambda reason: service.metrics.http_refused.labels(reason).inc(),
+                CloseAfterEarlyAnswer(
+                    BodyBudgetMiddleware(
+                        IngestFastPath(app, service),
+                        budget,
+                        int(cfg.server.max_body_bytes),
+                        lambda reason: service.metrics.http_refused.labels(reason).inc(),
+                    )
                 )
             ),
             host=host,
