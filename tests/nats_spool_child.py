@@ -1,5 +1,11 @@
 """A delivery node in a process of its own, for the SIGSTOP test: owns one endpoint, appends,
-then on each stdin command tries to write and prints one JSON line with what happened.
+then tries to write and prints one JSON line with what happened: on each stdin "write", and
+once "arm" was sent, as the first thing it does after each SIGCONT.
+
+Why on SIGCONT: once resumed, the node is live again and rendezvous hashing gives it the
+endpoint back (a new epoch, once the other node has released it: a few round trips later).
+An attempt read from stdin could come after that under load and see a legitimate owner; the
+signal handler runs in the resumed loop's first pass, while the node is still the stale one.
 
     python nats_spool_child.py URLS PREFIX NODE_ID SCRATCH KEY
 """
@@ -8,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -40,13 +47,11 @@ async def main(urls: str, prefix: str, node_id: str, scratch: str, key: str) -> 
     await asyncio.to_thread(spool.commit, 4)
     say({"ready": True, "end": spool.end_offset})
     loop = asyncio.get_running_loop()
-    while True:
-        command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
-        if not command or command == "quit":
-            break
+
+    async def attempt() -> None:
         result: dict[str, object] = {"holds": b.holds(key)}
         for name, call in (
-            ("commit", lambda: spool.commit(8)),
+            ("commit", lambda: spool.commit(14)),
             ("journal", lambda: b.journal(key).save({"upload": "stale"})),
         ):
             try:
@@ -56,6 +61,23 @@ async def main(urls: str, prefix: str, node_id: str, scratch: str, key: str) -> 
                 result[name] = type(exc).__name__
         result["owned"] = sorted(b.owned())
         say(result)
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_sigcont() -> None:
+        task = loop.create_task(attempt())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    while True:
+        command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if not command or command == "quit":
+            break
+        if command == "arm":
+            loop.add_signal_handler(signal.SIGCONT, on_sigcont)
+            say({"armed": True})
+        else:
+            await attempt()
     await b.close()
 
 
