@@ -567,3 +567,30 @@ def test_pacer_room_is_what_the_window_still_takes() -> None:
     assert pacer.room("s1") == (490, 100_000)
     now[0] += 0.6  # the first entry left the one-second window, the second the quarter
     assert pacer.room("s1") == (500, 500_000)
+
+
+def test_a_sink_that_no_longer_holds_its_endpoint_sends_no_put_records(
+    emulator: Emulator, unique: Unique
+) -> None:
+    """`SinkContext.holds` False (NATS: this node's lease lapsed, another node owns the
+    endpoint): no PutRecords leaves, the sink raises SpoolFenced, and its records are back in
+    its queue in order (the spool keeps them for the new owner)."""
+    from logferry.spool.errors import SpoolFenced
+
+    setup = kinesis_setup(emulator, unique, shards=2)
+    holding = [True]
+    sink = _sink(setup, FakeClock(), holds=lambda: holding[0])
+    first = sample_lines(200)
+    first_chunks = make_chunks(first, 50)
+    deliver(sink, first_chunks)
+    holding[0] = False
+    later = [b"after the lease lapsed %d" % i for i in range(100)]
+    with pytest.raises(SpoolFenced, match=r"PutRecords .* not sent"):
+        deliver(sink, make_chunks(later, 50, start=first_chunks[-1].end))
+    assert Counter(lines_of(read_stream(emulator, setup.stream))) == Counter(first)
+    holding[0] = True  # this node owns it again (a new epoch): the queued records go out
+    sink.pump(caught_up=True)
+    deliver(sink, [])
+    while sink.pump(caught_up=True) is not None:
+        pass
+    assert Counter(lines_of(read_stream(emulator, setup.stream))) == Counter(first + later)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ from logferry.sinks.s3_journal import (
     journal_store,
 )
 from logferry.spool.chunk import Chunk
+from logferry.spool.errors import SpoolFenced
 from s3_helpers import (
     S3Role,
     decode_object,
@@ -769,11 +771,13 @@ def test_the_factory_builds_the_sink_on_the_store_the_context_gives(
     assert isinstance(journal_store(MemoryDocuments(kv, "n1"), tmp_path), DocumentJournal)
 
 
-def test_a_multipart_upload_resumes_on_another_node_through_the_document_store(
+def test_another_nodes_upload_is_completed_at_takeover_so_its_late_parts_cannot_land(
     emulator: Emulator, role: S3Role, tmp_path: Path
 ) -> None:
-    """Node 1 dies after its first part; node 2 takes the KV record over and resumes the same
-    upload from the journaled part (nothing under either node's state_dir is shared)."""
+    """Node 1 stops after its first part (dead, or only paused with a part half sent); node 2
+    takes the KV record over. It does not resume node 1's upload: it completes it with the
+    journaled part at once and writes the rest to a new file. A part node 1 sends late (after
+    SIGCONT) then meets NoSuchUpload instead of replacing a part of node 2's file."""
     kv = MemoryKv()
     ep = endpoint(role)
     clients = clients_for(emulator, role)
@@ -785,16 +789,83 @@ def test_a_multipart_upload_resumes_on_another_node_through_the_document_store(
         if first.stats.parts >= 1:
             break
     (upload,) = [u for u in pending_uploads(emulator, role.bucket) if u["Key"].startswith(ep.path)]
-    del first  # crash
     second = make_sink(clients, ep, tmp_path / "2", journal=kv.take("node-2"), part_size=5 * MIB)
-    assert second.open(0) > 0
+    resume_at = second.open(0)
+    assert resume_at > 0
+    assert no_open_uploads(emulator, role, ep)  # node 1's upload is complete already
+    # node 1 wakes up and sends its next part: the upload is gone
+    s3 = clients.client("s3", ep.effective_region)
+    with pytest.raises(ClientError) as late:
+        s3.upload_part(
+            Bucket=role.bucket,
+            Key=upload["Key"],
+            UploadId=upload["UploadId"],
+            PartNumber=2,
+            Body=b"late part from the paused node",
+        )
+    assert late.value.response["Error"]["Code"] == "NoSuchUpload"
     second.feed(everything)
     second.flush()
-    assert second.stats.objects == 1
-    assert objects(emulator, role, ep) == {upload["Key"]: everything.data}
+    found = objects(emulator, role, ep)
+    assert len(found) == 2 and upload["Key"] in found
+    assert found[upload["Key"]] == everything.data[:resume_at]
+    rest = next(body for key, body in found.items() if key != upload["Key"])
+    assert found[upload["Key"]] + rest == everything.data
     assert kv.doc is not None and json.loads(kv.doc)["active"] is None
     assert no_open_uploads(emulator, role, ep)
     assert not list((tmp_path / "2").glob("s3-journal*"))
+
+
+def test_a_sink_that_no_longer_holds_its_endpoint_sends_nothing(
+    emulator: Emulator, role: S3Role, tmp_path: Path
+) -> None:
+    """`SinkContext.holds` turns False (the lease lapsed while the node was paused): the next
+    UploadPart is not sent, the sink raises SpoolFenced, and the upload keeps only what was
+    sent before; the journal (the new owner's to act on) is untouched."""
+    kv = MemoryKv()
+    ep = endpoint(role)
+    clients = clients_for(emulator, role)
+    everything = one_chunk(hex_lines(90_000))
+    holding = [True]
+    pool = ThreadPoolExecutor(4)
+    sink = make_sink(
+        clients,
+        ep,
+        tmp_path / "1",
+        journal=kv.take("node-1"),
+        part_size=5 * MIB,
+        holds=lambda: holding[0],
+        io_executor=pool,
+    )
+    sink.recover()
+    pieces = _pieces(everything)
+    fed = 0
+    while sink.stats.parts < 1:
+        if fed < len(pieces):
+            sink.feed(pieces[fed])
+            fed += 1
+        sink.pump(caught_up=False)
+    journal_before = kv.doc
+    holding[0] = False
+    with pytest.raises(SpoolFenced, match="no longer owns the endpoint"):
+        for piece in pieces[fed:]:
+            sink.feed(piece)
+            sink.pump(caught_up=False)
+        sink.flush()
+        while sink.holds_data():  # the refusal surfaces when its call is taken in
+            sink.pump(caught_up=False)
+            time.sleep(0.01)
+    pool.shutdown(wait=True)
+    (upload,) = [u for u in pending_uploads(emulator, role.bucket) if u["Key"].startswith(ep.path)]
+    parts = emulator.client("s3").list_parts(
+        Bucket=role.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+    )
+    assert [p["PartNumber"] for p in parts.get("Parts", [])] == [1]
+    assert objects(emulator, role, ep) == {}
+    assert kv.doc == journal_before
+    emulator.client("s3").abort_multipart_upload(
+        Bucket=role.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+    )
 
 
 def test_discard_forgets_the_journal_in_the_store(

@@ -187,6 +187,7 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
             stopping=lambda: self.stopping,
             may_run=self.may_run,
             journal_for=self.backend.journal if self.backend is not None else None,
+            holds=self.backend.holds if self.backend is not None else None,
         )
         self.history = EndpointHistory()
         """Per-minute delivered lines and errors for the console's chart (last hour)."""

@@ -49,7 +49,7 @@ from logferry.sinks.backoff import Backoff
 from logferry.sinks.base import RETRY_POLICY, SETUP_RETRY_POLICY, Sink, SinkFactory
 from logferry.sinks.registry import factory
 from logferry.spool import SpoolCorrupt
-from logferry.spool.nats.errors import SpoolFenced
+from logferry.spool.errors import SpoolFenced
 
 if TYPE_CHECKING:
     from logferry.service.records import EndpointRecord

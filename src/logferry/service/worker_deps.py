@@ -50,5 +50,8 @@ class WorkerDeps:
     may_run: Callable[[str], bool] = field(default=lambda _uid: True)
     """Whether this node delivers the endpoint (uid) now: always on the local backend; on
     NATS only an owner does (`--role ingest` never), so `notify` starts no task elsewhere."""
+    holds: Callable[[str], bool] | None = None
+    """NATS: whether this node still owns the endpoint (uid) by its lease clock; each sink
+    asks it before every call to the destination (`SinkContext.holds`). None: always."""
     journal_for: Callable[[str], Any] | None = None
     """The endpoint's S3 journal store when it is not the local file (NATS: its KV record)."""

@@ -120,15 +120,21 @@ class DeliveryStep:
             stop=self.stop_event,
             wake=self._wake_from_thread,
             io_executor=deps.io_pool,
-            **self._journal_kwargs(),
+            **self._shared_kwargs(),
         )
         return self.factory.build(self.model, clients, context)
 
-    def _journal_kwargs(self) -> dict[str, Any]:
-        """NATS: the journal lives in the endpoint's KV record (so a new owner finds it)."""
-        if self.deps.journal_for is None:
-            return {}
-        return {"journal": self.deps.journal_for(self.record.uid_prefix)}
+    def _shared_kwargs(self) -> dict[str, Any]:
+        """NATS: the journal lives in the endpoint's KV record (so a new owner finds it), and
+        every call to the destination first asks whether this node still owns the endpoint."""
+        uid = self.record.uid_prefix
+        given: dict[str, Any] = {}
+        if self.deps.journal_for is not None:
+            given["journal"] = self.deps.journal_for(uid)
+        holds = self.deps.holds
+        if holds is not None:
+            given["holds"] = lambda: holds(uid)
+        return given
 
     def _wake_from_thread(self) -> None:
         """A call the sink left in flight finished: pump again now (any thread)."""

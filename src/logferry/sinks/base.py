@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from logferry.sinks.backoff import Backoff
 from logferry.spool.chunk import Chunk
+from logferry.spool.errors import SpoolFenced
 
 if TYPE_CHECKING:
     from logferry.aws.clients import AwsClients, AwsTarget
@@ -122,10 +123,27 @@ class SinkContext:
     """The service's shared pool for AWS calls that only wait on the network. A sink may keep
     several calls in flight here (bounded per sink) and must never block a delivery thread
     waiting for them in `pump`; None = make every call inline (tools and tests)."""
+    holds: Callable[[], bool] | None = None
+    """None: this node always delivers the endpoint (the local backend). NATS: True while this
+    node owns it and its lease cannot have expired by its own clock. A sink asks it right
+    before every call to the destination (each attempt) and raises `SpoolFenced` instead of
+    sending once it is False, so a node resumed after a pause (SIGSTOP, a long GC, a frozen
+    VM) sends nothing more. A call already on the wire when the node paused still ends;
+    `s3.recovery` makes sure such a late part cannot land in a file (see `recover`)."""
     journal: JournalStore | JournalDocuments | None = None
     """Where a sink with durable state keeps it: None = files under `state_dir` (the local
     backend); else a store shared by the nodes that may own the endpoint (the NATS backend's
     `EndpointJournal`: one JSON document, saved compare-and-set), `state_dir` being scratch."""
+
+
+def check_holds(holds: Callable[[], bool] | None, call: str, target: str) -> None:
+    """Right before a call to the destination: SpoolFenced unless this node still holds the
+    endpoint (`SinkContext.holds`)."""
+    if holds is not None and not holds():
+        raise SpoolFenced(
+            f"{call} to {target} not sent: this node no longer owns the endpoint (another "
+            "node took it over, or this node's lease may have expired while it was paused)"
+        )
 
 
 @dataclass(frozen=True)

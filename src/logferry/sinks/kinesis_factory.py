@@ -29,6 +29,7 @@ class KinesisFactory(BaseSinkFactory):
             uid_prefix=ctx.uid_prefix,
             io_executor=ctx.io_executor,
             wake=ctx.wake,
+            holds=ctx.holds,
         )
 
     def verify(

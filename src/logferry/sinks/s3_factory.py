@@ -71,6 +71,7 @@ class S3Factory(BaseSinkFactory):
             io_executor=ctx.io_executor,
             wake=ctx.wake,
             journal=ctx.journal,
+            holds=ctx.holds,
         )
 
     def verify(

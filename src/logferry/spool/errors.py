@@ -20,6 +20,19 @@ class SpoolFull(SpoolError):
         self.retry_after = retry_after
 
 
+class SpoolFenced(SpoolError):
+    """This node no longer owns the endpoint (NATS backend): a compare-and-set on its record
+    failed, or its lease may have expired by its own clock, so a sink refused to send a write
+    to the destination. Stop delivering it; the new owner resumes from the record's cursor."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            message,
+            fix="Nothing to fix: another delivery node took the endpoint over (lease expiry "
+            "or rebalance); this node stops its worker.",
+        )
+
+
 class SpoolClosed(SpoolError):
     """The spool was closed or dropped; nothing more can be appended."""
 

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from logferry.errors import AwsErrorInfo, SetupError, TransientError
 from logferry.sinks.aws_errors import is_aws_exception
+from logferry.sinks.base import check_holds
 from logferry.sinks.kinesis_batch import MAX_BYTES_PER_CALL, Batch, Progress
 from logferry.sinks.kinesis_records import Record
 from logferry.sinks.shard_map import ShardMap
+from logferry.spool.errors import SpoolFenced
 
 if TYPE_CHECKING:
     from logferry.sinks.kinesis.sink import KinesisSink
@@ -112,6 +114,14 @@ def _send(self: KinesisSink, batch: Batch, state: Progress) -> None:
         {"Data": record.data, "PartitionKey": record.key, "ExplicitHashKey": hash_key}
         for record, _, hash_key in batch.items
     ]
+    holds, target = self._holds, self.stream_arn
+    try:
+        check_holds(holds, "PutRecords", target)
+    except SpoolFenced:
+        if batch.booking is not None:
+            self._pacer.release(batch.booking)
+        self._unwind(batch, state)  # back in order; the spool keeps them for the new owner
+        raise
     self.stats.calls += 1
     client = self.client
     future: Future[dict[str, Any]]
@@ -128,6 +138,7 @@ def _send(self: KinesisSink, batch: Batch, state: Progress) -> None:
     def put_records() -> dict[str, Any]:
         """On the I/O thread: the call's second starts now, as it leaves (not when booked:
         it may have waited for a free thread)."""
+        check_holds(holds, "PutRecords", target)  # it may have waited for a free thread
         if booking is not None:
             pacer.started(booking)
         result: dict[str, Any] = client.put_records(StreamARN=self.stream_arn, Records=entries)

@@ -120,6 +120,7 @@ class KinesisSink:
         max_in_flight: int | None = None,
         max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
         pacer: ShardPacer | None = None,
+        holds: Callable[[], bool] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.stream_arn = endpoint.stream_arn()
@@ -128,6 +129,8 @@ class KinesisSink:
         self._clock = clock
         self._sleep = sleep
         self._stop = stop
+        self._holds = holds
+        """SinkContext.holds: asked before every PutRecords leaves (`calls._send`)."""
         self._hostname = hostname
         self._rng = rng or random.Random()
         self._record_backoff = Backoff(*self.record_backoff, rng=self._rng)

@@ -17,6 +17,7 @@ from logferry.aws.sts_credentials import StsCredentials
 from logferry.errors import AwsError, SetupError, TransientError
 from logferry.sinks.aws_errors import REFRESH_CODES, classify
 from logferry.sinks.backoff import retry_call
+from logferry.sinks.base import check_holds
 from logferry.sinks.s3.stats import LastError
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def _call(self: S3Sink, operation: str, **kwargs: Any) -> dict[str, Any]:
     target = f"s3://{self.endpoint.bucket_name}/{kwargs.get('Key', '')}"
 
     def call() -> dict[str, Any]:
+        check_holds(self._holds, operation, target)  # every attempt: a retry may come late
         return method(**kwargs)  # type: ignore[no-any-return]  # botocore is untyped
 
     def classify_error(exc: BaseException) -> AwsError:

@@ -63,26 +63,33 @@ def recover(self: S3Sink) -> int:
     state = loaded or JournalState(incarnation=self._incarnation)
     self._abort_abandoned(state)
     changed = state.incarnation != self._incarnation
+    # A shared journal (NATS) may have been written by another node, which may only be
+    # paused, with an UploadPart half sent: such a part could still land in the upload and
+    # replace a part this sink uploads under the same number. So its upload is never
+    # resumed: it is completed with the journaled parts (a late part then meets
+    # NoSuchUpload), and what follows goes into a new file.
+    finish_now = changed or self._shared_journal
     active = state.active
     resume_at: int | None = None
     if (
         active is not None
         and active.upload_id is not None
-        and changed
+        and finish_now
         and active.parts
         and not active.pgp
     ):
         # Its parts hold lines the spool has already released: finish the object as it
-        # is (old settings) and start the rest under the new ones. Its end is journaled
-        # first, as for every completion (what `_completed_elsewhere` relies on).
+        # is (old settings, or the previous owner's upload) and start the rest in a new one.
+        # Its end is journaled first, as for every completion (what `_completed_elsewhere`
+        # relies on).
         if active.end != active.parts[-1].end:
             active.end = active.parts[-1].end
             self._save(state)
         self._complete_journaled(state, active)
         active = state.active  # None once delivered; else rebuilt below (new settings)
     if active is not None:
-        if active.upload_id is not None and (active.pgp or changed):
-            # An OpenPGP message / other settings: cannot be continued.
+        if active.upload_id is not None and (active.pgp or finish_now):
+            # An OpenPGP message / other settings / another writer's: not continued.
             self._give_up_upload(state, active)
         if active.upload_id is not None:
             resume_at = self._resume(state, active)

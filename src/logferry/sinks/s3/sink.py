@@ -112,6 +112,7 @@ class S3Sink:
         parts_in_flight: int = DEFAULT_PARTS_IN_FLIGHT,
         budget: InflightBudget | None = None,
         journal: JournalStore | JournalDocuments | None = None,
+        holds: Callable[[], bool] | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
@@ -139,9 +140,14 @@ class S3Sink:
         self._put_args = endpoint.put_args()
         self._region = endpoint.effective_region
         self._s3: BaseClient | None = None
+        self._holds = holds
+        """SinkContext.holds: asked before every attempt of every S3 call (`client._call`)."""
         self._journal: JournalStore = journal_store(journal, self.state_dir)
         """Where the crash journal lives: the local file under `state_dir` unless given (the
         NATS backend keeps it in the endpoint's KV record; `state_dir` is then scratch)."""
+        self._shared_journal = not isinstance(self._journal, Journal)
+        """Another node may have written the journal (NATS): `recover` then completes its
+        upload instead of resuming it (see there)."""
         self._portable_sizes = (
             isinstance(self._journal, Journal) or endpoint.message_type == "blank"
         )

@@ -1,8 +1,11 @@
-"""Errors of the NATS backend; both are `SpoolError`s, so ingest answers 503 + Retry-After."""
+"""Errors of the NATS backend; both are `SpoolError`s, so ingest answers 503 + Retry-After.
+`SpoolFenced` lives in `spool.errors` (a sink raises it too) and is re-exported here."""
 
 from __future__ import annotations
 
-from logferry.spool.errors import SpoolError
+from logferry.spool.errors import SpoolError, SpoolFenced
+
+__all__ = ["NatsUnavailable", "SpoolFenced"]
 
 
 class NatsUnavailable(SpoolError):
@@ -29,16 +32,3 @@ class NatsUnavailable(SpoolError):
         )
         self.retry_after = retry_after
         self.maybe_stored = maybe_stored
-
-
-class SpoolFenced(SpoolError):
-    """This node no longer owns the endpoint: a compare-and-set on its record failed, or its
-    lease may have expired by its own clock. Stop delivering it; the new owner resumes from
-    the record's cursor."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            message,
-            fix="Nothing to fix: another delivery node took the endpoint over (lease expiry "
-            "or rebalance); this node stops its worker.",
-        )
