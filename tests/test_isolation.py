@@ -7,6 +7,7 @@ is a 401/403/404/409/429 with a reason, never a 5xx and never another tenant's d
 from __future__ import annotations
 
 import gzip
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +139,21 @@ def test_quota_refuses_only_the_tenant_over_it(emulator: Emulator, tenants) -> N
     ]
     with serve.as_token(tenants["TOKEN_A"]) as client_a:  # A is still refused
         assert client_a.post(f"/v1/ingest/{a}/s3", content=body).status_code == 429
+    # ... before its body is read: the head alone gets the 429 (a flood past the quota costs
+    # the server a request head per body, not reading and normalising it).
+    host, port = serve.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(
+            f"POST /v1/ingest/{a}/s3 HTTP/1.1\r\nhost: x\r\n"
+            f"authorization: Bearer {tenants['TOKEN_A']}\r\n"
+            f"content-length: {len(body)}\r\n\r\n".encode()
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536) or b"<closed>"
+            assert not answer.endswith(b"<closed>"), answer
+        assert answer.startswith(b"HTTP/1.1 429 "), answer
+        assert b"retry-after: " in answer.lower(), answer
     with serve.admin() as admin:  # the quota is visible and can be raised through the API
         assert admin.get(f"/v1/customers/{a}").json()["spool_max_bytes"] == 64 * 1024
         raised = admin.put(f"/v1/customers/{a}", json={"spool_max_bytes": "1MiB"})

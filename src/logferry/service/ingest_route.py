@@ -147,6 +147,22 @@ def _storage_answer(refusal: StorageRefusal) -> JSONResponse:
     return response
 
 
+def quota_refusal_unread(
+    service: Service, request: Request, customer_id: str, max_body: int
+) -> SpoolFull | None:
+    """A body whose declared size cannot fit the customer's quota (or the spool) now: refused
+    before it is read, decompressed and normalised, so a tenant flooding past its quota costs
+    the server a request head per body (measured in docs/scale-out.md, noisy neighbour). What
+    is appended is at least the declared size (gzip only grows it) but for lines cut at
+    max_line_bytes and skipped empty lines, so this refuses what the append would refuse, but
+    for such a body that would just have fit: it gets the 429 a moment early. OTLP uses it
+    too: its JSON lines are larger than the protobuf or JSON they come from."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit() or not 0 < int(declared) <= max_body:
+        return None  # chunked, empty, or the 413 read_raw gives
+    return service.quota_refusal(customer_id, int(declared))
+
+
 def _over_rate(customer_id: str, wait: float) -> JSONResponse:
     return too_many(
         f"customer {customer_id!r} is over its ingest rate; nothing was kept",
@@ -184,6 +200,10 @@ async def ingest_request(
     if wait > 0:  # refused before reading the body: a flood costs its sender, not the loop
         service.metrics.ingest_rejected.labels("rate_limited").inc()
         return _over_rate(customer_id, wait)
+    full = quota_refusal_unread(service, request, customer_id, max_body)
+    if full is not None:
+        service.metrics.ingest_rejected.labels("spool_full").inc()
+        return over_quota(full)
     try:
         body = await read_raw(request, max_body)
     except BodyRefused as exc:

@@ -44,7 +44,11 @@ from logferry.ingest.otlp import (
     to_lines,
 )
 from logferry.service.ingest_body import BodyRefused, decode_body, is_gzip, read_raw
-from logferry.service.ingest_route import NORMALIZE_INLINE_BYTES, storage_failed
+from logferry.service.ingest_route import (
+    NORMALIZE_INLINE_BYTES,
+    quota_refusal_unread,
+    storage_failed,
+)
 from logferry.service.limits import retry_after_header
 from logferry.service.runtime import Service, UnknownEndpoint
 from logferry.spool import SpoolError, SpoolFull
@@ -165,6 +169,9 @@ def otlp_router(service: Service, authorize: Callable[..., Any]) -> APIRouter:
         wait = service.ingest_wait(customer_id)
         if wait > 0:  # refused before reading the body, as /v1/ingest does
             return over_rate(customer_id, wait, encoding)
+        full = quota_refusal_unread(service, request, customer_id, max_body)
+        if full is not None:
+            return spool_full(full, encoding)
         try:
             raw = await read_raw(request, max_body, fix=SPLIT_FIX)
         except BodyRefused as exc:

@@ -12,6 +12,7 @@ from logferry.service.limits import KeyedBuckets
 from logferry.service.records import CustomerRecord
 from logferry.spool.base import SpoolProvider
 from logferry.spool.budget import LayeredBudget
+from logferry.spool.errors import SpoolFull
 from logferry.spool.log import SpoolBudget
 
 HEAVY_SLOTS = 2
@@ -81,6 +82,14 @@ class TenantLimits:
         )
         self._layered[record.id].layers[0] = (self._quota_label(record.id, own=own), quota)
         self.customer_limits[record.id] = record
+
+    def quota_refusal(self, customer_id: str, nbytes: int) -> SpoolFull | None:
+        """The 429 an append of `nbytes` would meet now (its quota, or the spool's limit), so
+        a body can be refused before it is read; None when it may fit. Nothing is reserved:
+        the append checks again."""
+        self._quota(customer_id)
+        layered = self._layered[customer_id]
+        return None if layered.fits(nbytes) else layered.refusal(nbytes)
 
     def ingest_wait(self, customer_id: str, nbytes: int | None = None) -> float:
         """Seconds the customer must wait under its ingest rate (0.0: go ahead). With `nbytes`,

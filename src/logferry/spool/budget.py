@@ -61,6 +61,10 @@ class SpoolBudget:
             self._used += n
             return True
 
+    def fits(self, n: int) -> bool:
+        """Whether `n` more bytes would be reserved now (a hint: nothing is reserved)."""
+        return self.max_bytes is None or self._used + n <= self.max_bytes
+
     def adjust(self, delta: int) -> None:
         """Account bytes that appear or disappear regardless of the limit (headers, deletes)."""
         with self._lock:
@@ -129,6 +133,9 @@ class LayeredBudget(SpoolBudget):
                 return False
             taken.append(budget)
         return True
+
+    def fits(self, n: int) -> bool:
+        return all(budget.fits(n) for _, budget in self.layers)
 
     def adjust(self, delta: int) -> None:
         for _, budget in self.layers:
