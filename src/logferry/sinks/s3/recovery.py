@@ -67,8 +67,9 @@ def recover(self: S3Sink) -> int:
     # paused, with an UploadPart half sent: such a part could still land in the upload and
     # replace a part this sink uploads under the same number. So its upload is never
     # resumed: it is completed with the journaled parts (a late part then meets
-    # NoSuchUpload), and what follows goes into a new file.
-    finish_now = changed or self._shared_journal
+    # NoSuchUpload), and what follows goes into a new file. An upload this sink journaled
+    # itself (a recover after one of its calls failed) is its own to resume.
+    finish_now = changed or (self._shared_journal and not self._saved_journal)
     active = state.active
     resume_at: int | None = None
     if (

@@ -148,6 +148,9 @@ class S3Sink:
         self._shared_journal = not isinstance(self._journal, Journal)
         """Another node may have written the journal (NATS): `recover` then completes its
         upload instead of resuming it (see there)."""
+        self._saved_journal = False
+        """This sink has saved the journal: a later `recover` of its own (after a failed
+        call) may resume its own upload."""
         self._portable_sizes = (
             isinstance(self._journal, Journal) or endpoint.message_type == "blank"
         )

@@ -38,6 +38,7 @@ def _active(self: S3Sink, f: OpenFile, end: int | None) -> ActiveFile:
 
 def _save(self: S3Sink, state: JournalState | None = None, *, sync: bool = True) -> None:
     self._journal.save(state or self._state, sync=sync)
+    self._saved_journal = True
 
 
 def _journal_file(self: S3Sink, f: OpenFile) -> None:
