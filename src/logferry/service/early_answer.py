@@ -12,11 +12,10 @@ uvicorn has no such option; an ASGI wrapper sees both parsers.
 
 from __future__ import annotations
 
-import contextlib
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logferry.service.http_protocol import DISCARD_MAX_BYTES
+from logferry.service.listener_limits import body_framing
 
 
 class CloseAfterEarlyAnswer:
@@ -30,14 +29,7 @@ class CloseAfterEarlyAnswer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared: int | None = None
-        chunked = False
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                with contextlib.suppress(ValueError):
-                    declared = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
+        declared, chunked, _ = body_framing(scope)
         if not chunked and not declared:
             await self.app(scope, receive, send)  # no body: nothing can be left unread
             return

@@ -149,6 +149,21 @@ class BodyBudget:
             self.by_source.pop(source, None)
 
 
+def body_framing(scope: Scope) -> tuple[int | None, bool, bool]:
+    """(declared Content-Length or None, chunked, waits for 100 Continue) of a request head."""
+    declared: int | None = None
+    chunked = expect_continue = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            with contextlib.suppress(ValueError):
+                declared = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"expect":
+            expect_continue = value.lower() == b"100-continue"
+    return declared, chunked, expect_continue
+
+
 def _refusal(budget: BodyBudget, which: str, *, close: bool) -> tuple[Message, Message]:
     if which == "source":
         what = "this client address holds its share of request bodies in flight "
@@ -192,16 +207,7 @@ class BodyBudgetMiddleware:
         if scope["type"] != "http" or not (self.budget.limit or self.budget.per_source):
             await self.app(scope, receive, send)
             return
-        declared: int | None = None
-        chunked = expect_continue = False
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                with contextlib.suppress(ValueError):
-                    declared = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"expect":
-                expect_continue = value.lower() == b"100-continue"
+        declared, chunked, expect_continue = body_framing(scope)
         if declared is None and not chunked:
             await self.app(scope, receive, send)  # no body
             return
