@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from chaos.harness import operation
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
 from service_helpers import NodeProcess, base_config, nats_spool
@@ -67,7 +68,6 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from urllib.parse import parse_qs, urlsplit  # noqa: E402
 
 from logferry.local.latency_proxy import (  # noqa: E402
     Forward,
@@ -88,17 +88,8 @@ S3_WRITES = frozenset(
 
 
 def s3_operation(request: ProxyRequest) -> str:
-    """The S3 operation of a proxied call, from the method and query string."""
-    query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
-    if request.method == "POST" and "uploads" in query:
-        return "CreateMultipartUpload"
-    if request.method == "PUT" and "partNumber" in query:
-        return "UploadPart"
-    if request.method == "POST" and "uploadId" in query:
-        return "CompleteMultipartUpload"
-    if request.method == "DELETE" and "uploadId" in query:
-        return "AbortMultipartUpload"
-    return {"PUT": "PutObject"}.get(request.method, f"s3:{request.method}")
+    """The S3 operation of a proxied call (the chaos harness reads it off the wire)."""
+    return operation(request)
 
 
 @dataclass(frozen=True)
