@@ -70,6 +70,14 @@ class SpoolConfig(_Strict):
     connect_timeout_seconds: float = Field(
         5.0, gt=0, le=300, description="backend = nats: the first connection's time limit."
     )
+    idle_follow_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="backend = nats: an owned endpoint with nothing pending for this long "
+        "stops following its stream (one JetStream consumer less); new lines wake it within "
+        "about a second.",
+    )
     node_id: str | None = Field(
         None,
         min_length=1,
@@ -142,6 +150,7 @@ class SpoolConfig(_Strict):
             lease_seconds=self.lease_seconds,
             heartbeat_seconds=self.heartbeat_seconds,
             connect_timeout_seconds=self.connect_timeout_seconds,
+            idle_follow_seconds=self.idle_follow_seconds,
         )
 
 
@@ -154,6 +163,7 @@ NATS_FIELDS = (
     "lease_seconds",
     "heartbeat_seconds",
     "connect_timeout_seconds",
+    "idle_follow_seconds",
     "node_id",
 )
 """`[spool]` keys that only mean something with backend = "nats"."""

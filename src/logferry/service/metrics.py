@@ -99,6 +99,8 @@ _NATS_HELP = {
     "cursor_lag_lines": "Accepted lines of owned endpoints not yet delivered",
     "cursor_lag_seconds_max": "Age of the oldest undelivered line over owned endpoints",
     "connected": "1 while this node is connected to NATS",
+    "parked_endpoints": "Owned endpoints idle for spool.idle_follow_seconds: no consumer",
+    "parked_wakeups_total": "Parked endpoints woken by lines another node appended",
 }
 
 

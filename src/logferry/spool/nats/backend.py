@@ -34,6 +34,7 @@ from nats.js.kv import KeyValue
 from logferry.spool.nats.errors import NatsUnavailable
 from logferry.spool.nats.ownership import Ownership
 from logferry.spool.nats.settings import HEADER_HEADROOM, NatsSpoolSettings
+from logferry.spool.nats.wakeup import ParkedWatch
 
 if TYPE_CHECKING:
     from logferry.spool.nats.journal import EndpointJournal
@@ -84,6 +85,7 @@ class NatsBackend:
         """False while JetStream does not answer (no meta leader: a majority of servers gone)."""
         self.service_loop: asyncio.AbstractEventLoop | None = None
         self.ownership = Ownership(self)
+        self.parked_watch = ParkedWatch(self)
         from logferry.spool.nats.provider import NatsSpoolProvider
 
         self._provider = NatsSpoolProvider(self)
@@ -182,6 +184,8 @@ class NatsBackend:
         await self._retry(lambda: self.kv(s.nodes_bucket, ttl=s.lease_seconds), deadline)
         await self.ownership.start()
         self._loop.create_task(self._watch_quorum())
+        if self.deliver:
+            self._loop.create_task(self.parked_watch.run())
 
     async def _watch_quorum(self) -> None:
         """Ask JetStream for the account's info every heartbeat: only a meta leader answers,
@@ -352,11 +356,13 @@ class NatsBackend:
         """Owned endpoints, takeovers, KV conflicts, the cursor lag of owned endpoints."""
         stats = self.ownership.stats()
         lag_bytes = lag_lines = lag_seconds = 0.0
+        parked = 0
         now = time.time()
         for key in self.owned():
             spool = self._provider.peek(key)
             if spool is None:
                 continue
+            parked += spool.parked
             lag_bytes += spool.pending_bytes
             lag_lines += spool.pending_lines
             first = spool.first_pending_accepted_at()
@@ -367,6 +373,8 @@ class NatsBackend:
             cursor_lag_lines=lag_lines,
             cursor_lag_seconds_max=lag_seconds,
             connected=1.0 if self.connected else 0.0,
+            parked_endpoints=float(parked),
+            parked_wakeups_total=float(self.parked_watch.wakeups),
         )
         return stats
 

@@ -73,6 +73,12 @@ class NatsSpoolProvider:
             self.backend.call(spool.follow(), CALL_TIMEOUT)
         return spool
 
+    def parked(self) -> list[NatsSpool]:
+        """Owned spools that stopped following their subject (idle; `wakeup` watches them)."""
+        with self._mu:
+            spools = list(self._spools.values())
+        return [spool for spool in spools if spool.parked]
+
     def peek(self, key: str) -> NatsSpool | None:
         """The open spool of `key`, without opening one."""
         with self._mu:

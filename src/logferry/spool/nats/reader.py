@@ -13,6 +13,11 @@ still incomplete `duplicate_window` after its accept time belongs to an append t
 acknowledged (the appender gives up after append_timeout <= window / 2): it is skipped, the same
 way by every reader.
 
+An endpoint with nothing pending for `idle_follow_seconds` stops following (parks): its
+consumer ends, its index stays (everything in it is committed). nats-server refuses a stream's
+1,001st consumer, so a node that owns thousands of endpoints follows only the active ones; the
+owner's own append wakes a parked log at once, another node's within `wakeup.WAKE_POLL_SECONDS`.
+
 Everything here runs on the backend's loop; `NatsSpool` hands calls over from threads.
 """
 
@@ -85,6 +90,10 @@ class SubjectLog:
         self._caught_up = asyncio.Event()
         self.commit_lock = asyncio.Lock()
         self.closed = False
+        self._follow_lock = asyncio.Lock()
+        self._last_activity = time.monotonic()
+        """When a message was indexed, read or committed last (parking waits for quiet)."""
+        self.parks = 0
 
     # -- following ---------------------------------------------------------------------------
 
@@ -113,7 +122,28 @@ class SubjectLog:
             self._caught_up.set()
         else:
             self._caught_up.clear()  # the head message alone does not cover the tail
-        self._sub = await self.backend.js.subscribe(
+        if not self._head_skip and self._tail <= self.last_seq:
+            # Nothing at or after the cursor: start parked (no consumer) until data comes.
+            self.ready.set()
+            return
+        async with self._follow_lock:
+            await self._subscribe()
+        if self.closed:
+            return
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), CATCH_UP_SECONDS)
+        except TimeoutError:
+            raise NatsUnavailable(
+                f"endpoint {self.spool.name}: indexing its subject up to message {self._tail} "
+                f"took over {CATCH_UP_SECONDS:g}s"
+            ) from None
+        if self.closed:
+            return
+        self.ready.set()
+
+    async def _subscribe(self) -> None:
+        """Follow the subject from the message after the last one indexed (_follow_lock)."""
+        sub = await self.backend.js.subscribe(
             self.spool.subject,
             stream=self.spool.stream,
             cb=self._on_msg,
@@ -125,19 +155,55 @@ class SubjectLog:
         )
         if self.closed:  # stopped while subscribing (ownership lost at once)
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
             return
+        self._sub = sub
+        self._last_activity = time.monotonic()
         self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
-        try:
-            await asyncio.wait_for(self._caught_up.wait(), CATCH_UP_SECONDS)
-        except TimeoutError:
-            raise NatsUnavailable(
-                f"endpoint {self.spool.name}: indexing its subject up to message {self._tail} "
-                f"took over {CATCH_UP_SECONDS:g}s"
-            ) from None
-        if self.closed:
-            return
-        self.ready.set()
+
+    @property
+    def parked(self) -> bool:
+        """Ready, not closed, and not following: nothing was pending when it parked."""
+        return self._sub is None and self.ready.is_set() and not self.closed
+
+    async def resume(self) -> bool:
+        """Follow again after parking (new messages may have come); False if not parked."""
+        async with self._follow_lock:
+            if not self.parked:
+                return False
+            await self._subscribe()
+            return self._sub is not None
+
+    def _may_park(self) -> bool:
+        idle = self.backend.settings.idle_follow_seconds
+        return (
+            self._sub is not None
+            and not self._staged
+            and not self._groups
+            and self.committed >= self.end
+            and not self.commit_lock.locked()
+            and not self.spool.has_unindexed()
+            and time.monotonic() - self._last_activity >= idle
+        )
+
+    async def _park(self) -> bool:
+        """Stop following: end the consumer, keep the index (empty: all of it committed).
+        The purge below the cursor is repeated, so a parked subject holds no message and
+        any message `wakeup` sees on it is new."""
+        async with self._follow_lock:
+            if not self._may_park():
+                return False
+            sub, self._sub = self._sub, None
+            upto = self.last_seq  # committed: checked above (a late callback may index more)
+            self.parks += 1
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        with contextlib.suppress(TimeoutError, nats.errors.Error):
+            await self.backend.js.purge_stream(
+                self.spool.stream, seq=upto + 1, subject=self.spool.subject
+            )
+        log.debug("endpoint %s: parked after message %d", self.spool.name, upto)
+        return True
 
     async def _subject_tail(self) -> int:
         """The stream sequence of the subject's last message (0: the subject is empty)."""
@@ -164,6 +230,7 @@ class SubjectLog:
         if seq <= self.last_seq:
             return  # an ordered consumer's reset may repeat what it delivered
         self.last_seq = seq
+        self._last_activity = time.monotonic()
         if seq >= self._tail:
             self._caught_up.set()
         if H_SIZE not in h:
@@ -192,10 +259,12 @@ class SubjectLog:
         self._advance()
 
     async def _expire_loop(self) -> None:
-        while not self.closed:
+        while not self.closed and self._sub is not None:
             await asyncio.sleep(EXPIRY_CHECK_SECONDS)
             if self._staged:
                 self._advance()
+            if self._may_park() and await self._park():
+                return  # a resume starts a new loop
 
     def _advance(self) -> None:
         moved = False
@@ -336,6 +405,7 @@ class SubjectLog:
             raise ValueError(
                 f"offset {from_offset} of spool {self.spool.name} was committed and purged"
             )
+        self._last_activity = time.monotonic()
         if from_offset == self.end:
             return []
         i = self._index(from_offset)
@@ -426,6 +496,7 @@ class SubjectLog:
 
     def committed_to(self, cursor: dict[str, Any]) -> None:
         """Forget what lies below the new cursor."""
+        self._last_activity = time.monotonic()
         self.committed = int(cursor["pos"])
         self.committed_line = int(cursor["line"])
         drop = self._index(self.committed) if self.committed < self.end else len(self.entries)

@@ -33,6 +33,9 @@ class NatsSpoolSettings(BaseModel):
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     append_timeout_seconds: float = Field(default=10.0, gt=0)
     """How long one append retries a part without a quorum ack before NatsUnavailable."""
+    idle_follow_seconds: float = Field(default=30.0, gt=0)
+    """An owned endpoint with nothing pending for this long stops following its subject (its
+    consumer ends: nats-server refuses a stream's 1,001st); new messages wake it (reader.py)."""
 
     @field_validator("nats_url")
     @classmethod

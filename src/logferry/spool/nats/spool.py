@@ -90,6 +90,7 @@ class NatsSpool:
         self._queue: deque[tuple[bytes, float, asyncio.Future[None]]] = deque()
         """Appends waiting for the publish in flight (backend loop only)."""
         self._flusher: asyncio.Task[None] | None = None
+        self._resuming: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -195,10 +196,46 @@ class NatsSpool:
                 headers[H_FRAG] = part.frag
             messages.append((part.data, headers))
         await self._publisher().publish(messages, request)
-        if self._log is not None:  # the owner: count it until its own index shows it
+        log_ = self._log
+        if log_ is not None:  # the owner: count it until its own index shows it
             with self._mu:
                 if request not in self._indexed_set:
                     self._unindexed[request] = (len(data), data.count(b"\n"), time.monotonic())
+            if log_.parked:  # idle until now: follow again (the ack does not wait for it)
+                self._resume_soon(log_)
+
+    def _resume_soon(self, log_: SubjectLog) -> None:
+        task = asyncio.get_running_loop().create_task(self._resume(log_))
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self, log_: SubjectLog) -> None:
+        delay = 0.5
+        while log_.parked and self._log is log_ and self.backend.holds(self.name):
+            try:
+                await log_.resume()
+                return
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("spool %s: following again failed, retrying: %r", self.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def wake_if_parked(self) -> None:
+        """New messages are on the subject (`wakeup` saw them): follow again if parked."""
+        log_ = self._log
+        if log_ is not None and log_.parked:
+            await self._resume(log_)
+
+    @property
+    def parked(self) -> bool:
+        """Owned, indexed, and not following: nothing was pending for idle_follow_seconds."""
+        log_ = self._log
+        return log_ is not None and log_.parked
+
+    def has_unindexed(self) -> bool:
+        """This owner appended something its index has not shown yet."""
+        with self._mu:
+            return bool(self._unindexed)
 
     def indexed(self, request: str) -> None:
         """The owner's index took a message of `request` (reader.py, backend loop)."""
