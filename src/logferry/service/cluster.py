@@ -5,8 +5,9 @@
   `deliver` accepts no ingest (HTTP answers 503 naming the role; no syslog listeners) and runs
   workers only for the endpoints it owns;
 - **ownership**: the backend decides (rendezvous hashing over live nodes, a KV compare-and-set
-  per endpoint); a gained endpoint starts its worker, a lost one halts it at once (no flush:
-  the new owner completes or aborts what the KV journal names);
+  per endpoint); a gained endpoint with lines starts its worker (an idle one only once lines
+  come: a takeover may bring thousands), a lost one halts it at once (no flush: the new owner
+  completes or aborts what the KV journal names);
 - **registry watch**: a customer, endpoint or token changed on any node is applied here
   without a restart (`service.registry_kv`), and the backend learns the endpoint set.
 """
@@ -50,6 +51,7 @@ class ClusterNode:
     workers: dict[EndpointKey, EndpointWorker]
     _uid_customer: dict[str, str]
     _background: set[asyncio.Task[Any]]
+    _opening: set[str]
 
     if TYPE_CHECKING:  # provided by the class this is part of
 
@@ -152,7 +154,9 @@ class ClusterNode:
                     if worker is not None and worker.running:
                         continue
                     spool = self.backend.provider.peek(uid)
-                    if spool is None or spool.end_offset > spool.committed_offset:
+                    if spool is None:
+                        self._open_owned(uid)
+                    elif spool.end_offset > spool.committed_offset:
                         self.worker(*key).notify()
             except Exception:  # never let one endpoint stop the loop
                 logger.exception("waking owned endpoints failed")
@@ -177,11 +181,40 @@ class ClusterNode:
             return
         if owned:
             if self.delivers:
-                self.worker(*key).notify()
+                spool = self.backend.provider.peek(uid) if self.backend is not None else None
+                if spool is None:
+                    self._open_owned(uid)
+                elif spool.end_offset > spool.committed_offset:
+                    self.worker(*key).notify()
+                # else: `_kick_owned` starts the worker once lines are indexed (within a
+                # second); an idle endpoint costs no worker, no AssumeRole, no sink.
             return
         worker = self.workers.pop(key, None)
         if worker is not None:
             self._in_background(worker.halt())
+
+    def _open_owned(self, uid: str) -> None:
+        """Open (follow) an owned endpoint's spool off the loop; start its worker if it holds
+        lines. Until then `_kick_owned` leaves it alone; after, it watches the counters."""
+        if uid in self._opening or self.backend is None:
+            return
+        self._opening.add(uid)
+        backend = self.backend
+
+        async def open_it() -> None:
+            try:
+                spool = await asyncio.to_thread(backend.provider.open, uid)
+            except SpoolError as exc:  # `_kick_owned` tries again (the spool is still None)
+                log(logger, logging.WARNING, "opening an owned spool", uid=uid, error=str(exc))
+                return
+            finally:
+                self._opening.discard(uid)
+            key = self._key_of(uid)
+            pending = spool.end_offset > spool.committed_offset
+            if key is not None and pending and uid in backend.owned():
+                self.worker(*key).notify()
+
+        self._in_background(open_it())
 
     def _in_background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

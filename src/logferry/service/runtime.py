@@ -154,6 +154,8 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
         self.endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]] = {}
         self.workers: dict[EndpointKey, EndpointWorker] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._opening: set[str] = set()
+        """NATS: owned endpoints whose spool is being opened (followed) to see if it has lines."""
         self.invalid: dict[EndpointKey, tuple[EndpointRecord, str]] = {}
         """Stored endpoints that no longer validate: their spools are kept until they are
         fixed (PUT) or deleted; status shows `invalid` with the reason."""

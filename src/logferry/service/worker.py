@@ -299,8 +299,12 @@ class EndpointWorker(DeliveryStep):
             if stopping and deadline is None:
                 deadline = time.monotonic() + self.deps.shutdown_flush_seconds
             try:
-                await self._ensure_credentials()
-                if self._wants_activation(spool, stopping):
+                # Only a worker with something to deliver assumes the role: a NATS node starts
+                # one for every endpoint it takes over, most of them idle.
+                wants = self._wants_activation(spool, stopping)
+                if wants or self._sink is not None:
+                    await self._ensure_credentials()
+                if wants:
                     await self._activate(spool)
                 # Cleared before the step, not before the wait: a call that finishes while the
                 # step runs must still wake the wait that follows it.

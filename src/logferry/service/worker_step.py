@@ -73,6 +73,7 @@ class DeliveryStep:
     _wake: asyncio.Event
     _progress_lock: threading.Lock
     _fed: deque[tuple[int, float]]
+    _credentials: Any
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -224,8 +225,11 @@ class DeliveryStep:
             self._retire_sink = False  # new settings: their fingerprint asks for a new probe
             self._drop_sink()
             return True, 0.0  # the new sink is made on the activation pool (see `_activate`)
-        if self._sink is None and not self._wants_activation(spool, stopping):
-            return False, None
+        if self._sink is None:
+            if not self._wants_activation(spool, stopping):
+                return False, None
+            if self._credentials is None and self.deps.get_customer(self.record.customer_id):
+                return False, 0.0  # data came meanwhile: assume the role off this thread first
         sink = self._open_sink(spool)
         assert self._read_pos is not None
         if self._corrupt is not None:
