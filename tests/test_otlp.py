@@ -527,17 +527,22 @@ def test_spool_full_answers_429_with_retry_after(
             *[LogRecord(body=AnyValue(string_value="z" * 900)) for _ in range(1000)]
         )
         body = request.SerializeToString()
+        # Until the first 429: a spool over 75 % full closes the open file early (pressure
+        # flush), so on a busy machine a delivery may free room between two requests (CI #8
+        # saw [200, 429, 429, 200] when this sent exactly four and asserted the last).
+        answers = []
         with running.serve.as_token(TOKEN) as client:
-            answers = [
-                client.post(
-                    f"/v1/otlp/{running.customer}/full/v1/logs",
-                    content=body,
-                    headers={"Content-Type": "application/x-protobuf"},
+            while len(answers) < 12 and 429 not in [r.status_code for r in answers]:
+                answers.append(
+                    client.post(
+                        f"/v1/otlp/{running.customer}/full/v1/logs",
+                        content=body,
+                        headers={"Content-Type": "application/x-protobuf"},
+                    )
                 )
-                for _ in range(4)
-            ]
         codes = [r.status_code for r in answers]
         assert codes[0] == 200 and codes[-1] == 429, codes
+        assert set(codes) == {200, 429}, codes
         refused = answers[-1]
         assert int(refused.headers["Retry-After"]) >= 1
         status = pb_status(refused)
