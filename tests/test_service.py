@@ -457,7 +457,11 @@ def test_spool_limit_answers_429_and_oversized_bodies_413(
             big = b"x" * (1024 * 1024 + 10)
             assert client.post(f"/v1/ingest/{customer}/s3", content=big).status_code == 413
             body = (b"y" * 999 + b"\n") * 1000  # ~1 MB
-            statuses = [client.post(f"/v1/ingest/{customer}/s3", content=body) for _ in range(4)]
+            # Until the first 429: a pressure flush (spool over 75 % full) may deliver and
+            # free room between two requests on a busy machine.
+            statuses: list[httpx.Response] = []
+            while len(statuses) < 12 and 429 not in [r.status_code for r in statuses]:
+                statuses.append(client.post(f"/v1/ingest/{customer}/s3", content=body))
             codes = [r.status_code for r in statuses]
             assert 202 in codes and codes[-1] == 429, codes
             assert int(statuses[-1].headers["Retry-After"]) >= 1
