@@ -109,6 +109,11 @@ class NodeProcess(ServeProcess):
 
 def nats_owned(serve: ServeProcess) -> float:
     """`logferry_nats_owned_endpoints` of a node (-1: it does not answer)."""
+    return nats_metric(serve, "owned_endpoints")
+
+
+def nats_metric(serve: ServeProcess, name: str) -> float:
+    """`logferry_nats_<name>` of a node (-1: it does not answer)."""
     import httpx
 
     try:
@@ -117,6 +122,6 @@ def nats_owned(serve: ServeProcess) -> float:
     except httpx.HTTPError:
         return -1.0
     for line in text.splitlines():
-        if line.startswith("logferry_nats_owned_endpoints "):
+        if line.startswith(f"logferry_nats_{name} "):
             return float(line.split()[1])
     return 0.0

@@ -70,8 +70,16 @@ def test_idle_endpoints_hold_no_consumer_and_wake_for_any_nodes_lines(
             assert await _read_all(a, 0) == b"one\ntwo\n"
             await asyncio.to_thread(a.commit, 8)
 
-            # Idle again: the consumer goes, the subject holds nothing, the cursor stays.
+            # Idle again: the consumer goes, the subject holds nothing, the cursor stays. A
+            # worker polling at the end (an empty read) does not keep it following.
+            async def poll_at_end() -> None:
+                while not a.parked:
+                    assert await asyncio.to_thread(a.read, 8) == []
+                    await asyncio.sleep(0.2)
+
+            poller = asyncio.create_task(poll_at_end())
             await until(lambda: a.parked, "a parks after idle_follow_seconds", timeout=30)
+            await poller
             # The server drops an ephemeral consumer once nobody listens (within seconds).
             await until_async(lambda: _consumers(d, stream), 0, "a's consumer is gone")
             info = await asyncio.wrap_future(d.run(d.js.stream_info(stream)))

@@ -32,7 +32,7 @@ from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
 from nats_helpers import nats_node
 from s3_helpers import make_s3_role, pending_uploads
-from service_helpers import NodeProcess, reap_all, wait_for
+from service_helpers import NodeProcess, nats_metric, reap_all, wait_for
 
 pytest_plugins = ["tests.nats_helpers"]
 
@@ -217,7 +217,11 @@ def test_a_delivery_node_wakes_for_lines_ingested_elsewhere_after_its_worker_idl
         assert ingest(admin, customer, "s3", body_of(first)) == 100
         wait_bucket(emulator, role.bucket, 100)
         time.sleep(40)  # the worker has exited idle by now
+        # ...and the endpoint parked (idle_follow_seconds = 30): no consumer on its stream.
+        assert nats_metric(deliver, "parked_endpoints") == 1.0
+        woken = nats_metric(deliver, "parked_wakeups_total")
         second = make_lines("second", 100)
         assert ingest(admin, customer, "s3", body_of(second)) == 100
     wait_bucket(emulator, role.bucket, 200, timeout=60)
+    assert nats_metric(deliver, "parked_wakeups_total") > woken  # by the ingest node's lines
     assert_exactly_once(bucket_content(emulator, role.bucket, "logs/").lines, first + second)

@@ -405,9 +405,9 @@ class SubjectLog:
             raise ValueError(
                 f"offset {from_offset} of spool {self.spool.name} was committed and purged"
             )
-        self._last_activity = time.monotonic()
         if from_offset == self.end:
-            return []
+            return []  # a worker's poll at the end: not activity (parking waits for none)
+        self._last_activity = time.monotonic()
         i = self._index(from_offset)
         picked: list[Entry] = []
         total = -(from_offset - self.entries[i].start)
