@@ -218,7 +218,7 @@ def test_a_delivery_node_wakes_for_lines_ingested_elsewhere_after_its_worker_idl
         wait_bucket(emulator, role.bucket, 100)
         time.sleep(40)  # the worker has exited idle by now
         # ...and the endpoint parked (idle_follow_seconds = 30): no consumer on its stream.
-        assert nats_metric(deliver, "parked_endpoints") == 1.0
+        wait_for(lambda: nats_metric(deliver, "parked_endpoints") == 1.0, timeout=30)
         woken = nats_metric(deliver, "parked_wakeups_total")
         second = make_lines("second", 100)
         assert ingest(admin, customer, "s3", body_of(second)) == 100
