@@ -24,7 +24,7 @@ from logferry.service.logs import log
 from logferry.spool.errors import SpoolError
 
 if TYPE_CHECKING:
-    from logferry.service.endpoint_changes import EndpointKey
+    from logferry.service.endpoint_table import EndpointKey, EndpointTable
     from logferry.service.endpoints import EndpointModel
     from logferry.service.records import CustomerRecord, EndpointRecord
     from logferry.service.registry import StateStore
@@ -46,7 +46,7 @@ class ClusterNode:
     role: ServeRole
     backend: NatsBackend | None
     store: StateStore
-    endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]]
+    endpoints: EndpointTable
     invalid: dict[EndpointKey, tuple[EndpointRecord, str]]
     workers: dict[EndpointKey, EndpointWorker]
     _uid_customer: dict[str, str]
@@ -169,10 +169,7 @@ class ClusterNode:
         self.backend.set_endpoints(keys)
 
     def _key_of(self, uid: str) -> EndpointKey | None:
-        for key, (record, _) in self.endpoints.items():
-            if record.uid_prefix == uid:
-                return key
-        return None
+        return self.endpoints.key_of(uid)
 
     def _ownership_changed(self, uid: str, owned: bool) -> None:
         key = self._key_of(uid)

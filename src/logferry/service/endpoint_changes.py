@@ -10,6 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from logferry.errors import InputError, LogferryError
+from logferry.service.endpoint_table import EndpointKey, EndpointTable
 from logferry.service.endpoints import EndpointModel, endpoint_document
 from logferry.service.logs import log
 from logferry.sinks.base import SinkContext
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("logferry.service")
 
-EndpointKey = tuple[str, str]
-
 
 class UnknownEndpoint(InputError):
     pass
@@ -45,7 +44,7 @@ class EndpointChanges:
     broker: CredentialBroker
     aws_target: AwsTarget
     state_dir: Path
-    endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]]
+    endpoints: EndpointTable
     invalid: dict[EndpointKey, tuple[EndpointRecord, str]]
     workers: dict[EndpointKey, EndpointWorker]
     _uid_customer: dict[str, str]

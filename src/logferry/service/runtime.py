@@ -26,6 +26,7 @@ from logferry.service.endpoint_changes import (
     EndpointKey,
     UnknownEndpoint,
 )
+from logferry.service.endpoint_table import EndpointTable
 from logferry.service.endpoints import (
     EndpointModel,
     parse_endpoint,
@@ -151,7 +152,7 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
         self.metrics = Metrics(self.snapshot)
         self.admin_token = config.auth.admin_token()
         self.metrics_token = config.auth.metrics_token()
-        self.endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]] = {}
+        self.endpoints = EndpointTable()
         self.workers: dict[EndpointKey, EndpointWorker] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._opening: set[str] = set()

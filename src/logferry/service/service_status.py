@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from logferry.spool.base import SpoolProvider
     from logferry.spool.nats.backend import NatsBackend
 
-EndpointKey = tuple[str, str]
+from logferry.service.endpoint_table import EndpointKey, EndpointTable
 
 
 class ServiceStatus:
@@ -27,7 +27,7 @@ class ServiceStatus:
     broker: CredentialBroker
     delivery_executor: FairPool
     listeners: list[SyslogServer]
-    endpoints: dict[EndpointKey, tuple[EndpointRecord, EndpointModel]]
+    endpoints: EndpointTable
     invalid: dict[EndpointKey, tuple[EndpointRecord, str]]
     workers: dict[EndpointKey, EndpointWorker]
 
