@@ -299,8 +299,8 @@ class EndpointWorker(DeliveryStep):
             if stopping and deadline is None:
                 deadline = time.monotonic() + self.deps.shutdown_flush_seconds
             try:
-                # Only a worker with something to deliver assumes the role: a NATS node starts
-                # one for every endpoint it takes over, most of them idle.
+                # Only a worker with something to deliver assumes the role (one may run idle:
+                # woken with nothing new, or waiting out IDLE_EXIT_SECONDS).
                 wants = self._wants_activation(spool, stopping)
                 if wants or self._sink is not None:
                     await self._ensure_credentials()

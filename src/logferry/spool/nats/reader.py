@@ -93,7 +93,6 @@ class SubjectLog:
         self._follow_lock = asyncio.Lock()
         self._last_activity = time.monotonic()
         """When a message was indexed, read or committed last (parking waits for quiet)."""
-        self.parks = 0
 
     # -- following ---------------------------------------------------------------------------
 
@@ -195,7 +194,6 @@ class SubjectLog:
                 return False
             sub, self._sub = self._sub, None
             upto = self.last_seq  # committed: checked above (a late callback may index more)
-            self.parks += 1
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         with contextlib.suppress(TimeoutError, nats.errors.Error):
