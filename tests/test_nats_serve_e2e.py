@@ -225,3 +225,18 @@ def test_a_delivery_node_wakes_for_lines_ingested_elsewhere_after_its_worker_idl
     wait_bucket(emulator, role.bucket, 200, timeout=60)
     assert nats_metric(deliver, "parked_wakeups_total") > woken  # by the ingest node's lines
     assert_exactly_once(bucket_content(emulator, role.bucket, "logs/").lines, first + second)
+
+    # Parked again, then kill -9 of the delivery node; lines come in while it is down (one
+    # line, and a 4 MiB request: several NATS messages); its next life (same node_id) starts
+    # from the KV cursor, finds them on the subject and follows: every line once.
+    wait_for(lambda: nats_metric(deliver, "parked_endpoints") == 1.0, timeout=90)
+    deliver.kill9()
+    third = make_lines("third", 1) + make_lines("third-big", 16_000, size=260)
+    with ingester.admin() as admin:
+        assert ingest(admin, customer, "s3", body_of(third[:1])) == 1
+        assert ingest(admin, customer, "s3", body_of(third[1:])) == len(third) - 1
+    deliver.start()
+    wait_bucket(emulator, role.bucket, 200 + len(third), timeout=120)
+    assert_exactly_once(
+        bucket_content(emulator, role.bucket, "logs/").lines, first + second + third
+    )
