@@ -3,9 +3,10 @@
 One role per module (see docs/architecture.md, "Sinks"): `sink` (the `S3Sink` the worker
 drives), `files` (file planning: framing, members, parts), `upload` (the multipart state
 machine and its journal writes), `recovery` (journal and upload notes after a crash),
-`pgp_upload` (the one-message PGP path), `fencing` (`If-None-Match: *` on the writes that end a
-file), `client` (AWS calls, retries, credential refresh),
-`stats`. This module re-exports the names importers use.
+`upload_notes` (where a created upload's ID is kept until the journal holds it), `pgp_upload`
+(the one-message PGP path), `fencing` (`If-None-Match: *` on the writes that end a file),
+`client` (AWS calls, retries, credential refresh), `stats`. This module re-exports the names
+importers use.
 """
 
 from logferry.sinks.framing import stable_pid
@@ -16,9 +17,9 @@ from logferry.sinks.s3.files import (
     MIB,
     MIN_PART_SIZE,
 )
-from logferry.sinks.s3.recovery import CREATED_PREFIX, LEGACY_PROBE_FILE
 from logferry.sinks.s3.sink import DEFAULT_PARTS_IN_FLIGHT, IN_FLIGHT_POLL, S3Sink
 from logferry.sinks.s3.stats import LastError, S3SinkStats, SinkNeedsRecovery
+from logferry.sinks.s3.upload_notes import CREATED_PREFIX, LEGACY_PROBE_FILE
 
 __all__ = [
     "CREATED_PREFIX",

@@ -10,7 +10,6 @@ must never replace it either.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +56,7 @@ def _close_pgp(self: S3Sink, f: OpenFile, end: int) -> dict[str, Any]:
             f.upload_id, note = self._create_upload(f.key)
             f_active.upload_id = f.upload_id
             self._save()
-            os.unlink(note)
+            self._notes.remove(note)
             while block := source.read(self.part_size):
                 number = len(f.parts) + 1
                 etag = self._call(

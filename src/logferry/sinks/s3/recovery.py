@@ -2,8 +2,9 @@
 
 The recovery methods of `S3Sink` (functions taking the sink as `self`, bound in its class body
 so that mypy checks them against its attributes). `recover()` returns the spool offset to re-
-feed from; upload notes (`created-*.json`) name multipart uploads the journal may not hold yet,
-so none is left billing in the customer's bucket after a crash.
+feed from; upload notes (`upload_notes`: files here, or the endpoint's KV record with NATS) name
+multipart uploads the journal may not hold yet, so none is left billing in the customer's bucket
+after a crash.
 
 A journaled upload whose completion may already have happened (its end and every part
 journaled: `ActiveFile.completing`) is completed again with `If-None-Match: *` (`fencing`): 200
@@ -18,10 +19,8 @@ possibly lost range naming the key.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import uuid
 from typing import TYPE_CHECKING, Final
 
 from logferry.errors import AwsError, TransientError
@@ -29,18 +28,12 @@ from logferry.sinks.s3.client import REWRITE_CODES
 from logferry.sinks.s3.fencing import ALREADY_COMPLETE, already_complete
 from logferry.sinks.s3.files import ENCRYPTED_SUFFIX, SPILL_SUFFIX, OpenFile
 from logferry.sinks.s3_journal import Abandoned, ActiveFile, JournalState
-from logferry.spool.files import write_atomic
 
 _log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from logferry.sinks.s3.sink import S3Sink
 
-CREATED_PREFIX: Final = "created-"
-"""`created-<id>.json`: a multipart upload whose ID the journal may not hold yet (see
-`_create_upload`); recovery aborts every one the journal does not name."""
-LEGACY_PROBE_FILE: Final = "healthcheck-probe.json"
-"""Where earlier versions noted the write probe's upload (read by recovery, never written)."""
 LIFECYCLE_PROOF_SECONDS: Final = 86_400 - 3_600
 """An upload younger than this cannot have been aborted by a lifecycle rule (S3's shortest
 DaysAfterInitiation is 1 day), with an hour's margin for clocks of different nodes."""
@@ -132,23 +125,21 @@ def discard(self: S3Sink) -> None:
 
 
 def _create_upload(self: S3Sink, key: str) -> tuple[str, str]:
-    """CreateMultipartUpload, and note `(key, upload ID)` on disk the moment the answer
-    arrives (any thread): the journal learns the ID later, on the delivery thread, and a
-    crash or failure in between must leave a note recovery aborts, not an upload nobody
-    can name (finding it again would need s3:ListBucketMultipartUploads). Returns the ID
-    and the note, which the caller removes once the journal holds the ID. Not fsynced: it
-    survives a kill -9 (page cache); the journal's fsync follows within milliseconds."""
-    self.state_dir.mkdir(parents=True, exist_ok=True)
-    note = str(self.state_dir / f"{CREATED_PREFIX}{uuid.uuid4().hex[:16]}.json")
+    """CreateMultipartUpload, and note `(key, upload ID)` the moment the answer arrives (any
+    thread; `upload_notes`): the journal learns the ID later, on the delivery thread, and a
+    crash or failure in between must leave a note recovery aborts, not an upload nobody can
+    name. Returns the ID and the note's handle, which the caller removes once the journal
+    holds the ID."""
     upload_id = str(self._call("CreateMultipartUpload", Key=key, **self._put_args)["UploadId"])
     try:
-        write_atomic(note, json.dumps({"key": key, "upload_id": upload_id}).encode(), durable=False)
-    except OSError:
-        # No note, so no recovery could name it later (a read-only or full disk): abort it
-        # now, while its ID is in hand, rather than leave an empty upload in the bucket.
+        note = self._notes.add(key, upload_id)
+    except Exception:
+        # No note, so no recovery could name it later (a read-only or full disk; NATS out of
+        # reach, or the endpoint taken over): abort it now, while its ID is in hand, rather
+        # than leave an empty upload in the bucket. The note's error is what the caller sees.
         try:
             self._abort_upload(key, upload_id)
-        except Exception:  # the disk error is what the caller must see; the abort was best effort
+        except Exception:  # best effort: a fenced sink sends nothing; the lifecycle rule ends it
             _log.warning("could not abort upload %s of %s after its note failed", upload_id, key)
         raise
     return upload_id, note
@@ -157,28 +148,11 @@ def _create_upload(self: S3Sink, key: str) -> tuple[str, str]:
 def _abort_unjournaled_uploads(self: S3Sink, *, keep: str | None) -> None:
     """Abort every noted upload but `keep` (the journal's: resumed or aborted by the
     caller), then forget the notes. Raises (notes kept) when an abort fails."""
-    try:
-        # A note the crash caught before its rename is read too: complete, it names an
-        # upload as well; torn, it is removed below.
-        paths = [
-            p
-            for p in self.state_dir.iterdir()
-            if p.name.startswith(CREATED_PREFIX) or p.name == LEGACY_PROBE_FILE
-        ]
-    except FileNotFoundError:
-        return
-    for path in paths:
-        try:
-            noted = json.loads(path.read_bytes())
-            key, upload_id = str(noted["key"]), str(noted["upload_id"])
-        except FileNotFoundError:
-            continue
-        except (ValueError, KeyError, TypeError):
-            path.unlink(missing_ok=True)  # torn by the crash: write_atomic never leaves one
-            continue
-        if upload_id != keep:
-            self._abort_upload(key, upload_id)
-        path.unlink(missing_ok=True)
+    for notes in self._note_stores:
+        for noted in notes.listed():
+            if noted.upload_id != keep:
+                self._abort_upload(noted.key, noted.upload_id)
+            notes.remove(noted.handle)
 
 
 def _discard_memory(self: S3Sink) -> None:

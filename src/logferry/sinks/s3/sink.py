@@ -34,7 +34,6 @@ in-memory file is discarded: the caller calls `recover()` again and re-feeds fro
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 import threading
 import time
@@ -60,8 +59,8 @@ from logferry.sinks.s3.files import (
     MIN_PART_SIZE,
     OpenFile,
 )
-from logferry.sinks.s3.recovery import CREATED_PREFIX
 from logferry.sinks.s3.stats import S3SinkStats, SinkNeedsRecovery
+from logferry.sinks.s3.upload_notes import UploadNotes, upload_notes
 from logferry.sinks.s3_budget import InflightBudget, shared_budget
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.sinks.s3_journal import (
@@ -73,7 +72,6 @@ from logferry.sinks.s3_journal import (
     journal_store,
 )
 from logferry.spool.chunk import Chunk
-from logferry.spool.files import make_durable, write_atomic
 
 DEFAULT_PARTS_IN_FLIGHT: Final = 4
 IN_FLIGHT_POLL: Final = 1.0
@@ -145,6 +143,11 @@ class S3Sink:
         self._journal: JournalStore = journal_store(journal, self.state_dir)
         """Where the crash journal lives: the local file under `state_dir` unless given (the
         NATS backend keeps it in the endpoint's KV record; `state_dir` is then scratch)."""
+        self._notes: UploadNotes
+        self._note_stores: tuple[UploadNotes, ...]
+        self._notes, self._note_stores = upload_notes(journal, self.state_dir)
+        """Where a created upload's ID waits for the journal (beside it: the KV record with
+        NATS), and every place recovery looks for such notes."""
         self._shared_journal = not isinstance(self._journal, Journal)
         """Another node may have written the journal (NATS): `recover` then completes its
         upload instead of resuming it (see there)."""
@@ -352,12 +355,7 @@ class S3Sink:
         def noted(upload_id: str) -> None:
             # The probe stays open for a round trip: a kill -9 (or power loss) then leaves a
             # note recovery aborts, never an upload nobody can name.
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            note = str(self.state_dir / f"{CREATED_PREFIX}{uuid.uuid4().hex[:16]}.json")
-            doc = json.dumps({"key": key, "upload_id": upload_id}).encode()
-            write_atomic(note, doc, durable=False)
-            make_durable(note)
-            notes.append(note)
+            notes.append(self._notes.add(key, upload_id, durable=True))
 
         try:
             probe_s3_write(self._call, target, key, created=noted)
@@ -365,7 +363,7 @@ class S3Sink:
             self._error(exc)  # again: the probe words the fix more precisely than `_call`
             raise
         for note in notes:
-            Path(note).unlink(missing_ok=True)
+            self._notes.remove(note)
         self._success(None)
 
     def _ready(self) -> None:

@@ -9,7 +9,6 @@ The writes that end a file (PutObject, CompleteMultipartUpload) are fenced (`fen
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
@@ -110,7 +109,7 @@ def _step_file(self: S3Sink, f: OpenFile) -> bool:
         f.upload_id = created["UploadId"]
         f.created = self._clock()
         self._journal_file(f)  # before any part: a crash from here on aborts or resumes it
-        os.unlink(created["note"])
+        self._notes.remove(created["note"])
         changed = True
     for number, flight in list(f.flights.items()):
         if flight.future.done():

@@ -11,6 +11,7 @@ acknowledged, so `sync` is always true here.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from logferry.spool.nats.spool import CALL_TIMEOUT
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 class EndpointJournal:
     """load / save / discard of the `journal` field of one endpoint's record (blocking).
 
-    Plain JSON documents only, and deliberately no `exists`: the S3 sink tells a typed
+    Also the sink's upload notes (`note_upload`, `forget_upload`, `noted_uploads`). Plain JSON
+    documents only, and deliberately no `exists`: the S3 sink tells a typed
     `JournalStore` (which has `exists`) from a document store by the members present, and
     adapts this one (`sinks.s3_journal.DocumentJournal`)."""
 
@@ -44,10 +46,36 @@ class EndpointJournal:
     def discard(self) -> None:
         self._write(None)
 
+    # -- upload notes (`sinks.s3.upload_notes.SharedUploadNotes`) ----------------------------
+    # The ID of a multipart upload just created, kept in the record (field `uploads`) until
+    # the journal holds it: the node that takes the endpoint over after a kill -9 is another
+    # machine, and only this record tells it which upload to abort.
+
+    def note_upload(self, key: str, upload_id: str) -> None:
+        entry = {"key": key, "upload_id": upload_id}
+        self._change(lambda record: record.__setitem__("uploads", [*_uploads(record), entry]))
+
+    def forget_upload(self, upload_id: str) -> None:
+        def forget(record: dict[str, Any]) -> None:
+            kept = [u for u in _uploads(record) if u.get("upload_id") != upload_id]
+            if kept:
+                record["uploads"] = kept
+            else:
+                record.pop("uploads", None)
+
+        self._change(forget)
+
+    def noted_uploads(self) -> list[dict[str, str]]:
+        """The notes as this node last wrote or read the record."""
+        return [dict(u) for u in _uploads(self.backend.ownership.record(self.key) or {})]
+
     def _write(self, value: dict[str, Any] | None) -> None:
-        self.backend.call(
-            self.backend.ownership.write(
-                self.key, lambda record: record.__setitem__("journal", value)
-            ),
-            CALL_TIMEOUT,
-        )
+        self._change(lambda record: record.__setitem__("journal", value))
+
+    def _change(self, change: Callable[[dict[str, Any]], None]) -> None:
+        self.backend.call(self.backend.ownership.write(self.key, change), CALL_TIMEOUT)
+
+
+def _uploads(record: dict[str, Any]) -> list[dict[str, str]]:
+    found = record.get("uploads")
+    return list(found) if isinstance(found, list) else []

@@ -14,7 +14,8 @@ False), `holds()` false) *before* anyone can see its heartbeat gone; the check r
 renewal, so a node resumed after SIGSTOP gives everything up before it writes again.
 
 Record: {"owner", "epoch", "cursor": {"seq","skip","pos","line","accepted_at"}, "journal",
-"backlog": {"bytes","lines"}}; the owner field is "" once released.
+"backlog": {"bytes","lines"}, and while an upload's ID waits for the journal, "uploads"}; the
+owner field is "" once released.
 """
 
 from __future__ import annotations

@@ -1,0 +1,143 @@
+"""A multipart upload created just before a delivery node dies is aborted by the node that
+takes the endpoint over (real nats-server, real emulator with the guide's policy).
+
+The window: CreateMultipartUpload has answered, and the journal (the endpoint's KV record) does
+not name the upload yet. Its ID must already be somewhere the next owner, another machine, can
+read: a note in the same record. A note on the dead node's disk leaves an empty upload billing
+in the customer's bucket until a lifecycle rule ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from botocore.config import Config
+
+from logferry.aws.clients import AwsClients, AwsTarget
+from logferry.local.emulator import Emulator
+from logferry.local.nats_cluster import NatsCluster
+from logferry.sinks.backoff import Backoff
+from logferry.sinks.s3 import S3Sink
+from logferry.sinks.s3_config import S3Endpoint
+from logferry.spool.chunk import Chunk
+from logferry.spool.nats import NatsBackend
+from logferry.spool.nats.journal import EndpointJournal
+from logferry.spool.nats.wire import encode_key
+from nats_helpers import nats_server  # noqa: F401 - fixture
+from nats_spool_helpers import backend, settings, until
+from s3_helpers import make_s3_role, pending_uploads, read_objects, role_credentials
+
+T0 = 1_720_132_646.0
+MIB = 1024 * 1024
+
+
+class Killed(BaseException):
+    """kill -9 at this line: nothing after it runs on the node."""
+
+
+class DiesBeforeJournalingTheUpload(EndpointJournal):
+    """The record store of a node killed right after CreateMultipartUpload answered: its
+    journal save that would name the upload never happens."""
+
+    def save(self, doc: dict[str, Any], *, sync: bool = True) -> None:
+        if (doc.get("active") or {}).get("upload_id"):
+            raise Killed
+        super().save(doc, sync=sync)
+
+
+def _sink(emulator: Emulator, role: Any, ep: S3Endpoint, state: Path, journal: Any) -> S3Sink:
+    clients = AwsClients(
+        role_credentials(emulator, role),
+        AwsTarget(endpoint_url=emulator.url),
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
+    return S3Sink(
+        ep,
+        clients,
+        state,
+        uid_prefix="un-",
+        clock=lambda: T0,
+        sleep=lambda _: None,
+        backoff=Backoff(base=0.01, cap=0.01, max_attempts=1),
+        hostname="cache-notes",
+        part_size=5 * MIB,
+        journal=journal,
+    )
+
+
+def _lines(n: int) -> bytes:
+    """Lines that barely compress, so a few MiB make a multipart file."""
+    rng = random.Random(7)
+    return b"".join(b"%07d " % i + rng.randbytes(60).hex().encode() + b"\n" for i in range(n))
+
+
+def _record(node: NatsBackend, bucket: str, key: str) -> dict[str, Any]:
+    async def get() -> dict[str, Any]:
+        kv = await node.kv(bucket)
+        entry = await kv.get(encode_key(key))
+        return dict(json.loads(entry.value or b"{}"))
+
+    return node.call(get(), 10)
+
+
+def test_an_upload_created_just_before_the_owner_died_is_aborted_by_the_next_owner(
+    emulator: Emulator,
+    nats_server: NatsCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    role = make_s3_role(emulator, lambda p: f"{p}-{random.getrandbits(32):08x}")
+    ep = S3Endpoint(
+        name="Notes",
+        bucket_name=role.bucket,
+        iam_role=role.role_arn,
+        path=f"n{random.getrandbits(32):08x}/",
+    )
+    data = _lines(120_000)  # ~14.6 MiB of hex: three parts of 5 MiB
+    everything = Chunk(0, len(data), T0, data, 120_000)
+    s = settings(nats_server)
+
+    def mine() -> list[dict[str, Any]]:
+        return [u for u in pending_uploads(emulator, role.bucket) if u["Key"].startswith(ep.path)]
+
+    async def run() -> None:
+        async with backend(s, "node-a", tmp_path) as a:
+            a.set_endpoints(["f"])
+            await until(lambda: "f" in a.owned(), "a owns f")
+            first = _sink(
+                emulator, role, ep, tmp_path / "a-scratch", DiesBeforeJournalingTheUpload(a, "f")
+            )
+            await asyncio.to_thread(first.recover)
+            try:
+                await asyncio.to_thread(first.feed, everything)
+            except Killed:
+                pass
+            else:
+                raise AssertionError("the sink never created a multipart upload")
+            (upload,) = await asyncio.to_thread(mine)
+            record = await asyncio.to_thread(_record, a, s.endpoints_bucket, "f")
+            assert record["uploads"] == [{"key": upload["Key"], "upload_id": upload["UploadId"]}]
+            assert not list((tmp_path / "a-scratch").glob("created-*"))
+        # node a is gone with its scratch directory; node b is another machine
+        async with backend(s, "node-b", tmp_path) as b:
+            b.set_endpoints(["f"])
+            await until(lambda: "f" in b.owned(), "b takes f over")
+            second = _sink(emulator, role, ep, tmp_path / "b-scratch", b.journal("f"))
+            resume_at = await asyncio.to_thread(second.recover)
+            assert resume_at == 0
+            assert await asyncio.to_thread(mine) == []  # a's upload aborted at takeover
+            assert second.stats.aborted_uploads == 1
+            record = await asyncio.to_thread(_record, b, s.endpoints_bucket, "f")
+            assert "uploads" not in record
+            await asyncio.to_thread(second.feed, everything)
+            await asyncio.to_thread(second.flush)
+            found = await asyncio.to_thread(read_objects, emulator, role.bucket, ep.path)
+            assert b"".join(o.body for _, o in sorted(found.items())) == data
+            assert await asyncio.to_thread(mine) == []
+            record = await asyncio.to_thread(_record, b, s.endpoints_bucket, "f")
+            assert "uploads" not in record and record["journal"]["active"] is None
+
+    asyncio.run(run())
