@@ -20,7 +20,15 @@ import pytest
 from e2e_helpers import assert_exactly_once, body_of, bucket_content, make_lines
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
-from nats_helpers import Sender, nats_node, s3_endpoint, wait_delivered, wait_endpoint
+from nats_helpers import (
+    Sender,
+    nats_node,
+    proxied_nats_node,
+    recording_proxy,
+    s3_endpoint,
+    wait_delivered,
+    wait_endpoint,
+)
 from s3_helpers import make_s3_role, pending_uploads
 from service_helpers import (
     NodeProcess,
@@ -149,7 +157,9 @@ def test_a_delivery_node_killed_mid_upload_is_taken_over_without_loss_or_duplica
             r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines))
             assert r.status_code == 202, r.text
             sent += lines
-    wait_for(lambda: pending_uploads(emulator, role.bucket), timeout=60)
+    # Mid upload: a data file's upload with a part in it (not the write probe's, which is
+    # the first upload listed and is aborted a round trip later).
+    wait_for(lambda: uploads_with_parts(emulator, role.bucket), timeout=60)
     owner.kill9()
     killed = time.monotonic()
     wait_for(lambda: nats_owned(other) == 1, timeout=60)
@@ -166,6 +176,56 @@ def test_a_delivery_node_killed_mid_upload_is_taken_over_without_loss_or_duplica
     wait_for(lambda: pending_uploads(emulator, role.bucket) == [], timeout=60)
     assert other.terminate() == 0
     assert ingester.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_node_killed_right_after_its_write_probe_does_not_probe_again(
+    emulator: Emulator, nats_server: NatsCluster, tmp_path: Path, unique: Any
+) -> None:
+    """The worker's write probe (CreateMultipartUpload, then Abort) is proven once per
+    endpoint setting and day, and the proof is saved at once: a node killed in the seconds
+    after its probe does not probe again in its next life. Each probe is an upload that a
+    kill during its Create round trip leaves open, so a crash loop must not multiply them."""
+    prefix = "PR" + unique("x")[-6:].upper()
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    sent: list[bytes] = []
+    with recording_proxy(emulator) as (proxy, calls):
+        serve = proxied_nats_node(
+            emulator, nats_server, tmp_path, "all-1", "all", prefix, proxy.url
+        )
+        serve.start()
+        s3_endpoint(serve, customer, role.bucket, role.role_arn)  # no role check: the worker probes
+        wait_endpoint(serve, customer)
+
+        def aborts() -> int:
+            return sum(1 for c in calls.writes(0) if c.op == "AbortMultipartUpload")
+
+        for life in ("first", "second"):
+            with serve.admin() as admin:
+                lines = make_lines(life, 100, 100)
+                r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines))
+                assert r.status_code == 202, r.text
+                sent += lines
+            if life == "first":
+                wait_for(lambda: aborts() == 1, timeout=60)  # the probe is done
+                serve.kill9()  # well within the stats batch (2 s)
+                serve.start()
+        wait_delivered(emulator, role.bucket, sent, timeout=120)
+        assert aborts() == 1, [c.op for c in calls.calls]
+        assert pending_uploads(emulator, role.bucket) == []
+        assert serve.terminate() == 0
+
+
+def uploads_with_parts(emulator: Emulator, bucket: str) -> list[str]:
+    """Keys of the open data uploads (not write probes) holding at least one part."""
+    s3 = emulator.client("s3")
+    return [
+        u["Key"]
+        for u in pending_uploads(emulator, bucket)
+        if ".logferry-healthcheck-" not in u["Key"]
+        and s3.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
+    ]
 
 
 class TimedSender(Sender):

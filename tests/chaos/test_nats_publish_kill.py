@@ -126,8 +126,12 @@ def test_kill9_at_nats_publish_and_ack_loses_and_duplicates_nothing(
     lost, duplicated, foreign = compare(found, ledger)
     tally.acked, tally.checked = len(ledger.acked), sum(found.values())
     tally.lost, tally.duplicated = lost, duplicated
-    tally.open_uploads = len(pending_uploads(emulator, s3_role.bucket))
+    open_uploads = [u["Key"] for u in pending_uploads(emulator, s3_role.bucket)]
+    tally.open_uploads = len(open_uploads)
     tally.moments["publishes seen"] = proxy.publishes
     write_tally(tally)
     assert ledger.acked and tally.kills - tally.moments[NOT_REACHED] >= KILLS[role], tally.line()
-    assert (lost, duplicated, foreign, tally.open_uploads) == (0, 0, 0, 0), tally.line()
+    assert (lost, duplicated, foreign, tally.open_uploads) == (0, 0, 0, 0), (
+        tally.line(),
+        open_uploads,
+    )

@@ -454,11 +454,15 @@ class EndpointWorker(DeliveryStep):
 
     async def _save_stats(self) -> None:
         """Save now (worker exit, shutdown), on a thread; otherwise the service's batch does."""
+        await asyncio.to_thread(self._save_stats_now)
+
+    def _save_stats_now(self) -> None:
+        """`_save_stats` from a thread that may block (a delivery or activation thread)."""
         uid = self.record.uid_prefix
         row = self.deps.stats.take_one(uid)
         if row is not None:
             try:
-                await asyncio.to_thread(self.deps.save_stats, uid, row)
+                self.deps.save_stats(uid, row)
             except Exception:  # counters only: mark them again for the next batch
                 logger.exception("saving endpoint stats failed")
                 self._mark_dirty()

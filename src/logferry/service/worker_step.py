@@ -85,6 +85,8 @@ class DeliveryStep:
 
         def _mark_dirty(self) -> None: ...
 
+        def _save_stats_now(self) -> None: ...
+
     def spool(self) -> Spool:
         return self.deps.spools.open(self.record.uid_prefix)
 
@@ -176,6 +178,10 @@ class DeliveryStep:
             self.stats.setup_checked_at = time.time()
             self.stats.setup_checked_for = self._setup_key
         self._mark_dirty()
+        # Saved at once, not with the next batch: a process killed within the batch interval
+        # would probe again in its next life, and each probe is an upload a kill during its
+        # CreateMultipartUpload round trip leaves open (its ID never arrived).
+        self._save_stats_now()
 
     def remember_setup_proof(self, record: EndpointRecord, external_id: str) -> None:
         """A role check proved these settings (see Service.remember_verified)."""
