@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e_helpers import assert_exactly_once, body_of, bucket_content, make_lines
+from e2e_helpers import assert_exactly_once, body_of, bucket_content, make_lines, wait_pending_zero
 from logferry.local.emulator import Emulator
+from logferry.local.latency_proxy import Forward, LatencyProxy, ProxyRequest, ProxyResponse
 from logferry.local.nats_cluster import NatsCluster
 from nats_helpers import (
     Sender,
@@ -26,6 +27,7 @@ from nats_helpers import (
     proxied_nats_node,
     recording_proxy,
     s3_endpoint,
+    s3_operation,
     wait_delivered,
     wait_endpoint,
 )
@@ -215,6 +217,67 @@ def test_a_node_killed_right_after_its_write_probe_does_not_probe_again(
         assert aborts() == 1, [c.op for c in calls.calls]
         assert pending_uploads(emulator, role.bucket) == []
         assert serve.terminate() == 0
+
+
+class RefuseCompletions:
+    """Proxy middleware: CompleteMultipartUpload answered 503 (not forwarded) while armed."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.refused = 0
+
+    async def __call__(self, request: ProxyRequest, forward: Forward) -> ProxyResponse:
+        if self.armed and s3_operation(request) == "CompleteMultipartUpload":
+            self.refused += 1
+            body = b"<Error><Code>ServiceUnavailable</Code><Message>refused</Message></Error>"
+            return ProxyResponse(503, {"Content-Type": "application/xml"}, body)
+        return await forward()
+
+
+@pytest.mark.slow
+def test_an_upload_left_completing_with_no_line_after_it_is_completed_by_the_next_life(
+    emulator: Emulator, nats_server: NatsCluster, tmp_path: Path, unique: Any
+) -> None:
+    """Every part of a file is uploaded and journaled, so the spool has released its lines,
+    and the owner dies before CompleteMultipartUpload succeeds. No line follows. The next owner
+    has nothing to read, yet it must complete the upload: those lines exist nowhere else."""
+    prefix = "CO" + unique("x")[-6:].upper()
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    refuse = RefuseCompletions()
+    proxy = LatencyProxy(emulator.url, None, [refuse], rewrite_token=emulator.rewrite_token)
+    proxy.start()
+    try:
+        serve = proxied_nats_node(
+            emulator, nats_server, tmp_path, "all-1", "all", prefix, proxy.url
+        ).start()
+        # stored gzip (level 0): ~10 MiB is an upload of an 8 MiB part, and the idle flush
+        # (1 s) closes the file with a last part of ~2 MiB and its completion
+        s3_endpoint(
+            serve, customer, role.bucket, role.role_arn, file_max_bytes=32 * MIB, gzip_level=0
+        )
+        wait_endpoint(serve, customer)
+        sent: list[bytes] = []
+        with serve.admin() as admin:
+            for i in range(10):
+                lines = make_lines(f"c-{i}", 10_000, 100)
+                r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines))
+                assert r.status_code == 202, r.text
+                sent += lines
+        wait_for(lambda: refuse.refused >= 2, timeout=120)
+        # every line is in a journaled part: the spool has released them all
+        wait_pending_zero(serve, customer, "s3", timeout=120, stall=120)
+        assert not bucket_content(emulator, role.bucket, "logs/").lines
+        serve.kill9()
+        refuse.armed = False
+        serve.start()
+        wait_delivered(emulator, role.bucket, sent, timeout=120)
+        found = bucket_content(emulator, role.bucket, "logs/")
+        assert_exactly_once(found.lines, sent)
+        wait_for(lambda: pending_uploads(emulator, role.bucket) == [], timeout=60)
+        assert serve.terminate() == 0
+    finally:
+        proxy.stop()
 
 
 def uploads_with_parts(emulator: Emulator, bucket: str) -> list[str]:

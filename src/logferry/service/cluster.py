@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logferry.service.config import ServeRole, ServiceConfig
 from logferry.service.endpoints import stored_model
 from logferry.service.logs import log
+from logferry.sinks.registry import factory as sink_factory
 from logferry.spool.errors import SpoolError
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class ClusterNode:
     store: StateStore
     endpoints: EndpointTable
     invalid: dict[EndpointKey, tuple[EndpointRecord, str]]
+    state_dir: Path
     workers: dict[EndpointKey, EndpointWorker]
     _uid_customer: dict[str, str]
     _background: set[asyncio.Task[Any]]
@@ -158,6 +161,8 @@ class ClusterNode:
                         self._open_owned(uid)
                     elif spool.end_offset > spool.committed_offset:
                         self.worker(*key).notify()
+                    # (unfinished sink state is looked for once, when the endpoint is taken:
+                    # `_ownership_changed` / `_open_owned`; this loop stays one peek each)
             except Exception:  # never let one endpoint stop the loop
                 logger.exception("waking owned endpoints failed")
 
@@ -181,7 +186,7 @@ class ClusterNode:
                 spool = self.backend.provider.peek(uid) if self.backend is not None else None
                 if spool is None:
                     self._open_owned(uid)
-                elif spool.end_offset > spool.committed_offset:
+                elif spool.end_offset > spool.committed_offset or self._unfinished(uid, key):
                     self.worker(*key).notify()
                 # else: `_kick_owned` starts the worker once lines are indexed (within a
                 # second); an idle endpoint costs no worker, no AssumeRole, no sink.
@@ -207,11 +212,27 @@ class ClusterNode:
             finally:
                 self._opening.discard(uid)
             key = self._key_of(uid)
-            pending = spool.end_offset > spool.committed_offset
-            if key is not None and pending and uid in backend.owned():
+            if key is None or uid not in backend.owned():
+                return
+            if spool.end_offset > spool.committed_offset or self._unfinished(uid, key):
                 self.worker(*key).notify()
 
         self._in_background(open_it())
+
+    def _unfinished(self, uid: str, key: EndpointKey) -> bool:
+        """The endpoint's record holds sink state a previous owner left to finish (an S3
+        upload to complete or abort), read from this node's copy in memory. Why: such an
+        endpoint needs its worker even with no line after the cursor; a dead owner's last
+        parts may hold lines the spool has already released."""
+        entry = self.endpoints.get(key)
+        if entry is None or self.backend is None:
+            return False
+        record = entry[0]
+        sinks = sink_factory(record.type)
+        if not sinks.durable_state:
+            return False
+        state_dir = sinks.state_dir(self.state_dir, uid)
+        return sinks.has_unfinished_state(state_dir, self.backend.journal(uid))
 
     def _in_background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

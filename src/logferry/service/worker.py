@@ -189,7 +189,15 @@ class EndpointWorker(DeliveryStep):
             return True
         if self._sink is not None and self._sink.holds_data():
             return True
-        return self.factory.durable_state and self.factory.has_unfinished_state(self._state_dir())
+        return self.unfinished_state()
+
+    def unfinished_state(self) -> bool:
+        """The sink's durable state (local, or the shared journal with NATS) holds work to
+        finish: a file to complete, an upload to abort."""
+        if not self.factory.durable_state:
+            return False
+        journal = self.deps.journal_for(self.record.uid_prefix) if self.deps.journal_for else None
+        return self.factory.has_unfinished_state(self._state_dir(), journal)
 
     async def halt(self) -> None:
         """Stop delivering without flushing (the endpoint is being deleted). Returns only once

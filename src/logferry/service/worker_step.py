@@ -87,6 +87,8 @@ class DeliveryStep:
 
         def _save_stats_now(self) -> None: ...
 
+        def unfinished_state(self) -> bool: ...
+
     def spool(self) -> Spool:
         return self.deps.spools.open(self.record.uid_prefix)
 
@@ -96,6 +98,8 @@ class DeliveryStep:
             return False  # (a retiring sink is flushed by the step first)
         if self._sink is not None or stopping or spool.end_offset > spool.committed_offset:
             return True
+        if self.deps.journal_for is not None:
+            return self.unfinished_state()  # the shared journal: a previous owner's upload
         return self.factory.durable_state and self._state_dir().exists()
 
     def _make_sink(self, spool: Spool) -> Sink:

@@ -187,8 +187,10 @@ class SinkFactory(Protocol):
         """This endpoint incarnation's private directory under the service's state root."""
         ...
 
-    def has_unfinished_state(self, state_dir: Path) -> bool:
-        """`state_dir` describes work the destination has not finished (data still pending)."""
+    def has_unfinished_state(self, state_dir: Path, journal: Any = None) -> bool:
+        """The sink's durable state describes work the destination has not finished (data
+        still pending, or an upload to complete or abort): `journal` when the sink is given a
+        shared one (`SinkContext.journal`, NATS), else `state_dir`."""
         ...
 
     def period(self, model: Any) -> float:
@@ -233,7 +235,7 @@ class BaseSinkFactory:
     def state_dir(self, root: Path, uid_prefix: str) -> Path:
         return root / self.type / uid_prefix
 
-    def has_unfinished_state(self, state_dir: Path) -> bool:
+    def has_unfinished_state(self, state_dir: Path, journal: Any = None) -> bool:
         return False
 
     def period(self, model: Any) -> float:

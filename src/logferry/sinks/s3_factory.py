@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logferry.sinks.base import BaseSinkFactory, LostRange, Sink, SinkContext
+from logferry.sinks.s3.upload_notes import SharedUploadNotes, upload_notes
 from logferry.sinks.s3_budget import configure_shared_budget
 from logferry.sinks.s3_config import S3Endpoint
-from logferry.sinks.s3_journal import Journal, has_unfinished
+from logferry.sinks.s3_journal import Journal, has_unfinished, journal_store
 
 if TYPE_CHECKING:
     from logferry.aws.clients import AwsClients, AwsTarget
@@ -44,10 +45,17 @@ class S3Factory(BaseSinkFactory):
     def state_dir(self, root: Path, uid_prefix: str) -> Path:
         return root / "s3" / uid_prefix  # where every release so far kept the journal
 
-    def has_unfinished_state(self, state_dir: Path) -> bool:
-        """The local journal under `state_dir` names a file not completed yet (a shared
-        journal is asked with `s3_journal.has_unfinished(store)`)."""
-        return has_unfinished(Journal(state_dir))
+    def has_unfinished_state(self, state_dir: Path, journal: Any = None) -> bool:
+        """The journal names a file not completed yet or an upload to abort. A shared journal
+        (the endpoint's KV record) is read from the node's copy in memory, with the upload
+        notes beside it (`upload_notes`): a node asks it for every endpoint it takes over, so
+        that an upload a dead owner left open is finished even when no line follows."""
+        if journal is None:
+            return has_unfinished(Journal(state_dir))
+        if has_unfinished(journal_store(journal, state_dir)):
+            return True
+        notes, _ = upload_notes(journal, state_dir)
+        return isinstance(notes, SharedUploadNotes) and bool(notes.listed())
 
     def period(self, model: Any) -> float:
         return float(model.period)
