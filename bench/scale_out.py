@@ -24,6 +24,13 @@ delivery window, which says whether the cores or the AWS latency bound it.
 
 On a shared 2-core box every process competes for the same two cores: read the ratio with the
 load average the results file records.
+
+`--node-cpu F` gives each delivery node a CPU budget of its own, as if it ran on a machine of F
+cores: its process goes into a cgroup of its own (the `cpu` controller, v1 or v2; needs root)
+with a CFS quota of F × period. Without it two delivery nodes on this box share the same two
+cores with the emulator and NATS, and a second node only adds contention; with a budget small
+enough that the emulator and NATS keep up, the run shows what the delivery tier itself scales
+to. It does not model a faster emulator or NATS: read it with the box's busy share.
 """
 
 from __future__ import annotations
@@ -59,6 +66,42 @@ from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
 
 
+class CpuBudget:
+    """Each delivery node's own CPU budget: one cgroup per process with a CFS quota (why by
+    hand: no library wraps cgroup quotas for one foreign pid; it is three file writes)."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self.made: list[Path] = []
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        self.v2 = v2.exists() and "cpu" in v2.read_text().split()
+        self.root = Path("/sys/fs/cgroup") if self.v2 else Path("/sys/fs/cgroup/cpu")
+        if not (self.root / "cgroup.procs").exists():
+            raise SystemExit(f"--node-cpu needs the cgroup cpu controller at {self.root}")
+
+    def apply(self, pid: int, name: str) -> None:
+        group = self.root / f"logferry-bench-{name}-{pid}"
+        group.mkdir()
+        self.made.append(group)
+        quota = int(self.cores * self.PERIOD_US)
+        if self.v2:
+            (group / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        (group / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        for group in self.made:
+            try:
+                group.rmdir()  # empty once its process has exited
+            except OSError as exc:
+                note(f"cgroup {group} not removed: {exc}")
+        self.made.clear()
+
+
 class Node(Serve):
     """`logferry serve --role ROLE`."""
 
@@ -85,6 +128,7 @@ def run(
     lines_each: int,
     bodies: list[tuple[bytes, int]],
     backlog_first: bool = False,
+    budget: CpuBudget | None = None,
 ) -> dict[str, Any]:
     tag = f"so{deliver_nodes}{secrets.token_hex(2)}"
     note(f"run {tag}: {endpoints} tenants, {deliver_nodes} delivery node(s)")
@@ -117,17 +161,26 @@ def run(
             },
             customers=s3_tenant_customers(tenants, "logs/", 3600),
         )
-        return Node(emulator, config, work / tag / name, env=tokens, role=role)
+        made = Node(emulator, config, work / tag / name, env=tokens, role=role)
+        if budget is not None and role == "deliver":
+            started = made.start()
+            budget.apply(started.pid, f"{tag}-{name}")
+            return started
+        return made
 
-    ingester = node("ingest", "ingest").start()
-    delivery = [node("deliver-1", "deliver").start()]
+    def started(name: str, role: str) -> Node:
+        made = node(name, role)
+        return made if made.process is not None else made.start()
+
+    ingester = started("ingest", "ingest")
+    delivery = [started("deliver-1", "deliver")]
     try:
         return _measure(
             tenants,
             tokens,
             ingester,
             delivery,
-            node,
+            started,
             endpoints,
             lines_each,
             bodies,
@@ -137,6 +190,8 @@ def run(
     finally:
         for d in [*delivery, ingester]:
             d.terminate()
+        if budget is not None:
+            budget.remove()
 
 
 def _measure(
@@ -156,7 +211,7 @@ def _measure(
     split: list[float] = []
     if deliver_nodes == 2:
         joined = time.monotonic()
-        delivery.append(node("deliver-2", "deliver").start())
+        delivery.append(node("deliver-2", "deliver"))  # started (and budgeted) by `run`
 
         # Settled: every endpoint owned once, both nodes own some, no change for 3 s (three
         # heartbeats); the rebalance time is the last change's.
@@ -256,12 +311,20 @@ def main() -> int:
         action="store_true",
         help="pause the delivery nodes while every line is ingested; time delivery alone",
     )
+    parser.add_argument(
+        "--node-cpu",
+        type=float,
+        default=None,
+        metavar="CORES",
+        help="each delivery node's own CPU budget (a cgroup quota, root only), e.g. 0.2",
+    )
     args = parser.parse_args()
     machine = machine_info()
     bodies = loggen_bodies(args.lines_each, 256 * 1024)
     emulator = start_emulator()
     work = Path(tempfile.mkdtemp(prefix="scale-out-"))
     nats = NatsCluster(work / "nats", nodes=args.nats_nodes).start()
+    budget = CpuBudget(args.node_cpu) if args.node_cpu else None
     try:
         delay = args.delay_ms
         with proxy_process(
@@ -278,6 +341,7 @@ def main() -> int:
                     lines_each=args.lines_each,
                     bodies=bodies,
                     backlog_first=args.backlog_first,
+                    budget=budget,
                 )
                 for n in (1, 2)
             ]
@@ -291,6 +355,7 @@ def main() -> int:
         ("lines per endpoint", args.lines_each),
         ("AWS delay per call (ms)", args.delay_ms),
         ("NATS nodes", args.nats_nodes),
+        ("CPU budget per delivery node (cores)", args.node_cpu or "none (shares the box)"),
         ("1 delivery node: lines/s", one["lines_per_second"]),
         (
             "1 delivery node: ingest s / delivered s",

@@ -24,6 +24,7 @@ from logferry.sinks.backoff import Backoff
 from logferry.sinks.s3 import S3Sink
 from logferry.sinks.s3_config import S3Endpoint
 from logferry.spool.chunk import Chunk
+from logferry.spool.errors import SpoolFenced
 from logferry.spool.nats import NatsBackend
 from logferry.spool.nats.journal import EndpointJournal
 from logferry.spool.nats.wire import encode_key
@@ -139,5 +140,50 @@ def test_an_upload_created_just_before_the_owner_died_is_aborted_by_the_next_own
             assert await asyncio.to_thread(mine) == []
             record = await asyncio.to_thread(_record, b, s.endpoints_bucket, "f")
             assert "uploads" not in record and record["journal"]["active"] is None
+
+    asyncio.run(run())
+
+
+def test_deleting_the_endpoint_on_a_node_that_does_not_own_it_aborts_the_noted_upload(
+    emulator: Emulator,
+    nats_server: NatsCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The API's delete may land on any node: it aborts the uploads the record's journal and
+    notes name, although it cannot write the record (its owner is another node)."""
+    role = make_s3_role(emulator, lambda p: f"{p}-{random.getrandbits(32):08x}")
+    ep = S3Endpoint(
+        name="Gone",
+        bucket_name=role.bucket,
+        iam_role=role.role_arn,
+        path=f"g{random.getrandbits(32):08x}/",
+    )
+    data = _lines(60_000)
+    s = settings(nats_server)
+
+    def mine() -> list[dict[str, Any]]:
+        return [u for u in pending_uploads(emulator, role.bucket) if u["Key"].startswith(ep.path)]
+
+    async def run() -> None:
+        async with (
+            backend(s, "node-a", tmp_path) as a,
+            backend(s, "node-b", tmp_path, deliver=False) as b,
+        ):
+            a.set_endpoints(["g"])  # b delivers nothing: a owns g throughout
+            await until(lambda: "g" in a.owned(), "a owns g")
+            owner = _sink(emulator, role, ep, tmp_path / "a", DiesBeforeJournalingTheUpload(a, "g"))
+            await asyncio.to_thread(owner.recover)
+            try:
+                await asyncio.to_thread(owner.feed, Chunk(0, len(data), T0, data, 60_000))
+            except Killed:
+                pass
+            assert len(await asyncio.to_thread(mine)) == 1
+            await until(lambda: bool((b.ownership.record("g") or {}).get("uploads")), "b sees")
+            deleting = _sink(emulator, role, ep, tmp_path / "b", b.journal("g"))
+            try:
+                await asyncio.to_thread(deleting.discard)
+            except SpoolFenced:
+                pass  # the record's own reset is the owner's (the service logs it)
+            assert await asyncio.to_thread(mine) == []
 
     asyncio.run(run())

@@ -193,7 +193,9 @@ class EndpointChanges:
         journal = None
         if self.backend is not None and sink_factory.durable_state:
             journal = self.backend.journal(record.uid_prefix)
-            if journal.load() is None and not self._has_state(record.type, record.uid_prefix):
+            state = sink_factory.state_dir(self.state_dir, record.uid_prefix)
+            unfinished = sink_factory.has_unfinished_state(state, journal)  # incl. upload notes
+            if not unfinished and not self._has_state(record.type, record.uid_prefix):
                 return
         elif not self._has_state(record.type, record.uid_prefix):
             return

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
+from logferry.spool.errors import SpoolFenced
 from logferry.spool.files import make_durable, write_atomic
 
 CREATED_PREFIX: Final = "created-"
@@ -118,7 +119,13 @@ class SharedUploadNotes:
         return upload_id
 
     def remove(self, handle: str) -> None:
-        self.documents.forget_upload(handle)
+        try:
+            self.documents.forget_upload(handle)
+        except SpoolFenced:
+            # Another node owns the record now (or this one is deleting an endpoint it does
+            # not own): the upload is aborted or journaled already; the owner's recovery
+            # meets the note, finds the upload gone (NoSuchUpload) and forgets it.
+            pass
 
     def listed(self) -> list[Noted]:
         return [
