@@ -16,7 +16,7 @@ import pytest
 
 from logferry.local.nats_cluster import NatsCluster
 from logferry.spool.nats import NatsBackend, SpoolFenced
-from logferry.spool.nats.wire import encode_key, rendezvous_owner
+from logferry.spool.nats.wire import balanced_owners, encode_key
 from nats_helpers import nats_server  # noqa: F401 - fixture
 from nats_spool_helpers import backend, settings, until
 
@@ -43,9 +43,8 @@ def test_two_nodes_split_the_endpoints_and_rebalance_on_join(
             async with backend(s, "node-b", tmp_path) as b:
                 b.set_endpoints(KEYS)
                 await until(lambda: _disjoint_and_complete(a, b, KEYS), "split", 60)
-                expect_b = {
-                    k for k in KEYS if rendezvous_owner(k, ["node-a", "node-b"]) == "node-b"
-                }
+                owners = balanced_owners(KEYS, ["node-a", "node-b"])
+                expect_b = {k for k in KEYS if owners[k] == "node-b"}
                 await until(lambda: b.owned() == expect_b, "b owns its rendezvous share")
                 assert a.owned() == set(KEYS) - expect_b and expect_b
                 assert {k for k, owned in events if not owned} == expect_b
@@ -112,7 +111,9 @@ def test_a_paused_owner_is_taken_over_and_cannot_write_after_it_resumes(
     """SIGSTOP a real delivery process past its lease: the other node takes the endpoint over;
     after SIGCONT, neither its commit nor its journal save succeeds."""
     s = settings(nats_server)
-    key = next(k for k in (f"p{i}" for i in range(100)) if rendezvous_owner(k, ["a", "b"]) == "a")
+    key = next(
+        k for k in (f"p{i}" for i in range(100)) if balanced_owners([k], ["a", "b"])[k] == "a"
+    )
     child = subprocess.Popen(
         [
             sys.executable,

@@ -2,8 +2,9 @@
 
 Why this shape (issue 29): no durable consumer per endpoint. Each delivery node puts a heartbeat
 into the `<prefix>_nodes` bucket, whose TTL (max age) is `lease_seconds`; rendezvous hashing
-over the live nodes names each endpoint's owner, which takes the endpoint's record
-(`<prefix>_endpoints`, key = the endpoint key) by compare-and-set, bumping `epoch`. Every later
+with bounded loads over the live nodes (`wire.balanced_owners`) names each endpoint's owner,
+which takes the endpoint's record (`<prefix>_endpoints`, key = the endpoint key) by
+compare-and-set, bumping `epoch`. Every later
 record write (cursor, journal, backlog, release) is `update(last=revision)` from the revision
 this node wrote last, so a node that lost the record (a takeover while it was paused) fails
 its next write: `SpoolFenced`.
@@ -33,7 +34,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from logferry.spool.nats.errors import NatsUnavailable, SpoolFenced
-from logferry.spool.nats.wire import decode_key, encode_key, rendezvous_owner
+from logferry.spool.nats.wire import balanced_owners, decode_key, encode_key
 
 if TYPE_CHECKING:
     from logferry.spool.nats.backend import NatsBackend
@@ -64,6 +65,7 @@ class Ownership:
         self._mine: dict[str, tuple[int, Doc]] = {}
         """Records this node owns: the revision and document it wrote last."""
         self._endpoints: frozenset[str] = frozenset()
+        self._assignment: tuple[frozenset[str], list[str], dict[str, str]] | None = None
         self._renewed = float("-inf")
         self._live: list[str] = []
         self._locks: dict[str, asyncio.Lock] = {}
@@ -215,12 +217,10 @@ class Ownership:
         """Take the endpoints this node wins, release the ones it no longer wins, publish
         backlogs; on every node, refresh the shared budget from the streams."""
         if self.backend.deliver and self.lease_valid():
-            live = list(self._live)
+            owners = self._owners(list(self._live))
             jobs = []
             for key in sorted(self._endpoints | set(self._mine)):
-                want = key in self._endpoints and (
-                    rendezvous_owner(key, live) == self.backend.node_id
-                )
+                want = owners.get(key) == self.backend.node_id
                 if want and key not in self._mine:
                     jobs.append(self._take(key))
                 elif not want and key in self._mine:
@@ -230,6 +230,13 @@ class Ownership:
             await _bounded(jobs)
             await self._publish_backlogs()
         await self.backend.provider.refresh_usage()
+
+    def _owners(self, live: list[str]) -> dict[str, str]:
+        """Every endpoint's owner among `live` (`balanced_owners`), computed again only when
+        the endpoint set or the live set changed."""
+        if self._assignment is None or self._assignment[:2] != (self._endpoints, live):
+            self._assignment = (self._endpoints, live, balanced_owners(self._endpoints, live))
+        return self._assignment[2]
 
     async def _take(self, key: str) -> None:
         async with self._lock(key):
