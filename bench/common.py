@@ -914,3 +914,43 @@ def spool_backend(name: str, workdir: Path, shards: int = 4) -> Iterator[SpoolBa
         )
     finally:
         cluster.stop()
+
+
+class CpuBudget:
+    """A CPU budget for some processes, as if they ran on a machine of `cores` cores: one
+    cgroup per process with a CFS quota (why by hand: no library wraps cgroup quotas for a
+    foreign pid; it is three file writes). Needs root and the cgroup `cpu` controller."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self.made: list[Path] = []
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        self.v2 = v2.exists() and "cpu" in v2.read_text().split()
+        self.root = Path("/sys/fs/cgroup") if self.v2 else Path("/sys/fs/cgroup/cpu")
+        if not (self.root / "cgroup.procs").exists():
+            raise SystemExit(f"--node-cpu needs the cgroup cpu controller at {self.root}")
+
+    def apply(self, pid: int | list[int], name: str) -> None:
+        """Put `pid` (or every pid of a list, sharing one budget) in a new group."""
+        pids = [pid] if isinstance(pid, int) else pid
+        group = self.root / f"logferry-bench-{name}-{pids[0]}"
+        group.mkdir()
+        self.made.append(group)
+        quota = int(self.cores * self.PERIOD_US)
+        if self.v2:
+            (group / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        for one in pids:
+            (group / "cgroup.procs").write_text(str(one))
+
+    def remove(self) -> None:
+        for group in self.made:
+            try:
+                group.rmdir()  # empty once its process has exited
+            except OSError as exc:
+                note(f"cgroup {group} not removed: {exc}")
+        self.made.clear()

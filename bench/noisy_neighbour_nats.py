@@ -11,6 +11,11 @@ one `--role deliver`, three customers from the config:
 Phase 1 measures B and C alone (`--seconds`), phase 2 during A's flood.
 
     PYTHONPATH=src .venv/bin/python bench/noisy_neighbour_nats.py [--seconds 30] [--flooders 4]
+
+`--flooder-cpu F` gives the flood processes F cores in all (one cgroup quota; root only): in
+production the flooding tenant's machines are not serve's, and on this 2-core box four flood
+processes otherwise take the very cores serve answers B and C with. Their request rate is
+reported beside the latencies.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    CpuBudget,
     Serve,
     count_bucket_lines,
     machine_info,
@@ -134,7 +140,11 @@ def flood(url: str, token: str, stop: Any, results: Any) -> None:
 
 
 def run(
-    emulator: Emulator, nats: NatsCluster, work: Path, args: argparse.Namespace
+    emulator: Emulator,
+    nats: NatsCluster,
+    work: Path,
+    args: argparse.Namespace,
+    budget: CpuBudget | None = None,
 ) -> dict[str, Any]:
     roles = {"cust-a": make_s3_role(emulator, "bench-nn-cust-a", "someone-else", "nn-denied")}
     for customer in QUIET:
@@ -175,6 +185,8 @@ def run(
         ]
         for process in floods:
             process.start()
+        if budget is not None:
+            budget.apply([p.pid for p in floods if p.pid is not None], "flooders")
         time.sleep(2)
         note("phase 2: B and C during A's flood")
         flooded, flooded_codes, sent_flooded = quiet_phase(ingest, args.seconds, "flood")
@@ -200,6 +212,8 @@ def run(
             "quiet_lines_landed": landed,
             "quiet_all_landed_seconds_after_last_post": round(time.monotonic() - t_end, 1),
             "flooders": args.flooders,
+            "flooder_cpu": args.flooder_cpu,
+            "a_requests_per_second": round(sum(a_codes.values()) / (args.seconds + 2), 1),
             "phase_seconds": args.seconds,
             "nats_nodes": len(nats.nodes),
         }
@@ -213,12 +227,25 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--flooders", type=int, default=4)
     parser.add_argument("--nats-nodes", type=int, choices=(1, 3), default=1)
+    parser.add_argument(
+        "--flooder-cpu",
+        type=float,
+        default=None,
+        metavar="CORES",
+        help="the flooders' CPU, all together (a cgroup quota, root only): their machines are "
+        "not serve's in production, so on this box they should not take its cores",
+    )
     args = parser.parse_args()
+    budget = CpuBudget(args.flooder_cpu) if args.flooder_cpu else None
     work = Path(tempfile.mkdtemp(prefix="noisy-nats-"))
     emulator = start_emulator()
     nats = NatsCluster(work / "nats", nodes=args.nats_nodes).start()
     try:
-        doc = run(emulator, nats, work, args)
+        try:
+            doc = run(emulator, nats, work, args, budget)
+        finally:
+            if budget is not None:
+                budget.remove()
         alone, flood = doc["quiet_alone"], doc["quiet_during_flood"]
         print_table(
             "B and C's ingest latency (ms) on NATS, alone vs during A's flood",
@@ -233,6 +260,10 @@ def main() -> int:
                 ),
                 ("B+C codes alone / during flood", f"{alone['codes']} / {flood['codes']}"),
                 ("A codes", doc["a_codes"]),
+                (
+                    "A requests/s (flooders' CPU)",
+                    f"{doc['a_requests_per_second']} ({args.flooder_cpu or 'unbounded'})",
+                ),
                 (
                     "B+C lines landed / sent",
                     f"{doc['quiet_lines_landed']} / {doc['quiet_lines_sent']}",

@@ -48,6 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    CpuBudget,
     Serve,
     loggen_bodies,
     machine_info,
@@ -64,42 +65,6 @@ from common import (
 )
 from logferry.local.emulator import Emulator
 from logferry.local.nats_cluster import NatsCluster
-
-
-class CpuBudget:
-    """Each delivery node's own CPU budget: one cgroup per process with a CFS quota (why by
-    hand: no library wraps cgroup quotas for one foreign pid; it is three file writes)."""
-
-    PERIOD_US = 100_000
-
-    def __init__(self, cores: float) -> None:
-        self.cores = cores
-        self.made: list[Path] = []
-        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
-        self.v2 = v2.exists() and "cpu" in v2.read_text().split()
-        self.root = Path("/sys/fs/cgroup") if self.v2 else Path("/sys/fs/cgroup/cpu")
-        if not (self.root / "cgroup.procs").exists():
-            raise SystemExit(f"--node-cpu needs the cgroup cpu controller at {self.root}")
-
-    def apply(self, pid: int, name: str) -> None:
-        group = self.root / f"logferry-bench-{name}-{pid}"
-        group.mkdir()
-        self.made.append(group)
-        quota = int(self.cores * self.PERIOD_US)
-        if self.v2:
-            (group / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
-        else:
-            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
-            (group / "cpu.cfs_quota_us").write_text(str(quota))
-        (group / "cgroup.procs").write_text(str(pid))
-
-    def remove(self) -> None:
-        for group in self.made:
-            try:
-                group.rmdir()  # empty once its process has exited
-            except OSError as exc:
-                note(f"cgroup {group} not removed: {exc}")
-        self.made.clear()
 
 
 class Node(Serve):
