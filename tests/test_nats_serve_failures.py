@@ -28,6 +28,7 @@ from nats_helpers import (
     recording_proxy,
     s3_endpoint,
     s3_operation,
+    send,
     wait_delivered,
     wait_endpoint,
 )
@@ -257,13 +258,7 @@ def test_an_upload_left_completing_with_no_line_after_it_is_completed_by_the_nex
             serve, customer, role.bucket, role.role_arn, file_max_bytes=32 * MIB, gzip_level=0
         )
         wait_endpoint(serve, customer)
-        sent: list[bytes] = []
-        with serve.admin() as admin:
-            for i in range(10):
-                lines = make_lines(f"c-{i}", 10_000, 100)
-                r = admin.post(f"/v1/ingest/{customer}/s3", content=body_of(lines))
-                assert r.status_code == 202, r.text
-                sent += lines
+        sent = send(serve, customer, "c", 10, 10_000)
         wait_for(lambda: refuse.refused >= 2, timeout=120)
         # every line is in a journaled part: the spool has released them all
         wait_pending_zero(serve, customer, "s3", timeout=120, stall=120)

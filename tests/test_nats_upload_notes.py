@@ -70,6 +70,13 @@ def _sink(emulator: Emulator, role: Any, ep: S3Endpoint, state: Path, journal: A
     )
 
 
+def _role_and_endpoint(emulator: Emulator, name: str) -> tuple[Any, S3Endpoint]:
+    """The guide's role (PutObject + AbortMultipartUpload only) and an endpoint on its bucket."""
+    role = make_s3_role(emulator, lambda p: f"{p}-{random.getrandbits(32):08x}")
+    path = f"{name.lower()}-{random.getrandbits(32):08x}/"
+    return role, S3Endpoint(name=name, bucket_name=role.bucket, iam_role=role.role_arn, path=path)
+
+
 def _lines(n: int) -> bytes:
     """Lines that barely compress, so a few MiB make a multipart file."""
     rng = random.Random(7)
@@ -90,13 +97,7 @@ def test_an_upload_created_just_before_the_owner_died_is_aborted_by_the_next_own
     nats_server: NatsCluster,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    role = make_s3_role(emulator, lambda p: f"{p}-{random.getrandbits(32):08x}")
-    ep = S3Endpoint(
-        name="Notes",
-        bucket_name=role.bucket,
-        iam_role=role.role_arn,
-        path=f"n{random.getrandbits(32):08x}/",
-    )
+    role, ep = _role_and_endpoint(emulator, "Notes")
     data = _lines(120_000)  # ~14.6 MiB of hex: three parts of 5 MiB
     everything = Chunk(0, len(data), T0, data, 120_000)
     s = settings(nats_server)
@@ -151,13 +152,7 @@ def test_deleting_the_endpoint_on_a_node_that_does_not_own_it_aborts_the_noted_u
 ) -> None:
     """The API's delete may land on any node: it aborts the uploads the record's journal and
     notes name, although it cannot write the record (its owner is another node)."""
-    role = make_s3_role(emulator, lambda p: f"{p}-{random.getrandbits(32):08x}")
-    ep = S3Endpoint(
-        name="Gone",
-        bucket_name=role.bucket,
-        iam_role=role.role_arn,
-        path=f"g{random.getrandbits(32):08x}/",
-    )
+    role, ep = _role_and_endpoint(emulator, "Gone")
     data = _lines(60_000)
     s = settings(nats_server)
 
