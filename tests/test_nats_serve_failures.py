@@ -24,6 +24,7 @@ from logferry.local.nats_cluster import NatsCluster
 from nats_helpers import (
     Sender,
     nats_node,
+    owner_of,
     proxied_nats_node,
     recording_proxy,
     s3_endpoint,
@@ -218,6 +219,43 @@ def test_a_node_killed_right_after_its_write_probe_does_not_probe_again(
         assert aborts() == 1, [c.op for c in calls.calls]
         assert pending_uploads(emulator, role.bucket) == []
         assert serve.terminate() == 0
+
+
+@pytest.mark.slow
+def test_the_node_taking_an_endpoint_over_does_not_probe_it_again(
+    emulator: Emulator, nats_server: NatsCluster, tmp_path: Path, unique: Any
+) -> None:
+    """The owner's write probe proves the endpoint's settings for a day, and the proof is in
+    the endpoint's KV record: the node that takes it over after a kill -9 does not probe again
+    (two calls to the customer's account, and one more chance of an upload left open)."""
+    prefix = "TP" + unique("x")[-6:].upper()
+    customer = unique("cust")
+    role = make_s3_role(emulator, unique, external_id=customer)
+    ingester = nats_node(emulator, nats_server, tmp_path, "ingest-1", "ingest", prefix).start()
+    with recording_proxy(emulator) as (p1, log1), recording_proxy(emulator) as (p2, log2):
+        d1 = proxied_nats_node(emulator, nats_server, tmp_path, "d-1", "deliver", prefix, p1.url)
+        d2 = proxied_nats_node(emulator, nats_server, tmp_path, "d-2", "deliver", prefix, p2.url)
+        d1.start()
+        d2.start()
+        calls = {id(d1): log1, id(d2): log2}
+        s3_endpoint(ingester, customer, role.bucket, role.role_arn)  # no role check at the API
+        wait_endpoint(d1, customer)
+        wait_endpoint(d2, customer)
+        owner, other = owner_of(d1, d2)
+
+        def probes(node: NodeProcess) -> int:
+            return sum(1 for c in calls[id(node)].writes(0) if c.op == "AbortMultipartUpload")
+
+        sent = send(ingester, customer, "first", 1, 100)
+        wait_delivered(emulator, role.bucket, sent, timeout=120)
+        assert probes(owner) == 1
+        owner.kill9()
+        wait_for(lambda: nats_owned(other) == 1, timeout=60)
+        sent += send(ingester, customer, "second", 1, 100)
+        wait_delivered(emulator, role.bucket, sent, timeout=120)
+        assert probes(other) == 0, [c.op for c in calls[id(other)].calls]
+        assert other.terminate() == 0
+    assert ingester.terminate() == 0
 
 
 class RefuseCompletions:

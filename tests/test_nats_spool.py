@@ -59,7 +59,16 @@ def test_the_journal_is_a_plain_document_store() -> None:
     """The S3 sink adapts a store of JSON documents; one with `exists` would be taken for a
     typed JournalStore (runtime_checkable protocols compare members only)."""
     members = {n for n in vars(EndpointJournal) if not n.startswith("_")}
-    assert members == {"load", "save", "discard", "note_upload", "forget_upload", "noted_uploads"}
+    assert members == {
+        "load",
+        "save",
+        "discard",
+        "note_upload",
+        "forget_upload",
+        "noted_uploads",
+        "save_setup_proof",
+        "setup_proof",
+    }
     assert _params(EndpointJournal.save)[1:] == [
         ("doc", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
         ("sync", inspect.Parameter.KEYWORD_ONLY, True),

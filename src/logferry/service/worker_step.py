@@ -22,6 +22,7 @@ from logferry.service.logs import log
 from logferry.service.worker_stats import QUARANTINE_FIX, EndpointStats, setup_fingerprint
 from logferry.sinks.base import Sink, SinkContext, SinkFactory
 from logferry.spool import SpoolCorrupt
+from logferry.spool.errors import SpoolError
 
 if TYPE_CHECKING:
     from logferry.service.records import EndpointRecord
@@ -173,9 +174,21 @@ class DeliveryStep:
 
     def _setup_proven(self) -> bool:
         stats = self.stats
-        if stats.setup_checked_at is None or stats.setup_checked_for != self._setup_key:
+        if stats.setup_checked_for == self._setup_key and _fresh(stats.setup_checked_at):
+            return True
+        shared = self._shared_record()
+        proof = shared.setup_proof() if shared is not None else None
+        if proof is None or proof[0] != self._setup_key or not _fresh(proof[1]):
             return False
-        return 0.0 <= time.time() - stats.setup_checked_at <= RECHECK_SECONDS
+        with self._progress_lock:  # another owner's probe proved these settings
+            stats.setup_checked_at, stats.setup_checked_for = proof[1], proof[0]
+        self._mark_dirty()
+        return True
+
+    def _shared_record(self) -> Any:
+        """The endpoint's shared record store (NATS), or None with the local spool."""
+        journal_for = self.deps.journal_for
+        return journal_for(self.record.uid_prefix) if journal_for is not None else None
 
     def _setup_checked(self) -> None:
         with self._progress_lock:
@@ -184,8 +197,15 @@ class DeliveryStep:
         self._mark_dirty()
         # Saved at once, not with the next batch: a process killed within the batch interval
         # would probe again in its next life, and each probe is an upload a kill during its
-        # CreateMultipartUpload round trip leaves open (its ID never arrived).
+        # CreateMultipartUpload round trip leaves open (its ID never arrived). With NATS the
+        # proof goes into the endpoint's record too, for the node that takes it over.
         self._save_stats_now()
+        shared = self._shared_record()
+        if shared is not None and self.stats.setup_checked_at is not None:
+            try:
+                shared.save_setup_proof(self._setup_key, self.stats.setup_checked_at)
+            except SpoolError as exc:  # only a proof: the next owner probes again
+                logger.info("setup proof not shared: %s", exc)
 
     def remember_setup_proof(self, record: EndpointRecord, external_id: str) -> None:
         """A role check proved these settings (see Service.remember_verified)."""
@@ -382,3 +402,8 @@ class DeliveryStep:
         m.delivered_bytes.labels(*self.labels, self.kind).inc(nbytes)
         if self.state in ("error", "retrying"):
             self.state = "active"
+
+
+def _fresh(checked_at: float | None) -> bool:
+    """A probe at `checked_at` still proves the setup (within RECHECK_SECONDS, not ahead)."""
+    return checked_at is not None and 0.0 <= time.time() - checked_at <= RECHECK_SECONDS

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 class EndpointJournal:
     """load / save / discard of the `journal` field of one endpoint's record (blocking).
 
-    Also the sink's upload notes (`note_upload`, `forget_upload`, `noted_uploads`). Plain JSON
+    Also the sink's upload notes (`note_upload`, `forget_upload`, `noted_uploads`) and the
+    write probe's proof (`save_setup_proof`, `setup_proof`). Plain JSON
     documents only, and deliberately no `exists`: the S3 sink tells a typed
     `JournalStore` (which has `exists`) from a document store by the members present, and
     adapts this one (`sinks.s3_journal.DocumentJournal`)."""
@@ -68,6 +69,25 @@ class EndpointJournal:
     def noted_uploads(self) -> list[dict[str, str]]:
         """The notes as this node last wrote or read the record."""
         return [dict(u) for u in _uploads(self.backend.ownership.record(self.key) or {})]
+
+    # -- the write probe's proof (`service.worker_step`) -------------------------------------
+    # Kept in the record (field `setup`) so that the node taking the endpoint over does not
+    # probe again: each probe is two calls to the customer's account, and an upload that a
+    # kill during its Create round trip leaves open.
+
+    def save_setup_proof(self, fingerprint: str, at: float) -> None:
+        proof = {"for": fingerprint, "at": at}
+        self._change(lambda record: record.__setitem__("setup", proof))
+
+    def setup_proof(self) -> tuple[str, float] | None:
+        """(settings fingerprint, time) of the last probe any owner saved, or None."""
+        found = (self.backend.ownership.record(self.key) or {}).get("setup")
+        if not isinstance(found, dict):
+            return None
+        try:
+            return str(found["for"]), float(found["at"])
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def _write(self, value: dict[str, Any] | None) -> None:
         self._change(lambda record: record.__setitem__("journal", value))
