@@ -101,6 +101,9 @@ class EndpointWorker(DeliveryStep):
         self._sink: Sink | None = None
         self._needs_open = False
         self._setup_key: str | None = None
+        self._setup_failed = False
+        """A setup error since this worker's last probe: the proof in the shared record is not
+        trusted until a probe of its own passes."""
         self._read_pos: int | None = None
         self._corrupt: SpoolCorrupt | None = None
         self._failures = 0

@@ -41,11 +41,14 @@ PRESSURE_FLUSH_GAP = 5.0
 RECHECK_SECONDS = 24 * 3600.0
 """A new sink skips the write probe (CreateMultipartUpload + Abort in the customer's bucket) when
 one passed for the same endpoint settings, role and external ID within this time — in this
-process or, through the stored stats, before a restart. A setup error or a changed endpoint
+process or, through the stored stats, before a restart (with NATS also on another node, through
+the endpoint's record). A setup error or a changed endpoint
 forgets the pass. Why a day and not less: every activation assumes the role anyway (a broken
 trust policy shows at once), and a permission removed later shows at the endpoint's next write;
 re-probing on each restart would put two calls per endpoint into every customer's CloudTrail
 and cost a fleet-wide burst of S3 calls at each deploy."""
+CLOCK_SKEW = 300.0
+"""How far ahead of this node's clock another node's probe time may be and still count."""
 
 
 class DeliveryStep:
@@ -63,6 +66,7 @@ class DeliveryStep:
     _sink: Sink | None
     _needs_open: bool
     _setup_key: str | None
+    _setup_failed: bool
     _read_pos: int | None
     _corrupt: SpoolCorrupt | None
     _retire_sink: bool
@@ -176,9 +180,11 @@ class DeliveryStep:
         stats = self.stats
         if stats.setup_checked_for == self._setup_key and _fresh(stats.setup_checked_at):
             return True
+        if self._setup_failed:
+            return False  # a setup error here since: only a probe of its own proves it again
         shared = self._shared_record()
         proof = shared.setup_proof() if shared is not None else None
-        if proof is None or proof[0] != self._setup_key or not _fresh(proof[1]):
+        if proof is None or proof[0] != self._setup_key or not _fresh(proof[1], CLOCK_SKEW):
             return False
         with self._progress_lock:  # another owner's probe proved these settings
             stats.setup_checked_at, stats.setup_checked_for = proof[1], proof[0]
@@ -191,6 +197,7 @@ class DeliveryStep:
         return journal_for(self.record.uid_prefix) if journal_for is not None else None
 
     def _setup_checked(self) -> None:
+        self._setup_failed = False
         with self._progress_lock:
             self.stats.setup_checked_at = time.time()
             self.stats.setup_checked_for = self._setup_key
@@ -215,6 +222,7 @@ class DeliveryStep:
         self._mark_dirty()
 
     def _forget_setup_check(self) -> None:
+        self._setup_failed = True  # the record's proof (another owner's, or ours) is stale too
         if self.stats.setup_checked_at is not None:
             with self._progress_lock:
                 self.stats.setup_checked_at = self.stats.setup_checked_for = None
@@ -404,6 +412,7 @@ class DeliveryStep:
             self.state = "active"
 
 
-def _fresh(checked_at: float | None) -> bool:
-    """A probe at `checked_at` still proves the setup (within RECHECK_SECONDS, not ahead)."""
-    return checked_at is not None and 0.0 <= time.time() - checked_at <= RECHECK_SECONDS
+def _fresh(checked_at: float | None, skew: float = 0.0) -> bool:
+    """A probe at `checked_at` still proves the setup: within RECHECK_SECONDS, and not ahead of
+    this clock by more than `skew` (another node's clock, for a proof from the record)."""
+    return checked_at is not None and -skew <= time.time() - checked_at <= RECHECK_SECONDS
