@@ -49,11 +49,20 @@ class ProbeLog:
             )
 
 
-def _config(emulator: Emulator, tmp_path: Path, proxy_url: str, customer: str, role, path: str):
+def _config(
+    emulator: Emulator,
+    tmp_path: Path,
+    proxy_url: str,
+    customer: str,
+    role,
+    path: str,
+    spool: dict[str, Any] | None = None,
+):
     return base_config(
         emulator,
         tmp_path / "spool",
         aws={"endpoint_url": proxy_url},
+        spool=spool or {},
         customers=[
             {
                 "id": customer,
@@ -82,13 +91,15 @@ def _send_and_wait(serve: ServeProcess, customer: str, lines: list[bytes], deliv
 
 
 def test_the_probe_runs_once_per_setting_and_again_after_a_setup_error(
-    emulator: Emulator, unique, tmp_path: Path
+    emulator: Emulator, unique, tmp_path: Path, spool_backend: dict[str, Any]
 ) -> None:
+    """On both backends: with NATS the proof is also in the endpoint's record, and a setup
+    error must still make this node probe again (the record's proof is stale too)."""
     customer = unique("cust")
     role = make_s3_role(emulator, unique, external_id=customer)
     log = ProbeLog()
     with latency_proxy(emulator.url, ProxyConfig(), middlewares=[log]) as proxy:
-        config = _config(emulator, tmp_path, proxy.url, customer, role, "first/")
+        config = _config(emulator, tmp_path, proxy.url, customer, role, "first/", spool_backend)
         env = {"PROBED_TOKEN": TOKEN}
         serve = ServeProcess(emulator, config, tmp_path, env=env).start()
         _send_and_wait(serve, customer, [b"one-%d" % i for i in range(10)], 10)
@@ -119,7 +130,7 @@ def test_the_probe_runs_once_per_setting_and_again_after_a_setup_error(
         assert serve.terminate() == 0
 
         # Changed settings (another path): a new probe, under the new path.
-        config = _config(emulator, tmp_path, proxy.url, customer, role, "second/")
+        config = _config(emulator, tmp_path, proxy.url, customer, role, "second/", spool_backend)
         serve = ServeProcess(emulator, config, tmp_path, env=env).start()
         _send_and_wait(serve, customer, [b"four-%d" % i for i in range(10)], 31)
         assert log.probes() == 3
