@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 from botocore.config import Config
 
 from logferry.aws.clients import AwsClients, AwsTarget
@@ -26,6 +27,7 @@ from logferry.sinks.s3_config import S3Endpoint
 from logferry.spool.chunk import Chunk
 from logferry.spool.errors import SpoolFenced
 from logferry.spool.nats import NatsBackend
+from logferry.spool.nats.errors import NatsUnavailable
 from logferry.spool.nats.journal import EndpointJournal
 from logferry.spool.nats.wire import encode_key
 from nats_helpers import nats_server  # noqa: F401 - fixture
@@ -180,5 +182,64 @@ def test_deleting_the_endpoint_on_a_node_that_does_not_own_it_aborts_the_noted_u
             except SpoolFenced:
                 pass  # the record's own reset is the owner's (the service logs it)
             assert await asyncio.to_thread(mine) == []
+
+    asyncio.run(run())
+
+
+class OutOfReachWithTheLease(EndpointJournal):
+    """The record store of a node whose NATS went away just after CreateMultipartUpload
+    answered (no quorum): the note's write goes unanswered, and by then the node's lease has
+    run out by its own clock, so its sink may send nothing, not even the abort."""
+
+    def __init__(self, node: NatsBackend, key: str, lease: list[bool]) -> None:
+        super().__init__(node, key)
+        self.lease = lease
+
+    def note_upload(self, key: str, upload_id: str) -> None:
+        self.lease[0] = False
+        raise NatsUnavailable("record write unanswered: NoStreamResponseError()")
+
+
+@pytest.mark.parametrize("step", ["probe", "data"])
+def test_an_upload_neither_noted_nor_aborted_is_aborted_when_the_node_recovers_again(
+    emulator: Emulator,
+    nats_server: NatsCluster,  # noqa: F811
+    tmp_path: Path,
+    step: str,
+) -> None:
+    """CI caught it in the no-quorum chaos test: the write probe's upload stayed open after
+    NATS lost its quorum mid-probe. The record could not take the note and the fenced sink
+    could not send the abort; the ID must then wait on this node's disk for its next recovery
+    of the endpoint, which aborts it."""
+    role, ep = _role_and_endpoint(emulator, "Reach")
+    data = _lines(60_000)  # ~7.3 MiB: a multipart file
+    s = settings(nats_server)
+
+    def mine() -> list[dict[str, Any]]:
+        return [u for u in pending_uploads(emulator, role.bucket) if u["Key"].startswith(ep.path)]
+
+    async def run() -> None:
+        async with backend(s, "node-a", tmp_path) as a:
+            a.set_endpoints(["r"])
+            await until(lambda: "r" in a.owned(), "a owns r")
+            lease = [True]
+            first = _sink(
+                emulator, role, ep, tmp_path / "scratch", OutOfReachWithTheLease(a, "r", lease)
+            )
+            first._holds = lambda: lease[0]
+            await asyncio.to_thread(first.recover)
+            with pytest.raises(NatsUnavailable):
+                if step == "probe":
+                    await asyncio.to_thread(first.healthcheck)
+                else:
+                    await asyncio.to_thread(first.feed, Chunk(0, len(data), T0, data, 60_000))
+            assert len(await asyncio.to_thread(mine)) == 1  # neither noted nor aborted
+            assert len(list((tmp_path / "scratch").glob("created-*"))) == 1
+            # the same node owns the endpoint again, with NATS back
+            again = _sink(emulator, role, ep, tmp_path / "scratch", a.journal("r"))
+            assert await asyncio.to_thread(again.recover) == 0
+            assert await asyncio.to_thread(mine) == []
+            assert again.stats.aborted_uploads == 1
+            assert not list((tmp_path / "scratch").glob("created-*"))
 
     asyncio.run(run())

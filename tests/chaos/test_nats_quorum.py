@@ -123,6 +123,10 @@ def test_no_quorum_means_503_and_not_ready_then_202_again(
     tally.moments.update(statuses)
     tally.acked, tally.checked = len(ledger.acked), sum(found.values())
     tally.lost, tally.duplicated = lost, duplicated
-    tally.open_uploads = len(pending_uploads(emulator, role.bucket))
+    open_uploads = pending_uploads(emulator, role.bucket)
+    tally.open_uploads = len(open_uploads)
     write_tally(tally)
-    assert (lost, duplicated, foreign, tally.open_uploads) == (0, 0, 0, 0), tally.line()
+    assert (lost, duplicated, foreign, tally.open_uploads) == (0, 0, 0, 0), (
+        tally.line(),
+        [u["Key"] for u in open_uploads],
+    )

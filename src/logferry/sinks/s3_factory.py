@@ -54,8 +54,10 @@ class S3Factory(BaseSinkFactory):
             return has_unfinished(Journal(state_dir))
         if has_unfinished(journal_store(journal, state_dir)):
             return True
-        notes, _ = upload_notes(journal, state_dir)
-        return isinstance(notes, SharedUploadNotes) and bool(notes.listed())
+        # The record's notes, and a local one this node kept when the record was out of
+        # reach (`recovery._note_created`).
+        notes, stores = upload_notes(journal, state_dir)
+        return isinstance(notes, SharedUploadNotes) and any(s.listed() for s in stores)
 
     def period(self, model: Any) -> float:
         return float(model.period)

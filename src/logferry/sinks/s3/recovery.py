@@ -131,18 +131,44 @@ def _create_upload(self: S3Sink, key: str) -> tuple[str, str]:
     name. Returns the ID and the note's handle, which the caller removes once the journal
     holds the ID."""
     upload_id = str(self._call("CreateMultipartUpload", Key=key, **self._put_args)["UploadId"])
+    return upload_id, self._note_created(key, upload_id)
+
+
+def _note_created(self: S3Sink, key: str, upload_id: str, *, durable: bool = False) -> str:
+    """Note a just-created upload (`upload_notes`); returns the note's handle.
+
+    When no note can be kept (a read-only or full disk; NATS out of reach, or the endpoint
+    taken over), the upload is aborted now, while its ID is in hand, rather than left empty in
+    the bucket; the note's error is what the caller sees. When the abort cannot be sent either
+    (this node's lease ran out while NATS was down: a fenced sink sends nothing), a shared note
+    falls back to a local one, which this node's next recovery of the endpoint aborts."""
     try:
-        note = self._notes.add(key, upload_id)
+        return self._notes.add(key, upload_id, durable=durable)
     except Exception:
-        # No note, so no recovery could name it later (a read-only or full disk; NATS out of
-        # reach, or the endpoint taken over): abort it now, while its ID is in hand, rather
-        # than leave an empty upload in the bucket. The note's error is what the caller sees.
         try:
             self._abort_upload(key, upload_id)
-        except Exception:  # best effort: a fenced sink sends nothing; the lifecycle rule ends it
-            _log.warning("could not abort upload %s of %s after its note failed", upload_id, key)
+        except Exception:
+            self._keep_local_note(key, upload_id)
         raise
-    return upload_id, note
+
+
+def _keep_local_note(self: S3Sink, key: str, upload_id: str) -> None:
+    local = self._note_stores[-1]
+    if local is not self._notes:
+        try:
+            local.add(key, upload_id, durable=True)
+        except Exception:  # the warning below says what is left
+            pass
+        else:
+            _log.warning(
+                "upload %s of %s: neither its shared note nor its abort could be sent; noted "
+                "on this node's disk, aborted when this node next recovers the endpoint",
+                upload_id,
+                key,
+            )
+            return
+    # Best effort ended: the bucket's AbortIncompleteMultipartUpload rule removes it.
+    _log.warning("could not abort upload %s of %s after its note failed", upload_id, key)
 
 
 def _abort_unjournaled_uploads(self: S3Sink, *, keep: str | None) -> None:

@@ -355,7 +355,7 @@ class S3Sink:
         def noted(upload_id: str) -> None:
             # The probe stays open for a round trip: a kill -9 (or power loss) then leaves a
             # note recovery aborts, never an upload nobody can name.
-            notes.append(self._notes.add(key, upload_id, durable=True))
+            notes.append(self._note_created(key, upload_id, durable=True))
 
         try:
             probe_s3_write(self._call, target, key, created=noted)
@@ -418,6 +418,8 @@ class S3Sink:
     recover = recovery.recover
     discard = recovery.discard
     _create_upload = recovery._create_upload
+    _note_created = recovery._note_created
+    _keep_local_note = recovery._keep_local_note
     _abort_unjournaled_uploads = recovery._abort_unjournaled_uploads
     _discard_memory = recovery._discard_memory
     _remove_temp_files = recovery._remove_temp_files
