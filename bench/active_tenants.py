@@ -53,6 +53,7 @@ from typing import Any
 
 from common import (
     RESULTS,
+    CpuBudget,
     Emulator,
     ProcSampler,
     Serve,
@@ -103,6 +104,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "lag is not meaningful)",
     )
     p.add_argument("--profile", action="store_true", help="py-spy the serve process")
+    p.add_argument(
+        "--emulator-cpu",
+        type=float,
+        default=None,
+        metavar="F",
+        help="put the emulator in a cgroup with a CFS quota of F cores (needs root): AWS is not "
+        "on serve's machine, and the emulator's burst of PutObjects at every period end "
+        "otherwise takes a core serve needs (docs/performance.md, thirteenth pass)",
+    )
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument(
         "--compare-src",
@@ -617,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, machine: dict[str, Any], backend: SpoolBackend) -> int:
     emulator = start_emulator()
+    budget = CpuBudget(args.emulator_cpu) if args.emulator_cpu else None
+    if budget is not None:
+        budget.apply(emulator.pid, "emulator")
     try:
         note(f"provisioning {args.customers} customers (bucket + role each, role create code)")
         t0 = time.monotonic()
@@ -634,6 +647,9 @@ def _main(args: argparse.Namespace, machine: dict[str, Any], backend: SpoolBacke
             doc["compare"] = run(args, emulator, tenants, tokens, "old", args.compare_src, backend)
     finally:
         emulator.stop()
+        if budget is not None:
+            budget.remove()
+    doc["emulator_cpu_cores"] = args.emulator_cpu
     path = write_results(args.name, doc, machine)
     lag = doc["lag_s"]
     rows: list[tuple[str, Any]] = [

@@ -930,7 +930,7 @@ class CpuBudget:
         self.v2 = v2.exists() and "cpu" in v2.read_text().split()
         self.root = Path("/sys/fs/cgroup") if self.v2 else Path("/sys/fs/cgroup/cpu")
         if not (self.root / "cgroup.procs").exists():
-            raise SystemExit(f"--node-cpu needs the cgroup cpu controller at {self.root}")
+            raise SystemExit(f"a CPU budget needs the cgroup cpu controller at {self.root}")
 
     def apply(self, pid: int | list[int], name: str) -> None:
         """Put `pid` (or every pid of a list, sharing one budget) in a new group."""
