@@ -192,3 +192,41 @@ def test_unreachable_nats_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises((RegistryUnavailable, OSError)) as caught:
         registry.start()
     assert "127.0.0.1:1" in str(caught.value) or "connect" in str(caught.value).lower()
+
+
+def test_applying_an_unchanged_config_again_costs_no_round_trip(
+    two_nodes: tuple[KvRegistry, KvRegistry],
+) -> None:
+    """Every node applies the whole config at start: with thousands of customers and endpoints,
+    one KV read each made a restart take seconds. What the mirror already holds unchanged is
+    answered from memory; a change still goes through compare-and-set and reaches the other
+    node."""
+    a, b = two_nodes
+    limits = {"spool_max_bytes": 1 << 20}
+    a.put_customer("c1", "x-c1", limits)
+    made, created = a.put_endpoint("c1", "e", "s3", {"bucket_name": "b", "period": 5})
+    assert created
+    _eventually(lambda: b.get_endpoint("c1", "e") is not None and b.get_customer("c1"))
+    calls: list[Any] = []
+    real_call = b._call
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return real_call(*args, **kwargs)
+
+    b._call = counting  # type: ignore[method-assign]
+    customer, new = b.put_customer("c1", "x-c1", limits)
+    assert (customer.spool_max_bytes, new) == (1 << 20, False)
+    same, new = b.put_endpoint("c1", "e", "s3", {"bucket_name": "b", "period": 5})
+    assert (same.uid_prefix, new) == (made.uid_prefix, False)
+    assert calls == []
+    changed, new = b.put_endpoint("c1", "e", "s3", {"bucket_name": "b", "period": 60})
+    assert (changed.uid_prefix, changed.config["period"], new) == (made.uid_prefix, 60, False)
+    b.put_customer("c1", "x-c1", {"spool_max_bytes": 2 << 20})
+    assert len(calls) == 2
+    _eventually(
+        lambda: (
+            (a.get_endpoint("c1", "e") or made).config["period"] == 60
+            and (a.get_customer("c1") or customer).spool_max_bytes == 2 << 20
+        )
+    )

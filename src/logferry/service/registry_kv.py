@@ -62,7 +62,14 @@ class KvRegistry(KvMirror):
     def put_customer(
         self, customer_id: str, external_id: str, limits: dict[str, Any] | None = None
     ) -> tuple[CustomerRecord, bool]:
-        return self._call(self._put_customer(customer_id, external_id, limits or {}))
+        limits = {k: v for k, v in (limits or {}).items() if k in CUSTOMER_LIMITS}
+        with self._mirror_lock:
+            found = self._customers.get(customer_id)
+        if found is not None and all(getattr(found[0], k) == v for k, v in limits.items()):
+            # Unchanged in the mirror: no round trip. Every node applies the whole config at
+            # start, and one read per customer made a restart with thousands slow.
+            return found[0], False
+        return self._call(self._put_customer(customer_id, external_id, limits))
 
     async def _put_customer(
         self, customer_id: str, external_id: str, limits: dict[str, Any]
@@ -261,6 +268,10 @@ class KvRegistry(KvMirror):
     ) -> tuple[EndpointRecord, bool]:
         """Create or replace; the uid prefix survives updates of the same type (CAS, so two
         nodes creating one endpoint at once agree on one uid)."""
+        with self._mirror_lock:
+            found = self._endpoints.get((customer_id, name))
+        if found is not None and found[0].type == type_ and found[0].config == config:
+            return found[0], False  # unchanged in the mirror: no round trip (see put_customer)
         created = [False]
         now = time.time()
 
