@@ -193,7 +193,7 @@ class ClusterNode:
             return
         worker = self.workers.pop(key, None)
         if worker is not None:
-            self._in_background(worker.halt())
+            self._in_background(worker.hand_over())
 
     def _open_owned(self, uid: str) -> None:
         """Open (follow) an owned endpoint's spool off the loop; start its worker if it holds

@@ -161,8 +161,12 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
         """Stored endpoints that no longer validate: their spools are kept until they are
         fixed (PUT) or deleted; status shows `invalid` with the reason."""
         self.listeners: list[SyslogServer] = []
-        self._stats_at_start: dict[str, str] = {}
-        """Saved stats of endpoints whose worker has not been made yet (JSON text)."""
+        self._stats_at_start: dict[str, str] | None = None
+        """Saved stats of endpoints whose worker has not been made yet (JSON text); None until
+        `start` has read them."""
+        self._stats_handed: set[str] = set()
+        """Endpoints that had a worker since start: only their stats can be newer than the
+        snapshot above (a worker saves them), so only they are read from SQLite again."""
         self.stats_book = StatsBook()
         """Endpoint stats changed since the last batch save (see `_save_stats_loop`)."""
         self._stats_task: asyncio.Task[None] | None = None
@@ -215,12 +219,14 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
         return self.customer_limits.get(customer_id) or self.store.get_customer(customer_id)
 
     def _load_stats(self, uid: str) -> dict[str, Any]:
-        """A new worker's saved stats: those read in one query at start, once; after that
-        (a worker re-made after it idled) from SQLite."""
+        """A new worker's saved stats: those read in one query at start, once (an endpoint
+        without saved stats starts from none: no SQLite read on the loop for a new customer's
+        first request either); after that (a worker re-made after it idled) from SQLite."""
+        if self._stats_at_start is None or uid in self._stats_handed:
+            return self.store.load_stats(uid)
+        self._stats_handed.add(uid)
         saved = self._stats_at_start.pop(uid, None)
-        if saved is not None:
-            return dict(json.loads(saved))
-        return self.store.load_stats(uid)
+        return dict(json.loads(saved)) if saved is not None else {}
 
     async def start(self) -> None:
         self._stats_at_start = await asyncio.to_thread(self.store.saved_stats)

@@ -202,11 +202,13 @@ class EndpointWorker(DeliveryStep):
         journal = self.deps.journal_for(self.record.uid_prefix) if self.deps.journal_for else None
         return self.factory.has_unfinished_state(self._state_dir(), journal)
 
-    async def halt(self) -> None:
+    async def halt(self, *, retire: bool = True) -> None:
         """Stop delivering without flushing (the endpoint is being deleted). Returns only once
-        no delivery thread works for this endpoint any more, so the caller may discard."""
+        no delivery thread works for this endpoint any more, so the caller may discard.
+        `retire=False`: the endpoint lives on (another node owns it now), see `hand_over`."""
         self._halted = True
-        self.deps.stats.retire(self.record.uid_prefix)
+        if retire:
+            self.deps.stats.retire(self.record.uid_prefix)
         self.stop_event.set()
         self._wake.set()
         if self._restart is not None:
@@ -220,6 +222,13 @@ class EndpointWorker(DeliveryStep):
         if busy is not None and not busy.done():
             with contextlib.suppress(Exception):
                 await asyncio.wrap_future(busy)
+
+    async def hand_over(self) -> None:
+        """Stop delivering without flushing because this node no longer owns the endpoint
+        (NATS), and save its stats: a worker made here again when the ownership comes back
+        starts from them (a retired endpoint's stats would never be saved again)."""
+        await self.halt(retire=False)
+        await self._save_stats()
 
     async def stop(self, flush_seconds: float) -> None:
         """Flush open files within `flush_seconds`; whatever is not delivered stays spooled."""
