@@ -105,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--profile", action="store_true", help="py-spy the serve process")
     p.add_argument(
+        "--profile-wall",
+        action="store_true",
+        help="with --profile: sample every thread's wall clock (py-spy --idle), not only the "
+        "GIL's holder: shows what a thread waits on",
+    )
+    p.add_argument(
         "--emulator-cpu",
         type=float,
         default=None,
@@ -374,7 +380,8 @@ def run(
             py_spy = str(Path(sys.executable).parent / "py-spy")
             cmd = [
                 py_spy, "record", "--pid", str(serve.pid), "--rate", str(args.rate),
-                "--format", "raw", "--nonblocking", "--threads", "--gil", "-o", str(collapsed),
+                "--format", "raw", "--nonblocking", "--threads",
+                "--idle" if args.profile_wall else "--gil", "-o", str(collapsed),
             ]  # fmt: skip
             profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)

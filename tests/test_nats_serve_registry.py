@@ -230,3 +230,74 @@ def test_applying_an_unchanged_config_again_costs_no_round_trip(
             and (a.get_customer("c1") or customer).spool_max_bytes == 2 << 20
         )
     )
+
+
+def test_a_config_of_many_endpoints_is_one_batch_and_both_nodes_agree(
+    two_nodes: tuple[KvRegistry, KvRegistry],
+) -> None:
+    """A first start applies every config endpoint; one compare-and-set after another, 2,000
+    endpoints waited 4,000 round trips. The batch writes them many at a time, in one call, and
+    two nodes starting together with the same config still agree on one uid per endpoint."""
+    a, b = two_nodes
+    a.put_customer("c1", "x-c1")
+    items = [("c1", f"e{i}", "s3", {"bucket_name": "b", "period": 5}) for i in range(120)]
+    a.put_static_token("c1", "static-token-of-c1-0123456789")
+    _eventually(
+        lambda: b.get_customer("c1") and b.customer_for_token("static-token-of-c1-0123456789")
+    )
+    calls = {"a": 0, "b": 0}
+    for name, node in (("a", a), ("b", b)):
+        real_call = node._call
+
+        def counting(*args: Any, _real: Any = real_call, _name: str = name, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kw)
+
+        node._call = counting  # type: ignore[method-assign]
+    with ThreadPoolExecutor(2) as pool:
+        from_a, from_b = pool.map(lambda node: node.put_endpoints(items), (a, b))
+    assert calls == {"a": 1, "b": 1}
+    assert [r.name for r, _ in from_a] == [f"e{i}" for i in range(120)], "answers keep the order"
+    assert [r.uid_prefix for r, _ in from_a] == [r.uid_prefix for r, _ in from_b]
+    assert len({r.uid_prefix for r, _ in from_a}) == 120
+    assert sum(new for _, new in from_a + from_b) == 120, "each endpoint created once"
+    # Applied again (a restart): answered from the mirror, static tokens too.
+    _eventually(lambda: all(a.get_endpoint("c1", f"e{i}") for i in range(120)))
+    reads: list[str] = []
+    real_get = a._get
+
+    async def counting_get(short: str, key: str) -> Any:
+        reads.append(f"{short}/{key}")
+        return await real_get(short, key)
+
+    a._get = counting_get  # type: ignore[method-assign]
+    again = a.put_endpoints(items)
+    assert [r.uid_prefix for r, _ in again] == [r.uid_prefix for r, _ in from_a]
+    assert a.reconcile_static_tokens({"c1": ["static-token-of-c1-0123456789"]}) == 0
+    assert reads == [], "nothing read from KV: the mirror holds all of it unchanged"
+
+
+def test_a_batch_waits_for_every_write_and_keeps_to_its_bound() -> None:
+    """`_at_most`: no more than the bound in flight, and a failed write does not leave the
+    others running unobserved (the caller sees the first error once all have ended)."""
+    from logferry.service.registry_kv import _at_most
+
+    in_flight = peak = finished = 0
+
+    async def write(i: int) -> int:
+        nonlocal in_flight, peak, finished
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.001 * (i % 3))
+        in_flight -= 1
+        finished += 1
+        if i == 5:
+            raise ValueError("write 5 refused")
+        return i
+
+    assert asyncio.run(_at_most(4, [write(i) for i in range(5)])) == [0, 1, 2, 3, 4]
+    assert peak == 4
+    finished = 0
+    with pytest.raises(ValueError, match="write 5 refused"):
+        asyncio.run(_at_most(4, [write(i) for i in range(20)]))
+    assert finished == 20

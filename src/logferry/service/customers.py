@@ -55,6 +55,20 @@ class CustomerRecords:
         self._apply_limits(record)
         return record, new
 
+    def put_customers(
+        self, items: list[tuple[str, str | None, dict[str, Any] | None]]
+    ) -> list[tuple[CustomerRecord, bool]]:
+        """`put_customer` for many `(customer_id, external_id, limits)` in one registry batch
+        (start-up: the config's customers)."""
+        batch = [
+            (customer_id, self._external_id_for(customer_id, external_id), limits)
+            for customer_id, external_id, limits in items
+        ]
+        results = self.store.put_customers(batch)
+        for record, _ in results:
+            self._apply_limits(record)
+        return results
+
     async def save_customer(
         self,
         customer_id: str,
@@ -71,9 +85,16 @@ class CustomerRecords:
     def _store_customer(
         self, customer_id: str, external_id: str | None, limits: dict[str, Any] | None
     ) -> tuple[CustomerRecord, bool]:
+        return self.store.put_customer(
+            customer_id, self._external_id_for(customer_id, external_id), limits
+        )
+
+    def _external_id_for(self, customer_id: str, external_id: str | None) -> str:
+        """The given one; a new one for a new customer given none ("" keeps an existing
+        customer's: the store never changes it)."""
         if external_id is None and self.store.get_customer(customer_id) is None:
             external_id = self.new_external_id(customer_id)
-        return self.store.put_customer(customer_id, external_id or "", limits)
+        return external_id or ""
 
     def no_customer(self, record: EndpointRecord) -> str:
         """Fail closed when an endpoint's customer record is missing: never guess the ID."""

@@ -95,6 +95,20 @@ class EndpointChanges:
         self._apply_endpoint(record, model)
         return record, new
 
+    def put_endpoints(
+        self, items: list[tuple[str, str, str, EndpointModel]]
+    ) -> list[tuple[EndpointRecord, bool]]:
+        """`put_endpoint` for many `(customer_id, name, type, model)` (start-up: the config's
+        endpoints), written in one registry batch."""
+        documents = [
+            (customer_id, name, type_, self._check_change(customer_id, name, type_, model))
+            for customer_id, name, type_, model in items
+        ]
+        results = self.store.put_endpoints(documents)
+        for (record, _), item in zip(results, items, strict=True):
+            self._apply_endpoint(record, item[3])
+        return results
+
     def _check_change(
         self, customer_id: str, name: str, type_: str, model: EndpointModel
     ) -> dict[str, Any]:

@@ -332,16 +332,21 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
         from logferry.service.records import ExternalIdTaken
 
         wanted: dict[str, list[str]] = {}
+        endpoints: list[tuple[str, str, str, EndpointModel]] = []
+        try:
+            # One batch each (one transaction, or many KV writes in flight): one write after
+            # another, a first start with thousands of endpoints took seconds.
+            self.put_customers([(c.id, c.external_id, c.limits()) for c in self.config.customers])
+        except ExternalIdTaken as exc:
+            taken = [c.id for c in self.config.customers if c.external_id == exc.external_id]
+            where = next((i for i in taken if i != exc.owner), taken[0] if taken else "?")
+            raise InputError(
+                f"customers[{where}].external_id",
+                str(exc) + ".",
+                fix="Give this customer a new external ID (and its role a matching trust "
+                "policy); a deleted customer's ID is never reused.",
+            ) from None
         for customer in self.config.customers:
-            try:
-                self.put_customer(customer.id, customer.external_id, customer.limits())
-            except ExternalIdTaken as exc:
-                raise InputError(
-                    f"customers[{customer.id}].external_id",
-                    str(exc) + ".",
-                    fix="Give this customer a new external ID (and its role a matching trust "
-                    "policy); a deleted customer's ID is never reused.",
-                ) from None
             token = None
             if customer.token_env:
                 token = os.environ.get(customer.token_env)
@@ -351,7 +356,8 @@ class Service(TenantLimits, CustomerRecords, EndpointChanges, ServiceStatus, Clu
             for endpoint in customer.endpoints:
                 body = endpoint.model_dump()
                 type_, model = parse_endpoint(endpoint.name, body, **self.endpoint_rules)
-                self.put_endpoint(customer.id, endpoint.name, type_, model)
+                endpoints.append((customer.id, endpoint.name, type_, model))
+        self.put_endpoints(endpoints)
         # The config is the truth for static tokens: removed or rotated ones stop working.
         revoked = self.store.reconcile_static_tokens(wanted)
         if revoked:

@@ -170,35 +170,49 @@ class Store:
     ) -> tuple[CustomerRecord, bool]:
         """Create the customer if new (its external ID must never have been bound before); an
         existing one keeps its external ID and gets the `limits` given. Returns (rec, new)."""
-        limits = {k: v for k, v in (limits or {}).items() if k in CUSTOMER_LIMITS}
+        return self.put_customers([(customer_id, external_id, limits)])[0]
+
+    def put_customers(
+        self, items: list[tuple[str, str, dict[str, Any] | None]]
+    ) -> list[tuple[CustomerRecord, bool]]:
+        """`put_customer` for many `(customer_id, external_id, limits)` in one transaction
+        (start-up applies the config's customers); an ExternalIdTaken writes none of them."""
         with self._tx() as db:
-            row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
-            if row is not None:
-                for key, value in limits.items():
-                    db.execute(f"UPDATE customers SET {key}=? WHERE id=?", (value, customer_id))
-                row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
-                return CustomerRecord.from_row(row), False
-            bound = db.execute(
-                "SELECT customer_id, deleted FROM external_ids WHERE external_id=?",
-                (external_id,),
-            ).fetchone()
-            if bound is not None:
-                raise ExternalIdTaken(
-                    external_id, bound["customer_id"], bound["deleted"] is not None
-                )
-            now = time.time()
-            db.execute(
-                "INSERT INTO customers(id, external_id, created) VALUES (?,?,?)",
-                (customer_id, external_id, now),
-            )
-            db.execute(
-                "INSERT INTO external_ids(external_id, customer_id, created) VALUES (?,?,?)",
-                (external_id, customer_id, now),
-            )
+            return [self._put_customer(db, *item) for item in items]
+
+    @staticmethod
+    def _put_customer(
+        db: sqlite3.Connection,
+        customer_id: str,
+        external_id: str,
+        limits: dict[str, Any] | None,
+    ) -> tuple[CustomerRecord, bool]:
+        limits = {k: v for k, v in (limits or {}).items() if k in CUSTOMER_LIMITS}
+        row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
+        if row is not None:
             for key, value in limits.items():
                 db.execute(f"UPDATE customers SET {key}=? WHERE id=?", (value, customer_id))
             row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
-            return CustomerRecord.from_row(row), True
+            return CustomerRecord.from_row(row), False
+        bound = db.execute(
+            "SELECT customer_id, deleted FROM external_ids WHERE external_id=?",
+            (external_id,),
+        ).fetchone()
+        if bound is not None:
+            raise ExternalIdTaken(external_id, bound["customer_id"], bound["deleted"] is not None)
+        now = time.time()
+        db.execute(
+            "INSERT INTO customers(id, external_id, created) VALUES (?,?,?)",
+            (customer_id, external_id, now),
+        )
+        db.execute(
+            "INSERT INTO external_ids(external_id, customer_id, created) VALUES (?,?,?)",
+            (external_id, customer_id, now),
+        )
+        for key, value in limits.items():
+            db.execute(f"UPDATE customers SET {key}=? WHERE id=?", (value, customer_id))
+        row = db.execute("SELECT * FROM customers WHERE id=?", (customer_id,)).fetchone()
+        return CustomerRecord.from_row(row), True
 
     def external_id_bound(self, external_id: str) -> bool:
         """True if `external_id` was ever bound (live or tombstoned)."""
@@ -361,29 +375,47 @@ class Store:
         self, customer_id: str, name: str, type_: str, config: dict[str, Any]
     ) -> tuple[EndpointRecord, bool]:
         """Create or replace; the uid prefix (spool + S3 key identity) survives updates."""
+        return self.put_endpoints([(customer_id, name, type_, config)])[0]
+
+    def put_endpoints(
+        self, items: list[tuple[str, str, str, dict[str, Any]]]
+    ) -> list[tuple[EndpointRecord, bool]]:
+        """`put_endpoint` for many `(customer_id, name, type, config)` in one transaction
+        (start-up applies the config's endpoints: one commit each made thousands slow)."""
         now = time.time()
         with self._tx() as db:
-            row = db.execute(
-                "SELECT uid_prefix, created, type FROM endpoints WHERE customer_id=? AND name=?",
-                (customer_id, name),
-            ).fetchone()
-            if row is not None and row["type"] == type_:
-                uid, created, new = row["uid_prefix"], row["created"], False
+            return [self._put_endpoint(db, now, *item) for item in items]
+
+    @staticmethod
+    def _put_endpoint(
+        db: sqlite3.Connection,
+        now: float,
+        customer_id: str,
+        name: str,
+        type_: str,
+        config: dict[str, Any],
+    ) -> tuple[EndpointRecord, bool]:
+        row = db.execute(
+            "SELECT uid_prefix, created, type FROM endpoints WHERE customer_id=? AND name=?",
+            (customer_id, name),
+        ).fetchone()
+        if row is not None and row["type"] == type_:
+            uid, created, new = row["uid_prefix"], row["created"], False
+            db.execute(
+                "UPDATE endpoints SET config=?, updated=? WHERE customer_id=? AND name=?",
+                (json.dumps(config), now, customer_id, name),
+            )
+        else:
+            if row is not None:
                 db.execute(
-                    "UPDATE endpoints SET config=?, updated=? WHERE customer_id=? AND name=?",
-                    (json.dumps(config), now, customer_id, name),
+                    "DELETE FROM endpoints WHERE customer_id=? AND name=?", (customer_id, name)
                 )
-            else:
-                if row is not None:
-                    db.execute(
-                        "DELETE FROM endpoints WHERE customer_id=? AND name=?", (customer_id, name)
-                    )
-                uid, created, new = secrets.token_hex(6), now, True
-                db.execute(
-                    "INSERT INTO endpoints(customer_id, name, type, config, uid_prefix, created,"
-                    " updated) VALUES (?,?,?,?,?,?,?)",
-                    (customer_id, name, type_, json.dumps(config), uid, now, now),
-                )
+            uid, created, new = secrets.token_hex(6), now, True
+            db.execute(
+                "INSERT INTO endpoints(customer_id, name, type, config, uid_prefix, created,"
+                " updated) VALUES (?,?,?,?,?,?,?)",
+                (customer_id, name, type_, json.dumps(config), uid, now, now),
+            )
         return EndpointRecord(customer_id, name, type_, config, uid, created, now), new
 
     def get_endpoint(self, customer_id: str, name: str) -> EndpointRecord | None:

@@ -21,6 +21,7 @@ import nats.js.errors
 
 from logferry.spool.budget import SpoolBudget
 from logferry.spool.errors import SpoolError
+from logferry.spool.nats.errors import NatsUnavailable
 from logferry.spool.nats.spool import CALL_TIMEOUT, NatsSpool
 from logferry.spool.nats.wire import encode_key
 
@@ -58,20 +59,36 @@ class NatsSpoolProvider:
 
     def open(self, key: str) -> NatsSpool:
         """The spool of `key`; on the owner it starts following the subject."""
+        spool, fresh = self._made(key)
+        if fresh and key in self.backend.owned():
+            self.backend.call(spool.follow(), CALL_TIMEOUT)
+        return spool
+
+    async def open_async(self, key: str) -> NatsSpool:
+        """`open` for the service's event loop: the follow runs on the backend's loop and is
+        awaited, with no thread held per spool. Why: a node that takes thousands of endpoints
+        (start-up, a rebalance) opens them many at a time, each one round trip long."""
+        spool, fresh = self._made(key)
+        if fresh and key in self.backend.owned():
+            future = self.backend.run(spool.follow())
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(future), CALL_TIMEOUT)
+            except TimeoutError:
+                raise NatsUnavailable(f"NATS did not answer within {CALL_TIMEOUT}s") from None
+        return spool
+
+    def _made(self, key: str) -> tuple[NatsSpool, bool]:
+        """The spool object of `key` (memory only), and whether it was made just now."""
         with self._mu:
             if self._closed:
                 raise SpoolError("the NATS spool provider is closed")
             spool = self._spools.get(key)
-            if spool is None:
-                budget = (self._budget_for(key) if self._budget_for else None) or self._budget
-                spool = self._spools[key] = NatsSpool(self.backend, key, budget)
-                spool.max_bytes = self._limits.get(key)
-                fresh = True
-            else:
-                fresh = False
-        if fresh and key in self.backend.owned():
-            self.backend.call(spool.follow(), CALL_TIMEOUT)
-        return spool
+            if spool is not None:
+                return spool, False
+            budget = (self._budget_for(key) if self._budget_for else None) or self._budget
+            spool = self._spools[key] = NatsSpool(self.backend, key, budget)
+            spool.max_bytes = self._limits.get(key)
+            return spool, True
 
     def parked(self) -> list[NatsSpool]:
         """Owned spools that stopped following their subject (idle; `wakeup` watches them)."""
