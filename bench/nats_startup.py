@@ -1,4 +1,4 @@
-"""How long `logferry serve` on the NATS backend takes to become ready with many endpoints.
+"""How long `logferry serve` takes to become ready with many endpoints (NATS or local spool).
 
 Setup: the emulator, one loopback nats-server (`sync_interval: always`), one customer whose
 config file holds `--endpoints` S3 endpoints (one role and bucket). serve is started `--starts`
@@ -6,7 +6,7 @@ times on the same NATS and spool directory: the first start creates every regist
 takes every endpoint; the later ones are restarts, where the config is unchanged. Each figure is
 spawn → `/readyz` 200, measured from outside.
 
-    .venv/bin/python bench/nats_startup.py [--endpoints 2000] [--starts 3]
+    .venv/bin/python bench/nats_startup.py [--endpoints 2000] [--starts 3] [--spool-backend local]
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--endpoints", type=int, default=2000)
     p.add_argument("--starts", type=int, default=3, help="the first start, then restarts")
+    p.add_argument(
+        "--spool-backend",
+        choices=("nats", "local"),
+        default="nats",
+        help="local: the same config on the local spool (its SQLite registry)",
+    )
     p.add_argument("--name", default="nats_startup", help="results file name")
     return p.parse_args()
 
@@ -44,7 +50,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="logferry-bench-nats-startup-"))
     emulator = start_emulator()
     try:
-        with spool_backend("nats", workdir) as backend:
+        with spool_backend(args.spool_backend, workdir) as backend:
             ((customer, bucket, role_arn),) = make_s3_tenants(
                 emulator, 1, f"su{uuid.uuid4().hex[:6]}"
             )
@@ -69,13 +75,14 @@ def main() -> int:
     finally:
         emulator.stop()
     doc = {
+        "spool_backend": args.spool_backend,
         "endpoints": args.endpoints,
         "first_start_seconds": seconds[0],
         "restart_seconds": seconds[1:],
     }
     path = write_results(args.name, doc, machine)
     print_table(
-        "serve on NATS: spawn to ready",
+        f"serve on the {args.spool_backend} spool: spawn to ready",
         [
             ("endpoints (config file, one customer)", args.endpoints),
             ("first start s", seconds[0]),
