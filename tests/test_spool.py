@@ -498,6 +498,43 @@ def test_positions_inside_a_chunk_read_and_commit_at_line_granularity(tmp_path: 
     s2.close()
 
 
+def test_records_larger_than_a_read_block_read_whole_from_any_line(tmp_path: Path) -> None:
+    """Records past the reader's block (a large request) are read on their own: every size
+    around the block, any line boundary inside them, any `max_bytes`, and their checksum is
+    still checked."""
+    from logferry.spool.reader import BLOCK_BYTES
+
+    d = tmp_path / "ep"
+    s = Spool(d, segment_bytes=8 * BLOCK_BYTES, retire_bytes=10**9)
+    sizes = [1, BLOCK_BYTES - 300, BLOCK_BYTES + 1000, 3, 2 * BLOCK_BYTES, 5 * BLOCK_BYTES, 2]
+    chunks = []
+    for n, size in enumerate(sizes):
+        line = f"r{n}-".encode() + b"x" * 97 + b"\n"
+        data = line * max(1, size // len(line))
+        chunks.append(s.append_sync(data, data.count(b"\n")))
+    expected = b"".join(c.data for c in chunks)
+    assert read_all(s, max_bytes=10**9) == chunks
+    assert read_all(s, max_bytes=1) == chunks  # one record per read, even past the block
+    ends = [i + 1 for i, b in enumerate(expected) if b == 10]
+    for pos in [0, *ends[::997], ends[-2]]:
+        got = read_all(s, pos, max_bytes=BLOCK_BYTES // 3)
+        assert b"".join(c.data for c in got) == expected[pos:]
+        assert got[0].start == pos
+        assert sum(c.lines for c in got) == expected[pos:].count(b"\n")
+    s.close()
+    # A flipped byte deep inside the largest record (far past its first block) is caught.
+    big = chunks[5]
+    seg = next(d / n for n in seg_files(d) if big.data[:200] in (d / n).read_bytes())
+    raw = bytearray(seg.read_bytes())
+    at = raw.find(big.data[:200])
+    raw[at + 4 * BLOCK_BYTES] ^= 0x01
+    seg.write_bytes(bytes(raw))
+    s2 = Spool(d)
+    with pytest.raises(SpoolCorrupt, match="checksum"):
+        read_all(s2, big.start, max_bytes=10**9)
+    s2.close()
+
+
 def test_corrupt_record_is_quarantined_and_delivery_goes_on(tmp_path: Path) -> None:
     d = tmp_path / "ep"
     s = Spool(d, segment_bytes=1 << 20, retire_bytes=10**9, quarantine_dir=tmp_path / "q")

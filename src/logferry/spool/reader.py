@@ -24,6 +24,9 @@ from logferry.spool.state import _Segment
 log = logging.getLogger(__name__)
 
 MAX_BOUNDARIES = 64
+BLOCK_BYTES = 256 * 1024
+"""Records are read in blocks of up to this much; a record running past its block has its
+payload read on its own (a large request: no copy out of a block)."""
 """Remembered record starts (where reads and commits stopped): enough for one reader and
 one committer per spool, each a few steps apart."""
 
@@ -176,7 +179,7 @@ class LogReader(LogRecovery):
                         line = self._read_first_line(nxt)
                         continue
                     fd = self._rfd(seg.base)
-                    want = min(limit - pos, max(max_bytes - total, 0) + 64 * 1024)
+                    want = min(limit - pos, max(max_bytes - total, 0) + 64 * 1024, BLOCK_BYTES)
                     blk = _pread_full(fd, want, pos)
                     view = memoryview(blk)
                     i = 0
@@ -187,33 +190,29 @@ class LogReader(LogRecovery):
                             self._corrupt(seg, off, pos + i, "bad record header")
                         j = i + REC_HEADER_BYTES + length
                         if j > n:
-                            if i == 0:  # one record larger than the block: read exactly it
-                                if pos + REC_HEADER_BYTES + length > limit:
-                                    self._corrupt(seg, off, pos, "record runs past the segment end")
-                                blk = _pread_full(fd, REC_HEADER_BYTES + length, pos)
-                                view = memoryview(blk)
-                                n = len(blk)
-                                if n < REC_HEADER_BYTES + length:
-                                    self._corrupt(seg, off, pos, "segment file is short")
-                                continue
+                            # Past the block: its payload is read on its own, straight into
+                            # the chunk's bytes (slicing it out of a block copied every large
+                            # request once more, with the GIL held).
+                            at = pos + i
+                            if at + REC_HEADER_BYTES + length > limit:
+                                self._corrupt(seg, off, at, "record runs past the segment end")
+                            body = _pread_full(fd, length, at + REC_HEADER_BYTES)
+                            if len(body) < length:
+                                self._corrupt(seg, off, at, "segment file is short")
+                            if crc32(body, crc32(view[i + 8 : i + REC_HEADER_BYTES])) != crc:
+                                self._corrupt(seg, off, at, "checksum mismatch")
+                            total += self._take(out, body, 0, off, length, lines, acc, skip)
+                            skip = 0
+                            off += length
+                            line += lines
+                            i = j
                             break
                         if crc32(view[i + 8 : j]) != crc:
                             self._corrupt(seg, off, pos + i, "checksum mismatch")
-                        if skip:
-                            head = blk[i + REC_HEADER_BYTES : i + REC_HEADER_BYTES + skip]
-                            self._check_line_boundary(head, off + skip, off)
-                            payload = blk[i + REC_HEADER_BYTES + skip : j]
-                            out.append(
-                                Chunk(
-                                    off + skip, off + length, acc, payload, lines - head.count(10)
-                                )
-                            )
-                            total += length - skip
-                            skip = 0
-                        else:
-                            payload = blk[i + REC_HEADER_BYTES : j]
-                            out.append(Chunk(off, off + length, acc, payload, lines))
-                            total += length
+                        total += self._take(
+                            out, blk, i + REC_HEADER_BYTES, off, length, lines, acc, skip
+                        )
+                        skip = 0
                         off += length
                         line += lines
                         i = j
@@ -229,6 +228,29 @@ class LogReader(LogRecovery):
             if off < end:
                 self._remember(off, seg.base, pos, line)
             return out
+
+    def _take(
+        self,
+        out: list[Chunk],
+        buf: bytes,
+        at: int,
+        off: int,
+        length: int,
+        lines: int,
+        acc: float,
+        skip: int,
+    ) -> int:
+        """Append the record whose payload is `buf[at : at + length]` (the whole of `buf`, not
+        copied, when it is exactly that), less its first `skip` bytes; bytes taken."""
+        if skip:
+            head = buf[at : at + skip]
+            self._check_line_boundary(head, off + skip, off)
+            payload = buf[at + skip : at + length]
+            out.append(Chunk(off + skip, off + length, acc, payload, lines - head.count(10)))
+            return length - skip
+        payload = buf if at == 0 and len(buf) == length else buf[at : at + length]
+        out.append(Chunk(off, off + length, acc, payload, lines))
+        return length
 
     def _corrupt(self, seg: _Segment, off: int, position: int, why: str) -> NoReturn:
         with self._mu:
