@@ -152,17 +152,27 @@ class _Window:
         recent.sort(key=lambda e: float("inf") if e.left is None else e.left)
         return recent
 
+    def burst_sums(self, now: float, span: float) -> tuple[int, int]:
+        """(records, bytes) of `burst_use`, without building and sorting the list: the pacer
+        asks this for every shard of every call (a third of the sink's own CPU at 64 shards
+        went to the list and its sort, `bench/kinesis_pacer_model.py`)."""
+        records = size = 0
+        for e in self.entries:
+            if e.left is None or e.left + span > now:
+                records += e.records
+                size += e.bytes
+        return records, size
+
     def _burst_delay(
         self, now: float, records: int, size: int, burst: tuple[float, int, int]
     ) -> float:
         span, max_records, max_bytes = burst
         need_records = min(records, max_records)
         need_bytes = min(size, max_bytes)
-        recent = self.burst_use(now, span)
-        have_records = sum(e.records for e in recent)
-        have_bytes = sum(e.bytes for e in recent)
+        have_records, have_bytes = self.burst_sums(now, span)
         if have_records + need_records <= max_records and have_bytes + need_bytes <= max_bytes:
             return 0.0
+        recent = self.burst_use(now, span)
         for entry in recent:
             have_records -= entry.records
             have_bytes -= entry.bytes
@@ -273,19 +283,10 @@ class ShardPacer:
                 return burst_records, burst_bytes
             now = self._clock()
             window.expire(now)
-            recent = window.burst_use(now, span)
+            used_records, used_bytes = window.burst_sums(now, span)
             return (
-                max(
-                    0,
-                    min(
-                        self._limits[0] - window.records,
-                        burst_records - sum(e.records for e in recent),
-                    ),
-                ),
-                max(
-                    0,
-                    min(self._limits[1] - window.bytes, burst_bytes - sum(e.bytes for e in recent)),
-                ),
+                max(0, min(self._limits[0] - window.records, burst_records - used_records)),
+                max(0, min(self._limits[1] - window.bytes, burst_bytes - used_bytes)),
             )
 
     def commit(self, demand: Mapping[str, tuple[int, int]]) -> None:
