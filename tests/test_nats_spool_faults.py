@@ -12,7 +12,7 @@ import pytest
 
 from logferry.local.nats_cluster import NatsCluster
 from logferry.spool.errors import SpoolFull
-from logferry.spool.nats import NatsUnavailable
+from logferry.spool.nats import NatsBackend, NatsUnavailable
 from logferry.spool.nats.wire import H_ACC, H_FRAG, H_ID, H_LINES, H_REQ, H_SIZE
 from nats_helpers import nats_server  # noqa: F401 - fixture
 from nats_spool_helpers import backend, settings, until
@@ -143,3 +143,27 @@ def test_the_heartbeat_ttl_follows_a_changed_lease(
             assert info.config.max_age == pytest.approx(8.0)
 
     asyncio.run(run())
+
+
+def test_closing_while_the_server_is_gone_does_not_raise(tmp_path: Path) -> None:
+    """A node stopped (SIGTERM) while its NATS server is down: the client holds heartbeats it
+    could not send, and closing it wrote them to the lost connection. The close raised
+    ConnectionResetError (CI caught it in a test's teardown after a leader kill); closing a
+    lost connection has nothing left to lose."""
+    cluster = NatsCluster(tmp_path / "nats", nodes=1).start()
+    try:
+
+        async def run() -> None:
+            s = settings(cluster, lease_seconds=30.0, heartbeat_seconds=0.2)
+            b = NatsBackend(s, node_id="n1", deliver=True, scratch_dir=tmp_path / "n1")
+            await b.start()
+            b.set_endpoints(["k"])
+            await until(lambda: "k" in b.owned(), "owns k")
+            cluster.kill(cluster.nodes[0])
+            await until(lambda: not b.connected, "sees the server gone")
+            await asyncio.sleep(1.0)  # heartbeats pile up in the client's pending buffer
+            await b.close()
+
+        asyncio.run(run())
+    finally:
+        cluster.stop()

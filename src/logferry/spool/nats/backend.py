@@ -306,8 +306,10 @@ class NatsBackend:
         self._closed = True
         if self._nc is not None and not self._nc.is_closed:
             # Nothing is left to flush (every append awaited its ack); close, not drain,
-            # whose per-subscription tasks would outlive the loop.
-            with contextlib.suppress(TimeoutError, nats.errors.Error):
+            # whose per-subscription tasks would outlive the loop. With the server gone the
+            # client writes what it buffered (heartbeats) to the lost connection and raises
+            # ConnectionResetError: nothing acknowledged is in that buffer.
+            with contextlib.suppress(TimeoutError, OSError, nats.errors.Error):
                 await asyncio.wait_for(self._nc.close(), 5)
 
     async def _on_error(self, exc: Exception) -> None:
